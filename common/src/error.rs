@@ -1,0 +1,127 @@
+//! [`ApiError`]: what the API reports when a request cannot be served, and
+//! the one mapping from it to `tonic::Status`.
+//!
+//! Every service handler returns its errors through this type, so a given
+//! failure always reaches clients with the same gRPC code. Invalid input
+//! carries one field violation per problem (field path and reason), both in
+//! the status message and as a `google.rpc.BadRequest` detail.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// One problem with one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field, for example `spec.tasks[2].depends_on[0]`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl std::fmt::Display for FieldViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed; nothing was changed.
+    #[error("{}", join_violations(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The named object does not exist.
+    #[error("{what} `{id}` not found")]
+    NotFound { what: &'static str, id: String },
+    /// The request is valid but the system is not in a state to serve it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A limit was reached; retrying later or with less may succeed.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The service cannot serve now (shutting down, store unreachable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected store failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A single invalid field.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, reason)])
+    }
+
+    pub fn not_found(what: &'static str, id: impl std::fmt::Display) -> Self {
+        Self::NotFound { what, id: id.to_string() }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound { .. } => Code::NotFound,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+fn join_violations(violations: &[FieldViolation]) -> String {
+    let lines: Vec<String> = violations.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let message = error.to_string();
+        match error {
+            ApiError::InvalidArgument(violations) => {
+                let mut details = ErrorDetails::new();
+                for violation in violations {
+                    details.add_bad_request_violation(violation.field, violation.reason);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            other => Status::new(other.code(), message),
+        }
+    }
+}
+
+/// Shorthand for handler results.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_keeps_every_violation() {
+        let error = ApiError::InvalidArgument(vec![
+            FieldViolation::new("spec.tasks[0].id", "must not be empty"),
+            FieldViolation::new("spec.tasks[1].depends_on[0]", "unknown task `x`"),
+        ]);
+        let status = Status::from(error);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("spec.tasks[0].id: must not be empty"));
+        assert!(status.message().contains("unknown task `x`"));
+        let details = status.get_details_bad_request().expect("bad request details");
+        assert_eq!(details.field_violations.len(), 2);
+        assert_eq!(details.field_violations[1].field, "spec.tasks[1].depends_on[0]");
+    }
+
+    #[test]
+    fn codes_follow_the_variant() {
+        assert_eq!(Status::from(ApiError::not_found("run", "r1")).code(), Code::NotFound);
+        assert_eq!(
+            Status::from(ApiError::FailedPrecondition("x".into())).code(),
+            Code::FailedPrecondition
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! The DAG file: its model, parsing from YAML or JSON, and validation.
+//!
+//! One entry point, [`parse_dag`], serves `baton dag validate` offline and
+//! the controller's `RegisterDag`, so both report the same errors. It returns
+//! a [`ValidatedDag`]: the tasks with `default_args` applied and dependencies
+//! resolved to indices, plus the canonical JSON that is stored and compared
+//! to decide whether a registration is a new version.
+//!
+//! # Layout
+//! - `model`: the serde model of the document as written.
+//! - `parse`: text → generic value → model, reporting unknown fields with a
+//!   "did you mean" suggestion and type errors with their path.
+//! - `validate`: ids, duplicates, dependencies, cycles (printed as
+//!   `a → b → c → a`), limits; resolution into [`ResolvedTask`]s.
+
+mod model;
+mod parse;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use model::{CommandSpec, DagSpec, SpecDuration, TaskDefaults, TaskSpec};
+pub use parse::parse_dag;
+
+use crate::error::{ApiError, FieldViolation};
+use crate::ids::{DagId, QueueName, TaskId};
+
+/// The queue of tasks that do not name one.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Limits a DAG document must stay within. The controller's configuration
+/// sets them; `baton dag validate` uses the defaults unless told otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecLimits {
+    /// Tasks per DAG.
+    pub max_tasks: usize,
+    /// Size of the document text, in bytes.
+    pub max_spec_bytes: usize,
+    /// Dependency edges in the whole DAG.
+    pub max_dependencies: usize,
+}
+
+impl SpecLimits {
+    /// Limits for specs that were validated before they were stored.
+    pub const UNLIMITED: SpecLimits =
+        SpecLimits { max_tasks: usize::MAX, max_spec_bytes: usize::MAX, max_dependencies: usize::MAX };
+}
+
+impl Default for SpecLimits {
+    fn default() -> Self {
+        Self { max_tasks: 100_000, max_spec_bytes: 32 * 1024 * 1024, max_dependencies: 1_000_000 }
+    }
+}
+
+/// Format of a DAG document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecFormat {
+    Yaml,
+    Json,
+    /// JSON when the first non-blank character is `{`, YAML otherwise.
+    Detect,
+}
+
+/// A DAG document that passed validation.
+#[derive(Debug, Clone)]
+pub struct ValidatedDag {
+    pub dag_id: DagId,
+    pub description: String,
+    pub schedule: Option<String>,
+    /// Tasks in file order, with defaults applied.
+    pub tasks: Vec<ResolvedTask>,
+    /// The document re-serialized as compact JSON with a fixed field order:
+    /// equal for documents that differ only in formatting, comments or
+    /// YAML-versus-JSON.
+    pub canonical_json: String,
+    /// Lower-case hex SHA-256 of `canonical_json`.
+    pub digest: String,
+}
+
+/// A task with `default_args` applied and dependencies resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedTask {
+    pub id: TaskId,
+    pub kind: TaskKind,
+    /// Indices into [`ValidatedDag::tasks`], without duplicates, in the order
+    /// written.
+    pub depends_on: Vec<usize>,
+    pub retries: u32,
+    pub retry: RetryPolicy,
+    pub timeout: Option<Duration>,
+    pub queue: QueueName,
+    /// Higher runs first among ready tasks of the same queue.
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskKind {
+    Command(CommandTask),
+    Noop,
+}
+
+impl TaskKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskKind::Command(_) => "command",
+            TaskKind::Noop => "noop",
+        }
+    }
+}
+
+/// A process to run: `argv[0]` looked up in `PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandTask {
+    pub argv: Vec<String>,
+    /// `default_args.env` merged under the task's own `env`.
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+}
+
+/// When the next attempt of a failed task becomes ready.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay before the first retry.
+    pub delay: Duration,
+    /// Double the delay after each failed attempt.
+    pub exponential_backoff: bool,
+    /// Cap on the delay.
+    pub max_delay: Duration,
+    /// Fraction in `[0, 1]` of the delay that is randomized away, so that many
+    /// tasks failing together do not retry in lockstep.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_secs(10),
+            exponential_backoff: false,
+            max_delay: Duration::from_secs(3_600),
+            jitter: 0.0,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after failed attempt number `failed_attempt` (1 for the first
+    /// attempt), with `random` drawn uniformly from `[0, 1)`:
+    /// `min(max_delay, delay × 2^(failed_attempt − 1)) × (1 − jitter × random)`
+    /// with backoff, `min(max_delay, delay) × (1 − jitter × random)` without.
+    pub fn delay_for(&self, failed_attempt: u32, random: f64) -> Duration {
+        let base = if self.exponential_backoff {
+            let exponent = failed_attempt.saturating_sub(1).min(62);
+            self.delay.saturating_mul(1u32.checked_shl(exponent.min(31)).unwrap_or(u32::MAX))
+        } else {
+            self.delay
+        };
+        let capped = base.min(self.max_delay);
+        let factor = 1.0 - self.jitter.clamp(0.0, 1.0) * random.clamp(0.0, 1.0);
+        capped.mul_f64(factor)
+    }
+}
+
+/// Every problem found in a DAG document, each naming its place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.lines())]
+pub struct SpecErrors(pub Vec<FieldViolation>);
+
+impl SpecErrors {
+    fn lines(&self) -> String {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        lines.join("\n")
+    }
+}
+
+impl From<SpecErrors> for ApiError {
+    /// Field paths are prefixed with `spec.` since the document travels in the
+    /// request's `spec` field.
+    fn from(errors: SpecErrors) -> Self {
+        ApiError::InvalidArgument(
+            errors
+                .0
+                .into_iter()
+                .map(|violation| {
+                    let field = if violation.field.is_empty() {
+                        "spec".to_string()
+                    } else {
+                        format!("spec.{}", violation.field)
+                    };
+                    FieldViolation { field, reason: violation.reason }
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            delay: Duration::from_secs(1),
+            exponential_backoff: true,
+            max_delay: Duration::from_secs(5),
+            jitter: 0.0,
+        };
+        let delays: Vec<u64> = (1..=5).map(|n| policy.delay_for(n, 0.5).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+        let constant = RetryPolicy { exponential_backoff: false, ..policy };
+        assert_eq!(constant.delay_for(4, 0.0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_only_shortens() {
+        let policy = RetryPolicy { delay: Duration::from_secs(10), jitter: 0.5, ..RetryPolicy::default() };
+        assert_eq!(policy.delay_for(1, 0.0), Duration::from_secs(10));
+        assert_eq!(policy.delay_for(1, 1.0), Duration::from_secs(5));
+        assert!(policy.delay_for(1, 0.3) < Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,78 @@
+//! Names of run and task states as users type and read them (`success`,
+//! `up_for_retry`), and which states are final.
+
+use crate::pb::api::{AttemptOutcome, RunState, TaskState};
+
+pub fn run_state_name(state: RunState) -> &'static str {
+    match state {
+        RunState::Unspecified => "unspecified",
+        RunState::Queued => "queued",
+        RunState::Running => "running",
+        RunState::Success => "success",
+        RunState::Failed => "failed",
+        RunState::Cancelled => "cancelled",
+    }
+}
+
+pub fn parse_run_state(name: &str) -> Option<RunState> {
+    [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed, RunState::Cancelled]
+        .into_iter()
+        .find(|state| run_state_name(*state) == name)
+}
+
+pub fn run_state_is_final(state: RunState) -> bool {
+    matches!(state, RunState::Success | RunState::Failed | RunState::Cancelled)
+}
+
+pub fn task_state_name(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Unspecified => "unspecified",
+        TaskState::Pending => "pending",
+        TaskState::Ready => "ready",
+        TaskState::Leased => "leased",
+        TaskState::Running => "running",
+        TaskState::Success => "success",
+        TaskState::Failed => "failed",
+        TaskState::UpstreamFailed => "upstream_failed",
+        TaskState::Skipped => "skipped",
+        TaskState::Cancelled => "cancelled",
+        TaskState::UpForRetry => "up_for_retry",
+        TaskState::UpForReschedule => "up_for_reschedule",
+    }
+}
+
+pub fn task_state_is_final(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::Success
+            | TaskState::Failed
+            | TaskState::UpstreamFailed
+            | TaskState::Skipped
+            | TaskState::Cancelled
+    )
+}
+
+pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
+    match outcome {
+        AttemptOutcome::Unspecified => "-",
+        AttemptOutcome::Succeeded => "succeeded",
+        AttemptOutcome::Failed => "failed",
+        AttemptOutcome::TimedOut => "timed_out",
+        AttemptOutcome::Cancelled => "cancelled",
+        AttemptOutcome::WorkerLost => "worker_lost",
+        AttemptOutcome::Error => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_state_names_parse_back() {
+        for state in [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed, RunState::Cancelled] {
+            assert_eq!(parse_run_state(run_state_name(state)), Some(state));
+        }
+        assert_eq!(parse_run_state("bogus"), None);
+    }
+}
