@@ -20,7 +20,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use model::{CommandSpec, DagSpec, SpecDuration, TaskDefaults, TaskSpec};
+pub use model::{CommandSpec, DagSpec, SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec};
 pub use parse::parse_dag;
 
 use crate::error::{ApiError, FieldViolation};
@@ -28,6 +28,13 @@ use crate::ids::{DagId, QueueName, TaskId};
 
 /// The queue of tasks that do not name one.
 pub const DEFAULT_QUEUE: &str = "default";
+
+/// Most retries a task may ask for.
+pub const MAX_RETRIES: u32 = 100;
+
+/// Most problems listed for one document; the rest are counted in a last
+/// entry, so that the error of a badly broken document stays readable.
+pub const MAX_REPORTED_VIOLATIONS: usize = 100;
 
 /// Limits a DAG document must stay within. The controller's configuration
 /// sets them; `baton dag validate` uses the defaults unless told otherwise.
@@ -43,13 +50,20 @@ pub struct SpecLimits {
 
 impl SpecLimits {
     /// Limits for specs that were validated before they were stored.
-    pub const UNLIMITED: SpecLimits =
-        SpecLimits { max_tasks: usize::MAX, max_spec_bytes: usize::MAX, max_dependencies: usize::MAX };
+    pub const UNLIMITED: SpecLimits = SpecLimits {
+        max_tasks: usize::MAX,
+        max_spec_bytes: usize::MAX,
+        max_dependencies: usize::MAX,
+    };
 }
 
 impl Default for SpecLimits {
     fn default() -> Self {
-        Self { max_tasks: 100_000, max_spec_bytes: 32 * 1024 * 1024, max_dependencies: 1_000_000 }
+        Self {
+            max_tasks: 100_000,
+            max_spec_bytes: 32 * 1024 * 1024,
+            max_dependencies: 1_000_000,
+        }
     }
 }
 
@@ -63,7 +77,7 @@ pub enum SpecFormat {
 }
 
 /// A DAG document that passed validation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedDag {
     pub dag_id: DagId,
     pub description: String,
@@ -151,7 +165,8 @@ impl RetryPolicy {
     pub fn delay_for(&self, failed_attempt: u32, random: f64) -> Duration {
         let base = if self.exponential_backoff {
             let exponent = failed_attempt.saturating_sub(1).min(62);
-            self.delay.saturating_mul(1u32.checked_shl(exponent.min(31)).unwrap_or(u32::MAX))
+            self.delay
+                .saturating_mul(1u32.checked_shl(exponent.min(31)).unwrap_or(u32::MAX))
         } else {
             self.delay
         };
@@ -187,7 +202,10 @@ impl From<SpecErrors> for ApiError {
                     } else {
                         format!("spec.{}", violation.field)
                     };
-                    FieldViolation { field, reason: violation.reason }
+                    FieldViolation {
+                        field,
+                        reason: violation.reason,
+                    }
                 })
                 .collect(),
         )
@@ -206,15 +224,24 @@ mod tests {
             max_delay: Duration::from_secs(5),
             jitter: 0.0,
         };
-        let delays: Vec<u64> = (1..=5).map(|n| policy.delay_for(n, 0.5).as_secs()).collect();
+        let delays: Vec<u64> = (1..=5)
+            .map(|n| policy.delay_for(n, 0.5).as_secs())
+            .collect();
         assert_eq!(delays, [1, 2, 4, 5, 5]);
-        let constant = RetryPolicy { exponential_backoff: false, ..policy };
+        let constant = RetryPolicy {
+            exponential_backoff: false,
+            ..policy
+        };
         assert_eq!(constant.delay_for(4, 0.0), Duration::from_secs(1));
     }
 
     #[test]
     fn jitter_only_shortens() {
-        let policy = RetryPolicy { delay: Duration::from_secs(10), jitter: 0.5, ..RetryPolicy::default() };
+        let policy = RetryPolicy {
+            delay: Duration::from_secs(10),
+            jitter: 0.5,
+            ..RetryPolicy::default()
+        };
         assert_eq!(policy.delay_for(1, 0.0), Duration::from_secs(10));
         assert_eq!(policy.delay_for(1, 1.0), Duration::from_secs(5));
         assert!(policy.delay_for(1, 0.3) < Duration::from_secs(10));

@@ -1,0 +1,443 @@
+//! The serde model of a DAG document as written.
+//!
+//! These types say which fields exist and what type each one has; nothing
+//! more. Ranges, ids, dependencies and defaults are the business of
+//! `validate`, so that one pass can report every problem at once.
+//!
+//! Every field has a default so that `parse` can deserialize one field at a
+//! time when a document has type errors, and report all of them with their
+//! paths. Required fields (`id`, at least one task) are checked by `parse`
+//! and `validate`, not by serde.
+//!
+//! Serializing a [`DagSpec`] gives its canonical form: fields in struct
+//! order, maps sorted, fields that were not written left out, durations in
+//! one spelling. The lists of known field names used for "unknown field"
+//! reports come from these derives (through `serde_introspect`), so they
+//! cannot drift from the structs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+
+/// A DAG document: its id, optional description and schedule, defaults
+/// shared by its tasks, and the tasks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DagSpec {
+    /// Empty when the document did not give one (reported by `parse`).
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Stored as written; not interpreted yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Settings every task gets unless it sets them itself. An empty
+    /// `default_args: {}` and a missing one are the same document.
+    #[serde(default, skip_serializing_if = "TaskDefaults::is_empty")]
+    pub default_args: TaskDefaults,
+    #[serde(default)]
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// The `default_args` of a DAG: the task settings that can be shared.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDefaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay: Option<SpecDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_exponential_backoff: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retry_delay: Option<SpecDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_jitter: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<SpecDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Merged under each command task's own `env`; the task's value wins.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+impl TaskDefaults {
+    /// True when no field is set, which is how a missing `default_args`
+    /// deserializes.
+    pub fn is_empty(&self) -> bool {
+        *self == TaskDefaults::default()
+    }
+}
+
+/// One task as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Empty when the task did not give one (reported by `parse`).
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `command` when not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TaskKindSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandSpec>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Ids of the tasks this one runs after, as written: duplicates are kept
+    /// here and removed on resolution. A single string is read as a list of
+    /// one, and always written back as a list.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay: Option<SpecDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_exponential_backoff: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retry_delay: Option<SpecDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_jitter: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<SpecDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+}
+
+/// The `kind` field of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKindSpec {
+    /// Runs a process.
+    Command,
+    /// Runs nothing and succeeds: a join point or a placeholder.
+    Noop,
+}
+
+impl TaskKindSpec {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKindSpec::Command => "command",
+            TaskKindSpec::Noop => "noop",
+        }
+    }
+}
+
+/// The `command` of a task: a list of arguments run as is, or a string run
+/// by `sh -c`. Kept as written so the canonical form shows what the user
+/// wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandSpec {
+    /// `command: "gzip -9 out/*.csv"`, run as `sh -c <string>`.
+    Shell(String),
+    /// `command: ["python", "extract.py"]`, run without a shell.
+    Argv(Vec<String>),
+}
+
+impl CommandSpec {
+    /// The argument vector to execute.
+    pub fn to_argv(&self) -> Vec<String> {
+        self.clone().into_argv()
+    }
+
+    /// The argument vector to execute, without copying.
+    pub fn into_argv(self) -> Vec<String> {
+        match self {
+            CommandSpec::Shell(script) => vec!["sh".to_string(), "-c".to_string(), script],
+            CommandSpec::Argv(argv) => argv,
+        }
+    }
+}
+
+impl Serialize for CommandSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CommandSpec::Shell(script) => serializer.serialize_str(script),
+            CommandSpec::Argv(argv) => {
+                let mut seq = serializer.serialize_seq(Some(argv.len()))?;
+                for arg in argv {
+                    seq.serialize_element(arg)?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CommandSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CommandVisitor;
+
+        impl<'de> Visitor<'de> for CommandVisitor {
+            type Value = CommandSpec;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a list of arguments or a shell command string")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<CommandSpec, E> {
+                Ok(CommandSpec::Shell(value.to_string()))
+            }
+
+            fn visit_string<E: de::Error>(self, value: String) -> Result<CommandSpec, E> {
+                Ok(CommandSpec::Shell(value))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CommandSpec, A::Error> {
+                let mut argv = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                Ok(CommandSpec::Argv(argv))
+            }
+        }
+
+        deserializer.deserialize_any(CommandVisitor)
+    }
+}
+
+/// `depends_on: a` is `depends_on: [a]`.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct OneOrMany;
+
+    impl<'de> Visitor<'de> for OneOrMany {
+        type Value = Vec<String>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a task id or a list of task ids")
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<Vec<String>, E> {
+            Ok(vec![value.to_string()])
+        }
+
+        fn visit_string<E: de::Error>(self, value: String) -> Result<Vec<String>, E> {
+            Ok(vec![value])
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(id) = seq.next_element::<String>()? {
+                ids.push(id);
+            }
+            Ok(ids)
+        }
+    }
+
+    deserializer.deserialize_any(OneOrMany)
+}
+
+/// A duration as written in a document: a humantime string (`"500ms"`,
+/// `"30s"`, `"1h 30m"`) or a non-negative number of seconds (`30`, `0.5`).
+///
+/// It serializes as the humantime spelling of the parsed value, so `60`,
+/// `"60s"` and `"1m"` all become `"1m"` in the canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SpecDuration(pub Duration);
+
+impl SpecDuration {
+    /// Longest accepted duration: what fits in 64 bits of nanoseconds
+    /// (about 584 years), so that deadlines computed from it cannot overflow.
+    pub const MAX: Duration = Duration::from_nanos(u64::MAX);
+
+    pub fn as_duration(self) -> Duration {
+        self.0
+    }
+
+    /// Reads the string form; the error is a sentence naming the value.
+    pub fn parse(text: &str) -> Result<SpecDuration, String> {
+        let trimmed = text.trim();
+        if trimmed.starts_with('-') {
+            return Err(format!(
+                "duration `{text}` is negative; durations must be zero or more"
+            ));
+        }
+        let duration = humantime::parse_duration(trimmed).map_err(|error| {
+            format!("`{text}` is not a duration ({error}); write for example `500ms`, `30s`, `5m` or `1h 30m`")
+        })?;
+        Self::checked(duration, text)
+    }
+
+    /// Reads a number of seconds.
+    pub fn from_seconds(seconds: f64) -> Result<SpecDuration, String> {
+        if seconds.is_nan() {
+            return Err("a duration must be a number of seconds, not NaN".to_string());
+        }
+        if seconds < 0.0 {
+            return Err(format!(
+                "duration `{seconds}` is negative; durations must be zero or more"
+            ));
+        }
+        let nanos = (seconds * 1e9).round();
+        if nanos > u64::MAX as f64 {
+            return Err(Self::too_long(&seconds.to_string()));
+        }
+        Ok(SpecDuration(Duration::from_nanos(nanos as u64)))
+    }
+
+    fn checked(duration: Duration, written: &str) -> Result<SpecDuration, String> {
+        if duration > Self::MAX {
+            Err(Self::too_long(written))
+        } else {
+            Ok(SpecDuration(duration))
+        }
+    }
+
+    fn too_long(written: &str) -> String {
+        format!(
+            "duration `{written}` is too long; the limit is {}",
+            humantime::format_duration(Self::MAX)
+        )
+    }
+}
+
+impl From<Duration> for SpecDuration {
+    fn from(duration: Duration) -> Self {
+        SpecDuration(duration)
+    }
+}
+
+impl fmt::Display for SpecDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&humantime::format_duration(self.0), f)
+    }
+}
+
+impl Serialize for SpecDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpecDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = SpecDuration;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(
+                    "a duration such as \"30s\", \"5m\" or \"1h 30m\", or a number of seconds",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<SpecDuration, E> {
+                SpecDuration::parse(value).map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<SpecDuration, E> {
+                SpecDuration::checked(Duration::from_secs(value), &value.to_string())
+                    .map_err(E::custom)
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<SpecDuration, E> {
+                match u64::try_from(value) {
+                    Ok(seconds) => self.visit_u64(seconds),
+                    Err(_) => Err(E::custom(format!(
+                        "duration `{value}` is negative; durations must be zero or more"
+                    ))),
+                }
+            }
+
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<SpecDuration, E> {
+                SpecDuration::from_seconds(value).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_both_forms_and_write_one() {
+        let sixty: SpecDuration = serde_json::from_str("60").unwrap();
+        let minute: SpecDuration = serde_json::from_str("\"1m\"").unwrap();
+        assert_eq!(sixty, minute);
+        assert_eq!(serde_json::to_string(&sixty).unwrap(), "\"1m\"");
+        let half: SpecDuration = serde_json::from_str("0.5").unwrap();
+        assert_eq!(half.0, Duration::from_millis(500));
+        let mixed: SpecDuration = serde_json::from_str("\"1h 30m\"").unwrap();
+        assert_eq!(mixed.0, Duration::from_secs(5_400));
+        assert_eq!(mixed.to_string(), "1h 30m");
+    }
+
+    #[test]
+    fn durations_refuse_negative_and_nonsense() {
+        let error = serde_json::from_str::<SpecDuration>("-5")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("negative"), "{error}");
+        let error = serde_json::from_str::<SpecDuration>("\"-5s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("negative"), "{error}");
+        let error = serde_json::from_str::<SpecDuration>("\"5 parsecs\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`5 parsecs` is not a duration"), "{error}");
+        let error = serde_json::from_str::<SpecDuration>("1e30")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("too long"), "{error}");
+    }
+
+    #[test]
+    fn humantime_spelling_reads_back_exactly() {
+        for nanos in [
+            0,
+            1,
+            999,
+            1_000_000,
+            1_500_000_000,
+            86_400_000_000_000,
+            123_456_789_987_654_321,
+            u64::MAX,
+        ] {
+            let duration = SpecDuration(Duration::from_nanos(nanos));
+            let back = SpecDuration::parse(&duration.to_string()).unwrap();
+            assert_eq!(back, duration, "{duration}");
+        }
+    }
+
+    #[test]
+    fn command_is_a_string_or_a_list() {
+        let shell: CommandSpec = serde_json::from_str("\"echo hi\"").unwrap();
+        assert_eq!(shell.to_argv(), ["sh", "-c", "echo hi"]);
+        assert_eq!(serde_json::to_string(&shell).unwrap(), "\"echo hi\"");
+        let argv: CommandSpec = serde_json::from_str("[\"echo\", \"hi\"]").unwrap();
+        assert_eq!(argv, CommandSpec::Argv(vec!["echo".into(), "hi".into()]));
+        assert_eq!(serde_json::to_string(&argv).unwrap(), "[\"echo\",\"hi\"]");
+        let error = serde_json::from_str::<CommandSpec>("5")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("expected a list of arguments or a shell command string"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,973 @@
+//! Checks a parsed [`DagSpec`] and resolves it into a [`ValidatedDag`].
+//!
+//! Every check runs and reports into one [`Report`], so a user sees all the
+//! problems of a document at once. `parse` hands over, besides the model,
+//! which fields it could not read ([`Unreadable`]): those were reported
+//! already, and the checks that depend on them are skipped rather than
+//! guessing (a task whose `id` could not be read makes "unknown task"
+//! reports unreliable, a `retry_delay` that could not be read cannot be
+//! compared with `max_retry_delay`).
+//!
+//! Properties the dependency checks keep:
+//! - no recursion: cycle detection is an iterative Tarjan SCC pass followed
+//!   by a breadth-first search per strongly connected component, so 100,000
+//!   tasks in one chain cannot overflow the stack;
+//! - linear time in tasks plus edges; duplicates in one `depends_on` list are
+//!   removed with a per-task stamp array, not a set per task;
+//! - each cycle is reported once: one per task that depends on itself and
+//!   one (the shortest through its first task in file order) per strongly
+//!   connected component of two or more tasks.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use sha2::{Digest, Sha256};
+
+use super::model::{CommandSpec, DagSpec, SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec};
+use super::{
+    CommandTask, DEFAULT_QUEUE, MAX_REPORTED_VIOLATIONS, MAX_RETRIES, ResolvedTask, RetryPolicy,
+    SpecErrors, SpecLimits, TaskKind, ValidatedDag,
+};
+use crate::error::FieldViolation;
+use crate::ids::{DagId, QueueName, TaskId, validate_name};
+
+/// How many unknown dependencies get a "did you mean" search: each search
+/// compares against every task id, which adds up in a large DAG.
+const MAX_DEPENDENCY_SUGGESTIONS: usize = 10;
+
+/// Longest field path and reason kept in a violation, in bytes.
+const MAX_FIELD_BYTES: usize = 300;
+const MAX_REASON_BYTES: usize = 600;
+
+/// `text`, cut at a character boundary with `…` when over `limit` bytes.
+fn shorten(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// Where a field lives in the document, for violation paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    Root,
+    Defaults,
+    Task(usize),
+}
+
+impl Place {
+    /// Path of the object itself (`""`, `default_args`, `tasks[3]`).
+    pub(super) fn path(self) -> String {
+        match self {
+            Place::Root => String::new(),
+            Place::Defaults => "default_args".to_string(),
+            Place::Task(index) => format!("tasks[{index}]"),
+        }
+    }
+
+    /// Path of one of its fields.
+    pub(super) fn field(self, name: &str) -> String {
+        match self {
+            Place::Root => name.to_string(),
+            Place::Defaults => format!("default_args.{name}"),
+            Place::Task(index) => format!("tasks[{index}].{name}"),
+        }
+    }
+}
+
+/// The violations found so far, capped at [`MAX_REPORTED_VIOLATIONS`] so an
+/// error for a huge broken document stays readable (and fits in a gRPC
+/// status); the rest are counted.
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    violations: Vec<FieldViolation>,
+    omitted: usize,
+}
+
+impl Report {
+    /// Records a violation. Field and reason are cut to a few hundred
+    /// bytes: they may quote user values of any length.
+    pub(super) fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        if self.violations.len() < MAX_REPORTED_VIOLATIONS {
+            self.violations.push(FieldViolation::new(
+                shorten(field.into(), MAX_FIELD_BYTES),
+                shorten(reason.into(), MAX_REASON_BYTES),
+            ));
+        } else {
+            self.omitted += 1;
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// Adds what `other` found after what this one found.
+    pub(super) fn append(&mut self, other: Report) {
+        for violation in other.violations {
+            self.push(violation.field, violation.reason);
+        }
+        self.omitted += other.omitted;
+    }
+
+    pub(super) fn into_errors(mut self) -> SpecErrors {
+        if self.omitted > 0 {
+            self.violations.push(FieldViolation::new(
+                "",
+                format!(
+                    "{} more problems not listed; fix the ones above and validate again",
+                    self.omitted
+                ),
+            ));
+        }
+        SpecErrors(self.violations)
+    }
+}
+
+/// Fields of one object that `parse` could not read (and reported).
+#[derive(Debug, Default)]
+pub(super) struct Unreadable {
+    /// The object itself was not a mapping: nothing in it is usable.
+    whole: bool,
+    fields: Vec<&'static str>,
+}
+
+impl Unreadable {
+    pub(super) fn whole() -> Self {
+        Self {
+            whole: true,
+            fields: Vec::new(),
+        }
+    }
+
+    pub(super) fn insert(&mut self, field: &'static str) {
+        if !self.fields.contains(&field) {
+            self.fields.push(field);
+        }
+    }
+
+    pub(super) fn has(&self, field: &str) -> bool {
+        self.whole || self.fields.contains(&field)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        !self.whole && self.fields.is_empty()
+    }
+}
+
+/// What `parse` produced: the model plus the fields it could not read.
+#[derive(Debug, Default)]
+pub(super) struct Parsed {
+    pub(super) spec: DagSpec,
+    pub(super) root: Unreadable,
+    pub(super) defaults: Unreadable,
+    /// Only tasks with unreadable fields have an entry.
+    pub(super) tasks: BTreeMap<usize, Unreadable>,
+}
+
+impl Parsed {
+    fn task(&self, index: usize) -> &Unreadable {
+        static NONE: Unreadable = Unreadable {
+            whole: false,
+            fields: Vec::new(),
+        };
+        self.tasks.get(&index).unwrap_or(&NONE)
+    }
+}
+
+/// The best "did you mean" among `candidates`, if one is close enough:
+/// Jaro-Winkler similarity of at least 0.8, or an edit distance of at most
+/// 2 (1 for short words).
+pub(super) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let mut best: Option<(f64, &'a str)> = None;
+    for candidate in candidates {
+        if candidate == word {
+            continue;
+        }
+        let similarity = strsim::jaro_winkler(word, candidate);
+        let close = similarity >= 0.8 || {
+            let longest = word.chars().count().max(candidate.chars().count());
+            let allowed = (longest / 3).clamp(1, 2);
+            word.len().abs_diff(candidate.len()) <= allowed
+                && strsim::osa_distance(word, candidate) <= allowed
+        };
+        if close && best.is_none_or(|(best_similarity, _)| similarity > best_similarity) {
+            best = Some((similarity, candidate));
+        }
+    }
+    best.map(|(_, candidate)| candidate)
+}
+
+/// Runs every check on `parsed`, adding to what `parse` reported, and
+/// resolves the DAG when nothing was found.
+pub(super) fn validate(
+    parsed: Parsed,
+    limits: &SpecLimits,
+    mut report: Report,
+) -> Result<ValidatedDag, SpecErrors> {
+    let spec = &parsed.spec;
+
+    if !parsed.root.has("id")
+        && let Err(error) = validate_name(DagId::WHAT, &spec.id)
+    {
+        report.push("id", error.reason);
+    }
+    if spec.tasks.is_empty() && !parsed.root.has("tasks") {
+        report.push("tasks", "a DAG needs at least one task");
+    }
+
+    let defaults = Settings::of_defaults(&spec.default_args);
+    check_settings(Place::Defaults, &defaults, true, &mut report);
+
+    let (index, any_id_unreadable) = check_task_ids(&parsed, &mut report);
+
+    let mut pair_reported_on_defaults = false;
+    for (position, task) in spec.tasks.iter().enumerate() {
+        let unreadable = parsed.task(position);
+        if unreadable.has("kind") {
+            // Which fields are allowed depends on the kind; skip rather than guess.
+            check_settings(
+                Place::Task(position),
+                &Settings::of_task(task),
+                false,
+                &mut report,
+            );
+            continue;
+        }
+        let kind = task.kind.unwrap_or(TaskKindSpec::Command);
+        check_settings(
+            Place::Task(position),
+            &Settings::of_task(task),
+            kind == TaskKindSpec::Command,
+            &mut report,
+        );
+        check_kind(position, task, kind, unreadable, &mut report);
+        check_retry_cap(
+            position,
+            &parsed,
+            &mut pair_reported_on_defaults,
+            &mut report,
+        );
+    }
+
+    let dependencies =
+        resolve_dependencies(&parsed, &index, any_id_unreadable, limits, &mut report);
+    report_cycles(&spec.tasks, &dependencies, &mut report);
+
+    if !report.is_empty() {
+        return Err(report.into_errors());
+    }
+    resolve(parsed.spec, dependencies)
+}
+
+/// Checks task id rules and uniqueness; returns id → first position, and
+/// whether some task's id could not be read.
+fn check_task_ids<'a>(parsed: &'a Parsed, report: &mut Report) -> (HashMap<&'a str, usize>, bool) {
+    let tasks = &parsed.spec.tasks;
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(tasks.len());
+    let mut any_id_unreadable = false;
+    for (position, task) in tasks.iter().enumerate() {
+        if parsed.task(position).has("id") {
+            any_id_unreadable = true;
+            continue;
+        }
+        if let Err(error) = validate_name(TaskId::WHAT, &task.id) {
+            report.push(Place::Task(position).field("id"), error.reason);
+        }
+        match index.entry(task.id.as_str()) {
+            std::collections::hash_map::Entry::Occupied(first) => report.push(
+                Place::Task(position).field("id"),
+                format!(
+                    "duplicate task id `{}` (first defined at tasks[{}])",
+                    task.id,
+                    first.get()
+                ),
+            ),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(position);
+            }
+        }
+    }
+    (index, any_id_unreadable)
+}
+
+/// The settings a task and `default_args` have in common, borrowed from
+/// either.
+struct Settings<'a> {
+    retries: Option<u32>,
+    retry_jitter: Option<f64>,
+    timeout: Option<SpecDuration>,
+    queue: Option<&'a str>,
+    env: &'a BTreeMap<String, String>,
+    cwd: Option<&'a str>,
+}
+
+impl<'a> Settings<'a> {
+    fn of_defaults(defaults: &'a TaskDefaults) -> Self {
+        Self {
+            retries: defaults.retries,
+            retry_jitter: defaults.retry_jitter,
+            timeout: defaults.timeout,
+            queue: defaults.queue.as_deref(),
+            env: &defaults.env,
+            cwd: defaults.cwd.as_deref(),
+        }
+    }
+
+    fn of_task(task: &'a TaskSpec) -> Self {
+        Self {
+            retries: task.retries,
+            retry_jitter: task.retry_jitter,
+            timeout: task.timeout,
+            queue: task.queue.as_deref(),
+            env: &task.env,
+            cwd: task.cwd.as_deref(),
+        }
+    }
+}
+
+/// Range and content checks of one object's own settings. `with_process`
+/// is false for a noop task, whose `env` and `cwd` are refused elsewhere.
+fn check_settings(place: Place, settings: &Settings<'_>, with_process: bool, report: &mut Report) {
+    if let Some(retries) = settings.retries
+        && retries > MAX_RETRIES
+    {
+        report.push(
+            place.field("retries"),
+            format!("retries is {retries}; the limit is {MAX_RETRIES}"),
+        );
+    }
+    if let Some(jitter) = settings.retry_jitter
+        && !(0.0..=1.0).contains(&jitter)
+    {
+        report.push(
+            place.field("retry_jitter"),
+            format!("retry_jitter is {jitter}; it must be between 0 and 1"),
+        );
+    }
+    if let Some(timeout) = settings.timeout
+        && timeout.0.is_zero()
+    {
+        report.push(
+            place.field("timeout"),
+            "timeout must be longer than zero; leave it out for no timeout",
+        );
+    }
+    if let Some(queue) = settings.queue
+        && let Err(error) = validate_name(QueueName::WHAT, queue)
+    {
+        report.push(place.field("queue"), error.reason);
+    }
+    if !with_process {
+        return;
+    }
+    for (name, value) in settings.env {
+        if name.is_empty() {
+            report.push(
+                place.field("env"),
+                "environment variable names must not be empty",
+            );
+            continue;
+        }
+        let field = format!("{}.{name}", place.field("env"));
+        if name.contains('=') {
+            report.push(
+                field,
+                format!("environment variable name `{name}` must not contain `=`"),
+            );
+        } else if name.contains('\0') {
+            report.push(
+                field,
+                format!(
+                    "environment variable name `{}` must not contain a NUL character",
+                    name.escape_debug()
+                ),
+            );
+        } else if value.contains('\0') {
+            report.push(
+                field,
+                format!("the value of `{name}` must not contain a NUL character"),
+            );
+        }
+    }
+    if let Some(cwd) = settings.cwd {
+        if cwd.is_empty() {
+            report.push(
+                place.field("cwd"),
+                "cwd must not be empty; leave it out to use the worker's directory",
+            );
+        } else if cwd.contains('\0') {
+            report.push(
+                place.field("cwd"),
+                format!(
+                    "cwd `{}` must not contain a NUL character",
+                    cwd.escape_debug()
+                ),
+            );
+        }
+    }
+}
+
+/// What a task's kind requires or refuses.
+fn check_kind(
+    position: usize,
+    task: &TaskSpec,
+    kind: TaskKindSpec,
+    unreadable: &Unreadable,
+    report: &mut Report,
+) {
+    let place = Place::Task(position);
+    match kind {
+        TaskKindSpec::Command => {
+            if unreadable.has("command") {
+                return;
+            }
+            match &task.command {
+                None => report.push(
+                    place.field("command"),
+                    "missing; a command task needs a `command` (a list of arguments or a shell string), \
+                     or `kind: noop`",
+                ),
+                Some(CommandSpec::Shell(script)) => {
+                    if script.trim().is_empty() {
+                        report.push(place.field("command"), "the shell command must not be empty");
+                    } else if script.contains('\0') {
+                        report.push(place.field("command"), "the shell command must not contain a NUL character");
+                    }
+                }
+                Some(CommandSpec::Argv(argv)) => {
+                    if argv.is_empty() {
+                        report.push(place.field("command"), "the argument list must not be empty");
+                        return;
+                    }
+                    if argv[0].is_empty() {
+                        report.push(format!("{}[0]", place.field("command")), "the program name must not be empty");
+                    }
+                    for (position, argument) in argv.iter().enumerate() {
+                        if argument.contains('\0') {
+                            report.push(
+                                format!("{}[{position}]", place.field("command")),
+                                format!("argument `{}` must not contain a NUL character", argument.escape_debug()),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        TaskKindSpec::Noop => {
+            if task.command.is_some() {
+                report.push(
+                    place.field("command"),
+                    "a noop task runs nothing; remove `command` or drop `kind: noop`",
+                );
+            }
+            if !task.env.is_empty() {
+                report.push(place.field("env"), "only command tasks take `env`");
+            }
+            if task.cwd.is_some() {
+                report.push(place.field("cwd"), "only command tasks take `cwd`");
+            }
+        }
+    }
+}
+
+/// Where a resolved setting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Task,
+    Defaults,
+    Builtin,
+}
+
+/// The value a task ends up with, or `None` when it depends on a field that
+/// could not be read.
+fn effective<T>(
+    on_task: Option<T>,
+    task_unreadable: bool,
+    on_defaults: Option<T>,
+    defaults_unreadable: bool,
+    builtin: T,
+) -> Option<(T, Source)> {
+    if task_unreadable {
+        return None;
+    }
+    if let Some(value) = on_task {
+        return Some((value, Source::Task));
+    }
+    if defaults_unreadable {
+        return None;
+    }
+    Some(match on_defaults {
+        Some(value) => (value, Source::Defaults),
+        None => (builtin, Source::Builtin),
+    })
+}
+
+/// `max_retry_delay` must not be shorter than `retry_delay`, comparing the
+/// values the task ends up with. A conflict between `default_args` and the
+/// built-in defaults alone is reported once, on `default_args`.
+fn check_retry_cap(
+    position: usize,
+    parsed: &Parsed,
+    reported_on_defaults: &mut bool,
+    report: &mut Report,
+) {
+    let task = &parsed.spec.tasks[position];
+    let defaults = &parsed.spec.default_args;
+    let unreadable = parsed.task(position);
+    let builtin = RetryPolicy::default();
+    let delay = effective(
+        task.retry_delay.map(SpecDuration::as_duration),
+        unreadable.has("retry_delay"),
+        defaults.retry_delay.map(SpecDuration::as_duration),
+        parsed.defaults.has("retry_delay"),
+        builtin.delay,
+    );
+    let cap = effective(
+        task.max_retry_delay.map(SpecDuration::as_duration),
+        unreadable.has("max_retry_delay"),
+        defaults.max_retry_delay.map(SpecDuration::as_duration),
+        parsed.defaults.has("max_retry_delay"),
+        builtin.max_delay,
+    );
+    let (Some((delay, delay_source)), Some((cap, cap_source))) = (delay, cap) else {
+        return;
+    };
+    if cap >= delay {
+        return;
+    }
+    let place = if delay_source == Source::Task || cap_source == Source::Task {
+        Place::Task(position)
+    } else if *reported_on_defaults {
+        return;
+    } else {
+        *reported_on_defaults = true;
+        Place::Defaults
+    };
+    let field = if delay_source == Source::Task
+        || (place == Place::Defaults && delay_source == Source::Defaults)
+    {
+        "retry_delay"
+    } else {
+        "max_retry_delay"
+    };
+    let origin = |source: Source| match source {
+        Source::Task => "",
+        Source::Defaults if place == Place::Defaults => "",
+        Source::Defaults => " (from default_args)",
+        Source::Builtin => " (the default)",
+    };
+    report.push(
+        place.field(field),
+        format!(
+            "retry_delay {}{} is longer than max_retry_delay {}{}; raise max_retry_delay or shorten retry_delay",
+            humantime::format_duration(delay),
+            origin(delay_source),
+            humantime::format_duration(cap),
+            origin(cap_source),
+        ),
+    );
+}
+
+/// Resolves every `depends_on` entry to a task position, without duplicates,
+/// reporting bad and unknown ids and the edge limit.
+fn resolve_dependencies(
+    parsed: &Parsed,
+    index: &HashMap<&str, usize>,
+    any_id_unreadable: bool,
+    limits: &SpecLimits,
+    report: &mut Report,
+) -> Vec<Vec<usize>> {
+    let tasks = &parsed.spec.tasks;
+    // last_added_by[t] == position when task `position` already depends on t.
+    let mut last_added_by = vec![usize::MAX; tasks.len()];
+    let mut dependencies = Vec::with_capacity(tasks.len());
+    let mut edges = 0usize;
+    let mut suggestions_left = MAX_DEPENDENCY_SUGGESTIONS;
+    for (position, task) in tasks.iter().enumerate() {
+        let mut upstream = Vec::with_capacity(task.depends_on.len());
+        for (entry, name) in task.depends_on.iter().enumerate() {
+            let field = || format!("{}[{entry}]", Place::Task(position).field("depends_on"));
+            if let Err(error) = validate_name(TaskId::WHAT, name) {
+                report.push(field(), error.reason);
+                continue;
+            }
+            match index.get(name.as_str()) {
+                Some(&target) => {
+                    if last_added_by[target] != position {
+                        last_added_by[target] = position;
+                        upstream.push(target);
+                    }
+                }
+                // The task that could not be read may well be the one named.
+                None if any_id_unreadable => {}
+                None => {
+                    let suggestion = if suggestions_left > 0 {
+                        suggestions_left -= 1;
+                        did_you_mean(name, tasks.iter().map(|task| task.id.as_str()))
+                    } else {
+                        None
+                    };
+                    let reason = match suggestion {
+                        Some(known) => format!("unknown task `{name}`; did you mean `{known}`?"),
+                        None => format!("unknown task `{name}`; no task in this DAG has that id"),
+                    };
+                    report.push(field(), reason);
+                }
+            }
+        }
+        edges += upstream.len();
+        dependencies.push(upstream);
+    }
+    if edges > limits.max_dependencies {
+        report.push(
+            "tasks",
+            format!(
+                "the DAG has {edges} dependencies; the limit is {}",
+                limits.max_dependencies
+            ),
+        );
+    }
+    dependencies
+}
+
+/// Reports each task that depends on itself, and one cycle per strongly
+/// connected component of two or more tasks, in file order of their first
+/// task.
+fn report_cycles(tasks: &[TaskSpec], dependencies: &[Vec<usize>], report: &mut Report) {
+    let mut cycles: Vec<Vec<usize>> = Vec::new();
+    for (position, upstream) in dependencies.iter().enumerate() {
+        if upstream.contains(&position) {
+            cycles.push(vec![position]);
+        }
+    }
+    let components = strongly_connected_components(dependencies);
+    if !components.is_empty() {
+        let mut component_of = vec![usize::MAX; dependencies.len()];
+        for (number, component) in components.iter().enumerate() {
+            for &member in component {
+                component_of[member] = number;
+            }
+        }
+        let mut parent = vec![usize::MAX; dependencies.len()];
+        for (number, component) in components.iter().enumerate() {
+            let start = component.iter().copied().min().unwrap_or_default();
+            cycles.push(shortest_cycle(
+                start,
+                dependencies,
+                |task| component_of[task] == number,
+                &mut parent,
+            ));
+        }
+    }
+    cycles.sort_by_key(|cycle| cycle[0]);
+    for cycle in cycles {
+        let start = cycle[0];
+        let next = *cycle.get(1).unwrap_or(&start);
+        let entry = tasks[start]
+            .depends_on
+            .iter()
+            .position(|name| *name == tasks[next].id)
+            .unwrap_or(0);
+        let mut reason = format!("dependency cycle: {}", format_cycle(tasks, &cycle));
+        if cycle.len() == 1 {
+            reason.push_str("; a task cannot depend on itself");
+        }
+        report.push(
+            format!("{}[{entry}]", Place::Task(start).field("depends_on")),
+            reason,
+        );
+    }
+}
+
+/// `a → b → c → a`, each task depending on the next; very long cycles are
+/// shortened in the middle.
+fn format_cycle(tasks: &[TaskSpec], cycle: &[usize]) -> String {
+    const HEAD: usize = 8;
+    const TAIL: usize = 3;
+    let name = |position: usize| tasks[position].id.as_str();
+    let mut parts: Vec<String> = Vec::with_capacity(HEAD + TAIL + 2);
+    if cycle.len() <= HEAD + TAIL + 1 {
+        parts.extend(cycle.iter().map(|&position| name(position).to_string()));
+    } else {
+        parts.extend(
+            cycle[..HEAD]
+                .iter()
+                .map(|&position| name(position).to_string()),
+        );
+        parts.push(format!("… {} more …", cycle.len() - HEAD - TAIL));
+        parts.extend(
+            cycle[cycle.len() - TAIL..]
+                .iter()
+                .map(|&position| name(position).to_string()),
+        );
+    }
+    parts.push(name(cycle[0]).to_string());
+    parts.join(" → ")
+}
+
+/// Tarjan's algorithm with an explicit stack. Returns the components of two
+/// or more tasks (the ones that contain a cycle besides self-dependencies).
+fn strongly_connected_components(dependencies: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    const UNSEEN: usize = usize::MAX;
+    let count = dependencies.len();
+    let mut order = vec![UNSEEN; count];
+    let mut low = vec![0usize; count];
+    let mut on_stack = vec![false; count];
+    let mut stack: Vec<usize> = Vec::new();
+    // (task, next edge to follow): the call stack of the recursive version.
+    let mut frames: Vec<(usize, usize)> = Vec::new();
+    let mut counter = 0usize;
+    let mut components = Vec::new();
+
+    for root in 0..count {
+        if order[root] != UNSEEN {
+            continue;
+        }
+        order[root] = counter;
+        low[root] = counter;
+        counter += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        frames.push((root, 0));
+
+        while let Some(frame) = frames.last_mut() {
+            let (task, next_edge) = *frame;
+            if let Some(&target) = dependencies[task].get(next_edge) {
+                frame.1 += 1;
+                if order[target] == UNSEEN {
+                    order[target] = counter;
+                    low[target] = counter;
+                    counter += 1;
+                    stack.push(target);
+                    on_stack[target] = true;
+                    frames.push((target, 0));
+                } else if on_stack[target] {
+                    low[task] = low[task].min(order[target]);
+                }
+                continue;
+            }
+            frames.pop();
+            if let Some(&(caller, _)) = frames.last() {
+                low[caller] = low[caller].min(low[task]);
+            }
+            if low[task] == order[task] {
+                let mut component = Vec::new();
+                while let Some(member) = stack.pop() {
+                    on_stack[member] = false;
+                    component.push(member);
+                    if member == task {
+                        break;
+                    }
+                }
+                if component.len() > 1 {
+                    components.push(component);
+                }
+            }
+        }
+    }
+    components
+}
+
+/// The shortest cycle from `start` back to itself through tasks for which
+/// `inside` holds (a strongly connected component, so one exists). `parent`
+/// is scratch space of one entry per task, all `usize::MAX`, and is left so.
+fn shortest_cycle(
+    start: usize,
+    dependencies: &[Vec<usize>],
+    inside: impl Fn(usize) -> bool,
+    parent: &mut [usize],
+) -> Vec<usize> {
+    let mut visited = vec![start];
+    let mut queue = VecDeque::from([start]);
+    parent[start] = start;
+    let mut last = None;
+    'search: while let Some(task) = queue.pop_front() {
+        for &target in &dependencies[task] {
+            if target == task || !inside(target) {
+                continue;
+            }
+            if target == start {
+                last = Some(task);
+                break 'search;
+            }
+            if parent[target] == usize::MAX {
+                parent[target] = task;
+                visited.push(target);
+                queue.push_back(target);
+            }
+        }
+    }
+    let mut cycle = Vec::new();
+    let mut task = last.unwrap_or(start);
+    while task != start {
+        cycle.push(task);
+        task = parent[task];
+    }
+    cycle.push(start);
+    cycle.reverse();
+    for task in visited {
+        parent[task] = usize::MAX;
+    }
+    cycle
+}
+
+/// Builds the [`ValidatedDag`] of a document that passed every check,
+/// moving the strings out of the model rather than copying them.
+fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag, SpecErrors> {
+    let internal = |what: String| {
+        SpecErrors(vec![FieldViolation::new(
+            "",
+            format!("internal error: {what}"),
+        )])
+    };
+    let canonical_json = serde_json::to_string(&spec)
+        .map_err(|error| internal(format!("cannot serialize the spec: {error}")))?;
+    let digest = hex::encode(Sha256::digest(canonical_json.as_bytes()));
+
+    let DagSpec {
+        id,
+        description,
+        schedule,
+        default_args: defaults,
+        tasks: task_specs,
+    } = spec;
+    let builtin = RetryPolicy::default();
+    let default_queue = QueueName::new(defaults.queue.as_deref().unwrap_or(DEFAULT_QUEUE))
+        .map_err(|error| internal(error.reason))?;
+    let mut tasks = Vec::with_capacity(task_specs.len());
+    for (task, depends_on) in task_specs.into_iter().zip(dependencies) {
+        let kind = match task.kind.unwrap_or(TaskKindSpec::Command) {
+            TaskKindSpec::Noop => TaskKind::Noop,
+            TaskKindSpec::Command => {
+                let env = if defaults.env.is_empty() {
+                    task.env
+                } else {
+                    let mut env = defaults.env.clone();
+                    env.extend(task.env);
+                    env
+                };
+                TaskKind::Command(CommandTask {
+                    argv: task.command.map(CommandSpec::into_argv).unwrap_or_default(),
+                    env,
+                    cwd: task.cwd.or_else(|| defaults.cwd.clone()),
+                })
+            }
+        };
+        let pick_duration = |on_task: Option<SpecDuration>, on_defaults: Option<SpecDuration>| {
+            on_task.or(on_defaults).map(SpecDuration::as_duration)
+        };
+        let queue = match task.queue {
+            Some(queue) => QueueName::new(queue).map_err(|error| internal(error.reason))?,
+            None => default_queue.clone(),
+        };
+        tasks.push(ResolvedTask {
+            id: TaskId::new(task.id).map_err(|error| internal(error.reason))?,
+            kind,
+            depends_on,
+            retries: task.retries.or(defaults.retries).unwrap_or(0),
+            retry: RetryPolicy {
+                delay: pick_duration(task.retry_delay, defaults.retry_delay)
+                    .unwrap_or(builtin.delay),
+                exponential_backoff: task
+                    .retry_exponential_backoff
+                    .or(defaults.retry_exponential_backoff)
+                    .unwrap_or(builtin.exponential_backoff),
+                max_delay: pick_duration(task.max_retry_delay, defaults.max_retry_delay)
+                    .unwrap_or(builtin.max_delay),
+                jitter: task
+                    .retry_jitter
+                    .or(defaults.retry_jitter)
+                    .unwrap_or(builtin.jitter),
+            },
+            timeout: pick_duration(task.timeout, defaults.timeout),
+            queue,
+            priority: task.priority.or(defaults.priority).unwrap_or(0),
+        });
+    }
+
+    Ok(ValidatedDag {
+        dag_id: DagId::new(id).map_err(|error| internal(error.reason))?,
+        description: description.unwrap_or_default(),
+        schedule,
+        tasks,
+        canonical_json,
+        digest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_only_when_close() {
+        let fields = [
+            "id",
+            "command",
+            "retries",
+            "retry_delay",
+            "queue",
+            "depends_on",
+        ];
+        assert_eq!(did_you_mean("retires", fields), Some("retries"));
+        assert_eq!(did_you_mean("dependson", fields), Some("depends_on"));
+        assert_eq!(did_you_mean("queu", fields), Some("queue"));
+        assert_eq!(did_you_mean("ib", fields), Some("id"));
+        assert_eq!(did_you_mean("zzzzzz", fields), None);
+        assert_eq!(did_you_mean("x", fields), None);
+        assert_eq!(
+            did_you_mean("id", fields),
+            None,
+            "the word itself is no suggestion"
+        );
+    }
+
+    #[test]
+    fn components_and_shortest_cycles() {
+        // 0 → 1 → 2 → 0 with a chord 0 → 2; 3 → 3 alone; 4 → 5 → 4; 6 depends on 4.
+        let dependencies = vec![
+            vec![1, 2],
+            vec![2],
+            vec![0],
+            vec![3],
+            vec![5],
+            vec![4],
+            vec![4],
+        ];
+        let mut components = strongly_connected_components(&dependencies);
+        for component in &mut components {
+            component.sort_unstable();
+        }
+        components.sort();
+        assert_eq!(components, [vec![0, 1, 2], vec![4, 5]]);
+
+        let mut parent = vec![usize::MAX; dependencies.len()];
+        let cycle = shortest_cycle(0, &dependencies, |task| task <= 2, &mut parent);
+        assert_eq!(cycle, [0, 2], "the chord gives the shorter cycle 0 → 2 → 0");
+        assert!(
+            parent.iter().all(|&entry| entry == usize::MAX),
+            "scratch space is left clean"
+        );
+    }
+
+    #[test]
+    fn report_is_capped_and_cuts_long_text() {
+        let mut report = Report::default();
+        for position in 0..MAX_REPORTED_VIOLATIONS + 5 {
+            report.push(Place::Task(position).field("id"), "x".repeat(1_000));
+        }
+        let errors = report.into_errors().0;
+        assert_eq!(errors.len(), MAX_REPORTED_VIOLATIONS + 1);
+        assert_eq!(errors[0].reason.len(), MAX_REASON_BYTES + '…'.len_utf8());
+        assert!(errors.last().unwrap().reason.starts_with("5 more problems"));
+        assert_eq!(shorten("ééé".to_string(), 3), "é…");
+    }
+}
