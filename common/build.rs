@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     tonic_prost_build::configure()
+        // The worker's RPC is named `Connect`, which would clash with the
+        // generated `connect` constructor; clients are built from a channel.
+        .build_transport(false)
         .file_descriptor_set_path(out_dir.join("baton_descriptor.bin"))
         .compile_protos(PROTOS, &["../proto"])?;
     Ok(())

@@ -33,7 +33,11 @@ pub enum ClientError {
 
 /// Adds `http://` when the address has no scheme.
 pub fn normalize_addr(addr: &str) -> String {
-    if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
@@ -47,7 +51,10 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
                 .keep_alive_timeout(Duration::from_secs(10))
                 .keep_alive_while_idle(true)
         })
-        .map_err(|error| ClientError::InvalidAddress { addr: addr.to_string(), reason: error.to_string() })
+        .map_err(|error| ClientError::InvalidAddress {
+            addr: addr.to_string(),
+            reason: error.to_string(),
+        })
 }
 
 /// Opens a channel to a controller.
@@ -55,7 +62,10 @@ pub async fn connect_channel(addr: &str) -> Result<Channel, ClientError> {
     endpoint(addr)?
         .connect()
         .await
-        .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Clients of every user-facing service over one channel.

@@ -19,7 +19,10 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -29,7 +32,7 @@ impl std::fmt::Display for FieldViolation {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// The request is malformed; nothing was changed.
     #[error("{}", join_violations(.0))]
@@ -58,7 +61,10 @@ impl ApiError {
     }
 
     pub fn not_found(what: &'static str, id: impl std::fmt::Display) -> Self {
-        Self::NotFound { what, id: id.to_string() }
+        Self::NotFound {
+            what,
+            id: id.to_string(),
+        }
     }
 
     pub fn code(&self) -> Code {
@@ -109,16 +115,28 @@ mod tests {
         ]);
         let status = Status::from(error);
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().contains("spec.tasks[0].id: must not be empty"));
+        assert!(
+            status
+                .message()
+                .contains("spec.tasks[0].id: must not be empty")
+        );
         assert!(status.message().contains("unknown task `x`"));
-        let details = status.get_details_bad_request().expect("bad request details");
+        let details = status
+            .get_details_bad_request()
+            .expect("bad request details");
         assert_eq!(details.field_violations.len(), 2);
-        assert_eq!(details.field_violations[1].field, "spec.tasks[1].depends_on[0]");
+        assert_eq!(
+            details.field_violations[1].field,
+            "spec.tasks[1].depends_on[0]"
+        );
     }
 
     #[test]
     fn codes_follow_the_variant() {
-        assert_eq!(Status::from(ApiError::not_found("run", "r1")).code(), Code::NotFound);
+        assert_eq!(
+            Status::from(ApiError::not_found("run", "r1")).code(),
+            Code::NotFound
+        );
         assert_eq!(
             Status::from(ApiError::FailedPrecondition("x".into())).code(),
             Code::FailedPrecondition

@@ -26,11 +26,17 @@ pub struct IdError {
 /// id in the error ("task id", "queue").
 pub fn validate_name(what: &str, value: &str) -> Result<(), IdError> {
     if value.is_empty() {
-        return Err(IdError { reason: format!("{what} must not be empty") });
+        return Err(IdError {
+            reason: format!("{what} must not be empty"),
+        });
     }
     if value.len() > MAX_NAME_LEN {
         return Err(IdError {
-            reason: format!("{what} `{}…` is {} bytes long; the limit is {MAX_NAME_LEN}", &value[..value.floor_char_boundary(20)], value.len()),
+            reason: format!(
+                "{what} `{}…` is {} bytes long; the limit is {MAX_NAME_LEN}",
+                &value[..value.floor_char_boundary(20)],
+                value.len()
+            ),
         });
     }
     let mut chars = value.chars();
@@ -40,7 +46,10 @@ pub fn validate_name(what: &str, value: &str) -> Result<(), IdError> {
             reason: format!("{what} `{value}` must start with a letter or digit"),
         });
     }
-    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
         return Err(IdError {
             reason: format!(
                 "{what} `{value}` contains {bad:?}; only letters, digits, `_`, `.` and `-` are allowed"
@@ -197,12 +206,25 @@ mod tests {
         assert!(DagId::new("etl_daily-v2.1").is_ok());
         assert!(TaskId::new("0start").is_ok());
         let err = TaskId::new("-x").unwrap_err();
-        assert!(err.reason.contains("must start with a letter or digit"), "{err}");
+        assert!(
+            err.reason.contains("must start with a letter or digit"),
+            "{err}"
+        );
         let err = TaskId::new("a/b").unwrap_err();
         assert!(err.reason.contains("'/'"), "{err}");
-        assert!(DagId::new("").unwrap_err().reason.contains("must not be empty"));
+        assert!(
+            DagId::new("")
+                .unwrap_err()
+                .reason
+                .contains("must not be empty")
+        );
         let long = "a".repeat(MAX_NAME_LEN + 1);
-        assert!(DagId::new(long).unwrap_err().reason.contains("limit is 200"));
+        assert!(
+            DagId::new(long)
+                .unwrap_err()
+                .reason
+                .contains("limit is 200")
+        );
         assert!(DagId::new("a".repeat(MAX_NAME_LEN)).is_ok());
     }
 
@@ -212,6 +234,12 @@ mod tests {
         let second = RunId::generate();
         assert!(first.to_string() < second.to_string());
         assert_eq!(first.to_string().parse::<RunId>().unwrap(), first);
-        assert!("nope".parse::<RunId>().unwrap_err().reason.contains("not a UUID"));
+        assert!(
+            "nope"
+                .parse::<RunId>()
+                .unwrap_err()
+                .reason
+                .contains("not a UUID")
+        );
     }
 }

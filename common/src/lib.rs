@@ -1,19 +1,19 @@
 //! Baton's shared layer, used by the controller, the worker and the CLI.
 //!
 //! # Layout
-//! - [`pb`]: the generated gRPC types and stubs of `proto/` (`baton.v1` for
+//! - `pb`: the generated gRPC types and stubs of `proto/` (`baton.v1` for
 //!   the API, `baton.store.v1` for store records) and the descriptor set for
 //!   reflection.
-//! - [`ids`]: identifier newtypes (`DagId`, `TaskId`, `RunId`, `AttemptId`,
+//! - `ids`: identifier newtypes (`DagId`, `TaskId`, `RunId`, `AttemptId`,
 //!   `WorkerId`) and the rules a valid identifier follows.
-//! - [`spec`]: the DAG file model, its parsing from YAML or JSON and its
+//! - `spec`: the DAG file model, its parsing from YAML or JSON and its
 //!   validation (unknown fields, ids, dependencies, cycles, limits).
-//! - [`error`]: [`error::ApiError`], the one mapping from domain errors to
+//! - `error`: [`error::ApiError`], the one mapping from domain errors to
 //!   `tonic::Status`.
-//! - [`time`]: conversions between `SystemTime`, `Duration` and their protobuf
+//! - `time`: conversions between `SystemTime`, `Duration` and their protobuf
 //!   forms.
-//! - [`states`]: names of run and task states as users type and read them.
-//! - [`client`]: the typed client the CLI, the worker and tests use.
+//! - `states`: names of run and task states as users type and read them.
+//! - `client`: the typed client the CLI, the worker and tests use.
 
 pub mod client;
 pub mod error;

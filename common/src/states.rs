@@ -15,13 +15,22 @@ pub fn run_state_name(state: RunState) -> &'static str {
 }
 
 pub fn parse_run_state(name: &str) -> Option<RunState> {
-    [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed, RunState::Cancelled]
-        .into_iter()
-        .find(|state| run_state_name(*state) == name)
+    [
+        RunState::Queued,
+        RunState::Running,
+        RunState::Success,
+        RunState::Failed,
+        RunState::Cancelled,
+    ]
+    .into_iter()
+    .find(|state| run_state_name(*state) == name)
 }
 
 pub fn run_state_is_final(state: RunState) -> bool {
-    matches!(state, RunState::Success | RunState::Failed | RunState::Cancelled)
+    matches!(
+        state,
+        RunState::Success | RunState::Failed | RunState::Cancelled
+    )
 }
 
 pub fn task_state_name(state: TaskState) -> &'static str {
@@ -70,7 +79,13 @@ mod tests {
 
     #[test]
     fn run_state_names_parse_back() {
-        for state in [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed, RunState::Cancelled] {
+        for state in [
+            RunState::Queued,
+            RunState::Running,
+            RunState::Success,
+            RunState::Failed,
+            RunState::Cancelled,
+        ] {
             assert_eq!(parse_run_state(run_state_name(state)), Some(state));
         }
         assert_eq!(parse_run_state("bogus"), None);
