@@ -1,0 +1,313 @@
+//! The controller's configuration: the versioned TOML file, its validation,
+//! and the typed [`ControllerConfig`] the rest of the crate reads.
+//!
+//! Sources in order of precedence: command-line flags (and their `BATON_*`
+//! environment variables, handled by the CLI), the file given with
+//! `--config`, then the defaults below. `deploy/controller.example.toml`
+//! documents every key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_common::spec::SpecLimits;
+use serde::Deserialize;
+
+/// Settings of one controller process.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Where the embedded store file and the task logs live.
+    pub data_dir: PathBuf,
+    /// Identity reported to workers and in logs.
+    pub controller_id: String,
+    /// How often workers send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A worker silent this long is declared lost and its attempts fail as
+    /// `worker_lost`.
+    pub worker_lost_timeout: Duration,
+    /// After a restart, how long workers have to re-announce the attempts the
+    /// store says they hold before those attempts fail as `worker_lost`.
+    pub recovery_grace: Duration,
+    pub limits: Limits,
+}
+
+/// Bounds on what users and workers may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub spec: SpecLimits,
+    /// Size of a run's parameters (JSON text).
+    pub max_params_bytes: usize,
+    /// Size of a task's output (JSON written to `$BATON_OUTPUT`).
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            spec: SpecLimits::default(),
+            max_params_bytes: 1024 * 1024,
+            max_output_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl ControllerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            controller_id: default_controller_id(),
+            heartbeat_interval: Duration::from_secs(2),
+            worker_lost_timeout: Duration::from_secs(10),
+            recovery_grace: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Applies the settings a config file sets.
+    pub fn apply_file(&mut self, file: ConfigFile) {
+        if let Some(data_dir) = file.controller.data_dir {
+            self.data_dir = data_dir;
+        }
+        if let Some(id) = file.controller.id {
+            self.controller_id = id;
+        }
+        let scheduler = file.scheduler;
+        if let Some(value) = scheduler.heartbeat_interval {
+            self.heartbeat_interval = value.into();
+        }
+        if let Some(value) = scheduler.worker_lost_timeout {
+            self.worker_lost_timeout = value.into();
+        }
+        if let Some(value) = scheduler.recovery_grace {
+            self.recovery_grace = value.into();
+        }
+        let limits = file.limits;
+        if let Some(value) = limits.max_tasks_per_dag {
+            self.limits.spec.max_tasks = value;
+        }
+        if let Some(value) = limits.max_spec_bytes {
+            self.limits.spec.max_spec_bytes = value;
+        }
+        if let Some(value) = limits.max_dependencies {
+            self.limits.spec.max_dependencies = value;
+        }
+        if let Some(value) = limits.max_params_bytes {
+            self.limits.max_params_bytes = value;
+        }
+        if let Some(value) = limits.max_output_bytes {
+            self.limits.max_output_bytes = value;
+        }
+    }
+
+    /// Checks the settings against each other; the error names the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                field: field.to_string(),
+                reason,
+            })
+        };
+        if self.heartbeat_interval < Duration::from_millis(50) {
+            return invalid(
+                "scheduler.heartbeat_interval",
+                "must be at least 50ms".into(),
+            );
+        }
+        if self.worker_lost_timeout < self.heartbeat_interval * 2 {
+            return invalid(
+                "scheduler.worker_lost_timeout",
+                format!(
+                    "must be at least twice heartbeat_interval ({}), or every worker would be declared lost",
+                    humantime::format_duration(self.heartbeat_interval)
+                ),
+            );
+        }
+        if self.limits.spec.max_tasks == 0 {
+            return invalid("limits.max_tasks_per_dag", "must be at least 1".into());
+        }
+        if self.limits.spec.max_spec_bytes < 1024 {
+            return invalid("limits.max_spec_bytes", "must be at least 1024".into());
+        }
+        if self.limits.max_output_bytes > 16 * 1024 * 1024 {
+            return invalid(
+                "limits.max_output_bytes",
+                "must be at most 16 MiB; outputs are meant to be small".into(),
+            );
+        }
+        if self.controller_id.is_empty() {
+            return invalid("controller.id", "must not be empty".into());
+        }
+        Ok(())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("baton.redb")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+}
+
+fn default_controller_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "controller".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+/// The config file as written. Every key is optional; unknown keys are
+/// errors so that a typo is never silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Format version of the file; only `1` exists.
+    pub version: u32,
+    #[serde(default)]
+    pub controller: ControllerSection,
+    #[serde(default)]
+    pub scheduler: SchedulerSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSection {
+    pub id: Option<String>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    pub heartbeat_interval: Option<humantime_serde_compat::Duration>,
+    pub worker_lost_timeout: Option<humantime_serde_compat::Duration>,
+    pub recovery_grace: Option<humantime_serde_compat::Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_tasks_per_dag: Option<usize>,
+    pub max_spec_bytes: Option<usize>,
+    pub max_dependencies: Option<usize>,
+    pub max_params_bytes: Option<usize>,
+    pub max_output_bytes: Option<usize>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })?;
+        if file.version != 1 {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "version = {} is not supported; this controller reads version = 1",
+                    file.version
+                ),
+            });
+        }
+        Ok(file)
+    }
+}
+
+/// Durations in the config file are humantime strings (`"2s"`, `"1m 30s"`).
+pub mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Debug, Clone, Copy)]
+    pub struct Duration(pub std::time::Duration);
+
+    impl From<Duration> for std::time::Duration {
+        fn from(value: Duration) -> Self {
+            value.0
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Duration {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            humantime::parse_duration(&text)
+                .map(Duration)
+                .map_err(|error| {
+                    serde::de::Error::custom(format!("invalid duration `{text}`: {error}"))
+                })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_settings_apply_and_validate() {
+        let file = ConfigFile::parse(
+            Path::new("c.toml"),
+            "version = 1\n[scheduler]\nheartbeat_interval = \"500ms\"\nworker_lost_timeout = \"3s\"\n[limits]\nmax_tasks_per_dag = 10\n",
+        )
+        .unwrap();
+        let mut config = ControllerConfig::new("/tmp/x");
+        config.apply_file(file);
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(config.limits.spec.max_tasks, 10);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_versions_are_refused() {
+        let error = ConfigFile::parse(
+            Path::new("c.toml"),
+            "version = 1\n[scheduler]\nheartbeat = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `heartbeat`"),
+            "{error}"
+        );
+        let error = ConfigFile::parse(Path::new("c.toml"), "version = 2\n").unwrap_err();
+        assert!(
+            error.to_string().contains("version = 2 is not supported"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_lost_timeout_shorter_than_two_heartbeats_is_refused() {
+        let mut config = ControllerConfig::new("/tmp/x");
+        config.worker_lost_timeout = Duration::from_secs(3);
+        let error = config.validate().unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("config scheduler.worker_lost_timeout"),
+            "{error}"
+        );
+    }
+}

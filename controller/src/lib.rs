@@ -1,0 +1,24 @@
+//! Baton's controller: keeps DAG and run state in a store, schedules ready
+//! tasks onto connected workers, and serves the gRPC API.
+//!
+//! # Layout
+//! - `config`: the controller's settings and config file.
+//! - `store`: the `Store` trait, the key layout, the embedded (redb)
+//!   implementation and the conformance suite.
+//! - `plan`: DAG versions compiled for scheduling, and their cache.
+//! - `scheduler`: the actor that owns active runs and workers and is the
+//!   store's only writer (group commit, durable before visible).
+//! - `logs`: the task log store and its writer.
+//! - `api`: the gRPC services, thin adapters over the scheduler and store.
+//! - `server`: assembling it all and serving on one port.
+
+pub mod api;
+pub mod config;
+pub mod logs;
+pub mod plan;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+
+pub use config::ControllerConfig;
+pub use server::{ControllerError, serve};

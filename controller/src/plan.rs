@@ -1,0 +1,202 @@
+//! [`DagPlan`]: one DAG version compiled for scheduling, and the cache that
+//! shares plans between runs and API reads.
+//!
+//! A plan holds the resolved tasks in file order with both edge directions
+//! as index lists, so that a completion reaches its downstream tasks in
+//! O(out-degree) and a run's per-task state is a plain vector indexed like
+//! the plan.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use baton_common::error::ApiError;
+use baton_common::ids::{DagId, TaskId};
+use baton_common::pb::records::DagVersionRecord;
+use baton_common::spec::{self, ResolvedTask, SpecFormat, SpecLimits, ValidatedDag};
+
+use crate::store::{Store, StoreError, get_record, keys};
+
+/// Index of a task within its plan.
+pub type TaskIndex = u32;
+
+#[derive(Debug)]
+pub struct DagPlan {
+    pub dag_id: DagId,
+    pub version: u32,
+    pub tasks: Vec<ResolvedTask>,
+    /// `upstream[i]`: tasks that task `i` depends on.
+    pub upstream: Vec<Vec<TaskIndex>>,
+    /// `downstream[i]`: tasks that depend on task `i`.
+    pub downstream: Vec<Vec<TaskIndex>>,
+    by_id: HashMap<TaskId, TaskIndex>,
+}
+
+impl DagPlan {
+    pub fn compile(version: u32, dag: ValidatedDag) -> Self {
+        let count = dag.tasks.len();
+        let mut upstream = Vec::with_capacity(count);
+        let mut downstream: Vec<Vec<TaskIndex>> = vec![Vec::new(); count];
+        let mut by_id = HashMap::with_capacity(count);
+        for (index, task) in dag.tasks.iter().enumerate() {
+            let index = index as TaskIndex;
+            by_id.insert(task.id.clone(), index);
+            let ups: Vec<TaskIndex> = task.depends_on.iter().map(|&u| u as TaskIndex).collect();
+            for &up in &ups {
+                downstream[up as usize].push(index);
+            }
+            upstream.push(ups);
+        }
+        Self {
+            dag_id: dag.dag_id,
+            version,
+            tasks: dag.tasks,
+            upstream,
+            downstream,
+            by_id,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub fn index_of(&self, task_id: &str) -> Option<TaskIndex> {
+        self.by_id.get(task_id).copied()
+    }
+
+    pub fn task(&self, index: TaskIndex) -> &ResolvedTask {
+        &self.tasks[index as usize]
+    }
+
+    /// `start` and every task downstream of it, each once, in index order.
+    pub fn downstream_closure(&self, start: TaskIndex) -> Vec<TaskIndex> {
+        let mut seen = vec![false; self.len()];
+        let mut stack = vec![start];
+        seen[start as usize] = true;
+        while let Some(index) = stack.pop() {
+            for &next in &self.downstream[index as usize] {
+                if !seen[next as usize] {
+                    seen[next as usize] = true;
+                    stack.push(next);
+                }
+            }
+        }
+        (0..self.len() as TaskIndex)
+            .filter(|&i| seen[i as usize])
+            .collect()
+    }
+}
+
+pub type PlanRef = Arc<DagPlan>;
+
+/// Plans by DAG version, shared by the scheduler and the API handlers.
+/// The latest version of each DAG is held; older versions are held weakly,
+/// so they live exactly as long as a run or a caller uses them.
+#[derive(Default)]
+pub struct PlanCache {
+    plans: Mutex<HashMap<(DagId, u32), std::sync::Weak<DagPlan>>>,
+    latest: Mutex<HashMap<DagId, PlanRef>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("version {version} of dag `{dag_id}` not found")]
+    MissingVersion { dag_id: DagId, version: u32 },
+    #[error("stored spec of dag `{dag_id}` version {version} no longer validates: {reason}")]
+    InvalidStoredSpec {
+        dag_id: DagId,
+        version: u32,
+        reason: String,
+    },
+}
+
+impl From<PlanError> for ApiError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            PlanError::MissingVersion { .. } => ApiError::FailedPrecondition(error.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl PlanCache {
+    fn cached(&self, dag_id: &DagId, version: u32) -> Option<PlanRef> {
+        let plans = self
+            .plans
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        plans
+            .get(&(dag_id.clone(), version))
+            .and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Remembers the plan of a newly registered latest version.
+    pub fn set_latest(&self, plan: PlanRef) {
+        self.insert(&plan);
+        let mut latest = self
+            .latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        latest.insert(plan.dag_id.clone(), plan);
+    }
+
+    /// Stops holding a deleted DAG's latest plan.
+    pub fn forget_latest(&self, dag_id: &DagId) {
+        let mut latest = self
+            .latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        latest.remove(dag_id);
+    }
+
+    fn insert(&self, plan: &PlanRef) {
+        let mut plans = self
+            .plans
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        plans.retain(|_, weak| weak.strong_count() > 0);
+        plans.insert((plan.dag_id.clone(), plan.version), Arc::downgrade(plan));
+    }
+
+    /// The plan of a DAG version, compiled from the store when no one holds
+    /// it.
+    pub async fn get(
+        &self,
+        store: &dyn Store,
+        dag_id: &DagId,
+        version: u32,
+    ) -> Result<PlanRef, PlanError> {
+        if let Some(plan) = self.cached(dag_id, version) {
+            return Ok(plan);
+        }
+        let record: DagVersionRecord = get_record(store, &keys::dag_version(dag_id, version))
+            .await?
+            .ok_or_else(|| PlanError::MissingVersion {
+                dag_id: dag_id.clone(),
+                version,
+            })?;
+        let dag_id_owned = dag_id.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            spec::parse_dag(&record.spec_json, SpecFormat::Json, &SpecLimits::UNLIMITED)
+                .map(|dag| DagPlan::compile(version, dag))
+                .map_err(|errors| PlanError::InvalidStoredSpec {
+                    dag_id: dag_id_owned,
+                    version,
+                    reason: errors.to_string(),
+                })
+        })
+        .await
+        .map_err(|error| {
+            PlanError::Store(StoreError::Io(format!("plan task failed: {error}")))
+        })??;
+        let plan = Arc::new(plan);
+        self.insert(&plan);
+        Ok(plan)
+    }
+}

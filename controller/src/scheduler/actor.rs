@@ -1,0 +1,1812 @@
+//! The scheduler's event loop and the handling of every command: DAG
+//! registration, run life cycle, dispatch, worker results, retries, worker
+//! loss, watchers.
+//!
+//! Each handler changes in-memory state and records the writes and effects
+//! that follow; `flush` turns them into a batch, and effects run when the
+//! batch is durable. Handlers never await, so the loop never blocks on one
+//! caller.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_common::error::{ApiError, FieldViolation};
+use baton_common::ids::{AttemptId, DagId, QueueName, RunId, TaskId};
+use baton_common::pb::api::{
+    self as api, Ack, AttemptOutcome, Cancel, ControllerMessage, RunSnapshot, RunState, TaskResult,
+    TaskState, WatchRunResponse, controller_message, watch_run_response, worker_message,
+};
+use baton_common::pb::records::{DagMetaRecord, DagVersionRecord, IdempotencyRecord, RunRecord};
+use baton_common::spec::TaskKind;
+use baton_common::time::{
+    Micros, duration_to_proto, micros_to_timestamp_opt, now_micros, timestamp_opt_to_micros,
+};
+use futures::StreamExt;
+use prost::Message;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+use tracing::{debug, error, info, info_span, warn};
+
+use super::flush::{CreateKey, Effect, InFlight, Pending, dedupe_ops, spawn_commit};
+use super::recovery::{self, LoadedRun};
+use super::state::{RunEntry, WatchSender};
+use super::views::{self, run_record, task_record};
+use super::workers::{Connection, Workers};
+use super::{
+    Command, NewDagVersion, Registered, SchedulerError, SchedulerHandle, SchedulerParts,
+    TriggerRequest, WorkerEvent, WorkerSender,
+};
+use crate::logs::{LogCommand, LogKey, LogWriter};
+use crate::plan::TaskIndex;
+use crate::store::{
+    BatchOutcome, Conditional, Op, Precondition, StoreError, StoreResult, get_record, keys,
+};
+
+/// Commands taken from the queue per loop turn before flushing, so that a
+/// burst shares one batch without delaying the batch indefinitely.
+const MAX_COMMANDS_PER_TURN: usize = 4096;
+/// Room a watcher's channel keeps for the final "fell behind" error.
+const WATCH_RESERVE: usize = 1;
+
+/// A ready task waiting for a slot: highest priority first, then oldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadyItem {
+    priority: i32,
+    seq: u64,
+    run_id: RunId,
+    index: TaskIndex,
+}
+
+impl Ord for ReadyItem {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for ReadyItem {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A run creation waiting for its conditional write.
+struct PendingCreate {
+    entry: RunEntry,
+    waiters: Vec<super::Reply<(RunRecord, bool)>>,
+}
+
+pub struct Scheduler {
+    parts: SchedulerParts,
+    log_writer: mpsc::UnboundedSender<LogCommand>,
+    commands: mpsc::Receiver<Command>,
+    self_sender: mpsc::Sender<Command>,
+    dags: HashMap<DagId, DagMetaRecord>,
+    runs: HashMap<RunId, RunEntry>,
+    /// Attempts in progress (leased or running) and where they belong.
+    attempts: HashMap<AttemptId, (RunId, TaskIndex)>,
+    /// Active runs created with an idempotency key.
+    active_keys: HashMap<CreateKey, RunId>,
+    pending_creates: HashMap<CreateKey, PendingCreate>,
+    /// Finished runs being read back, with the commands waiting for them.
+    loading: HashMap<RunId, Vec<Command>>,
+    ready: HashMap<QueueName, BinaryHeap<ReadyItem>>,
+    /// Ready tasks of paused DAGs, dispatched on unpause.
+    parked: HashMap<DagId, Vec<ReadyItem>>,
+    ready_seq: u64,
+    workers: Workers,
+    retry_timers: DelayQueue<(RunId, TaskIndex, u32)>,
+    pending: Pending,
+    new_watchers: Vec<(RunId, WatchSender)>,
+    in_flight: Option<InFlight>,
+    dispatch_needed: bool,
+}
+
+type CommitResult = StoreResult<BatchOutcome>;
+
+async fn wait_in_flight(in_flight: &mut Option<InFlight>) -> CommitResult {
+    match in_flight {
+        Some(batch) => (&mut batch.done).await.unwrap_or_else(|_| {
+            Err(StoreError::Io(
+                "the commit task ended without an answer".into(),
+            ))
+        }),
+        None => std::future::pending().await,
+    }
+}
+
+fn message(inner: controller_message::Message) -> ControllerMessage {
+    ControllerMessage {
+        message: Some(inner),
+    }
+}
+
+fn stale_ack(attempt_id: &str, reason: &str) -> ControllerMessage {
+    message(controller_message::Message::Ack(Ack {
+        attempt_id: attempt_id.to_string(),
+        stale: true,
+        reason: reason.to_string(),
+        ..Ack::default()
+    }))
+}
+
+fn is_open(state: TaskState) -> bool {
+    matches!(state, TaskState::Leased | TaskState::Running)
+}
+
+impl Scheduler {
+    /// Recovers state from the store, then starts the loop. Returns once the
+    /// scheduler is ready to serve.
+    pub async fn start(
+        parts: SchedulerParts,
+        shutdown: CancellationToken,
+    ) -> Result<(SchedulerHandle, JoinHandle<Result<(), SchedulerError>>), SchedulerError> {
+        let (sender, commands) = mpsc::channel(16_384);
+        let (log_writer, log_task) =
+            LogWriter::spawn(Arc::clone(&parts.logs), shutdown.child_token());
+        let mut scheduler = Scheduler {
+            parts,
+            log_writer,
+            commands,
+            self_sender: sender.clone(),
+            dags: HashMap::new(),
+            runs: HashMap::new(),
+            attempts: HashMap::new(),
+            active_keys: HashMap::new(),
+            pending_creates: HashMap::new(),
+            loading: HashMap::new(),
+            ready: HashMap::new(),
+            parked: HashMap::new(),
+            ready_seq: 0,
+            workers: Workers::default(),
+            retry_timers: DelayQueue::new(),
+            pending: Pending::default(),
+            new_watchers: Vec::new(),
+            in_flight: None,
+            dispatch_needed: false,
+        };
+        scheduler.recover().await?;
+        let handle = tokio::spawn(async move {
+            let result = scheduler.run(shutdown).await;
+            drop(scheduler);
+            let _ = log_task.await;
+            result
+        });
+        Ok((SchedulerHandle::new(sender), handle))
+    }
+
+    async fn recover(&mut self) -> Result<(), SchedulerError> {
+        let store = Arc::clone(&self.parts.store);
+        for meta in recovery::load_dags(store.as_ref()).await? {
+            if let Ok(dag_id) = DagId::new(meta.dag_id.clone()) {
+                self.dags.insert(dag_id, meta);
+            }
+        }
+        let run_ids = recovery::load_active_run_ids(store.as_ref()).await?;
+        let grace_deadline = Instant::now() + self.parts.config.recovery_grace;
+        let mut open_attempts = 0usize;
+        for run_id in &run_ids {
+            let loaded = recovery::load_run(store.as_ref(), &self.parts.plans, *run_id)
+                .await
+                .map_err(|error| SchedulerError::Recovery(error.to_string()))?;
+            let Some(LoadedRun { entry }) = loaded else {
+                warn!(%run_id, "active index names a run that does not exist; dropping the index entry");
+                self.pending.ops.push(Op::delete(keys::active(run_id)));
+                continue;
+            };
+            open_attempts += entry
+                .tasks
+                .iter()
+                .filter(|slot| is_open(slot.state))
+                .count();
+            self.install_run(entry, Some(grace_deadline));
+        }
+        info!(
+            dags = self.dags.len(),
+            active_runs = run_ids.len(),
+            open_attempts,
+            "scheduler state recovered"
+        );
+        Ok(())
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), SchedulerError> {
+        let period = self
+            .parts
+            .config
+            .heartbeat_interval
+            .min(Duration::from_secs(1));
+        let mut liveness = tokio::time::interval(period);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                result = wait_in_flight(&mut self.in_flight) => self.on_committed(result)?,
+                command = self.commands.recv() => {
+                    let Some(command) = command else { break };
+                    self.handle(command);
+                    for _ in 0..MAX_COMMANDS_PER_TURN {
+                        match self.commands.try_recv() {
+                            Ok(command) => self.handle(command),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(expired) = self.retry_timers.next(), if !self.retry_timers.is_empty() => {
+                    let (run_id, index, attempt) = expired.into_inner();
+                    self.on_retry_due(run_id, index, attempt);
+                }
+                _ = liveness.tick() => self.check_liveness(),
+            }
+            self.dispatch();
+            self.flush();
+        }
+        // Store what was decided before stopping, so that every reply already
+        // promised goes out and nothing decided is lost.
+        if self.in_flight.is_some() {
+            let result = wait_in_flight(&mut self.in_flight).await;
+            self.on_committed(result)?;
+        }
+        self.flush();
+        if self.in_flight.is_some() {
+            let result = wait_in_flight(&mut self.in_flight).await;
+            self.on_committed(result)?;
+        }
+        for worker in self.workers.drain_all() {
+            drop(worker.conn);
+        }
+        info!("scheduler stopped");
+        Ok(())
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::RegisterDag { version, reply } => {
+                let result = self.register_dag(*version);
+                self.reply_after_commit(reply, result);
+            }
+            Command::SetPaused {
+                dag_id,
+                paused,
+                reply,
+            } => {
+                let result = self.set_paused(&dag_id, paused);
+                self.reply_after_commit(reply, result);
+            }
+            Command::DeleteDag { dag_id, reply } => {
+                let result = self.delete_dag(&dag_id);
+                self.reply_after_commit(reply, result);
+            }
+            Command::PurgeRuns {
+                dag_id,
+                run_ids,
+                reply,
+            } => {
+                let result = self.purge_runs(&dag_id, &run_ids);
+                self.reply_after_commit(reply, result);
+            }
+            Command::TriggerRun { request, reply } => self.trigger_run(*request, reply),
+            Command::CancelRun {
+                run_id,
+                reason,
+                reply,
+            } => {
+                let result = self.cancel_run(run_id, &reason);
+                self.reply_after_commit(reply, result);
+            }
+            command @ Command::RetryTask { .. } => self.retry_task(command),
+            Command::Watch {
+                run_id,
+                sender,
+                reply,
+            } => {
+                let active = self.runs.contains_key(&run_id);
+                if active {
+                    self.new_watchers.push((run_id, sender));
+                }
+                let _ = reply.send(active);
+            }
+            Command::Worker { conn_id, event } => self.on_worker_event(conn_id, event),
+            Command::RunLoaded { run_id, result } => self.on_run_loaded(run_id, result),
+        }
+    }
+
+    /// Replies once the current batch is durable (at once for errors, which
+    /// change nothing).
+    fn reply_after_commit<T: Send + 'static>(
+        &mut self,
+        reply: super::Reply<T>,
+        result: Result<T, ApiError>,
+    ) {
+        match result {
+            Ok(value) => self.pending.effects.push(Effect::Reply(Box::new(move || {
+                let _ = reply.send(Ok(value));
+            }))),
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    fn touch(&mut self, run_id: RunId) {
+        self.pending.dirty_runs.push(run_id);
+    }
+
+    // ----- DAGs -----
+
+    fn register_dag(&mut self, version: NewDagVersion) -> Result<Registered, ApiError> {
+        let NewDagVersion {
+            dag_id,
+            description,
+            schedule,
+            canonical_json,
+            digest,
+            mut plan,
+        } = version;
+        let now = now_micros();
+        if let Some(meta) = self.dags.get(&dag_id)
+            && meta.latest_digest == digest
+        {
+            return Ok(Registered {
+                meta: meta.clone(),
+                version: meta.latest_version,
+                created: false,
+            });
+        }
+        let previous = self.dags.get(&dag_id);
+        let version = previous.map_or(1, |meta| meta.latest_version + 1);
+        let meta = DagMetaRecord {
+            dag_id: dag_id.to_string(),
+            latest_version: version,
+            paused: previous.is_some_and(|meta| meta.paused),
+            created_at: previous
+                .map_or_else(|| micros_to_timestamp_opt(now), |meta| meta.created_at),
+            updated_at: micros_to_timestamp_opt(now),
+            description,
+            schedule: schedule.unwrap_or_default(),
+            task_count: plan.len() as u32,
+            latest_digest: digest.clone(),
+        };
+        let record = DagVersionRecord {
+            dag_id: dag_id.to_string(),
+            version,
+            spec_json: canonical_json,
+            digest,
+            created_at: micros_to_timestamp_opt(now),
+        };
+        self.pending.ops.push(Op::put(
+            keys::dag_version(&dag_id, version),
+            record.encode_to_vec(),
+        ));
+        self.pending
+            .ops
+            .push(Op::put(keys::dag(&dag_id), meta.encode_to_vec()));
+        plan.version = version;
+        self.parts.plans.set_latest(Arc::new(plan));
+        info!(%dag_id, version, "dag version registered");
+        self.dags.insert(dag_id, meta.clone());
+        Ok(Registered {
+            meta,
+            version,
+            created: true,
+        })
+    }
+
+    fn set_paused(&mut self, dag_id: &DagId, paused: bool) -> Result<DagMetaRecord, ApiError> {
+        let meta = self
+            .dags
+            .get_mut(dag_id)
+            .ok_or_else(|| ApiError::not_found("dag", dag_id))?;
+        if meta.paused == paused {
+            return Ok(meta.clone());
+        }
+        meta.paused = paused;
+        meta.updated_at = micros_to_timestamp_opt(now_micros());
+        let meta = meta.clone();
+        self.pending
+            .ops
+            .push(Op::put(keys::dag(dag_id), meta.encode_to_vec()));
+        info!(%dag_id, paused, "dag pause state changed");
+        if !paused {
+            if let Some(parked) = self.parked.remove(dag_id) {
+                for item in parked {
+                    self.push_ready(item);
+                }
+            }
+            let queued: Vec<RunId> = self
+                .runs
+                .values()
+                .filter(|entry| &entry.dag_id == dag_id && entry.state == RunState::Queued)
+                .map(|entry| entry.run_id)
+                .collect();
+            for run_id in queued {
+                self.start_run(run_id);
+            }
+        }
+        Ok(meta)
+    }
+
+    fn delete_dag(&mut self, dag_id: &DagId) -> Result<(), ApiError> {
+        if !self.dags.contains_key(dag_id) {
+            return Err(ApiError::not_found("dag", dag_id));
+        }
+        let active = self
+            .runs
+            .values()
+            .filter(|entry| &entry.dag_id == dag_id)
+            .count()
+            + self
+                .pending_creates
+                .keys()
+                .filter(|(dag, _)| dag == dag_id)
+                .count();
+        if active > 0 {
+            return Err(ApiError::FailedPrecondition(format!(
+                "dag `{dag_id}` has {active} active run(s); cancel them or wait for them to finish before deleting it"
+            )));
+        }
+        self.dags.remove(dag_id);
+        self.parked.remove(dag_id);
+        self.parts.plans.forget_latest(dag_id);
+        self.pending.ops.push(Op::delete(keys::dag(dag_id)));
+        self.pending
+            .ops
+            .push(Op::delete_prefix(keys::dag_versions(dag_id)));
+        self.pending
+            .ops
+            .push(Op::delete_prefix(keys::idempotency_prefix(dag_id)));
+        info!(%dag_id, "dag deleted");
+        Ok(())
+    }
+
+    /// Deletes the records of finished runs (of a deleted DAG). Active runs
+    /// are kept.
+    fn purge_runs(&mut self, dag_id: &DagId, run_ids: &[RunId]) -> Result<u32, ApiError> {
+        let mut purged = 0;
+        for run_id in run_ids {
+            if self.runs.contains_key(run_id) || self.loading.contains_key(run_id) {
+                continue;
+            }
+            self.pending.ops.push(Op::delete(keys::run(run_id)));
+            self.pending
+                .ops
+                .push(Op::delete_prefix(keys::tasks(run_id)));
+            self.pending
+                .ops
+                .push(Op::delete_prefix(keys::run_attempts(run_id)));
+            self.pending.ops.push(Op::delete(keys::active(run_id)));
+            self.pending
+                .ops
+                .push(Op::delete(keys::dag_run(dag_id, run_id)));
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    // ----- Runs -----
+
+    fn trigger_run(&mut self, request: TriggerRequest, reply: super::Reply<(RunRecord, bool)>) {
+        let TriggerRequest {
+            plan,
+            params_json,
+            logical_date,
+            idempotency_key,
+        } = request;
+        let dag_id = plan.dag_id.clone();
+        let Some(meta) = self.dags.get(&dag_id) else {
+            let _ = reply.send(Err(ApiError::not_found("dag", &dag_id)));
+            return;
+        };
+        if meta.latest_version != plan.version {
+            let _ = reply.send(Err(ApiError::Unavailable(format!(
+                "dag `{dag_id}` changed to version {} while the run was being created; trigger again",
+                meta.latest_version
+            ))));
+            return;
+        }
+        let now = now_micros();
+        let logical_date = if logical_date == 0 { now } else { logical_date };
+        let entry = RunEntry::new(
+            RunId::generate(),
+            plan,
+            Arc::from(params_json),
+            logical_date,
+            idempotency_key.clone(),
+            now,
+        );
+        let run_id = entry.run_id;
+        match idempotency_key {
+            None => {
+                self.pending
+                    .ops
+                    .push(Op::put(keys::dag_run(&dag_id, &run_id), Vec::new()));
+                self.pending
+                    .ops
+                    .push(Op::put(keys::active(&run_id), Vec::new()));
+                self.install_run(entry, None);
+                self.start_run(run_id);
+                info!(%dag_id, %run_id, "run created");
+                let record = run_record(&self.runs[&run_id]);
+                self.reply_after_commit(reply, Ok((record, true)));
+            }
+            Some(key) => {
+                let create_key = (dag_id.clone(), key.clone());
+                if let Some(existing) = self.active_keys.get(&create_key) {
+                    let record = run_record(&self.runs[existing]);
+                    self.reply_after_commit(reply, Ok((record, false)));
+                    return;
+                }
+                if let Some(pending) = self.pending_creates.get_mut(&create_key) {
+                    pending.waiters.push(reply);
+                    return;
+                }
+                let idempotency = IdempotencyRecord {
+                    run_id: run_id.to_string(),
+                    idempotency_key: key.clone(),
+                };
+                let idem_key = keys::idempotency(&dag_id, &key);
+                let conditional = Conditional {
+                    preconditions: vec![Precondition::DoesNotExist(idem_key.clone())],
+                    ops: vec![
+                        Op::put(idem_key, idempotency.encode_to_vec()),
+                        Op::put(keys::run(&run_id), run_record(&entry).encode_to_vec()),
+                        Op::put(keys::dag_run(&dag_id, &run_id), Vec::new()),
+                        Op::put(keys::active(&run_id), Vec::new()),
+                    ],
+                };
+                self.pending
+                    .conditionals
+                    .push((conditional, create_key.clone()));
+                self.pending_creates.insert(
+                    create_key,
+                    PendingCreate {
+                        entry,
+                        waiters: vec![reply],
+                    },
+                );
+            }
+        }
+    }
+
+    /// Finishes a keyed run creation once its conditional write returned.
+    fn finish_create(&mut self, key: CreateKey, applied: bool) {
+        let Some(PendingCreate { entry, waiters }) = self.pending_creates.remove(&key) else {
+            return;
+        };
+        if applied {
+            let run_id = entry.run_id;
+            info!(dag_id = %key.0, %run_id, "run created with idempotency key");
+            self.install_run(entry, None);
+            if let Some(installed) = self.runs.get_mut(&run_id) {
+                installed.dirty = false;
+            }
+            self.start_run(run_id);
+            let record = run_record(&self.runs[&run_id]);
+            for (index, waiter) in waiters.into_iter().enumerate() {
+                let record = record.clone();
+                self.reply_after_commit(waiter, Ok((record, index == 0)));
+            }
+            return;
+        }
+        // The key was used before: answer with the run it created.
+        let store = Arc::clone(&self.parts.store);
+        tokio::spawn(async move {
+            let result = existing_run_for_key(store.as_ref(), &key).await;
+            for waiter in waiters {
+                let _ = waiter.send(result.clone().map(|record| (record, false)));
+            }
+        });
+    }
+
+    /// Puts a run in memory (new, recovered or reloaded) and queues what can
+    /// proceed. `grace_deadline` is set when recovering after a restart.
+    fn install_run(&mut self, entry: RunEntry, grace_deadline: Option<Instant>) {
+        let run_id = entry.run_id;
+        let lost_at = grace_deadline
+            .unwrap_or_else(|| Instant::now() + self.parts.config.worker_lost_timeout);
+        if let Some(key) = &entry.idempotency_key {
+            self.active_keys
+                .insert((entry.dag_id.clone(), key.clone()), run_id);
+        }
+        let mut ready = Vec::new();
+        let mut retries = Vec::new();
+        let mut pending = Vec::new();
+        for (index, slot) in entry.tasks.iter().enumerate() {
+            let index = index as TaskIndex;
+            match slot.state {
+                TaskState::Ready => ready.push(index),
+                TaskState::UpForRetry => retries.push((index, slot.attempt, slot.next_attempt_at)),
+                TaskState::Pending
+                    if slot.waiting == 0 || entry.plan.upstream[index as usize].is_empty() =>
+                {
+                    pending.push(index)
+                }
+                TaskState::Leased | TaskState::Running => {
+                    if let (Some(attempt_id), Some(worker)) = (slot.attempt_id, &slot.worker) {
+                        self.attempts.insert(attempt_id, (run_id, index));
+                        let worker = self.workers.entry(worker, lost_at);
+                        worker.leased.insert(attempt_id);
+                        self.parts.logs.open_attempt(LogKey {
+                            run_id,
+                            task_id: entry.plan.task(index).id.clone(),
+                            attempt: slot.attempt,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        let running = entry.state == RunState::Running;
+        let final_run = baton_common::states::run_state_is_final(entry.state);
+        self.runs.insert(run_id, entry);
+        if final_run {
+            return;
+        }
+        for index in ready {
+            self.queue_ready(run_id, index);
+        }
+        let now = now_micros();
+        for (index, attempt, due) in retries {
+            let delay = Duration::from_micros(due.saturating_sub(now).max(0) as u64);
+            self.retry_timers.insert((run_id, index, attempt), delay);
+        }
+        if running {
+            for index in pending {
+                self.evaluate_pending(run_id, index);
+            }
+            self.check_run_done(run_id);
+        }
+    }
+
+    /// Starts a queued run unless its DAG is paused.
+    fn start_run(&mut self, run_id: RunId) {
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if entry.state != RunState::Queued
+            || self.dags.get(&entry.dag_id).is_some_and(|meta| meta.paused)
+        {
+            self.touch(run_id);
+            return;
+        }
+        entry.set_run_state(RunState::Running);
+        entry.started_at = now_micros();
+        let roots: Vec<TaskIndex> = (0..entry.plan.len() as TaskIndex)
+            .filter(|&index| entry.plan.upstream[index as usize].is_empty())
+            .collect();
+        self.touch(run_id);
+        for index in roots {
+            self.evaluate_pending(run_id, index);
+        }
+        self.check_run_done(run_id);
+    }
+
+    fn cancel_run(&mut self, run_id: RunId, reason: &str) -> Result<RunRecord, ApiError> {
+        let Some(entry) = self.runs.get(&run_id) else {
+            return Err(ApiError::FailedPrecondition(format!(
+                "run {run_id} is not active; it already finished"
+            )));
+        };
+        if baton_common::states::run_state_is_final(entry.state) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "run {run_id} already finished ({})",
+                baton_common::states::run_state_name(entry.state)
+            )));
+        }
+        let reason = if reason.is_empty() {
+            "cancelled by user".to_string()
+        } else {
+            reason.to_string()
+        };
+        let count = entry.plan.len() as TaskIndex;
+        for index in 0..count {
+            let state = self.runs[&run_id].slot(index).state;
+            if baton_common::states::task_state_is_final(state) {
+                continue;
+            }
+            if is_open(state) {
+                self.end_attempt_by_controller(
+                    run_id,
+                    index,
+                    AttemptOutcome::Cancelled,
+                    &reason,
+                    true,
+                );
+            }
+            let entry = self.runs.get_mut(&run_id).expect("checked above");
+            entry.set_state(index, TaskState::Cancelled);
+            let slot = entry.slot_mut(index);
+            if slot.error.is_none() {
+                slot.error = Some(reason.clone().into_boxed_str());
+            }
+            if slot.ended_at == 0 {
+                slot.ended_at = now_micros();
+            }
+        }
+        info!(%run_id, %reason, "run cancelled");
+        self.finish_run(run_id, RunState::Cancelled, Some(reason));
+        Ok(run_record(&self.runs[&run_id]))
+    }
+
+    fn retry_task(&mut self, command: Command) {
+        let Command::RetryTask {
+            run_id,
+            task_id,
+            include_downstream,
+            reply,
+        } = command
+        else {
+            return;
+        };
+        if !self.runs.contains_key(&run_id) {
+            // A finished run: read it back first; commands for it wait.
+            if let Some(waiting) = self.loading.get_mut(&run_id) {
+                waiting.push(Command::RetryTask {
+                    run_id,
+                    task_id,
+                    include_downstream,
+                    reply,
+                });
+                return;
+            }
+            self.loading.insert(
+                run_id,
+                vec![Command::RetryTask {
+                    run_id,
+                    task_id,
+                    include_downstream,
+                    reply,
+                }],
+            );
+            let store = Arc::clone(&self.parts.store);
+            let plans = Arc::clone(&self.parts.plans);
+            let sender = self.self_sender.clone();
+            tokio::spawn(async move {
+                let result = recovery::load_run(store.as_ref(), &plans, run_id).await;
+                let _ = sender.send(Command::RunLoaded { run_id, result }).await;
+            });
+            return;
+        }
+        let result = self.clear_tasks(run_id, &task_id, include_downstream);
+        self.reply_after_commit(reply, result);
+    }
+
+    fn on_run_loaded(&mut self, run_id: RunId, result: Result<Option<LoadedRun>, ApiError>) {
+        let waiting = self.loading.remove(&run_id).unwrap_or_default();
+        let error = match result {
+            Ok(Some(loaded)) => {
+                if !self.runs.contains_key(&run_id) {
+                    self.install_run(loaded.entry, None);
+                }
+                None
+            }
+            Ok(None) => Some(ApiError::not_found("run", run_id)),
+            Err(error) => Some(error),
+        };
+        for command in waiting {
+            match (&error, command) {
+                (Some(error), Command::RetryTask { reply, .. }) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                (Some(_), _) => {}
+                (None, command) => self.handle(command),
+            }
+        }
+    }
+
+    /// Clears a task (and its downstream) so it runs again.
+    fn clear_tasks(
+        &mut self,
+        run_id: RunId,
+        task_id: &TaskId,
+        include_downstream: bool,
+    ) -> Result<(RunRecord, Vec<String>), ApiError> {
+        let entry = self
+            .runs
+            .get(&run_id)
+            .ok_or_else(|| ApiError::not_found("run", run_id))?;
+        let plan = Arc::clone(&entry.plan);
+        let start = plan.index_of(task_id.as_str()).ok_or_else(|| {
+            ApiError::InvalidArgument(vec![FieldViolation::new(
+                "task_id",
+                format!(
+                    "dag `{}` version {} has no task `{task_id}`",
+                    plan.dag_id, plan.version
+                ),
+            )])
+        })?;
+        let cleared = if include_downstream {
+            plan.downstream_closure(start)
+        } else {
+            vec![start]
+        };
+        let in_set: HashSet<TaskIndex> = cleared.iter().copied().collect();
+        for &index in &cleared {
+            if is_open(self.runs[&run_id].slot(index).state) {
+                self.end_attempt_by_controller(
+                    run_id,
+                    index,
+                    AttemptOutcome::Cancelled,
+                    "task cleared by user",
+                    true,
+                );
+            }
+        }
+        let entry = self.runs.get_mut(&run_id).expect("checked above");
+        for &index in &cleared {
+            let was_success = entry.slot(index).state == TaskState::Success;
+            entry.set_state(index, TaskState::Pending);
+            let slot = entry.slot_mut(index);
+            slot.attempt_base = slot.attempt;
+            slot.attempt_id = None;
+            slot.worker = None;
+            slot.leased_at = 0;
+            slot.started_at = 0;
+            slot.ended_at = 0;
+            slot.next_attempt_at = 0;
+            slot.exit_code = None;
+            slot.outcome = AttemptOutcome::Unspecified;
+            slot.error = None;
+            slot.output = None;
+            if was_success {
+                // Keep `waiting` exact for pending tasks outside the cleared set.
+                for &down in &plan.downstream[index as usize] {
+                    if !in_set.contains(&down) && entry.slot(down).state == TaskState::Pending {
+                        entry.tasks[down as usize].waiting += 1;
+                    }
+                }
+            }
+        }
+        for &index in &cleared {
+            let waiting = plan.upstream[index as usize]
+                .iter()
+                .filter(|&&up| entry.slot(up).state != TaskState::Success)
+                .count();
+            entry.tasks[index as usize].waiting = waiting as u32;
+        }
+        if baton_common::states::run_state_is_final(entry.state) {
+            entry.set_run_state(RunState::Running);
+            entry.ended_at = 0;
+            entry.reason = None;
+            if entry.started_at == 0 {
+                entry.started_at = now_micros();
+            }
+            self.pending
+                .ops
+                .push(Op::put(keys::active(&run_id), Vec::new()));
+        }
+        self.touch(run_id);
+        for &index in &cleared {
+            self.evaluate_pending(run_id, index);
+        }
+        self.check_run_done(run_id);
+        let names = cleared
+            .iter()
+            .map(|&index| plan.task(index).id.to_string())
+            .collect();
+        info!(%run_id, %task_id, cleared = cleared.len(), "tasks cleared");
+        Ok((run_record(&self.runs[&run_id]), names))
+    }
+
+    /// Moves a pending task on if it can: `upstream_failed` (or `skipped`)
+    /// when an upstream can no longer succeed, `ready` when every upstream
+    /// succeeded. Only in running runs.
+    fn evaluate_pending(&mut self, run_id: RunId, index: TaskIndex) {
+        let Some(entry) = self.runs.get(&run_id) else {
+            return;
+        };
+        if entry.state != RunState::Running || entry.slot(index).state != TaskState::Pending {
+            return;
+        }
+        let mut blocked = None;
+        for &up in &entry.plan.upstream[index as usize] {
+            match entry.slot(up).state {
+                TaskState::Failed | TaskState::UpstreamFailed | TaskState::Cancelled => {
+                    blocked = Some(TaskState::UpstreamFailed);
+                    break;
+                }
+                TaskState::Skipped => blocked = Some(TaskState::Skipped),
+                _ => {}
+            }
+        }
+        match blocked {
+            Some(state) => self.block_downstream(run_id, index, state),
+            None if entry.slot(index).waiting == 0 => {
+                let entry = self.runs.get_mut(&run_id).expect("checked above");
+                entry.set_state(index, TaskState::Ready);
+                self.touch(run_id);
+                self.queue_ready(run_id, index);
+            }
+            None => {}
+        }
+    }
+
+    /// Marks `start` (pending) and every pending task downstream of it as
+    /// `state` (`upstream_failed` or `skipped`), iteratively.
+    fn block_downstream(&mut self, run_id: RunId, start: TaskIndex, state: TaskState) {
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        let plan = Arc::clone(&entry.plan);
+        let now = now_micros();
+        let mut stack = vec![start];
+        while let Some(index) = stack.pop() {
+            if entry.slot(index).state != TaskState::Pending {
+                continue;
+            }
+            entry.set_state(index, state);
+            entry.slot_mut(index).ended_at = now;
+            stack.extend(plan.downstream[index as usize].iter().copied());
+        }
+        self.touch(run_id);
+    }
+
+    /// The failure of `index` makes its pending downstream unable to run.
+    fn propagate_failure(&mut self, run_id: RunId, index: TaskIndex) {
+        let Some(entry) = self.runs.get(&run_id) else {
+            return;
+        };
+        let downstream = entry.plan.downstream[index as usize].clone();
+        for down in downstream {
+            self.block_downstream(run_id, down, TaskState::UpstreamFailed);
+        }
+    }
+
+    fn on_success(&mut self, run_id: RunId, index: TaskIndex) {
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        let plan = Arc::clone(&entry.plan);
+        let mut unblocked = Vec::new();
+        for &down in &plan.downstream[index as usize] {
+            let slot = &mut entry.tasks[down as usize];
+            if slot.state == TaskState::Pending {
+                slot.waiting = slot.waiting.saturating_sub(1);
+                if slot.waiting == 0 {
+                    unblocked.push(down);
+                }
+            }
+        }
+        for down in unblocked {
+            self.evaluate_pending(run_id, down);
+        }
+    }
+
+    fn check_run_done(&mut self, run_id: RunId) {
+        let Some(entry) = self.runs.get(&run_id) else {
+            return;
+        };
+        if entry.state != RunState::Running || entry.unfinished > 0 {
+            return;
+        }
+        if entry.has_failures() {
+            let failed: Vec<String> = entry
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, slot)| slot.state == TaskState::Failed)
+                .map(|(index, _)| entry.plan.tasks[index].id.to_string())
+                .collect();
+            let reason = match failed.len() {
+                0 => "tasks could not run because their upstream failed".to_string(),
+                1 => format!("task `{}` failed", failed[0]),
+                n if n <= 3 => format!("tasks failed: {}", failed.join(", ")),
+                n => format!("{n} tasks failed, among them {}", failed[..3].join(", ")),
+            };
+            self.finish_run(run_id, RunState::Failed, Some(reason));
+        } else {
+            self.finish_run(run_id, RunState::Success, None);
+        }
+    }
+
+    fn finish_run(&mut self, run_id: RunId, state: RunState, reason: Option<String>) {
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if !entry.set_run_state(state) {
+            return;
+        }
+        entry.ended_at = now_micros();
+        entry.reason = reason;
+        let duration_ms = (entry.ended_at - entry.started_at.max(entry.created_at)) / 1_000;
+        info!(dag_id = %entry.dag_id, %run_id, state = baton_common::states::run_state_name(state), duration_ms, "run finished");
+        self.pending.ops.push(Op::delete(keys::active(&run_id)));
+        self.touch(run_id);
+        self.pending.effects.push(Effect::DropRun(run_id));
+    }
+
+    // ----- Dispatch -----
+
+    fn queue_ready(&mut self, run_id: RunId, index: TaskIndex) {
+        let Some(entry) = self.runs.get(&run_id) else {
+            return;
+        };
+        let task = entry.plan.task(index);
+        self.ready_seq += 1;
+        let item = ReadyItem {
+            priority: task.priority,
+            seq: self.ready_seq,
+            run_id,
+            index,
+        };
+        self.push_ready(item);
+    }
+
+    fn push_ready(&mut self, item: ReadyItem) {
+        let Some(entry) = self.runs.get(&item.run_id) else {
+            return;
+        };
+        let queue = &entry.plan.task(item.index).queue;
+        match self.ready.get_mut(queue) {
+            Some(heap) => heap.push(item),
+            None => {
+                let mut heap = BinaryHeap::new();
+                heap.push(item);
+                self.ready.insert(queue.clone(), heap);
+            }
+        }
+        self.dispatch_needed = true;
+    }
+
+    /// Leases ready tasks to workers with free slots, highest priority first
+    /// in each queue.
+    fn dispatch(&mut self) {
+        if !self.dispatch_needed {
+            return;
+        }
+        self.dispatch_needed = false;
+        if !self.workers.has_free_slots() {
+            return;
+        }
+        let queues: Vec<QueueName> = self
+            .ready
+            .iter()
+            .filter(|(_, heap)| !heap.is_empty())
+            .map(|(queue, _)| queue.clone())
+            .collect();
+        for queue in queues {
+            while let Some(worker_id) = self.workers.best_for(&queue) {
+                let Some(item) = self.ready.get_mut(&queue).and_then(BinaryHeap::pop) else {
+                    break;
+                };
+                let Some(entry) = self.runs.get(&item.run_id) else {
+                    continue;
+                };
+                if entry.slot(item.index).state != TaskState::Ready
+                    || entry.state != RunState::Running
+                {
+                    continue;
+                }
+                if self.dags.get(&entry.dag_id).is_some_and(|meta| meta.paused) {
+                    self.parked
+                        .entry(entry.dag_id.clone())
+                        .or_default()
+                        .push(item);
+                    continue;
+                }
+                self.lease(item.run_id, item.index, &worker_id);
+            }
+        }
+    }
+
+    fn lease(&mut self, run_id: RunId, index: TaskIndex, worker_id: &Arc<str>) {
+        let Some(worker) = self.workers.get_mut(worker_id) else {
+            return;
+        };
+        let Some(sender) = worker.sender().cloned() else {
+            return;
+        };
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        let attempt_id = AttemptId::generate();
+        let now = now_micros();
+        entry.set_state(index, TaskState::Leased);
+        let slot = entry.slot_mut(index);
+        slot.attempt += 1;
+        slot.attempt_id = Some(attempt_id);
+        slot.worker = Some(Arc::clone(worker_id));
+        slot.leased_at = now;
+        slot.started_at = 0;
+        slot.ended_at = 0;
+        slot.next_attempt_at = 0;
+        slot.exit_code = None;
+        slot.outcome = AttemptOutcome::Unspecified;
+        slot.error = None;
+        slot.output = None;
+        let attempt = slot.attempt;
+        worker.leased.insert(attempt_id);
+        self.attempts.insert(attempt_id, (run_id, index));
+        let task = entry.plan.task(index);
+        debug!(%run_id, task_id = %task.id, attempt, worker = %worker_id, "task leased");
+        let assign = api::Assign {
+            attempt_id: attempt_id.to_string(),
+            dag_id: entry.dag_id.to_string(),
+            run_id: run_id.to_string(),
+            task_id: task.id.to_string(),
+            attempt,
+            logical_date: micros_to_timestamp_opt(entry.logical_date),
+            params_json: entry.params_json.to_string(),
+            kind: Some(match &task.kind {
+                TaskKind::Command(command) => api::assign::Kind::Command(api::CommandTask {
+                    argv: command.argv.clone(),
+                    env: command
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    cwd: command.cwd.clone().unwrap_or_default(),
+                }),
+                TaskKind::Noop => api::assign::Kind::Noop(api::NoopTask {}),
+            }),
+            timeout: task.timeout.map(duration_to_proto),
+            max_output_bytes: self.parts.config.limits.max_output_bytes as u32,
+        };
+        let log_key = LogKey {
+            run_id,
+            task_id: task.id.clone(),
+            attempt,
+        };
+        self.touch(run_id);
+        self.pending.effects.push(Effect::OpenLog(log_key));
+        self.pending.effects.push(Effect::Send {
+            to: sender,
+            message: message(controller_message::Message::Assign(assign)),
+        });
+    }
+
+    // ----- Attempts ending -----
+
+    /// Ends the current attempt of an open task on the controller's own
+    /// decision (cancel, clear, worker lost): records the attempt and, when
+    /// `tell_worker`, asks the worker to kill it. The task's state is left to
+    /// the caller.
+    fn end_attempt_by_controller(
+        &mut self,
+        run_id: RunId,
+        index: TaskIndex,
+        outcome: AttemptOutcome,
+        reason: &str,
+        tell_worker: bool,
+    ) {
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        let now = now_micros();
+        let slot = entry.slot_mut(index);
+        let Some(attempt_id) = slot.attempt_id else {
+            return;
+        };
+        slot.outcome = outcome;
+        slot.ended_at = now;
+        slot.error = Some(reason.to_string().into_boxed_str());
+        let worker_id = slot.worker.clone();
+        let attempt = slot.attempt;
+        self.attempts.remove(&attempt_id);
+        let record = views::attempt_record(entry, index, 0);
+        let task_id = entry.plan.task(index).id.clone();
+        self.pending.ops.push(Op::put(
+            keys::attempt(&run_id, task_id.as_str(), attempt),
+            record.encode_to_vec(),
+        ));
+        self.pending.effects.push(Effect::Log(LogCommand::Seal {
+            key: LogKey {
+                run_id,
+                task_id,
+                attempt,
+            },
+        }));
+        self.touch(run_id);
+        if tell_worker
+            && let Some(sender) = worker_id
+                .as_deref()
+                .and_then(|id| self.workers.get(id))
+                .and_then(|w| w.sender().cloned())
+        {
+            self.pending.effects.push(Effect::Send {
+                to: sender,
+                message: message(controller_message::Message::Cancel(Cancel {
+                    attempt_id: attempt_id.to_string(),
+                    reason: reason.to_string(),
+                })),
+            });
+        }
+    }
+
+    /// After a failed attempt: another attempt after the backoff, or the
+    /// task fails and its downstream cannot run.
+    fn after_failed_attempt(&mut self, run_id: RunId, index: TaskIndex) {
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        let task = entry.plan.task(index);
+        let retry = task.retry;
+        let max_attempts = entry.slot(index).max_attempts(task.retries);
+        let attempt = entry.slot(index).attempt;
+        if attempt < max_attempts {
+            let failed_since_clear = attempt - entry.slot(index).attempt_base;
+            let delay = retry.delay_for(failed_since_clear, rand::rng().random::<f64>());
+            entry.set_state(index, TaskState::UpForRetry);
+            entry.slot_mut(index).next_attempt_at = now_micros() + delay.as_micros() as Micros;
+            self.retry_timers.insert((run_id, index, attempt), delay);
+            info!(%run_id, task_id = %entry.plan.task(index).id, attempt, delay_ms = delay.as_millis() as u64, "task up for retry");
+        } else {
+            entry.set_state(index, TaskState::Failed);
+            info!(%run_id, task_id = %entry.plan.task(index).id, attempt, "task failed");
+            self.propagate_failure(run_id, index);
+        }
+        self.touch(run_id);
+        self.check_run_done(run_id);
+    }
+
+    fn on_retry_due(&mut self, run_id: RunId, index: TaskIndex, attempt: u32) {
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        let slot = entry.slot(index);
+        if slot.state != TaskState::UpForRetry
+            || slot.attempt != attempt
+            || entry.state != RunState::Running
+        {
+            return;
+        }
+        entry.set_state(index, TaskState::Ready);
+        entry.slot_mut(index).next_attempt_at = 0;
+        self.touch(run_id);
+        self.queue_ready(run_id, index);
+    }
+
+    // ----- Workers -----
+
+    fn on_worker_event(&mut self, conn_id: u64, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Connected { register, sender } => {
+                self.on_worker_connected(conn_id, register, sender)
+            }
+            WorkerEvent::Disconnected => {
+                if let Some(id) = self.workers.detach(conn_id) {
+                    info!(worker = %id, "worker disconnected");
+                }
+            }
+            WorkerEvent::Message(message) => {
+                let lost_timeout = self.parts.config.worker_lost_timeout;
+                let Some(worker) = self.workers.by_conn_mut(conn_id) else {
+                    return;
+                };
+                worker.lost_at = Instant::now() + lost_timeout;
+                let worker_id = Arc::clone(&worker.id);
+                let Some(sender) = worker.sender().cloned() else {
+                    return;
+                };
+                match message {
+                    worker_message::Message::Heartbeat(heartbeat) => {
+                        if worker.draining != heartbeat.draining {
+                            worker.draining = heartbeat.draining;
+                            info!(worker = %worker_id, draining = heartbeat.draining, "worker drain state changed");
+                        }
+                    }
+                    worker_message::Message::TaskStarted(started) => {
+                        self.on_task_started(&worker_id, &sender, started)
+                    }
+                    worker_message::Message::LogChunk(chunk) => self.on_log_chunk(&sender, chunk),
+                    worker_message::Message::TaskResult(result) => {
+                        self.on_task_result(&worker_id, &sender, result)
+                    }
+                    worker_message::Message::Register(_) => {
+                        let _ = sender.send(Err(tonic::Status::invalid_argument(
+                            "register: sent twice on one stream",
+                        )));
+                        self.workers.detach(conn_id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_worker_connected(&mut self, conn_id: u64, register: api::Register, sender: WorkerSender) {
+        let now = Instant::now();
+        let lost_at = now + self.parts.config.worker_lost_timeout;
+        let worker = self.workers.entry(&register.worker_id, lost_at);
+        worker.hostname = register.hostname.clone();
+        worker.queues = register
+            .queues
+            .iter()
+            .filter_map(|queue| QueueName::new(queue.clone()).ok())
+            .collect();
+        worker.slots = register.slots;
+        worker.lost_at = lost_at;
+        worker.draining = false;
+        let worker_id = Arc::clone(&worker.id);
+        self.workers.attach(
+            &worker_id,
+            Connection {
+                conn_id,
+                sender: sender.clone(),
+            },
+        );
+        let _ = sender.send(Ok(message(controller_message::Message::Registered(
+            api::Registered {
+                controller_id: self.parts.config.controller_id.clone(),
+                heartbeat_interval: Some(duration_to_proto(self.parts.config.heartbeat_interval)),
+            },
+        ))));
+        info!(worker = %worker_id, hostname = %register.hostname, slots = register.slots, queues = ?register.queues, "worker connected");
+        // Reconcile what the worker says it holds with what the store says.
+        let announced: HashSet<AttemptId> = register
+            .attempt_ids
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        for attempt_id in &announced {
+            let current = self
+                .attempts
+                .get(attempt_id)
+                .is_some_and(|&(run_id, index)| {
+                    self.runs.get(&run_id).is_some_and(|entry| {
+                        let slot = entry.slot(index);
+                        slot.attempt_id == Some(*attempt_id)
+                            && slot.worker.as_deref() == Some(&*worker_id)
+                    })
+                });
+            if current {
+                if let Some(worker) = self.workers.get_mut(&worker_id) {
+                    worker.leased.insert(*attempt_id);
+                }
+            } else {
+                let _ = sender.send(Ok(message(controller_message::Message::Cancel(Cancel {
+                    attempt_id: attempt_id.to_string(),
+                    reason: "stale attempt: the controller no longer expects it".into(),
+                }))));
+            }
+        }
+        let missing: Vec<AttemptId> = self
+            .workers
+            .get(&worker_id)
+            .map(|worker| {
+                worker
+                    .leased
+                    .iter()
+                    .filter(|id| !announced.contains(id))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for attempt_id in missing {
+            if let Some(worker) = self.workers.get_mut(&worker_id) {
+                worker.leased.remove(&attempt_id);
+            }
+            let reason = format!(
+                "worker `{worker_id}` reconnected without the attempt (it restarted or never received it)"
+            );
+            self.fail_lost_attempt(attempt_id, &reason);
+        }
+        self.dispatch_needed = true;
+    }
+
+    /// Fails a current attempt as `worker_lost`, retrying if allowed.
+    fn fail_lost_attempt(&mut self, attempt_id: AttemptId, reason: &str) {
+        let Some(&(run_id, index)) = self.attempts.get(&attempt_id) else {
+            return;
+        };
+        warn!(%run_id, %attempt_id, %reason, "attempt lost");
+        self.end_attempt_by_controller(run_id, index, AttemptOutcome::WorkerLost, reason, false);
+        self.after_failed_attempt(run_id, index);
+    }
+
+    fn check_liveness(&mut self) {
+        let now = Instant::now();
+        for worker_id in self.workers.expired(now) {
+            let Some(worker) = self.workers.remove(&worker_id) else {
+                continue;
+            };
+            let timeout = humantime::format_duration(self.parts.config.worker_lost_timeout);
+            warn!(worker = %worker_id, attempts = worker.leased.len(), "worker lost: no message for {timeout}");
+            if let Some(conn) = &worker.conn {
+                let _ = conn.sender.send(Err(tonic::Status::unavailable(
+                    "declared lost: no heartbeat in time; reconnect",
+                )));
+            }
+            let reason = format!("worker `{worker_id}` lost: no heartbeat for {timeout}");
+            for attempt_id in worker.leased {
+                self.fail_lost_attempt(attempt_id, &reason);
+            }
+        }
+    }
+
+    fn on_task_started(
+        &mut self,
+        worker_id: &Arc<str>,
+        sender: &WorkerSender,
+        started: api::TaskStarted,
+    ) {
+        let Ok(attempt_id) = started.attempt_id.parse::<AttemptId>() else {
+            return;
+        };
+        let Some(&(run_id, index)) = self.attempts.get(&attempt_id) else {
+            let _ = sender.send(Ok(message(controller_message::Message::Cancel(Cancel {
+                attempt_id: started.attempt_id,
+                reason: "stale attempt".into(),
+            }))));
+            return;
+        };
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if entry.slot(index).worker.as_deref() != Some(&**worker_id)
+            || entry.slot(index).state != TaskState::Leased
+        {
+            return;
+        }
+        entry.set_state(index, TaskState::Running);
+        let started_at = timestamp_opt_to_micros(started.started_at.as_ref());
+        entry.slot_mut(index).started_at = if started_at == 0 {
+            now_micros()
+        } else {
+            started_at
+        };
+        self.touch(run_id);
+    }
+
+    fn on_log_chunk(&mut self, sender: &WorkerSender, chunk: api::LogChunk) {
+        let attempt_id = chunk.attempt_id.parse::<AttemptId>().ok();
+        let target = attempt_id.and_then(|id| self.attempts.get(&id).copied());
+        let (Some(attempt_id), Some((run_id, index))) = (attempt_id, target) else {
+            let _ = sender.send(Ok(stale_ack(
+                &chunk.attempt_id,
+                "log for an attempt that is not current",
+            )));
+            return;
+        };
+        let Some(entry) = self.runs.get(&run_id) else {
+            return;
+        };
+        let key = LogKey {
+            run_id,
+            task_id: entry.plan.task(index).id.clone(),
+            attempt: entry.slot(index).attempt,
+        };
+        let _ = self.log_writer.send(LogCommand::Append {
+            key,
+            attempt_id,
+            offset: chunk.offset,
+            data: chunk.data,
+            ack: sender.clone(),
+        });
+    }
+
+    fn on_task_result(&mut self, worker_id: &Arc<str>, sender: &WorkerSender, result: TaskResult) {
+        let Ok(attempt_id) = result.attempt_id.parse::<AttemptId>() else {
+            return;
+        };
+        // Whatever the attempt's fate, the worker no longer runs it.
+        if let Some(worker) = self.workers.get_mut(worker_id)
+            && worker.leased.remove(&attempt_id)
+        {
+            self.dispatch_needed = true;
+        }
+        let current = self
+            .attempts
+            .get(&attempt_id)
+            .copied()
+            .filter(|&(run_id, index)| {
+                self.runs.get(&run_id).is_some_and(|entry| {
+                    let slot = entry.slot(index);
+                    slot.attempt_id == Some(attempt_id)
+                        && slot.worker.as_deref() == Some(&**worker_id)
+                        && is_open(slot.state)
+                })
+            });
+        let Some((run_id, index)) = current else {
+            let _ = sender.send(Ok(stale_ack(
+                &result.attempt_id,
+                "result for an attempt that is not current",
+            )));
+            return;
+        };
+        self.attempts.remove(&attempt_id);
+        let max_output = self.parts.config.limits.max_output_bytes;
+        let entry = self.runs.get_mut(&run_id).expect("checked above");
+        let task_id = entry.plan.task(index).id.clone();
+        let mut outcome =
+            AttemptOutcome::try_from(result.outcome).unwrap_or(AttemptOutcome::Unspecified);
+        let mut error = result.error;
+        let mut output = None;
+        if outcome == AttemptOutcome::Succeeded && !result.output_json.is_empty() {
+            match validate_output(&result.output_json, max_output) {
+                Ok(()) => output = Some(result.output_json.into_boxed_str()),
+                Err(reason) => {
+                    outcome = AttemptOutcome::Error;
+                    error = reason;
+                }
+            }
+        }
+        if outcome == AttemptOutcome::Unspecified {
+            outcome = AttemptOutcome::Error;
+            error = "the worker reported no outcome".into();
+        }
+        let now = now_micros();
+        let slot = entry.slot_mut(index);
+        let started_at = timestamp_opt_to_micros(result.started_at.as_ref());
+        if started_at != 0 {
+            slot.started_at = started_at;
+        }
+        let ended_at = timestamp_opt_to_micros(result.ended_at.as_ref());
+        slot.ended_at = if ended_at == 0 { now } else { ended_at };
+        slot.exit_code = result.exit_code;
+        slot.outcome = outcome;
+        slot.error = (!error.is_empty()).then(|| error.into_boxed_str());
+        slot.output = output;
+        let attempt = slot.attempt;
+        let span =
+            info_span!("task_result", dag_id = %entry.dag_id, %run_id, task_id = %task_id, attempt);
+        let _guard = span.enter();
+        let record = views::attempt_record(entry, index, result.log_bytes);
+        self.pending.ops.push(Op::put(
+            keys::attempt(&run_id, task_id.as_str(), attempt),
+            record.encode_to_vec(),
+        ));
+        self.pending.effects.push(Effect::Log(LogCommand::Seal {
+            key: LogKey {
+                run_id,
+                task_id,
+                attempt,
+            },
+        }));
+        self.pending.effects.push(Effect::Send {
+            to: sender.clone(),
+            message: message(controller_message::Message::Ack(Ack {
+                attempt_id: attempt_id.to_string(),
+                result_recorded: true,
+                ..Ack::default()
+            })),
+        });
+        self.touch(run_id);
+        if outcome == AttemptOutcome::Succeeded {
+            let entry = self.runs.get_mut(&run_id).expect("checked above");
+            entry.set_state(index, TaskState::Success);
+            debug!("task succeeded");
+            self.on_success(run_id, index);
+            self.check_run_done(run_id);
+        } else {
+            debug!(outcome = ?outcome, "attempt failed");
+            self.after_failed_attempt(run_id, index);
+        }
+    }
+
+    // ----- Group commit -----
+
+    /// Cuts a batch from what changed, unless one is in flight.
+    fn flush(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        if !self.pending.has_writes() {
+            // Nothing to store and nothing in flight: the state is durable,
+            // so effects and new watchers can be served now.
+            let effects = std::mem::take(&mut self.pending.effects);
+            self.deliver_snapshots(Vec::new());
+            for effect in effects {
+                self.apply(effect);
+            }
+            return;
+        }
+        let mut ops = std::mem::take(&mut self.pending.ops);
+        let mut watch_effects = Vec::new();
+        let dirty_runs = std::mem::take(&mut self.pending.dirty_runs);
+        for run_id in dirty_runs {
+            let Some(entry) = self.runs.get_mut(&run_id) else {
+                continue;
+            };
+            let watching = !entry.watchers.is_empty();
+            let dirty_tasks = std::mem::take(&mut entry.dirty_tasks);
+            for index in dirty_tasks {
+                entry.tasks[index as usize].dirty = false;
+                let record = task_record(entry, index);
+                ops.push(Op::put(
+                    keys::task(&run_id, &record.task_id),
+                    record.encode_to_vec(),
+                ));
+                if watching {
+                    let event = WatchRunResponse {
+                        event: Some(watch_run_response::Event::Task(views::task_view(record))),
+                    };
+                    for watcher in &entry.watchers {
+                        watch_effects.push(Effect::Watch {
+                            to: watcher.clone(),
+                            event: event.clone(),
+                        });
+                    }
+                }
+            }
+            if entry.dirty {
+                entry.dirty = false;
+                let record = run_record(entry);
+                ops.push(Op::put(keys::run(&run_id), record.encode_to_vec()));
+                if watching {
+                    let event = WatchRunResponse {
+                        event: Some(watch_run_response::Event::Run(views::run_view(&record))),
+                    };
+                    for watcher in &entry.watchers {
+                        watch_effects.push(Effect::Watch {
+                            to: watcher.clone(),
+                            event: event.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let ops = dedupe_ops(ops);
+        // Watch events go first so a watcher sees a run's last change before
+        // the run is dropped from memory.
+        let mut effects = watch_effects;
+        self.deliver_snapshots_into(&mut effects);
+        effects.append(&mut self.pending.effects);
+        let (conditionals, creates): (Vec<Conditional>, Vec<CreateKey>) =
+            std::mem::take(&mut self.pending.conditionals)
+                .into_iter()
+                .unzip();
+        let op_count = ops.len();
+        let done = spawn_commit(Arc::clone(&self.parts.store), ops, conditionals);
+        self.in_flight = Some(InFlight {
+            done,
+            effects,
+            creates,
+            ops: op_count,
+        });
+    }
+
+    /// Snapshots for new watchers, built from state that is about to be (or
+    /// already is) durable.
+    fn deliver_snapshots_into(&mut self, effects: &mut Vec<Effect>) {
+        for (run_id, watcher) in std::mem::take(&mut self.new_watchers) {
+            let Some(entry) = self.runs.get(&run_id) else {
+                continue;
+            };
+            let tasks = (0..entry.plan.len() as TaskIndex)
+                .map(|index| views::task_view(task_record(entry, index)))
+                .collect();
+            let snapshot = RunSnapshot {
+                run: Some(views::run_view(&run_record(entry))),
+                tasks,
+            };
+            effects.push(Effect::Watch {
+                to: watcher.clone(),
+                event: WatchRunResponse {
+                    event: Some(watch_run_response::Event::Snapshot(snapshot)),
+                },
+            });
+            effects.push(Effect::AddWatcher {
+                run_id,
+                to: watcher,
+            });
+        }
+    }
+
+    fn deliver_snapshots(&mut self, mut effects: Vec<Effect>) {
+        self.deliver_snapshots_into(&mut effects);
+        for effect in effects {
+            self.apply(effect);
+        }
+    }
+
+    fn on_committed(&mut self, result: CommitResult) -> Result<(), SchedulerError> {
+        let Some(batch) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                error!(%error, ops = batch.ops, "cannot store a batch; the scheduler stops (restart to recover from the store)");
+                return Err(SchedulerError::Store(error));
+            }
+        };
+        for effect in batch.effects {
+            self.apply(effect);
+        }
+        for (key, applied) in batch.creates.into_iter().zip(outcome.applied) {
+            self.finish_create(key, applied);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Send { to, message } => {
+                // A closed stream means the worker is gone; its entry handles that.
+                let _ = to.send(Ok(message));
+            }
+            Effect::Reply(reply) => reply(),
+            Effect::Watch { to, event } => {
+                let is_final = matches!(&event.event, Some(watch_run_response::Event::Run(run)) if baton_common::states::run_state_is_final(RunState::try_from(run.state).unwrap_or(RunState::Unspecified)));
+                if to.capacity() <= WATCH_RESERVE {
+                    let _ = to.try_send(Err(tonic::Status::resource_exhausted(
+                        "watcher fell behind; watch the run again",
+                    )));
+                    self.remove_watcher(&to);
+                } else {
+                    let _ = to.try_send(Ok(event));
+                }
+                if is_final {
+                    self.remove_watcher(&to);
+                }
+            }
+            Effect::AddWatcher { run_id, to } => {
+                if let Some(entry) = self.runs.get_mut(&run_id)
+                    && !baton_common::states::run_state_is_final(entry.state)
+                {
+                    entry.watchers.push(to);
+                }
+            }
+            Effect::OpenLog(key) => self.parts.logs.open_attempt(key),
+            Effect::Log(command) => {
+                let _ = self.log_writer.send(command);
+            }
+            Effect::DropRun(run_id) => {
+                let finished = self.runs.get(&run_id).is_some_and(|entry| {
+                    baton_common::states::run_state_is_final(entry.state)
+                        && !entry.dirty
+                        && entry.dirty_tasks.is_empty()
+                });
+                if finished && let Some(entry) = self.runs.remove(&run_id) {
+                    if let Some(key) = &entry.idempotency_key {
+                        self.active_keys
+                            .remove(&(entry.dag_id.clone(), key.clone()));
+                    }
+                    for slot in &entry.tasks {
+                        if let Some(attempt_id) = slot.attempt_id {
+                            self.attempts.remove(&attempt_id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove_watcher(&mut self, watcher: &WatchSender) {
+        for entry in self.runs.values_mut() {
+            entry
+                .watchers
+                .retain(|existing| !existing.same_channel(watcher));
+        }
+    }
+}
+
+/// Checks a task's output: JSON, within the size limit.
+fn validate_output(output: &str, max_bytes: usize) -> Result<(), String> {
+    if output.len() > max_bytes {
+        return Err(format!(
+            "output is {} bytes; the limit is {max_bytes}",
+            output.len()
+        ));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(output)
+        .map(|_| ())
+        .map_err(|error| format!("output is not valid JSON: {error}"))
+}
+
+async fn existing_run_for_key(
+    store: &dyn crate::store::Store,
+    key: &CreateKey,
+) -> Result<RunRecord, ApiError> {
+    let internal = |error: StoreError| ApiError::Internal(error.to_string());
+    let idempotency: IdempotencyRecord = get_record(store, &keys::idempotency(&key.0, &key.1))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::Internal("idempotency key vanished".into()))?;
+    let run_id: RunId = idempotency
+        .run_id
+        .parse()
+        .map_err(|error: baton_common::ids::IdError| ApiError::Internal(error.reason))?;
+    get_record(store, &keys::run(&run_id))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found("run", run_id))
+}

@@ -1,0 +1,272 @@
+//! In-memory state of an active run: [`RunEntry`] with one [`TaskSlot`] per
+//! task of its plan, and the declared state machines every change goes
+//! through ([`task_transition_allowed`], [`run_transition_allowed`]).
+//!
+//! A slot is about 120 bytes whatever the task; strings a task may carry
+//! (error, output) are boxed and present only when set. Counts by state and
+//! the number of unfinished tasks are kept up to date on every change, so
+//! deciding that a run ended never scans its tasks.
+
+use std::sync::Arc;
+
+use baton_common::ids::{AttemptId, DagId, RunId};
+use baton_common::pb::api::{AttemptOutcome, RunState, TaskState, WatchRunResponse};
+use baton_common::states::task_state_is_final;
+use baton_common::time::Micros;
+use tokio::sync::mpsc;
+
+use crate::plan::{PlanRef, TaskIndex};
+
+/// Whether a task may move from `from` to `to`. Clearing (back to pending)
+/// is allowed from every state; everything else follows the design's state
+/// machine.
+pub fn task_transition_allowed(from: TaskState, to: TaskState) -> bool {
+    use TaskState::*;
+    if to == Pending {
+        return true;
+    }
+    match from {
+        Pending => matches!(to, Ready | UpstreamFailed | Skipped | Cancelled),
+        Ready => matches!(to, Leased | Cancelled),
+        Leased => matches!(to, Running | Success | Failed | UpForRetry | Cancelled),
+        Running => matches!(to, Success | Failed | UpForRetry | Cancelled),
+        UpForRetry => matches!(to, Ready | Cancelled),
+        UpForReschedule => matches!(to, Ready | Cancelled),
+        Success | Failed | UpstreamFailed | Skipped | Cancelled | Unspecified => false,
+    }
+}
+
+/// Whether a run may move from `from` to `to`. A finished run becomes
+/// running again when one of its tasks is cleared.
+pub fn run_transition_allowed(from: RunState, to: RunState) -> bool {
+    use RunState::*;
+    match from {
+        Queued => matches!(to, Running | Cancelled),
+        Running => matches!(to, Success | Failed | Cancelled),
+        Success | Failed | Cancelled => matches!(to, Running),
+        Unspecified => false,
+    }
+}
+
+/// State of one task in one active run.
+#[derive(Debug, Clone)]
+pub struct TaskSlot {
+    pub state: TaskState,
+    /// Changed since the last flush: its record is written in the next batch.
+    pub dirty: bool,
+    /// Current (or last) attempt number; 0 before the first.
+    pub attempt: u32,
+    /// Attempts made before the last clear.
+    pub attempt_base: u32,
+    /// Upstream tasks that have not succeeded; meaningful while pending.
+    pub waiting: u32,
+    pub attempt_id: Option<AttemptId>,
+    pub worker: Option<Arc<str>>,
+    pub leased_at: Micros,
+    pub started_at: Micros,
+    pub ended_at: Micros,
+    pub next_attempt_at: Micros,
+    pub exit_code: Option<i32>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<Box<str>>,
+    pub output: Option<Box<str>>,
+}
+
+impl TaskSlot {
+    pub fn new(waiting: u32) -> Self {
+        Self {
+            state: TaskState::Pending,
+            dirty: false,
+            attempt: 0,
+            attempt_base: 0,
+            waiting,
+            attempt_id: None,
+            worker: None,
+            leased_at: 0,
+            started_at: 0,
+            ended_at: 0,
+            next_attempt_at: 0,
+            exit_code: None,
+            outcome: AttemptOutcome::Unspecified,
+            error: None,
+            output: None,
+        }
+    }
+
+    /// Attempts allowed since the last clear.
+    pub fn max_attempts(&self, retries: u32) -> u32 {
+        self.attempt_base + retries + 1
+    }
+}
+
+pub type WatchSender = mpsc::Sender<Result<WatchRunResponse, tonic::Status>>;
+
+/// An active run: everything the scheduler needs to move it forward.
+pub struct RunEntry {
+    pub run_id: RunId,
+    pub dag_id: DagId,
+    pub plan: PlanRef,
+    pub state: RunState,
+    pub params_json: Arc<str>,
+    pub logical_date: Micros,
+    pub idempotency_key: Option<String>,
+    pub created_at: Micros,
+    pub started_at: Micros,
+    pub ended_at: Micros,
+    pub reason: Option<String>,
+    pub tasks: Vec<TaskSlot>,
+    /// Tasks not in a final state.
+    pub unfinished: u32,
+    /// Tasks per state, indexed by the state's protobuf number.
+    pub counts: [u32; 12],
+    /// The run record changes in the next batch.
+    pub dirty: bool,
+    pub dirty_tasks: Vec<TaskIndex>,
+    pub watchers: Vec<WatchSender>,
+}
+
+impl RunEntry {
+    /// A new run with every task pending.
+    pub fn new(
+        run_id: RunId,
+        plan: PlanRef,
+        params_json: Arc<str>,
+        logical_date: Micros,
+        idempotency_key: Option<String>,
+        now: Micros,
+    ) -> Self {
+        let tasks: Vec<TaskSlot> = plan
+            .upstream
+            .iter()
+            .map(|ups| TaskSlot::new(ups.len() as u32))
+            .collect();
+        let mut counts = [0u32; 12];
+        counts[TaskState::Pending as usize] = tasks.len() as u32;
+        Self {
+            run_id,
+            dag_id: plan.dag_id.clone(),
+            unfinished: tasks.len() as u32,
+            plan,
+            state: RunState::Queued,
+            params_json,
+            logical_date,
+            idempotency_key,
+            created_at: now,
+            started_at: 0,
+            ended_at: 0,
+            reason: None,
+            tasks,
+            counts,
+            dirty: true,
+            dirty_tasks: Vec::new(),
+            watchers: Vec::new(),
+        }
+    }
+
+    pub fn slot(&self, index: TaskIndex) -> &TaskSlot {
+        &self.tasks[index as usize]
+    }
+
+    /// Mutable access for fields other than `state` (use [`Self::set_state`]
+    /// for that); marks the task dirty.
+    pub fn slot_mut(&mut self, index: TaskIndex) -> &mut TaskSlot {
+        self.mark_dirty(index);
+        &mut self.tasks[index as usize]
+    }
+
+    pub fn mark_dirty(&mut self, index: TaskIndex) {
+        let slot = &mut self.tasks[index as usize];
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty_tasks.push(index);
+        }
+    }
+
+    /// Moves a task to `to` through the declared state machine, keeping the
+    /// counts and the run's dirty lists in step. Returns false (and changes
+    /// nothing) for a transition the machine does not allow.
+    pub fn set_state(&mut self, index: TaskIndex, to: TaskState) -> bool {
+        let from = self.tasks[index as usize].state;
+        if !task_transition_allowed(from, to) {
+            tracing::error!(run_id = %self.run_id, task_id = %self.plan.task(index).id, ?from, ?to, "refused task transition");
+            debug_assert!(false, "refused task transition {from:?} -> {to:?}");
+            return false;
+        }
+        if from == to {
+            return true;
+        }
+        self.counts[from as usize] -= 1;
+        self.counts[to as usize] += 1;
+        match (task_state_is_final(from), task_state_is_final(to)) {
+            (false, true) => self.unfinished -= 1,
+            (true, false) => self.unfinished += 1,
+            _ => {}
+        }
+        self.tasks[index as usize].state = to;
+        self.mark_dirty(index);
+        self.dirty = true;
+        true
+    }
+
+    pub fn set_run_state(&mut self, to: RunState) -> bool {
+        if !run_transition_allowed(self.state, to) {
+            tracing::error!(run_id = %self.run_id, from = ?self.state, ?to, "refused run transition");
+            debug_assert!(false, "refused run transition {:?} -> {to:?}", self.state);
+            return false;
+        }
+        self.state = to;
+        self.dirty = true;
+        true
+    }
+
+    pub fn count(&self, state: TaskState) -> u32 {
+        self.counts[state as usize]
+    }
+
+    /// Whether any task failed in a way that fails the run.
+    pub fn has_failures(&self) -> bool {
+        self.count(TaskState::Failed) > 0 || self.count(TaskState::UpstreamFailed) > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_machine_allows_the_design_path_and_refuses_shortcuts() {
+        use TaskState::*;
+        for (from, to) in [
+            (Pending, Ready),
+            (Ready, Leased),
+            (Leased, Running),
+            (Running, Success),
+            (Running, UpForRetry),
+            (UpForRetry, Ready),
+            (Pending, UpstreamFailed),
+            (Success, Pending),
+            (Failed, Pending),
+        ] {
+            assert!(task_transition_allowed(from, to), "{from:?} -> {to:?}");
+        }
+        for (from, to) in [
+            (Pending, Running),
+            (Pending, Success),
+            (Ready, Success),
+            (Success, Failed),
+            (Failed, Ready),
+            (Cancelled, Running),
+        ] {
+            assert!(!task_transition_allowed(from, to), "{from:?} -> {to:?}");
+        }
+    }
+
+    #[test]
+    fn the_run_machine_only_reopens_finished_runs_as_running() {
+        use RunState::*;
+        assert!(run_transition_allowed(Queued, Running));
+        assert!(run_transition_allowed(Failed, Running));
+        assert!(!run_transition_allowed(Success, Failed));
+        assert!(!run_transition_allowed(Queued, Success));
+    }
+}

@@ -1,0 +1,163 @@
+//! The scheduler's view of workers: who is connected, what they serve, which
+//! attempts each holds, and when each is declared lost.
+//!
+//! A worker's free slots are its advertised slots minus the attempts the
+//! controller has leased to it and not yet seen end, so the count is right
+//! even before the worker's next heartbeat. An entry outlives its stream:
+//! a worker that reconnects within the lost timeout keeps its attempts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use baton_common::ids::{AttemptId, QueueName};
+use tokio::time::Instant;
+
+use super::WorkerSender;
+
+/// One live stream of a worker.
+pub struct Connection {
+    pub conn_id: u64,
+    pub sender: WorkerSender,
+}
+
+pub struct WorkerEntry {
+    pub id: Arc<str>,
+    pub conn: Option<Connection>,
+    pub hostname: String,
+    pub queues: Vec<QueueName>,
+    pub slots: u32,
+    /// Attempts leased to this worker whose end the worker has not reported.
+    pub leased: HashSet<AttemptId>,
+    /// The worker is declared lost when this passes without a message.
+    pub lost_at: Instant,
+    pub draining: bool,
+}
+
+impl WorkerEntry {
+    pub fn free_slots(&self) -> u32 {
+        if self.conn.is_none() || self.draining {
+            return 0;
+        }
+        self.slots.saturating_sub(self.leased.len() as u32)
+    }
+
+    pub fn serves(&self, queue: &QueueName) -> bool {
+        self.queues.iter().any(|served| served == queue)
+    }
+
+    pub fn sender(&self) -> Option<&WorkerSender> {
+        self.conn.as_ref().map(|conn| &conn.sender)
+    }
+}
+
+#[derive(Default)]
+pub struct Workers {
+    by_id: HashMap<Arc<str>, WorkerEntry>,
+    by_conn: HashMap<u64, Arc<str>>,
+}
+
+impl Workers {
+    pub fn get(&self, id: &str) -> Option<&WorkerEntry> {
+        self.by_id.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut WorkerEntry> {
+        self.by_id.get_mut(id)
+    }
+
+    /// The worker whose current stream is `conn_id`.
+    pub fn by_conn_mut(&mut self, conn_id: u64) -> Option<&mut WorkerEntry> {
+        let id = self.by_conn.get(&conn_id)?;
+        let entry = self.by_id.get_mut(id)?;
+        entry
+            .conn
+            .as_ref()
+            .is_some_and(|conn| conn.conn_id == conn_id)
+            .then_some(entry)
+    }
+
+    /// Inserts or returns the entry for `id` (created disconnected).
+    pub fn entry(&mut self, id: &str, lost_at: Instant) -> &mut WorkerEntry {
+        if !self.by_id.contains_key(id) {
+            let id: Arc<str> = Arc::from(id);
+            self.by_id.insert(
+                Arc::clone(&id),
+                WorkerEntry {
+                    id,
+                    conn: None,
+                    hostname: String::new(),
+                    queues: Vec::new(),
+                    slots: 0,
+                    leased: HashSet::new(),
+                    lost_at,
+                    draining: false,
+                },
+            );
+        }
+        self.by_id.get_mut(id).expect("inserted above")
+    }
+
+    /// Attaches a new stream to a worker, replacing (and so ending) the
+    /// previous one.
+    pub fn attach(&mut self, id: &str, conn: Connection) {
+        let conn_id = conn.conn_id;
+        if let Some(entry) = self.by_id.get_mut(id) {
+            if let Some(old) = entry.conn.replace(conn) {
+                self.by_conn.remove(&old.conn_id);
+            }
+            self.by_conn.insert(conn_id, Arc::clone(&entry.id));
+        }
+    }
+
+    /// Forgets a stream that ended; the worker entry stays until it is
+    /// declared lost or reconnects.
+    pub fn detach(&mut self, conn_id: u64) -> Option<Arc<str>> {
+        let id = self.by_conn.remove(&conn_id)?;
+        let entry = self.by_id.get_mut(&id)?;
+        if entry
+            .conn
+            .as_ref()
+            .is_some_and(|conn| conn.conn_id == conn_id)
+        {
+            entry.conn = None;
+        }
+        Some(id)
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<WorkerEntry> {
+        let entry = self.by_id.remove(id)?;
+        if let Some(conn) = &entry.conn {
+            self.by_conn.remove(&conn.conn_id);
+        }
+        Some(entry)
+    }
+
+    /// Workers whose lost deadline has passed.
+    pub fn expired(&self, now: Instant) -> Vec<Arc<str>> {
+        self.by_id
+            .values()
+            .filter(|entry| entry.lost_at <= now)
+            .map(|entry| Arc::clone(&entry.id))
+            .collect()
+    }
+
+    /// The worker serving `queue` with the most free slots.
+    pub fn best_for(&self, queue: &QueueName) -> Option<Arc<str>> {
+        self.by_id
+            .values()
+            .filter(|entry| entry.serves(queue))
+            .map(|entry| (entry.free_slots(), entry))
+            .filter(|(free, _)| *free > 0)
+            .max_by_key(|(free, _)| *free)
+            .map(|(_, entry)| Arc::clone(&entry.id))
+    }
+
+    pub fn has_free_slots(&self) -> bool {
+        self.by_id.values().any(|entry| entry.free_slots() > 0)
+    }
+
+    pub fn drain_all(&mut self) -> Vec<WorkerEntry> {
+        self.by_conn.clear();
+        self.by_id.drain().map(|(_, entry)| entry).collect()
+    }
+}

@@ -1,0 +1,147 @@
+//! The store's key layout; the only place that builds or parses keys.
+//!
+//! Keys are UTF-8 paths relative to the store's prefix (the etcd store puts
+//! its configurable prefix in front; the embedded store uses them as they
+//! are). Values are protobuf records from `proto/baton/store/v1`.
+//!
+//! | key | value | written |
+//! |---|---|---|
+//! | `dags/<dag>` | `DagMetaRecord` | register, pause, unpause |
+//! | `dag_versions/<dag>/<version:010>` | `DagVersionRecord` | register (new version) |
+//! | `runs/<run>` | `RunRecord` | every run change, at most once per batch |
+//! | `dag_runs/<dag>/<run>` | empty | run created (index of a DAG's runs) |
+//! | `active/<run>` | empty | run created; deleted when it ends |
+//! | `tasks/<run>/<task>` | `TaskRecord` | every task change, at most once per batch |
+//! | `attempts/<run>/<task>/<attempt:05>` | `AttemptRecord` | an attempt ended |
+//! | `idem/<dag>/<sha256(key)>` | `IdempotencyRecord` | run created with a key |
+//!
+//! DAG metadata and versions live under different prefixes so that listing
+//! DAGs never reads specs, and run records apart from task records so that
+//! listing runs never reads tasks. Run ids are UUIDv7, so `runs/` and
+//! `dag_runs/<dag>/` sort by creation time. A task without a record is
+//! pending and was never attempted, so creating a run writes one key per run,
+//! not one per task.
+
+use baton_common::ids::{DagId, RunId, TaskId};
+use sha2::{Digest, Sha256};
+
+pub const DAGS: &str = "dags/";
+pub const RUNS: &str = "runs/";
+pub const ACTIVE: &str = "active/";
+
+pub fn dag(dag_id: &DagId) -> Vec<u8> {
+    format!("dags/{dag_id}").into_bytes()
+}
+
+pub fn dag_versions(dag_id: &DagId) -> Vec<u8> {
+    format!("dag_versions/{dag_id}/").into_bytes()
+}
+
+pub fn dag_version(dag_id: &DagId, version: u32) -> Vec<u8> {
+    format!("dag_versions/{dag_id}/{version:010}").into_bytes()
+}
+
+pub fn run(run_id: &RunId) -> Vec<u8> {
+    format!("runs/{run_id}").into_bytes()
+}
+
+pub fn dag_runs(dag_id: &DagId) -> Vec<u8> {
+    format!("dag_runs/{dag_id}/").into_bytes()
+}
+
+pub fn dag_run(dag_id: &DagId, run_id: &RunId) -> Vec<u8> {
+    format!("dag_runs/{dag_id}/{run_id}").into_bytes()
+}
+
+pub fn active(run_id: &RunId) -> Vec<u8> {
+    format!("active/{run_id}").into_bytes()
+}
+
+pub fn tasks(run_id: &RunId) -> Vec<u8> {
+    format!("tasks/{run_id}/").into_bytes()
+}
+
+pub fn task(run_id: &RunId, task_id: &str) -> Vec<u8> {
+    format!("tasks/{run_id}/{task_id}").into_bytes()
+}
+
+pub fn run_attempts(run_id: &RunId) -> Vec<u8> {
+    format!("attempts/{run_id}/").into_bytes()
+}
+
+pub fn task_attempts(run_id: &RunId, task_id: &str) -> Vec<u8> {
+    format!("attempts/{run_id}/{task_id}/").into_bytes()
+}
+
+pub fn attempt(run_id: &RunId, task_id: &str, attempt: u32) -> Vec<u8> {
+    format!("attempts/{run_id}/{task_id}/{attempt:05}").into_bytes()
+}
+
+pub fn idempotency_prefix(dag_id: &DagId) -> Vec<u8> {
+    format!("idem/{dag_id}/").into_bytes()
+}
+
+/// Idempotency keys are user text of any shape, so they are hashed into the
+/// key.
+pub fn idempotency(dag_id: &DagId, idempotency_key: &str) -> Vec<u8> {
+    let digest = Sha256::digest(idempotency_key.as_bytes());
+    format!("idem/{dag_id}/{}", hex::encode(digest)).into_bytes()
+}
+
+/// The last path segment of a key, as text.
+pub fn last_segment(key: &[u8]) -> &str {
+    let text = std::str::from_utf8(key).unwrap_or("");
+    text.rsplit('/').next().unwrap_or("")
+}
+
+/// The run id of an `active/<run>`, `runs/<run>` or `dag_runs/<dag>/<run>` key.
+pub fn parse_run_id(key: &[u8]) -> Option<RunId> {
+    last_segment(key).parse().ok()
+}
+
+/// The DAG id of a `dags/<dag>` key.
+pub fn parse_dag_id(key: &[u8]) -> Option<DagId> {
+    DagId::new(last_segment(key)).ok()
+}
+
+/// The task id of a `tasks/<run>/<task>` key.
+pub fn parse_task_id(key: &[u8]) -> Option<TaskId> {
+    TaskId::new(last_segment(key)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_their_ids() {
+        let dag_id = DagId::new("etl").unwrap();
+        let run_id = RunId::generate();
+        assert_eq!(parse_run_id(&run(&run_id)), Some(run_id));
+        assert_eq!(parse_run_id(&dag_run(&dag_id, &run_id)), Some(run_id));
+        assert_eq!(parse_dag_id(&dag(&dag_id)), Some(dag_id.clone()));
+        assert_eq!(
+            parse_task_id(&task(&run_id, "load")).unwrap().as_str(),
+            "load"
+        );
+        assert_eq!(dag_version(&dag_id, 7), b"dag_versions/etl/0000000007");
+        assert!(attempt(&run_id, "load", 3).ends_with(b"/load/00003"));
+    }
+
+    #[test]
+    fn versions_sort_numerically() {
+        let dag_id = DagId::new("d").unwrap();
+        assert!(dag_version(&dag_id, 9) < dag_version(&dag_id, 10));
+    }
+
+    #[test]
+    fn idempotency_keys_are_hashed_per_dag() {
+        let a = DagId::new("a").unwrap();
+        let b = DagId::new("b").unwrap();
+        assert_ne!(
+            idempotency(&a, "k/1 with spaces"),
+            idempotency(&b, "k/1 with spaces")
+        );
+        assert!(idempotency(&a, "x").starts_with(&idempotency_prefix(&a)));
+    }
+}
