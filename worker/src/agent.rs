@@ -1,0 +1,455 @@
+//! [`Agent`]: the worker's one event loop. It owns the [`Outbox`], the
+//! [`Link`] and the executor tasks, and reacts to four sources: controller
+//! messages, attempt events from the executors, the heartbeat timer and the
+//! drain timers.
+//!
+//! Only this loop touches the outbox, and executors report through one
+//! channel, so an attempt's events reach the stream in the order the
+//! executor produced them: its log chunks always precede its result.
+//!
+//! Draining (controller `Drain` or the shutdown token): announce it in a
+//! heartbeat at once, keep running what runs (and what is still assigned),
+//! cancel what remains at the grace deadline, wait a bounded time for the
+//! last results to be acknowledged, then stop.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_common::ids::AttemptId;
+use baton_common::pb::api::{self, controller_message, worker_message};
+use baton_common::time;
+use futures::FutureExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::WorkerError;
+use crate::config::WorkerConfig;
+use crate::connection::{Link, LinkEvent};
+use crate::executor::{
+    self, AttemptContext, AttemptEvent, AttemptResult, AttemptSpec, SHUTDOWN_REASON, StopSignal,
+};
+use crate::outbox::{AckEffect, Outbox};
+
+/// Heartbeat interval when `Registered` carries none.
+const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// After the last attempt finished while draining: how long to wait for the
+/// controller to acknowledge the remaining results.
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the controller gets to end the stream after the worker closed
+/// its side.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Extra time executors get, beyond the kill grace, to finish once they are
+/// told to stop, before their tasks are aborted (which kills their process
+/// groups too).
+const EXECUTOR_EXIT_SLACK: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+struct Draining {
+    /// When attempts still running are cancelled.
+    deadline: Instant,
+    cancelled_remaining: bool,
+    /// Set once nothing runs: when the worker stops even if results are
+    /// still unacknowledged.
+    give_up_at: Option<Instant>,
+}
+
+pub(crate) struct Agent {
+    config: Arc<WorkerConfig>,
+    outbox: Outbox,
+    link: Link,
+    events: mpsc::UnboundedSender<AttemptEvent>,
+    event_receiver: mpsc::UnboundedReceiver<AttemptEvent>,
+    /// Every executor task, including those of attempts already forgotten
+    /// (stale ones being killed), so none outlives the agent.
+    executors: JoinSet<()>,
+    /// Set once the controller accepted `Register` on the current stream.
+    heartbeat: Option<tokio::time::Interval>,
+    draining: Option<Draining>,
+    shutdown_seen: bool,
+}
+
+impl Agent {
+    pub(crate) fn new(config: WorkerConfig) -> Self {
+        let (events, event_receiver) = mpsc::unbounded_channel();
+        let link = Link::new(config.controller_addr.clone(), config.reconnect_max_backoff);
+        Self {
+            config: Arc::new(config),
+            outbox: Outbox::default(),
+            link,
+            events,
+            event_receiver,
+            executors: JoinSet::new(),
+            heartbeat: None,
+            draining: None,
+            shutdown_seen: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        info!(
+            worker_id = %self.config.worker_id,
+            controller = %self.config.controller_addr,
+            slots = self.config.slots,
+            "worker starting"
+        );
+        loop {
+            if self.finished_draining() {
+                break;
+            }
+            let drain_deadline = self
+                .draining
+                .filter(|draining| !draining.cancelled_remaining)
+                .map(|draining| draining.deadline);
+            let give_up_at = self.draining.and_then(|draining| draining.give_up_at);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !self.shutdown_seen => {
+                    self.shutdown_seen = true;
+                    info!("shutdown requested");
+                    self.begin_draining(self.config.drain_grace);
+                }
+                _ = tick(&mut self.heartbeat) => self.send_heartbeat(),
+                () = sleep_until_opt(drain_deadline) => {
+                    let running = self.outbox.running_count();
+                    if running > 0 {
+                        warn!(running, "drain grace is over; cancelling the attempts still running");
+                    }
+                    self.outbox.stop_running(SHUTDOWN_REASON);
+                    if let Some(draining) = &mut self.draining {
+                        draining.cancelled_remaining = true;
+                    }
+                }
+                () = sleep_until_opt(give_up_at) => {
+                    warn!("stopping with results the controller has not acknowledged");
+                    break;
+                }
+                event = self.link.next() => self.on_link_event(event),
+                Some(event) = self.event_receiver.recv() => self.on_attempt_event(event),
+                Some(joined) = self.executors.join_next(), if !self.executors.is_empty() => {
+                    if let Err(error) = joined {
+                        error!(%error, "an executor task failed");
+                    }
+                }
+            }
+        }
+        self.stop_executors().await;
+        self.link.close(CLOSE_WAIT).await;
+        info!("worker stopped");
+        Ok(())
+    }
+
+    /// Nothing runs any more and the controller has everything (or the
+    /// wait for it is over).
+    fn finished_draining(&mut self) -> bool {
+        let Some(draining) = &mut self.draining else {
+            return false;
+        };
+        if self.outbox.running_count() > 0 {
+            return false;
+        }
+        if self.outbox.is_empty() {
+            return true;
+        }
+        if draining.give_up_at.is_none() {
+            info!(
+                "every attempt finished; waiting for the controller to acknowledge the last results"
+            );
+            draining.give_up_at = Some(Instant::now() + FINAL_ACK_WAIT);
+        }
+        false
+    }
+
+    fn begin_draining(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        match &mut self.draining {
+            Some(draining) => {
+                if !draining.cancelled_remaining && deadline < draining.deadline {
+                    draining.deadline = deadline;
+                }
+            }
+            None => {
+                info!(grace = %humantime::format_duration(grace), running = self.outbox.running_count(), "draining: taking no new work");
+                self.draining = Some(Draining {
+                    deadline,
+                    cancelled_remaining: false,
+                    give_up_at: None,
+                });
+                self.send_heartbeat();
+            }
+        }
+    }
+
+    fn send_heartbeat(&self) {
+        if self.heartbeat.is_none() {
+            // Not registered on this stream yet; `Registered` triggers one.
+            return;
+        }
+        let running = self.outbox.running_ids();
+        let running_count = u32::try_from(running.len()).unwrap_or(u32::MAX);
+        let draining = self.draining.is_some();
+        let heartbeat = api::Heartbeat {
+            free_slots: if draining {
+                0
+            } else {
+                self.config.slots.saturating_sub(running_count)
+            },
+            running_attempt_ids: running.iter().map(ToString::to_string).collect(),
+            draining,
+        };
+        self.link.send(api::WorkerMessage {
+            message: Some(worker_message::Message::Heartbeat(heartbeat)),
+        });
+    }
+
+    fn on_link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::ReadyToConnect => {
+                let mut opening = vec![self.register_message()];
+                opening.extend(self.outbox.resend_messages());
+                self.link.open(opening);
+            }
+            LinkEvent::Connected => {}
+            LinkEvent::Disconnected => self.heartbeat = None,
+            LinkEvent::Message(message) => match message.message {
+                Some(message) => self.on_controller_message(message),
+                None => debug!("empty controller message ignored"),
+            },
+        }
+    }
+
+    fn register_message(&self) -> api::WorkerMessage {
+        let config = &self.config;
+        let register = api::Register {
+            worker_id: config.worker_id.to_string(),
+            hostname: config.hostname.clone(),
+            queues: config.queues.iter().map(ToString::to_string).collect(),
+            labels: config
+                .labels
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            slots: config.slots,
+            attempt_ids: self
+                .outbox
+                .announced_ids()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        api::WorkerMessage {
+            message: Some(worker_message::Message::Register(register)),
+        }
+    }
+
+    fn on_controller_message(&mut self, message: controller_message::Message) {
+        match message {
+            controller_message::Message::Registered(registered) => {
+                let interval = registered
+                    .heartbeat_interval
+                    .as_ref()
+                    .map(time::duration_from_proto)
+                    .filter(|interval| !interval.is_zero())
+                    .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+                info!(controller_id = %registered.controller_id, heartbeat_interval = ?interval, "registered with the controller");
+                self.link.on_registered();
+                // The first tick fires at once: the controller hears from
+                // the worker (and whether it drains) right away.
+                let mut heartbeat = tokio::time::interval(interval);
+                heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                self.heartbeat = Some(heartbeat);
+            }
+            controller_message::Message::Assign(assign) => self.on_assign(assign),
+            controller_message::Message::Cancel(cancel) => {
+                let Some(attempt_id) = parse_attempt_id(&cancel.attempt_id, "cancel") else {
+                    return;
+                };
+                let reason = if cancel.reason.is_empty() {
+                    "cancelled by the controller".to_string()
+                } else {
+                    format!("cancelled: {}", cancel.reason)
+                };
+                if self.outbox.stop(attempt_id, &reason) {
+                    info!(%attempt_id, %reason, "cancelling attempt");
+                } else {
+                    debug!(%attempt_id, "cancel for an attempt that is not running here; ignored");
+                }
+            }
+            controller_message::Message::Ack(ack) => {
+                let Some(attempt_id) = parse_attempt_id(&ack.attempt_id, "ack") else {
+                    return;
+                };
+                match self.outbox.on_ack(&ack, attempt_id) {
+                    AckEffect::Unknown => {
+                        debug!(%attempt_id, "ack for an unknown attempt; ignored")
+                    }
+                    AckEffect::Kept => {}
+                    AckEffect::Forgotten => debug!(%attempt_id, "attempt fully acknowledged"),
+                    AckEffect::Stale => {
+                        info!(%attempt_id, reason = %ack.reason, "attempt is stale; stopped and forgotten")
+                    }
+                }
+            }
+            controller_message::Message::Drain(drain) => {
+                let grace = drain
+                    .grace
+                    .as_ref()
+                    .map(time::duration_from_proto)
+                    .filter(|grace| !grace.is_zero())
+                    .unwrap_or(self.config.drain_grace);
+                info!("the controller asked the worker to drain");
+                self.begin_draining(grace);
+            }
+        }
+    }
+
+    fn on_assign(&mut self, assign: api::Assign) {
+        let spec = match AttemptSpec::from_assign(assign) {
+            Ok(spec) => spec,
+            Err(invalid) => {
+                let Some(attempt_id) = invalid.attempt_id else {
+                    warn!(reason = %invalid.reason, "assignment without a valid attempt id; ignored");
+                    return;
+                };
+                warn!(%attempt_id, reason = %invalid.reason, "invalid assignment; reporting it as an error");
+                let (ack_sender, _) = watch::channel(0);
+                if self
+                    .outbox
+                    .insert(attempt_id, StopSignal::default(), ack_sender)
+                {
+                    let result = AttemptResult::error_now(
+                        format!("invalid assignment: {}", invalid.reason),
+                        0,
+                    );
+                    if let Some(message) = self.outbox.on_finished(attempt_id, result) {
+                        self.link.send(message);
+                    }
+                }
+                return;
+            }
+        };
+        let attempt_id = spec.attempt_id;
+        let (ack_sender, acked_log_offset) = watch::channel(0);
+        let stop = StopSignal::default();
+        if !self.outbox.insert(attempt_id, stop.clone(), ack_sender) {
+            debug!(%attempt_id, "duplicate assignment ignored");
+            return;
+        }
+        let running = self.outbox.running_count();
+        if running > self.config.slots as usize {
+            warn!(%attempt_id, running, slots = self.config.slots, "more attempts assigned than slots; running it anyway");
+        }
+        if self.draining.is_some() {
+            info!(%attempt_id, "assignment received while draining; running it");
+        }
+        let span = info_span!(
+            "attempt",
+            dag_id = %spec.dag_id,
+            run_id = %spec.run_id,
+            task_id = %spec.task_id,
+            attempt = spec.attempt,
+            %attempt_id,
+        );
+        let context = AttemptContext {
+            work_dir: self.config.work_dir.clone(),
+            kill_grace: self.config.kill_grace,
+            max_unacked_log_bytes: self.config.max_unacked_log_bytes,
+            events: self.events.clone(),
+            acked_log_offset,
+            stop,
+        };
+        let events = self.events.clone();
+        self.executors.spawn(
+            async move {
+                let result = match AssertUnwindSafe(executor::run_attempt(&spec, context))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => {
+                        error!("the executor panicked; reporting the attempt as an error");
+                        // The outbox corrects `log_bytes` to what it kept.
+                        AttemptResult::error_now(
+                            "the worker failed while running the attempt".to_string(),
+                            0,
+                        )
+                    }
+                };
+                // Fails only when the agent is gone, and then nobody waits.
+                let _ = events.send(AttemptEvent::Finished { attempt_id, result });
+            }
+            .instrument(span),
+        );
+    }
+
+    fn on_attempt_event(&mut self, event: AttemptEvent) {
+        let message = match event {
+            AttemptEvent::Started {
+                attempt_id,
+                started_at,
+                pid,
+            } => self.outbox.on_started(attempt_id, started_at, pid),
+            AttemptEvent::Log {
+                attempt_id,
+                offset,
+                data,
+            } => self.outbox.on_log(attempt_id, offset, data),
+            AttemptEvent::Finished { attempt_id, result } => {
+                self.outbox.on_finished(attempt_id, result)
+            }
+        };
+        if let Some(message) = message {
+            self.link.send(message);
+        }
+    }
+
+    /// Stops every executor still alive (stale attempts being killed, or
+    /// all of them when the final wait ran out) and waits for them, bounded;
+    /// aborting an executor kills its process group.
+    async fn stop_executors(&mut self) {
+        self.outbox.stop_running(SHUTDOWN_REASON);
+        let limit = self.config.kill_grace + EXECUTOR_EXIT_SLACK;
+        let wait = async {
+            while let Some(joined) = self.executors.join_next().await {
+                if let Err(error) = joined {
+                    error!(%error, "an executor task failed");
+                }
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            warn!("executors did not stop in time; aborting them");
+            self.executors.shutdown().await;
+        }
+    }
+}
+
+fn parse_attempt_id(value: &str, what: &str) -> Option<AttemptId> {
+    match value.parse() {
+        Ok(attempt_id) => Some(attempt_id),
+        Err(error) => {
+            warn!(%error, message = what, "controller message with an invalid attempt id ignored");
+            None
+        }
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) -> Instant {
+    match interval {
+        Some(interval) => interval.tick().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

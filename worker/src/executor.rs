@@ -1,0 +1,1274 @@
+//! Runs one attempt from start to result: spawns the task's process in its
+//! own process group, turns its combined stdout and stderr into log chunks,
+//! enforces the timeout, obeys a stop request, kills whatever is left of the
+//! group when the main process ends, and builds the [`AttemptResult`]
+//! (including the `$BATON_OUTPUT` file).
+//!
+//! The executor knows nothing about the stream: it reports through
+//! [`AttemptEvent`]s on a channel and learns how much of its log the
+//! controller has stored through a `watch` of the acknowledged offset. That
+//! offset is its backpressure: when the unacknowledged log reaches
+//! [`AttemptContext::max_unacked_log_bytes`], it stops reading the task's
+//! pipes, so the task blocks on write and no byte is ever dropped.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use baton_common::ids::{AttemptId, DagId, RunId, TaskId};
+use baton_common::pb::api::{self, AttemptOutcome};
+use baton_common::time;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Largest log chunk; output is flushed as soon as this much is buffered.
+pub(crate) const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// How long buffered output waits before it is flushed while output flows.
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// `$BATON_OUTPUT` limit when the assignment gives none.
+pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * 1024;
+
+/// After the main process has exited and its group was killed, how long the
+/// executor keeps reading the pipes. Only a process that left the group
+/// (`setsid`) can keep them open that long.
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Error of an attempt cancelled because the worker shuts down.
+pub(crate) const SHUTDOWN_REASON: &str = "worker shut down before the attempt finished";
+
+/// One attempt as the executor runs it, converted from `Assign`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AttemptSpec {
+    pub attempt_id: AttemptId,
+    pub dag_id: DagId,
+    pub run_id: RunId,
+    pub task_id: TaskId,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Microseconds since the epoch; `None` when the controller sent none.
+    pub logical_date: Option<time::Micros>,
+    /// A JSON object; `{}` when the run has no parameters.
+    pub params_json: String,
+    pub kind: TaskKind,
+    pub timeout: Option<Duration>,
+    pub max_output_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TaskKind {
+    Command(CommandSpec),
+    Noop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CommandSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+}
+
+/// Why an `Assign` cannot be run. With an attempt id the attempt is
+/// reported as ERROR; without one it cannot be reported at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InvalidAssign {
+    pub attempt_id: Option<AttemptId>,
+    pub reason: String,
+}
+
+impl AttemptSpec {
+    pub(crate) fn from_assign(assign: api::Assign) -> Result<Self, InvalidAssign> {
+        let attempt_id: AttemptId =
+            assign
+                .attempt_id
+                .parse()
+                .map_err(|error: baton_common::ids::IdError| InvalidAssign {
+                    attempt_id: None,
+                    reason: error.reason,
+                })?;
+        let invalid = |reason: String| InvalidAssign {
+            attempt_id: Some(attempt_id),
+            reason,
+        };
+        let dag_id = DagId::new(assign.dag_id).map_err(|error| invalid(error.reason))?;
+        let run_id: RunId = assign
+            .run_id
+            .parse()
+            .map_err(|error: baton_common::ids::IdError| invalid(error.reason))?;
+        let task_id = TaskId::new(assign.task_id).map_err(|error| invalid(error.reason))?;
+        let kind = match assign.kind {
+            Some(api::assign::Kind::Command(command)) => {
+                if command.argv.first().is_none_or(String::is_empty) {
+                    return Err(invalid(
+                        "the command task has no program (argv is empty)".to_string(),
+                    ));
+                }
+                TaskKind::Command(CommandSpec {
+                    argv: command.argv,
+                    env: command.env.into_iter().collect(),
+                    cwd: (!command.cwd.is_empty()).then(|| PathBuf::from(command.cwd)),
+                })
+            }
+            Some(api::assign::Kind::Noop(_)) => TaskKind::Noop,
+            None => {
+                return Err(invalid(
+                    "the assignment names no task kind this worker knows".to_string(),
+                ));
+            }
+        };
+        let params_json = if assign.params_json.trim().is_empty() {
+            "{}".to_string()
+        } else {
+            assign.params_json
+        };
+        Ok(Self {
+            attempt_id,
+            dag_id,
+            run_id,
+            task_id,
+            attempt: assign.attempt,
+            logical_date: assign.logical_date.as_ref().map(time::timestamp_to_micros),
+            params_json,
+            kind,
+            timeout: assign.timeout.as_ref().map(time::duration_from_proto),
+            max_output_bytes: if assign.max_output_bytes == 0 {
+                DEFAULT_MAX_OUTPUT_BYTES
+            } else {
+                u64::from(assign.max_output_bytes)
+            },
+        })
+    }
+}
+
+/// What an executor reports, in order: at most one `Started`, `Log`s with
+/// contiguous offsets, then (from the task that drives the executor) one
+/// `Finished`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AttemptEvent {
+    Started {
+        attempt_id: AttemptId,
+        started_at: SystemTime,
+        pid: u32,
+    },
+    Log {
+        attempt_id: AttemptId,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Finished {
+        attempt_id: AttemptId,
+        result: AttemptResult,
+    },
+}
+
+/// How an attempt ended, as `TaskResult` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AttemptResult {
+    pub outcome: AttemptOutcome,
+    pub exit_code: Option<i32>,
+    pub error: String,
+    pub output_json: String,
+    pub started_at: SystemTime,
+    pub ended_at: SystemTime,
+    /// Bytes of log the attempt produced; every one of them was reported in
+    /// a `Log` event before the result.
+    pub log_bytes: u64,
+}
+
+impl AttemptResult {
+    /// An attempt that never got to run.
+    pub(crate) fn error_now(error: String, log_bytes: u64) -> Self {
+        let now = SystemTime::now();
+        Self {
+            outcome: AttemptOutcome::Error,
+            exit_code: None,
+            error,
+            output_json: String::new(),
+            started_at: now,
+            ended_at: now,
+            log_bytes,
+        }
+    }
+}
+
+/// A request to stop an attempt, with the reason its result will carry.
+/// The first reason given wins.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopSignal {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Debug, Default)]
+struct StopInner {
+    token: CancellationToken,
+    reason: Mutex<Option<String>>,
+}
+
+impl StopSignal {
+    pub(crate) fn stop(&self, reason: impl Into<String>) {
+        {
+            let mut slot = self
+                .inner
+                .reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(reason.into());
+            }
+        }
+        self.inner.token.cancel();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.inner.token.is_cancelled()
+    }
+
+    /// Resolves with the reason once [`StopSignal::stop`] was called.
+    pub(crate) async fn stopped(&self) -> String {
+        self.inner.token.cancelled().await;
+        self.reason()
+    }
+
+    fn reason(&self) -> String {
+        self.inner
+            .reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+/// Everything an executor needs besides the spec.
+#[derive(Debug)]
+pub(crate) struct AttemptContext {
+    pub work_dir: PathBuf,
+    pub kill_grace: Duration,
+    pub max_unacked_log_bytes: usize,
+    pub events: mpsc::UnboundedSender<AttemptEvent>,
+    /// The log offset the controller acknowledged; when the sender is
+    /// dropped nobody wants the log any more and backpressure stops.
+    pub acked_log_offset: watch::Receiver<u64>,
+    pub stop: StopSignal,
+}
+
+/// `<work_dir>/attempts/<attempt_id>`: the attempt's private directory.
+pub(crate) fn attempt_dir(work_dir: &Path, attempt_id: AttemptId) -> PathBuf {
+    work_dir.join("attempts").join(attempt_id.to_string())
+}
+
+/// Runs the attempt to its end and returns its result. `Started` and `Log`
+/// events are sent on the way; the caller sends `Finished`.
+pub(crate) async fn run_attempt(spec: &AttemptSpec, context: AttemptContext) -> AttemptResult {
+    match &spec.kind {
+        TaskKind::Noop => {
+            let started_at = SystemTime::now();
+            send(
+                &context.events,
+                AttemptEvent::Started {
+                    attempt_id: spec.attempt_id,
+                    started_at,
+                    pid: 0,
+                },
+            );
+            AttemptResult {
+                outcome: AttemptOutcome::Succeeded,
+                exit_code: None,
+                error: String::new(),
+                output_json: String::new(),
+                started_at,
+                ended_at: SystemTime::now(),
+                log_bytes: 0,
+            }
+        }
+        TaskKind::Command(command) => {
+            let dir = attempt_dir(&context.work_dir, spec.attempt_id);
+            let result = run_command(spec, command, context).await;
+            if let Err(error) = tokio::fs::remove_dir_all(&dir).await
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                warn!(path = %dir.display(), %error, "cannot remove the attempt directory");
+            }
+            result
+        }
+    }
+}
+
+fn send(events: &mpsc::UnboundedSender<AttemptEvent>, event: AttemptEvent) {
+    // The receiver only goes away when the worker stops, after every
+    // executor has finished.
+    if events.send(event).is_err() {
+        debug!("attempt event dropped: the worker is stopping");
+    }
+}
+
+/// Why the worker ended the process before it exited on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StopCause {
+    TimedOut(Duration),
+    Stopped(String),
+}
+
+async fn run_command(
+    spec: &AttemptSpec,
+    command: &CommandSpec,
+    context: AttemptContext,
+) -> AttemptResult {
+    let mut log = LogSink::new(
+        spec.attempt_id,
+        context.events.clone(),
+        context.acked_log_offset,
+        context.max_unacked_log_bytes,
+    );
+    let started_at = SystemTime::now();
+    let fail_to_start = |log: &mut LogSink, message: String| {
+        warn!(error = %message, "attempt could not be started");
+        log.push(format!("baton: {message}\n").as_bytes());
+        log.flush();
+        AttemptResult {
+            started_at,
+            ..AttemptResult::error_now(message, log.total())
+        }
+    };
+    if context.stop.is_stopped() {
+        let reason = context.stop.reason();
+        return AttemptResult {
+            outcome: AttemptOutcome::Cancelled,
+            exit_code: None,
+            error: reason,
+            output_json: String::new(),
+            started_at,
+            ended_at: SystemTime::now(),
+            log_bytes: 0,
+        };
+    }
+
+    let dir = attempt_dir(&context.work_dir, spec.attempt_id);
+    if let Err(error) = tokio::fs::create_dir_all(&dir).await {
+        return fail_to_start(
+            &mut log,
+            format!(
+                "cannot create the attempt directory `{}`: {error}",
+                dir.display()
+            ),
+        );
+    }
+    let output_path = dir.join("output.json");
+    if let Some(cwd) = &command.cwd {
+        match tokio::fs::metadata(cwd).await {
+            Ok(metadata) if metadata.is_dir() => {}
+            Ok(_) => {
+                return fail_to_start(
+                    &mut log,
+                    format!("working directory `{}` is not a directory", cwd.display()),
+                );
+            }
+            Err(error) => {
+                return fail_to_start(
+                    &mut log,
+                    format!("cannot use working directory `{}`: {error}", cwd.display()),
+                );
+            }
+        }
+    }
+
+    let program = &command.argv[0];
+    let mut process = tokio::process::Command::new(program);
+    process
+        .args(&command.argv[1..])
+        .envs(&command.env)
+        .env("BATON_DAG_ID", spec.dag_id.as_str())
+        .env("BATON_RUN_ID", spec.run_id.to_string())
+        .env("BATON_TASK_ID", spec.task_id.as_str())
+        .env("BATON_ATTEMPT", spec.attempt.to_string())
+        .env("BATON_ATTEMPT_ID", spec.attempt_id.to_string())
+        .env("BATON_PARAMS", &spec.params_json)
+        .env("BATON_OUTPUT", &output_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(micros) = spec.logical_date {
+        process.env("BATON_LOGICAL_DATE", format_logical_date(micros));
+    }
+    if let Some(cwd) = &command.cwd {
+        process.current_dir(cwd);
+    }
+    let mut child = match process.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let message = match &command.cwd {
+                Some(cwd) => format!("cannot start `{program}` in `{}`: {error}", cwd.display()),
+                None => format!("cannot start `{program}`: {error}"),
+            };
+            return fail_to_start(&mut log, message);
+        }
+    };
+    let Some(pid) = child.id() else {
+        return fail_to_start(
+            &mut log,
+            format!("`{program}` exited before its process id could be read"),
+        );
+    };
+    let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    let mut group = ProcessGroupGuard { pgid: Some(pgid) };
+    info!(pid, program = %program, "attempt started");
+    send(
+        &context.events,
+        AttemptEvent::Started {
+            attempt_id: spec.attempt_id,
+            started_at,
+            pid,
+        },
+    );
+
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let mut stdout_buffer = vec![0_u8; MAX_CHUNK_BYTES];
+    let mut stderr_buffer = vec![0_u8; MAX_CHUNK_BYTES];
+    let timeout_at = spec.timeout.map(|timeout| Instant::now() + timeout);
+    let mut exit: Option<io::Result<ExitStatus>> = None;
+    let mut stop_cause: Option<StopCause> = None;
+    let mut sigkill_at: Option<Instant> = None;
+    let mut drain_until: Option<Instant> = None;
+
+    while exit.is_none() || stdout.is_some() || stderr.is_some() {
+        // Once the group is dead, what is left in the pipes is bounded by
+        // their capacity: read it all regardless of acknowledgements.
+        let room = if exit.is_some() {
+            MAX_CHUNK_BYTES
+        } else {
+            log.room().min(MAX_CHUNK_BYTES)
+        };
+        // Not biased: under a flood on one pipe the other still gets read.
+        tokio::select! {
+            reason = context.stop.stopped(), if stop_cause.is_none() && exit.is_none() => {
+                info!(%reason, "stopping the attempt");
+                stop_cause = Some(StopCause::Stopped(reason));
+                signal_group(pgid, Signal::SIGTERM);
+                sigkill_at = Some(Instant::now() + context.kill_grace);
+            }
+            () = sleep_until_opt(timeout_at), if stop_cause.is_none() && exit.is_none() => {
+                let timeout = spec.timeout.unwrap_or_default();
+                info!(timeout = %humantime::format_duration(timeout), "attempt timed out; stopping it");
+                stop_cause = Some(StopCause::TimedOut(timeout));
+                signal_group(pgid, Signal::SIGTERM);
+                sigkill_at = Some(Instant::now() + context.kill_grace);
+            }
+            () = sleep_until_opt(sigkill_at), if exit.is_none() => {
+                debug!("kill grace is over; sending SIGKILL to the process group");
+                signal_group(pgid, Signal::SIGKILL);
+                sigkill_at = None;
+            }
+            status = child.wait(), if exit.is_none() => {
+                // Nothing of the attempt may outlive its main process.
+                signal_group(pgid, Signal::SIGKILL);
+                group.pgid = None;
+                exit = Some(status);
+                drain_until = Some(Instant::now() + OUTPUT_DRAIN_LIMIT);
+            }
+            read = read_pipe(&mut stdout, &mut stdout_buffer[..room]), if room > 0 => {
+                match read {
+                    Ok(0) => stdout = None,
+                    Ok(count) => log.push(&stdout_buffer[..count]),
+                    Err(error) => {
+                        warn!(%error, "cannot read the task's stdout");
+                        stdout = None;
+                    }
+                }
+            }
+            read = read_pipe(&mut stderr, &mut stderr_buffer[..room]), if room > 0 => {
+                match read {
+                    Ok(0) => stderr = None,
+                    Ok(count) => log.push(&stderr_buffer[..count]),
+                    Err(error) => {
+                        warn!(%error, "cannot read the task's stderr");
+                        stderr = None;
+                    }
+                }
+            }
+            () = sleep_until_opt(log.flush_at), if log.flush_at.is_some() => log.flush(),
+            () = log.wait_for_acks(), if room == 0 => {}
+            () = sleep_until_opt(drain_until), if drain_until.is_some() => {
+                warn!("the task's output is still open after its process group was killed \
+                       (a process left the group); the rest of its output is not captured");
+                stdout = None;
+                stderr = None;
+            }
+        }
+    }
+    log.flush();
+    drop(group);
+
+    let exit = match exit {
+        Some(Ok(status)) => status,
+        Some(Err(error)) => {
+            let message = format!("cannot wait for `{program}`: {error}");
+            return AttemptResult {
+                started_at,
+                ..AttemptResult::error_now(message, log.total())
+            };
+        }
+        None => unreachable!("the loop ends only after the process exited"),
+    };
+    let mut result = AttemptResult {
+        outcome: AttemptOutcome::Succeeded,
+        exit_code: exit.code(),
+        error: String::new(),
+        output_json: String::new(),
+        started_at,
+        ended_at: SystemTime::now(),
+        log_bytes: log.total(),
+    };
+    match stop_cause {
+        Some(StopCause::TimedOut(timeout)) => {
+            result.outcome = AttemptOutcome::TimedOut;
+            result.error = format!("timed out after {}", humantime::format_duration(timeout));
+        }
+        Some(StopCause::Stopped(reason)) => {
+            result.outcome = AttemptOutcome::Cancelled;
+            result.error = reason;
+        }
+        None => match (exit.code(), exit.signal()) {
+            (Some(0), _) => match read_output(&output_path, spec.max_output_bytes).await {
+                Ok(output_json) => result.output_json = output_json,
+                Err(error) => {
+                    result.outcome = AttemptOutcome::Error;
+                    result.error = error;
+                }
+            },
+            (Some(code), _) => {
+                result.outcome = AttemptOutcome::Failed;
+                result.error = format!("exited with status {code}");
+            }
+            (None, signal) => {
+                result.outcome = AttemptOutcome::Failed;
+                result.error = format!("killed by signal {}", signal_name(signal));
+            }
+        },
+    }
+    info!(outcome = result.outcome.as_str_name(), exit_code = ?result.exit_code, log_bytes = result.log_bytes, "attempt finished");
+    result
+}
+
+/// The attempt's log as it is produced: coalesces output into chunks,
+/// numbers them by offset and measures what is not yet acknowledged.
+struct LogSink {
+    attempt_id: AttemptId,
+    events: mpsc::UnboundedSender<AttemptEvent>,
+    buffer: Vec<u8>,
+    /// Bytes already sent as `Log` events; the offset of `buffer`.
+    flushed: u64,
+    /// When the buffered output must go out, so a slow trickle still
+    /// reaches the controller within [`FLUSH_INTERVAL`].
+    flush_at: Option<Instant>,
+    acked: watch::Receiver<u64>,
+    acks_closed: bool,
+    max_unacked: u64,
+}
+
+impl LogSink {
+    fn new(
+        attempt_id: AttemptId,
+        events: mpsc::UnboundedSender<AttemptEvent>,
+        acked: watch::Receiver<u64>,
+        max_unacked: usize,
+    ) -> Self {
+        Self {
+            attempt_id,
+            events,
+            buffer: Vec::new(),
+            flushed: 0,
+            flush_at: None,
+            acked,
+            acks_closed: false,
+            max_unacked: u64::try_from(max_unacked).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Bytes of log produced so far.
+    fn total(&self) -> u64 {
+        self.flushed + self.buffer.len() as u64
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= MAX_CHUNK_BYTES {
+            self.flush();
+        } else if self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now() + FLUSH_INTERVAL);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.flush_at = None;
+        let buffer = std::mem::take(&mut self.buffer);
+        for piece in buffer.chunks(MAX_CHUNK_BYTES) {
+            let offset = self.flushed;
+            self.flushed += piece.len() as u64;
+            send(
+                &self.events,
+                AttemptEvent::Log {
+                    attempt_id: self.attempt_id,
+                    offset,
+                    data: piece.to_vec(),
+                },
+            );
+        }
+    }
+
+    /// How many more bytes may be read before acknowledgements are needed.
+    fn room(&self) -> usize {
+        if self.acks_closed {
+            return usize::MAX;
+        }
+        let acked = (*self.acked.borrow()).min(self.total());
+        let unacked = self.total() - acked;
+        usize::try_from(self.max_unacked.saturating_sub(unacked)).unwrap_or(usize::MAX)
+    }
+
+    /// Resolves when the acknowledged offset moves (or nobody will ever
+    /// acknowledge again, which lifts the limit).
+    async fn wait_for_acks(&mut self) {
+        if self.acked.changed().await.is_err() {
+            self.acks_closed = true;
+        }
+    }
+}
+
+/// Kills the attempt's process group if the executor is dropped before the
+/// main process was reaped (the worker's task aborted), so no task process
+/// outlives its attempt.
+struct ProcessGroupGuard {
+    pgid: Option<Pid>,
+}
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Signals every process of the group; a group that no longer exists is not
+/// an error.
+fn signal_group(pgid: Pid, signal: Signal) {
+    match killpg(pgid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(error) => {
+            warn!(pgid = pgid.as_raw(), signal = signal.as_str(), %error, "cannot signal the process group")
+        }
+    }
+}
+
+async fn read_pipe<R: AsyncRead + Unpin>(
+    pipe: &mut Option<R>,
+    buffer: &mut [u8],
+) -> io::Result<usize> {
+    match pipe {
+        Some(pipe) => pipe.read(buffer).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads `$BATON_OUTPUT`: empty when the task wrote none, the trimmed JSON
+/// text when it is valid, the reason for an ERROR outcome otherwise.
+async fn read_output(path: &Path, limit: u64) -> Result<String, String> {
+    let too_big = |size: u64| format!("output file is {size} bytes; the limit is {limit}");
+    let metadata = match tokio::fs::metadata(path).await {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(error) => return Err(format!("cannot read the output file: {error}")),
+    };
+    if metadata.len() > limit {
+        return Err(too_big(metadata.len()));
+    }
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|error| format!("cannot read the output file: {error}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|error| format!("output file is not UTF-8: {error}"))?;
+    let text = text.trim();
+    serde_json::from_str::<serde_json::Value>(text)
+        .map_err(|error| format!("output file is not valid JSON: {error}"))?;
+    Ok(text.to_string())
+}
+
+/// RFC 3339 in UTC with second precision, as `$BATON_LOGICAL_DATE` carries it.
+fn format_logical_date(micros: time::Micros) -> String {
+    // `format_micros` reserves zero for "unset".
+    if micros == 0 {
+        "1970-01-01T00:00:00Z".to_string()
+    } else {
+        time::format_micros(micros)
+    }
+}
+
+fn signal_name(signal: Option<i32>) -> String {
+    match signal {
+        Some(number) => Signal::try_from(number).map_or_else(
+            |_| format!("{number}"),
+            |signal| signal.as_str().to_string(),
+        ),
+        None => "unknown".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    /// Every wait in these tests is bounded by this.
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    fn spec(kind: TaskKind) -> AttemptSpec {
+        AttemptSpec {
+            attempt_id: AttemptId::generate(),
+            dag_id: DagId::new("etl").unwrap(),
+            run_id: RunId::generate(),
+            task_id: TaskId::new("extract").unwrap(),
+            attempt: 2,
+            logical_date: Some(1_795_571_999_000_000),
+            params_json: r#"{"day":"monday"}"#.to_string(),
+            kind,
+            timeout: None,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
+
+    fn shell(script: &str) -> TaskKind {
+        TaskKind::Command(CommandSpec {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: BTreeMap::new(),
+            cwd: None,
+        })
+    }
+
+    /// One attempt running on its own task, with the test in the
+    /// controller's seat: it sees the events and can acknowledge or stop.
+    struct Running {
+        events: mpsc::UnboundedReceiver<AttemptEvent>,
+        acks: watch::Sender<u64>,
+        stop: StopSignal,
+        task: JoinHandle<AttemptResult>,
+        /// Log bytes the test already took through [`next_event`].
+        consumed_log: u64,
+        _work_dir: tempfile::TempDir,
+        work_dir: PathBuf,
+    }
+
+    fn start(spec: AttemptSpec, kill_grace: Duration, max_unacked_log_bytes: usize) -> Running {
+        let work_dir = tempfile::tempdir().unwrap();
+        let (events_sender, events) = mpsc::unbounded_channel();
+        let (acks, acked_log_offset) = watch::channel(0);
+        let stop = StopSignal::default();
+        let context = AttemptContext {
+            work_dir: work_dir.path().to_path_buf(),
+            kill_grace,
+            max_unacked_log_bytes,
+            events: events_sender,
+            acked_log_offset,
+            stop: stop.clone(),
+        };
+        let task = tokio::spawn(async move { run_attempt(&spec, context).await });
+        Running {
+            events,
+            acks,
+            stop,
+            task,
+            consumed_log: 0,
+            work_dir: work_dir.path().to_path_buf(),
+            _work_dir: work_dir,
+        }
+    }
+
+    /// Runs to completion; returns the result, the events and the log.
+    async fn finish(mut running: Running) -> (AttemptResult, Vec<AttemptEvent>, Vec<u8>) {
+        let result = tokio::time::timeout(LIMIT, &mut running.task)
+            .await
+            .expect("attempt ends in time")
+            .unwrap();
+        let mut events = Vec::new();
+        while let Ok(event) = running.events.try_recv() {
+            events.push(event);
+        }
+        let log = contiguous_log(&events, running.consumed_log);
+        assert_eq!(
+            result.log_bytes,
+            running.consumed_log + log.len() as u64,
+            "log_bytes counts every byte sent"
+        );
+        (result, events, log)
+    }
+
+    async fn run(spec: AttemptSpec) -> (AttemptResult, Vec<AttemptEvent>, Vec<u8>) {
+        finish(start(spec, Duration::from_millis(500), 16 * 1024 * 1024)).await
+    }
+
+    /// The log the events carry from offset `start`, checking that offsets
+    /// are contiguous.
+    fn contiguous_log(events: &[AttemptEvent], start: u64) -> Vec<u8> {
+        let mut log = Vec::new();
+        for event in events {
+            if let AttemptEvent::Log { offset, data, .. } = event {
+                assert_eq!(*offset, start + log.len() as u64, "chunks are contiguous");
+                assert!(
+                    !data.is_empty() && data.len() <= MAX_CHUNK_BYTES,
+                    "chunk of {} bytes",
+                    data.len()
+                );
+                log.extend_from_slice(data);
+            }
+        }
+        log
+    }
+
+    fn started_pid(events: &[AttemptEvent]) -> u32 {
+        match events.first() {
+            Some(AttemptEvent::Started { pid, .. }) => *pid,
+            other => panic!("the first event is Started, not {other:?}"),
+        }
+    }
+
+    async fn next_event(running: &mut Running) -> AttemptEvent {
+        let event = tokio::time::timeout(LIMIT, running.events.recv())
+            .await
+            .expect("event in time")
+            .expect("an event");
+        if let AttemptEvent::Log { offset, data, .. } = &event {
+            assert_eq!(*offset, running.consumed_log);
+            running.consumed_log += data.len() as u64;
+        }
+        event
+    }
+
+    /// Processes of the group that are still alive (zombies excluded: an
+    /// orphan's reaping is up to init).
+    fn live_group_members(pgid: u32) -> Vec<u32> {
+        let mut members = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return members;
+        };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid pgrp ...`; comm may hold spaces.
+            let Some(after_comm) = stat.rfind(')').map(|end| &stat[end + 1..]) else {
+                continue;
+            };
+            let fields: Vec<&str> = after_comm.split_whitespace().collect();
+            if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+                members.push(pid);
+            }
+        }
+        members
+    }
+
+    async fn assert_group_gone(pgid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let members = live_group_members(pgid);
+            if members.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "processes {members:?} of group {pgid} outlived the attempt"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn captures_stdout_and_stderr_into_one_log_with_offsets() {
+        let script =
+            "echo out; echo err >&2; head -c 200000 /dev/zero | tr '\\0' x; echo; echo end";
+        let (result, events, log) = run(spec(shell(script))).await;
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded, "{result:?}");
+        assert_eq!(result.exit_code, Some(0));
+        assert!(result.error.is_empty());
+        assert!(started_pid(&events) > 0);
+        let text = String::from_utf8(log).unwrap();
+        assert!(
+            text.starts_with("out\nerr\n") || text.starts_with("err\nout\n"),
+            "{:?}",
+            &text[..20]
+        );
+        assert!(text.ends_with("\nend\n"));
+        assert_eq!(text.matches('x').count(), 200_000);
+        assert_eq!(result.log_bytes, 8 + 200_000 + 1 + 4);
+        let chunks = events
+            .iter()
+            .filter(|event| matches!(event, AttemptEvent::Log { .. }))
+            .count();
+        assert!(
+            chunks >= 4,
+            "200 kB of output comes in chunks of at most 64 KiB, got {chunks}"
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_output_is_flushed_while_the_task_runs() {
+        let mut running = start(
+            spec(shell("echo first; sleep 2; echo second")),
+            Duration::from_millis(500),
+            1 << 20,
+        );
+        assert!(matches!(
+            next_event(&mut running).await,
+            AttemptEvent::Started { .. }
+        ));
+        let begun = Instant::now();
+        match next_event(&mut running).await {
+            AttemptEvent::Log {
+                offset: 0, data, ..
+            } => assert_eq!(data, b"first\n"),
+            other => panic!("expected the first line, got {other:?}"),
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(1),
+            "flushed after {:?}",
+            begun.elapsed()
+        );
+        let (result, _, log) = finish(running).await;
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded);
+        assert_eq!(
+            log, b"second\n",
+            "the rest of the log after the first chunk"
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        // The shell and both sleeps ignore SIGTERM (an ignored signal stays
+        // ignored across exec), so only the SIGKILL after the grace ends them.
+        let mut spec = spec(shell("trap '' TERM; sleep 600 & sleep 600"));
+        spec.timeout = Some(Duration::from_secs(1));
+        let begun = Instant::now();
+        let (result, events, _) = run(spec).await;
+        let elapsed = begun.elapsed();
+        assert_eq!(result.outcome, AttemptOutcome::TimedOut, "{result:?}");
+        assert_eq!(result.error, "timed out after 1s");
+        assert_eq!(result.exit_code, None);
+        assert!(
+            elapsed >= Duration::from_millis(1_500),
+            "SIGKILL came after the grace, not before: {elapsed:?}"
+        );
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+        let pgid = started_pid(&events);
+        assert_group_gone(pgid).await;
+        assert_eq!(
+            killpg(Pid::from_raw(pgid as i32), None)
+                .err()
+                .unwrap_or(Errno::ESRCH),
+            Errno::ESRCH
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_kills_the_group_and_reports_cancelled() {
+        let mut running = start(
+            spec(shell("sleep 600 & sleep 600")),
+            Duration::from_secs(5),
+            1 << 20,
+        );
+        let pgid = match next_event(&mut running).await {
+            AttemptEvent::Started { pid, .. } => pid,
+            other => panic!("expected Started, got {other:?}"),
+        };
+        let begun = Instant::now();
+        running.stop.stop("cancelled: run cancelled by alice");
+        running.stop.stop("a second reason is ignored");
+        let (result, _, _) = finish(running).await;
+        assert_eq!(result.outcome, AttemptOutcome::Cancelled);
+        assert_eq!(result.error, "cancelled: run cancelled by alice");
+        assert!(
+            begun.elapsed() < Duration::from_secs(4),
+            "SIGTERM was enough: {:?}",
+            begun.elapsed()
+        );
+        assert_group_gone(pgid).await;
+    }
+
+    #[tokio::test]
+    async fn processes_left_behind_by_the_main_process_are_killed() {
+        let (result, events, log) = run(spec(shell("sleep 600 & echo spawned"))).await;
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded);
+        assert_eq!(log, b"spawned\n");
+        assert_group_gone(started_pid(&events)).await;
+    }
+
+    #[tokio::test]
+    async fn non_zero_exit_and_signals_fail() {
+        let (result, _, _) = run(spec(shell("echo oops >&2; exit 3"))).await;
+        assert_eq!(result.outcome, AttemptOutcome::Failed);
+        assert_eq!(result.exit_code, Some(3));
+        assert_eq!(result.error, "exited with status 3");
+
+        let (result, _, _) = run(spec(shell("kill -KILL $$"))).await;
+        assert_eq!(result.outcome, AttemptOutcome::Failed);
+        assert_eq!(result.exit_code, None);
+        assert_eq!(result.error, "killed by signal SIGKILL");
+    }
+
+    #[tokio::test]
+    async fn a_program_that_cannot_start_is_an_error_in_result_and_log() {
+        let missing = TaskKind::Command(CommandSpec {
+            argv: vec!["baton-no-such-program".into()],
+            env: BTreeMap::new(),
+            cwd: None,
+        });
+        let (result, events, log) = run(spec(missing)).await;
+        assert_eq!(result.outcome, AttemptOutcome::Error);
+        assert!(
+            result.error.contains("`baton-no-such-program`"),
+            "{}",
+            result.error
+        );
+        assert!(
+            result.error.contains("No such file or directory"),
+            "{}",
+            result.error
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|event| matches!(event, AttemptEvent::Started { .. }))
+        );
+        assert!(String::from_utf8(log).unwrap().contains(&result.error));
+
+        let bad_cwd = TaskKind::Command(CommandSpec {
+            argv: vec!["true".into()],
+            env: BTreeMap::new(),
+            cwd: Some(PathBuf::from("/baton/no/such/dir")),
+        });
+        let (result, _, log) = run(spec(bad_cwd)).await;
+        assert_eq!(result.outcome, AttemptOutcome::Error);
+        assert!(
+            result.error.contains("`/baton/no/such/dir`"),
+            "{}",
+            result.error
+        );
+        assert!(!log.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_task_sees_its_identity_in_the_environment() {
+        let mut env = BTreeMap::new();
+        env.insert("GREETING".to_string(), "hello".to_string());
+        env.insert("BATON_DAG_ID".to_string(), "cannot-override".to_string());
+        let script = "printf '%s\\n' \"$BATON_DAG_ID\" \"$BATON_RUN_ID\" \"$BATON_TASK_ID\" \"$BATON_ATTEMPT\" \
+                      \"$BATON_ATTEMPT_ID\" \"$BATON_LOGICAL_DATE\" \"$BATON_PARAMS\" \"$BATON_OUTPUT\" \"$GREETING\" \
+                      \"$(pwd)\"; test -d \"$(dirname \"$BATON_OUTPUT\")\" && test ! -e \"$BATON_OUTPUT\" && echo ready";
+        let cwd = tempfile::tempdir().unwrap();
+        let kind = TaskKind::Command(CommandSpec {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env,
+            cwd: Some(cwd.path().to_path_buf()),
+        });
+        let spec = spec(kind);
+        let running = start(spec.clone(), Duration::from_millis(500), 1 << 20);
+        let work_dir = running.work_dir.clone();
+        let (result, _, log) = finish(running).await;
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded, "{result:?}");
+        let text = String::from_utf8(log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let output_path = attempt_dir(&work_dir, spec.attempt_id).join("output.json");
+        let expected = [
+            "etl".to_string(),
+            spec.run_id.to_string(),
+            "extract".to_string(),
+            "2".to_string(),
+            spec.attempt_id.to_string(),
+            "2026-11-25T01:59:59Z".to_string(),
+            r#"{"day":"monday"}"#.to_string(),
+            output_path.display().to_string(),
+            "hello".to_string(),
+            cwd.path().canonicalize().unwrap().display().to_string(),
+            "ready".to_string(),
+        ];
+        assert_eq!(lines, expected);
+        assert!(
+            !attempt_dir(&work_dir, spec.attempt_id).exists(),
+            "the attempt directory is removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn output_file_is_checked_and_returned() {
+        let (result, _, _) = run(spec(shell(
+            "printf '  {\"rows\": 42}\\n' > \"$BATON_OUTPUT\"",
+        )))
+        .await;
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded, "{result:?}");
+        assert_eq!(result.output_json, r#"{"rows": 42}"#);
+
+        let mut too_big = spec(shell("echo '[1, 2, 3, 4, 5, 6, 7]' > \"$BATON_OUTPUT\""));
+        too_big.max_output_bytes = 10;
+        let (result, _, _) = run(too_big).await;
+        assert_eq!(result.outcome, AttemptOutcome::Error);
+        assert_eq!(result.error, "output file is 22 bytes; the limit is 10");
+        assert!(result.output_json.is_empty());
+
+        let (result, _, _) = run(spec(shell("echo '{rows: 42' > \"$BATON_OUTPUT\""))).await;
+        assert_eq!(result.outcome, AttemptOutcome::Error);
+        assert!(
+            result
+                .error
+                .starts_with("output file is not valid JSON: key must be a string"),
+            "{}",
+            result.error
+        );
+
+        // Output of a failed attempt is not read.
+        let (result, _, _) = run(spec(shell("echo nope > \"$BATON_OUTPUT\"; exit 1"))).await;
+        assert_eq!(result.outcome, AttemptOutcome::Failed);
+        assert!(result.output_json.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_log_holds_the_task_back_without_losing_bytes() {
+        const TOTAL: usize = 1_000_000;
+        const LIMIT_BYTES: usize = 100_000;
+        let script = format!("head -c {TOTAL} /dev/zero; echo done > \"$BATON_OUTPUT.marker\"");
+        let mut running = start(
+            spec(shell(&script)),
+            Duration::from_millis(500),
+            LIMIT_BYTES,
+        );
+        // Without acknowledgements the task gets no further than the limit
+        // plus what the pipe buffers.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut received = 0_usize;
+        let mut finished_early = false;
+        while let Ok(event) = running.events.try_recv() {
+            if let AttemptEvent::Log { data, .. } = event {
+                received += data.len();
+            }
+        }
+        if running.task.is_finished() {
+            finished_early = true;
+        }
+        assert!(
+            received <= LIMIT_BYTES,
+            "{received} bytes read without acknowledgement"
+        );
+        assert!(received > 0);
+        assert!(!finished_early, "the task is held back");
+
+        // Now acknowledge as the controller would.
+        running.acks.send_replace(received as u64);
+        let deadline = Instant::now() + LIMIT;
+        let mut seen = BTreeSet::new();
+        loop {
+            let event = tokio::time::timeout_at(deadline, running.events.recv())
+                .await
+                .expect("in time");
+            match event {
+                Some(AttemptEvent::Log { offset, data, .. }) => {
+                    assert_eq!(offset, received as u64);
+                    assert!(seen.insert(offset));
+                    received += data.len();
+                    running.acks.send_replace(received as u64);
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+                None => break,
+            }
+            if received == TOTAL {
+                break;
+            }
+        }
+        let result = tokio::time::timeout(LIMIT, running.task)
+            .await
+            .expect("ends in time")
+            .unwrap();
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded);
+        assert_eq!(received, TOTAL);
+        assert_eq!(result.log_bytes, TOTAL as u64);
+    }
+
+    #[tokio::test]
+    async fn noop_succeeds_at_once() {
+        let (result, events, log) = run(spec(TaskKind::Noop)).await;
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded);
+        assert_eq!(started_pid(&events), 0);
+        assert!(log.is_empty());
+    }
+
+    #[test]
+    fn assignments_are_checked_before_they_run() {
+        let attempt_id = AttemptId::generate();
+        let assign = api::Assign {
+            attempt_id: attempt_id.to_string(),
+            dag_id: "etl".into(),
+            run_id: RunId::generate().to_string(),
+            task_id: "load".into(),
+            attempt: 1,
+            logical_date: None,
+            params_json: String::new(),
+            kind: Some(api::assign::Kind::Command(api::CommandTask {
+                argv: vec!["true".into()],
+                env: Default::default(),
+                cwd: String::new(),
+            })),
+            timeout: Some(time::duration_to_proto(Duration::from_secs(3))),
+            max_output_bytes: 0,
+        };
+        let spec = AttemptSpec::from_assign(assign.clone()).unwrap();
+        assert_eq!(spec.params_json, "{}");
+        assert_eq!(spec.max_output_bytes, DEFAULT_MAX_OUTPUT_BYTES);
+        assert_eq!(spec.timeout, Some(Duration::from_secs(3)));
+        assert!(matches!(&spec.kind, TaskKind::Command(command) if command.cwd.is_none()));
+
+        let empty = api::Assign {
+            kind: Some(api::assign::Kind::Command(api::CommandTask::default())),
+            ..assign.clone()
+        };
+        let error = AttemptSpec::from_assign(empty).unwrap_err();
+        assert_eq!(error.attempt_id, Some(attempt_id));
+        assert!(error.reason.contains("argv is empty"));
+
+        let no_id = api::Assign {
+            attempt_id: "x".into(),
+            ..assign
+        };
+        assert_eq!(
+            AttemptSpec::from_assign(no_id).unwrap_err().attempt_id,
+            None
+        );
+    }
+}

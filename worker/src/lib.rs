@@ -1,0 +1,74 @@
+//! Baton's worker agent: it connects to the controller over one
+//! bidirectional gRPC stream, runs the attempts it is assigned, and reports
+//! their start, logs and results until the controller has acknowledged them.
+//!
+//! [`run`] is the whole public surface besides [`WorkerConfig`]: the CLI
+//! builds a config, passes a shutdown token, and awaits `run`.
+//!
+//! # Layout
+//! - `config`: [`WorkerConfig`], its defaults and its validation.
+//! - `agent`: the worker's one event loop: controller messages, attempt
+//!   events, heartbeats, draining and shutdown; the only owner of the
+//!   outbox.
+//! - `connection`: the stream to the controller (`Register` first, then the
+//!   resent backlog) and reconnecting with jittered exponential backoff.
+//! - `outbox`: every known attempt and what of it is not yet acknowledged
+//!   (log bytes, start, result), and the messages that resend it.
+//! - `executor`: runs one attempt: a `command` in its own process group
+//!   (output capture with backpressure, timeout, cancel, kill of the whole
+//!   group, `$BATON_OUTPUT`) or a `noop`.
+//!
+//! # Guarantees
+//! - Per attempt, every log byte is sent (in order, numbered by offset)
+//!   before the result, on every stream, and kept until acknowledged. When
+//!   the controller falls behind, the task is slowed down (its pipes are not
+//!   read) rather than its output dropped.
+//! - No process of an attempt outlives it: the process group is killed when
+//!   the main process exits, times out, is cancelled, or its executor is
+//!   dropped.
+//! - When [`run`] returns, no task of the worker is left running.
+
+pub mod config;
+
+mod agent;
+mod connection;
+mod executor;
+mod outbox;
+
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::WorkerConfig;
+
+/// Why the worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid worker configuration: {field}: {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+    #[error("cannot create the work directory `{}`: {source}", path.display())]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the worker until `shutdown` is cancelled or the controller asks it
+/// to drain: it then takes no new work, lets running attempts finish for the
+/// drain grace, cancels what remains, waits briefly for the last results to
+/// be acknowledged, and returns `Ok`.
+///
+/// Losing the controller is not an error: the worker reconnects with backoff
+/// for as long as it runs, and its attempts keep running meanwhile.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    config.validate()?;
+    let attempts_dir = config.work_dir.join("attempts");
+    tokio::fs::create_dir_all(&attempts_dir)
+        .await
+        .map_err(|source| WorkerError::WorkDir {
+            path: attempts_dir,
+            source,
+        })?;
+    agent::Agent::new(config).run(shutdown).await
+}

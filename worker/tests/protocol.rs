@@ -1,0 +1,500 @@
+//! The worker against a controller played by the test: a small
+//! `WorkerService` on 127.0.0.1 that hands each stream to the test, which
+//! then speaks the protocol message by message.
+
+use std::time::Duration;
+
+use baton_common::ids::{AttemptId, RunId};
+use baton_common::pb::api::worker_message::Message as FromWorker;
+use baton_common::pb::api::worker_service_server::{WorkerService, WorkerServiceServer};
+use baton_common::pb::api::{self, AttemptOutcome, controller_message::Message as ToWorker};
+use baton_common::time;
+use baton_worker::{WorkerConfig, WorkerError};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Every wait in these tests is bounded by this.
+const LIMIT: Duration = Duration::from_secs(20);
+
+type Outbound = mpsc::UnboundedSender<Result<api::ControllerMessage, Status>>;
+
+/// Hands every stream a worker opens to the test.
+struct TestController {
+    streams: mpsc::UnboundedSender<(Streaming<api::WorkerMessage>, Outbound)>,
+}
+
+#[tonic::async_trait]
+impl WorkerService for TestController {
+    type ConnectStream = UnboundedReceiverStream<Result<api::ControllerMessage, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<api::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let (outbound, receiver) = mpsc::unbounded_channel();
+        self.streams
+            .send((request.into_inner(), outbound))
+            .map_err(|_| Status::unavailable("the test is over"))?;
+        Ok(Response::new(UnboundedReceiverStream::new(receiver)))
+    }
+}
+
+/// The test's controller: a server on a free loopback port.
+struct Controller {
+    addr: String,
+    streams: mpsc::UnboundedReceiver<(Streaming<api::WorkerMessage>, Outbound)>,
+    stop: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Controller {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let (sender, streams) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(WorkerServiceServer::new(TestController { streams: sender }))
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stop.clone().cancelled_owned(),
+                ),
+        );
+        Self {
+            addr,
+            streams,
+            stop,
+            server,
+        }
+    }
+
+    /// The next stream a worker opens.
+    async fn accept(&mut self) -> Session {
+        let (inbound, outbound) = tokio::time::timeout(LIMIT, self.streams.recv())
+            .await
+            .expect("the worker connects in time")
+            .expect("server up");
+        Session { inbound, outbound }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let stopped = tokio::time::timeout(LIMIT, self.server)
+            .await
+            .expect("server stops in time");
+        stopped.expect("server task").expect("server ran");
+    }
+}
+
+/// One stream, seen from the controller's side.
+struct Session {
+    inbound: Streaming<api::WorkerMessage>,
+    outbound: Outbound,
+}
+
+impl Session {
+    async fn recv(&mut self) -> FromWorker {
+        let message = tokio::time::timeout(LIMIT, self.inbound.message())
+            .await
+            .expect("a message in time")
+            .expect("the stream is healthy")
+            .expect("the stream is open");
+        message.message.expect("a message body")
+    }
+
+    /// The next message that is not a heartbeat.
+    async fn recv_work(&mut self) -> FromWorker {
+        loop {
+            match self.recv().await {
+                FromWorker::Heartbeat(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn recv_heartbeat(&mut self) -> api::Heartbeat {
+        loop {
+            if let FromWorker::Heartbeat(heartbeat) = self.recv().await {
+                return heartbeat;
+            }
+        }
+    }
+
+    async fn recv_draining_heartbeat(&mut self) -> api::Heartbeat {
+        loop {
+            let heartbeat = self.recv_heartbeat().await;
+            if heartbeat.draining {
+                return heartbeat;
+            }
+        }
+    }
+
+    /// Waits for the worker to close its side of the stream.
+    async fn expect_end(&mut self) {
+        loop {
+            let message = tokio::time::timeout(LIMIT, self.inbound.message())
+                .await
+                .expect("the stream ends in time");
+            match message.expect("the stream is healthy") {
+                None => return,
+                Some(api::WorkerMessage {
+                    message: Some(FromWorker::Heartbeat(_)),
+                }) => {}
+                Some(other) => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts that nothing but heartbeats arrives for `quiet`.
+    async fn expect_only_heartbeats(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        while let Ok(message) = tokio::time::timeout_at(deadline, self.inbound.message()).await {
+            let message = message
+                .expect("healthy")
+                .expect("open")
+                .message
+                .expect("body");
+            assert!(
+                matches!(message, FromWorker::Heartbeat(_)),
+                "unexpected {message:?}"
+            );
+        }
+    }
+
+    async fn expect_register(&mut self) -> api::Register {
+        match self.recv().await {
+            FromWorker::Register(register) => register,
+            other => panic!("Register must come first, got {other:?}"),
+        }
+    }
+
+    fn send(&self, message: ToWorker) {
+        self.outbound
+            .send(Ok(api::ControllerMessage {
+                message: Some(message),
+            }))
+            .expect("the stream is open");
+    }
+
+    fn register_ok(&self) {
+        self.send(ToWorker::Registered(api::Registered {
+            controller_id: "test-controller".into(),
+            heartbeat_interval: Some(time::duration_to_proto(Duration::from_millis(100))),
+        }));
+    }
+
+    /// Receives one attempt's messages up to its result; returns the log
+    /// (checking that offsets continue from `from`), whether a TaskStarted
+    /// was seen, and the result.
+    async fn recv_until_result(
+        &mut self,
+        attempt_id: AttemptId,
+        from: u64,
+    ) -> (Vec<u8>, bool, api::TaskResult) {
+        let mut log = Vec::new();
+        let mut started = false;
+        loop {
+            match self.recv_work().await {
+                FromWorker::TaskStarted(message) => {
+                    assert_eq!(message.attempt_id, attempt_id.to_string());
+                    assert!(message.pid > 0 && message.started_at.is_some());
+                    assert!(
+                        log.is_empty() || from > 0,
+                        "TaskStarted comes before the log of a first stream"
+                    );
+                    started = true;
+                }
+                FromWorker::LogChunk(chunk) => {
+                    assert_eq!(chunk.attempt_id, attempt_id.to_string());
+                    assert_eq!(
+                        chunk.offset,
+                        from + log.len() as u64,
+                        "chunks are contiguous"
+                    );
+                    log.extend_from_slice(&chunk.data);
+                }
+                FromWorker::TaskResult(result) => {
+                    assert_eq!(result.attempt_id, attempt_id.to_string());
+                    return (log, started, result);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+fn assign(attempt_id: AttemptId, script: &str) -> ToWorker {
+    ToWorker::Assign(api::Assign {
+        attempt_id: attempt_id.to_string(),
+        dag_id: "etl".into(),
+        run_id: RunId::generate().to_string(),
+        task_id: "extract".into(),
+        attempt: 1,
+        logical_date: Some(time::micros_to_timestamp(time::now_micros())),
+        params_json: "{}".into(),
+        kind: Some(api::assign::Kind::Command(api::CommandTask {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: Default::default(),
+            cwd: String::new(),
+        })),
+        timeout: None,
+        max_output_bytes: 0,
+    })
+}
+
+fn ack(attempt_id: AttemptId, log_offset: u64, result_recorded: bool) -> ToWorker {
+    ToWorker::Ack(api::Ack {
+        attempt_id: attempt_id.to_string(),
+        log_offset,
+        result_recorded,
+        stale: false,
+        reason: String::new(),
+    })
+}
+
+fn start_worker(
+    addr: &str,
+    work_dir: &std::path::Path,
+    tune: impl FnOnce(&mut WorkerConfig),
+) -> (
+    WorkerConfig,
+    CancellationToken,
+    JoinHandle<Result<(), WorkerError>>,
+) {
+    let mut config = WorkerConfig::new(addr, work_dir);
+    config.slots = 2;
+    config.reconnect_max_backoff = Duration::from_millis(200);
+    config.kill_grace = Duration::from_secs(2);
+    config.labels.insert("zone".into(), "test".into());
+    tune(&mut config);
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(baton_worker::run(config.clone(), shutdown.clone()));
+    (config, shutdown, worker)
+}
+
+async fn join_worker(worker: JoinHandle<Result<(), WorkerError>>) {
+    let result = tokio::time::timeout(LIMIT, worker)
+        .await
+        .expect("the worker stops in time");
+    result
+        .expect("worker task")
+        .expect("the worker stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_results_are_resent_after_reconnecting() {
+    let mut controller = Controller::start().await;
+    let work_dir = tempfile::tempdir().expect("temp dir");
+    let (config, shutdown, worker) = start_worker(&controller.addr, work_dir.path(), |_| {});
+
+    // First stream: Register first, then heartbeats once registered.
+    let mut session = controller.accept().await;
+    let register = session.expect_register().await;
+    assert_eq!(register.worker_id, config.worker_id.to_string());
+    assert_eq!(register.hostname, config.hostname);
+    assert_eq!(register.queues, ["default"]);
+    assert_eq!(
+        register.labels.get("zone").map(String::as_str),
+        Some("test")
+    );
+    assert_eq!(register.slots, 2);
+    assert_eq!(register.version, env!("CARGO_PKG_VERSION"));
+    assert!(register.attempt_ids.is_empty());
+    session.register_ok();
+    let heartbeat = session.recv_heartbeat().await;
+    assert_eq!(heartbeat.free_slots, 2);
+    assert!(heartbeat.running_attempt_ids.is_empty() && !heartbeat.draining);
+
+    // An attempt runs and reports start, log and result in order.
+    let attempt_id = AttemptId::generate();
+    let script = "echo hello; echo world >&2; printf '{\"rows\": 3}' > \"$BATON_OUTPUT\"";
+    session.send(assign(attempt_id, script));
+    session.send(assign(attempt_id, script)); // a duplicate is ignored
+    let (log, started, result) = session.recv_until_result(attempt_id, 0).await;
+    assert!(started);
+    let text = String::from_utf8(log.clone()).expect("utf-8 log");
+    assert!(
+        text == "hello\nworld\n" || text == "world\nhello\n",
+        "{text:?}"
+    );
+    assert_eq!(
+        result.outcome,
+        AttemptOutcome::Succeeded as i32,
+        "{result:?}"
+    );
+    assert_eq!(result.exit_code, Some(0));
+    assert_eq!(result.output_json, r#"{"rows": 3}"#);
+    assert_eq!(result.log_bytes, log.len() as u64);
+
+    // Acknowledge part of the log but not the result, then cut the stream.
+    session.send(ack(attempt_id, 3, false));
+    drop(session);
+
+    // Second stream: the attempt is announced, the unacknowledged log is
+    // resent from offset 3, then the result.
+    let mut session = controller.accept().await;
+    let register = session.expect_register().await;
+    assert_eq!(register.attempt_ids, [attempt_id.to_string()]);
+    let (resent, started, resent_result) = session.recv_until_result(attempt_id, 3).await;
+    assert!(!started, "a finished attempt is not started again");
+    assert_eq!(resent, &log[3..]);
+    assert_eq!(resent_result, result);
+    session.register_ok();
+    session.send(ack(attempt_id, result.log_bytes, true));
+    // Acknowledged: not sent again on this stream, nor after reconnecting.
+    session
+        .expect_only_heartbeats(Duration::from_millis(400))
+        .await;
+    drop(session);
+
+    let mut session = controller.accept().await;
+    let register = session.expect_register().await;
+    assert!(
+        register.attempt_ids.is_empty(),
+        "{:?}",
+        register.attempt_ids
+    );
+    session.register_ok();
+    session
+        .expect_only_heartbeats(Duration::from_millis(400))
+        .await;
+
+    // Shutdown with nothing running: a draining heartbeat, then `run` ends.
+    shutdown.cancel();
+    let heartbeat = session.recv_draining_heartbeat().await;
+    assert_eq!(heartbeat.free_slots, 0);
+    session.expect_end().await;
+    drop(session);
+    join_worker(worker).await;
+    assert!(
+        work_dir
+            .path()
+            .join("attempts")
+            .read_dir()
+            .expect("attempts dir")
+            .next()
+            .is_none()
+    );
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stale_and_drain_stop_running_attempts() {
+    let mut controller = Controller::start().await;
+    let work_dir = tempfile::tempdir().expect("temp dir");
+    let (_, shutdown, worker) = start_worker(&controller.addr, work_dir.path(), |config| {
+        config.drain_grace = Duration::from_millis(300);
+    });
+    let mut session = controller.accept().await;
+    session.expect_register().await;
+    session.register_ok();
+
+    // Cancel: the attempt is killed and reported CANCELLED with the reason.
+    let cancelled = AttemptId::generate();
+    session.send(assign(cancelled, "echo going; sleep 600"));
+    assert!(matches!(
+        session.recv_work().await,
+        FromWorker::TaskStarted(_)
+    ));
+    session.send(ToWorker::Cancel(api::Cancel {
+        attempt_id: cancelled.to_string(),
+        reason: "run cancelled".into(),
+    }));
+    let (_, _, result) = session.recv_until_result(cancelled, 0).await;
+    assert_eq!(result.outcome, AttemptOutcome::Cancelled as i32);
+    assert_eq!(result.error, "cancelled: run cancelled");
+    session.send(ack(cancelled, result.log_bytes, true));
+
+    // Stale: killed and forgotten, no result.
+    let stale = AttemptId::generate();
+    session.send(assign(stale, "sleep 600"));
+    assert!(matches!(
+        session.recv_work().await,
+        FromWorker::TaskStarted(_)
+    ));
+    session.send(ToWorker::Ack(api::Ack {
+        attempt_id: stale.to_string(),
+        log_offset: 0,
+        result_recorded: false,
+        stale: true,
+        reason: "task cleared".into(),
+    }));
+    session
+        .expect_only_heartbeats(Duration::from_millis(500))
+        .await;
+    let heartbeat = session.recv_heartbeat().await;
+    assert!(heartbeat.running_attempt_ids.is_empty(), "{heartbeat:?}");
+
+    // Shutdown with an attempt running: draining heartbeat, then after the
+    // drain grace the attempt is cancelled and its result acknowledged.
+    let remaining = AttemptId::generate();
+    session.send(assign(remaining, "sleep 600"));
+    assert!(matches!(
+        session.recv_work().await,
+        FromWorker::TaskStarted(_)
+    ));
+    shutdown.cancel();
+    let heartbeat = session.recv_draining_heartbeat().await;
+    assert_eq!(heartbeat.running_attempt_ids, [remaining.to_string()]);
+    let (_, _, result) = session.recv_until_result(remaining, 0).await;
+    assert_eq!(result.outcome, AttemptOutcome::Cancelled as i32);
+    assert_eq!(result.error, "worker shut down before the attempt finished");
+    session.send(ack(remaining, result.log_bytes, true));
+    session.expect_end().await;
+    drop(session);
+    join_worker(worker).await;
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_from_the_controller_lets_running_attempts_finish() {
+    let mut controller = Controller::start().await;
+    let work_dir = tempfile::tempdir().expect("temp dir");
+    let (_, _shutdown, worker) = start_worker(&controller.addr, work_dir.path(), |_| {});
+    let mut session = controller.accept().await;
+    session.expect_register().await;
+    session.register_ok();
+
+    let attempt_id = AttemptId::generate();
+    session.send(assign(attempt_id, "sleep 0.5; echo finished"));
+    assert!(matches!(
+        session.recv_work().await,
+        FromWorker::TaskStarted(_)
+    ));
+    session.send(ToWorker::Drain(api::Drain {
+        grace: Some(time::duration_to_proto(Duration::from_secs(10))),
+    }));
+    session.recv_draining_heartbeat().await;
+    let (log, _, result) = session.recv_until_result(attempt_id, 0).await;
+    assert_eq!(
+        result.outcome,
+        AttemptOutcome::Succeeded as i32,
+        "{result:?}"
+    );
+    assert_eq!(log, b"finished\n");
+    session.send(ack(attempt_id, result.log_bytes, true));
+    session.expect_end().await;
+    drop(session);
+    join_worker(worker).await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_config_is_refused_before_connecting() {
+    let mut config = WorkerConfig::new("127.0.0.1:1", "/nonexistent");
+    config.slots = 0;
+    let error = baton_worker::run(config, CancellationToken::new())
+        .await
+        .expect_err("invalid");
+    assert!(
+        matches!(error, WorkerError::InvalidConfig { field: "slots", .. }),
+        "{error}"
+    );
+}
