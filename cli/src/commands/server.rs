@@ -1,0 +1,307 @@
+//! `baton dev`, `baton controller` and `baton worker`: the long-running
+//! processes, and their shutdown on SIGTERM or Ctrl-C (a second signal
+//! exits at once).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use baton_common::ids::{QueueName, WorkerId};
+use baton_controller::ControllerConfig;
+use baton_controller::config::ConfigFile;
+use baton_worker::WorkerConfig;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Context;
+use crate::Outcome;
+use crate::output::print_line;
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "BATON_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for the store file and task logs.
+    #[arg(long, env = "BATON_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Config file (TOML); flags override it. See deploy/controller.example.toml.
+    #[arg(long, env = "BATON_CONFIG")]
+    config: Option<PathBuf>,
+    /// Identity of this controller in logs and worker messages.
+    #[arg(long = "id", env = "BATON_CONTROLLER_ID")]
+    controller_id: Option<String>,
+    /// How often workers send heartbeats (e.g. 2s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// A worker silent this long is declared lost (e.g. 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    worker_lost_timeout: Option<Duration>,
+    /// After a restart, how long workers have to re-announce running attempts.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    recovery_grace: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Identity of the worker, stable across restarts (a random id by default).
+    #[arg(long = "id", env = "BATON_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Attempts run at once (default: the number of cores).
+    #[arg(long, env = "BATON_WORKER_SLOTS")]
+    slots: Option<u32>,
+    /// Queue to take tasks from; repeat for several.
+    #[arg(long = "queue", env = "BATON_WORKER_QUEUES", value_delimiter = ',')]
+    queues: Vec<String>,
+    /// Label to advertise, as key=value; repeat for several.
+    #[arg(long = "label", value_parser = parse_key_value)]
+    labels: Vec<(String, String)>,
+    /// Directory for attempts' scratch files ($BATON_OUTPUT).
+    #[arg(long, env = "BATON_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// Between SIGTERM and SIGKILL when a task is stopped.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    kill_grace: Duration,
+    /// On shutdown, how long running tasks may finish before they are stopped.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    drain_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Directory for the store file, task logs and task scratch files.
+    #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
+    data_dir: PathBuf,
+    /// Attempts the in-process worker runs at once (default: the number of cores).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Queues the in-process worker serves.
+    #[arg(long = "queue", value_delimiter = ',', default_value = "default")]
+    queues: Vec<String>,
+    /// How often the worker heartbeats.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// A worker silent this long is declared lost.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    worker_lost_timeout: Option<Duration>,
+    /// After a restart, how long workers have to re-announce running attempts.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    recovery_grace: Option<Duration>,
+    /// Do not start the in-process worker (connect `baton worker`s instead).
+    #[arg(long)]
+    no_worker: bool,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not key=value")),
+    }
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT; a second one exits.
+fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received; shutting down"),
+            _ = interrupt.recv() => info!("interrupt received; shutting down"),
+        }
+        cancel.cancel();
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        warn!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+    Ok(token)
+}
+
+async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
+}
+
+pub async fn controller(args: ControllerArgs) -> anyhow::Result<Outcome> {
+    let mut listen = args.listen;
+    let mut config = ControllerConfig::new(PathBuf::from("/var/lib/baton"));
+    if let Some(path) = &args.config {
+        let file = ConfigFile::load(path)?;
+        if listen.is_none()
+            && let Some(address) = &file.controller.listen
+        {
+            listen = Some(address.parse().with_context(|| {
+                format!("config controller.listen: `{address}` is not host:port")
+            })?);
+        }
+        config.apply_file(file);
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(id) = args.controller_id {
+        config.controller_id = id;
+    }
+    apply_timings(
+        &mut config,
+        args.heartbeat_interval,
+        args.worker_lost_timeout,
+        args.recovery_grace,
+    );
+    config.validate()?;
+    let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
+    let shutdown = shutdown_on_signal()?;
+    let listener = bind(listen).await?;
+    baton_controller::serve(listener, config, shutdown).await?;
+    Ok(Outcome::Success)
+}
+
+fn apply_timings(
+    config: &mut ControllerConfig,
+    heartbeat: Option<Duration>,
+    lost: Option<Duration>,
+    grace: Option<Duration>,
+) {
+    if let Some(value) = heartbeat {
+        config.heartbeat_interval = value;
+    }
+    if let Some(value) = lost {
+        config.worker_lost_timeout = value;
+    }
+    if let Some(value) = grace {
+        config.recovery_grace = value;
+    }
+}
+
+fn worker_config(args: WorkerArgs, addr: &str) -> anyhow::Result<WorkerConfig> {
+    let work_dir = args
+        .work_dir
+        .unwrap_or_else(|| std::env::temp_dir().join("baton-worker"));
+    let mut config = WorkerConfig::new(addr, work_dir);
+    if let Some(id) = args.worker_id {
+        config.worker_id = WorkerId::new(id).map_err(|error| anyhow::anyhow!("--id: {error}"))?;
+    }
+    if let Some(slots) = args.slots {
+        config.slots = slots;
+    }
+    if !args.queues.is_empty() {
+        config.queues = args
+            .queues
+            .into_iter()
+            .map(|queue| QueueName::new(queue).map_err(|error| anyhow::anyhow!("--queue: {error}")))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    config.kill_grace = args.kill_grace;
+    config.drain_grace = args.drain_grace;
+    config.validate()?;
+    Ok(config)
+}
+
+pub async fn worker(args: WorkerArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let config = worker_config(args, &context.addr)?;
+    let shutdown = shutdown_on_signal()?;
+    baton_worker::run(config, shutdown).await?;
+    Ok(Outcome::Success)
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<Outcome> {
+    let data_dir = std::path::absolute(&args.data_dir).unwrap_or(args.data_dir.clone());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let mut config = ControllerConfig::new(&data_dir);
+    config.controller_id = "dev".into();
+    apply_timings(
+        &mut config,
+        args.heartbeat_interval,
+        args.worker_lost_timeout,
+        args.recovery_grace,
+    );
+    if args.recovery_grace.is_none() {
+        // The in-process worker re-registers at once after a restart; other
+        // workers get the usual time.
+        config.recovery_grace = config.worker_lost_timeout;
+    }
+    config.validate()?;
+    let listener = bind(args.listen).await?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let shutdown = shutdown_on_signal()?;
+    // The worker drains first (its results still reach the controller);
+    // the controller stops after it.
+    let controller_shutdown = CancellationToken::new();
+    let mut controller = tokio::spawn(baton_controller::serve(
+        listener,
+        config,
+        controller_shutdown.clone(),
+    ));
+    print_line(format_args!(
+        "baton dev: controller listening on http://{address} (data in {}); set BATON_ADDR=http://{address} in other shells",
+        data_dir.display()
+    ));
+    let worker = if args.no_worker {
+        None
+    } else {
+        let mut worker_config =
+            WorkerConfig::new(format!("http://{address}"), data_dir.join("work"));
+        // A stable id: after a restart the controller knows at once that the
+        // previous process's attempts are gone.
+        worker_config.worker_id = WorkerId::new("dev-worker").expect("valid id");
+        worker_config.drain_grace = Duration::from_secs(10);
+        if let Some(slots) = args.slots {
+            worker_config.slots = slots;
+        }
+        worker_config.queues = args
+            .queues
+            .into_iter()
+            .map(|queue| QueueName::new(queue).map_err(|error| anyhow::anyhow!("--queue: {error}")))
+            .collect::<anyhow::Result<_>>()?;
+        worker_config.validate()?;
+        Some(tokio::spawn(baton_worker::run(
+            worker_config,
+            shutdown.clone(),
+        )))
+    };
+    let controller_result = tokio::select! {
+        result = &mut controller => {
+            shutdown.cancel();
+            stop_worker(worker).await;
+            result
+        }
+        () = shutdown.cancelled() => {
+            stop_worker(worker).await;
+            controller_shutdown.cancel();
+            controller.await
+        }
+    };
+    if let Err(error) = controller_result.context("controller task panicked")? {
+        bail!(error);
+    }
+    Ok(Outcome::Success)
+}
+
+async fn stop_worker(
+    worker: Option<tokio::task::JoinHandle<Result<(), baton_worker::WorkerError>>>,
+) {
+    let Some(worker) = worker else { return };
+    match tokio::time::timeout(Duration::from_secs(20), worker).await {
+        Ok(Ok(Err(error))) => warn!(%error, "worker stopped with an error"),
+        Ok(Err(error)) => warn!(%error, "worker task panicked"),
+        Err(_) => warn!("worker did not stop in time"),
+        Ok(Ok(Ok(()))) => {}
+    }
+}

@@ -1,0 +1,142 @@
+//! `baton`: the one binary. It runs a controller, a worker, or both in one
+//! process (`baton dev`), and is the client for DAGs, runs and logs.
+//!
+//! # Layout
+//! - `main.rs`: arguments, logging, the runtime, exit codes.
+//! - `commands/server.rs`: `dev`, `controller`, `worker`, signal handling.
+//! - `commands/dag.rs`, `commands/run.rs`, `commands/logs.rs`: the client.
+//! - `output.rs`: tables for people and JSON for scripts.
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::commands::{dag, logs, run, server};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Baton: a fast, distributed workflow orchestrator",
+    propagate_version = true
+)]
+struct Cli {
+    /// Address of the controller (any replica).
+    #[arg(long, global = true, env = "BATON_ADDR", default_value = baton_common::client::DEFAULT_ADDR)]
+    addr: String,
+    /// Output format of client commands.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table, env = "BATON_OUTPUT_FORMAT")]
+    output: OutputFormat,
+    /// Format of the process's own log lines (on stderr); levels come from
+    /// RUST_LOG.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BATON_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a controller and a worker in one process on the embedded store.
+    Dev(server::DevArgs),
+    /// Run a controller.
+    Controller(server::ControllerArgs),
+    /// Run a worker that takes tasks from a controller.
+    Worker(server::WorkerArgs),
+    /// Validate, register and manage DAGs.
+    #[command(subcommand)]
+    Dag(dag::DagCommand),
+    /// Trigger, follow, cancel and retry runs.
+    #[command(subcommand)]
+    Run(run::RunCommand),
+    /// Print (and follow) the log of a task's attempt.
+    Logs(logs::LogsArgs),
+}
+
+impl Command {
+    fn is_server(&self) -> bool {
+        matches!(
+            self,
+            Command::Dev(_) | Command::Controller(_) | Command::Worker(_)
+        )
+    }
+}
+
+/// What a command wants the process to exit with, besides errors.
+pub enum Outcome {
+    Success,
+    /// The command worked but reports a failure (a run that failed, a DAG
+    /// that does not validate).
+    Failure,
+}
+
+fn init_logging(format: LogFormat, server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.command.is_server());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let context = commands::Context {
+        addr: cli.addr,
+        output: cli.output,
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => server::dev(args).await,
+            Command::Controller(args) => server::controller(args).await,
+            Command::Worker(args) => server::worker(args, &context).await,
+            Command::Dag(command) => dag::run(command, &context).await,
+            Command::Run(command) => run::run(command, &context).await,
+            Command::Logs(args) => logs::run(args, &context).await,
+        }
+    });
+    // Streams and background tasks are not waited for once the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failure) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {}", commands::describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}

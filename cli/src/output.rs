@@ -1,0 +1,249 @@
+//! How results are shown: tables (comfy-table) for people and JSON for
+//! scripts (`-o json`). JSON uses state names and RFC 3339 times, the same
+//! words the tables use.
+
+use std::time::Duration;
+
+use baton_common::pb::api::{
+    Attempt, AttemptOutcome, Dag, Run, RunState, TaskInstance, TaskState, TaskSummary,
+};
+use baton_common::states::{outcome_name, run_state_name, task_state_name};
+use baton_common::time::{format_duration, format_micros, timestamp_opt_to_micros};
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use serde_json::{Value, json};
+
+pub fn table(headers: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(headers);
+    table
+}
+
+fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    format_micros(timestamp_opt_to_micros(timestamp))
+}
+
+fn time_json(timestamp: Option<&prost_types::Timestamp>) -> Value {
+    let micros = timestamp_opt_to_micros(timestamp);
+    if micros == 0 {
+        Value::Null
+    } else {
+        Value::String(format_micros(micros))
+    }
+}
+
+/// `end - start`, or `now - start` while running; `-` when not started.
+pub fn elapsed(
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+) -> String {
+    let start = timestamp_opt_to_micros(start);
+    if start == 0 {
+        return "-".into();
+    }
+    let end = match timestamp_opt_to_micros(end) {
+        0 => baton_common::time::now_micros(),
+        end => end,
+    };
+    format_duration(Duration::from_micros(
+        end.saturating_sub(start).max(0) as u64
+    ))
+}
+
+pub fn run_state(run: &Run) -> RunState {
+    RunState::try_from(run.state).unwrap_or(RunState::Unspecified)
+}
+
+pub fn task_state(task: &TaskInstance) -> TaskState {
+    TaskState::try_from(task.state).unwrap_or(TaskState::Unspecified)
+}
+
+fn params(json_text: &str) -> Value {
+    serde_json::from_str(json_text).unwrap_or(Value::String(json_text.to_string()))
+}
+
+pub fn dag_json(dag: &Dag) -> Value {
+    json!({
+        "dag_id": dag.dag_id,
+        "latest_version": dag.latest_version,
+        "description": dag.description,
+        "schedule": dag.schedule,
+        "paused": dag.paused,
+        "task_count": dag.task_count,
+        "created_at": time_json(dag.created_at.as_ref()),
+        "updated_at": time_json(dag.updated_at.as_ref()),
+    })
+}
+
+pub fn task_summary_json(task: &TaskSummary) -> Value {
+    json!({
+        "task_id": task.task_id,
+        "kind": task.kind,
+        "depends_on": task.depends_on,
+        "queue": task.queue,
+        "priority": task.priority,
+        "retries": task.retries,
+        "timeout": task.timeout.as_ref().map(|d| humantime::format_duration(baton_common::time::duration_from_proto(d)).to_string()),
+    })
+}
+
+pub fn run_json(run: &Run) -> Value {
+    json!({
+        "run_id": run.run_id,
+        "dag_id": run.dag_id,
+        "dag_version": run.dag_version,
+        "state": run_state_name(run_state(run)),
+        "params": params(&run.params_json),
+        "logical_date": time_json(run.logical_date.as_ref()),
+        "idempotency_key": if run.idempotency_key.is_empty() { Value::Null } else { Value::String(run.idempotency_key.clone()) },
+        "created_at": time_json(run.created_at.as_ref()),
+        "started_at": time_json(run.started_at.as_ref()),
+        "ended_at": time_json(run.ended_at.as_ref()),
+        "task_counts": run.task_counts,
+        "task_total": run.task_total,
+        "reason": if run.reason.is_empty() { Value::Null } else { Value::String(run.reason.clone()) },
+    })
+}
+
+pub fn task_json(task: &TaskInstance) -> Value {
+    json!({
+        "task_id": task.task_id,
+        "state": task_state_name(task_state(task)),
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+        "attempt_id": if task.attempt_id.is_empty() { Value::Null } else { Value::String(task.attempt_id.clone()) },
+        "worker_id": if task.worker_id.is_empty() { Value::Null } else { Value::String(task.worker_id.clone()) },
+        "started_at": time_json(task.started_at.as_ref()),
+        "ended_at": time_json(task.ended_at.as_ref()),
+        "exit_code": task.exit_code,
+        "outcome": outcome_name(AttemptOutcome::try_from(task.outcome).unwrap_or(AttemptOutcome::Unspecified)),
+        "error": if task.error.is_empty() { Value::Null } else { Value::String(task.error.clone()) },
+        "next_attempt_at": time_json(task.next_attempt_at.as_ref()),
+        "output": if task.output_json.is_empty() { Value::Null } else { params(&task.output_json) },
+    })
+}
+
+pub fn attempt_json(attempt: &Attempt) -> Value {
+    json!({
+        "attempt": attempt.attempt,
+        "attempt_id": attempt.attempt_id,
+        "worker_id": attempt.worker_id,
+        "leased_at": time_json(attempt.leased_at.as_ref()),
+        "started_at": time_json(attempt.started_at.as_ref()),
+        "ended_at": time_json(attempt.ended_at.as_ref()),
+        "outcome": outcome_name(AttemptOutcome::try_from(attempt.outcome).unwrap_or(AttemptOutcome::Unspecified)),
+        "exit_code": attempt.exit_code,
+        "error": if attempt.error.is_empty() { Value::Null } else { Value::String(attempt.error.clone()) },
+        "log_bytes": attempt.log_bytes,
+    })
+}
+
+pub fn print_json(value: &Value) {
+    #[allow(clippy::print_stdout)] // the CLI's output is its product
+    {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    }
+}
+
+pub fn print_line(line: impl std::fmt::Display) {
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{line}");
+    }
+}
+
+/// A one-line summary of a run: `success  7/7 tasks  12.4s`.
+pub fn run_summary(run: &Run) -> String {
+    let done: u32 = [
+        "success",
+        "failed",
+        "upstream_failed",
+        "skipped",
+        "cancelled",
+    ]
+    .iter()
+    .filter_map(|state| run.task_counts.get(*state))
+    .sum();
+    let mut line = format!(
+        "run {} of {} v{}: {} ({done}/{} tasks done, {})",
+        run.run_id,
+        run.dag_id,
+        run.dag_version,
+        run_state_name(run_state(run)),
+        run.task_total,
+        elapsed(
+            run.started_at.as_ref().or(run.created_at.as_ref()),
+            run.ended_at.as_ref()
+        )
+    );
+    if !run.reason.is_empty() {
+        line.push_str(&format!(": {}", run.reason));
+    }
+    line
+}
+
+/// Counts as `3 success, 1 running, 4 pending`, in life-cycle order.
+pub fn counts_line(run: &Run) -> String {
+    const ORDER: [&str; 11] = [
+        "success",
+        "failed",
+        "upstream_failed",
+        "cancelled",
+        "skipped",
+        "running",
+        "leased",
+        "ready",
+        "up_for_retry",
+        "up_for_reschedule",
+        "pending",
+    ];
+    let parts: Vec<String> = ORDER
+        .iter()
+        .filter_map(|state| {
+            run.task_counts
+                .get(*state)
+                .map(|count| format!("{count} {state}"))
+        })
+        .collect();
+    parts.join(", ")
+}
+
+pub fn run_row(run: &Run) -> Vec<String> {
+    vec![
+        run.run_id.clone(),
+        run.dag_id.clone(),
+        format!("v{}", run.dag_version),
+        run_state_name(run_state(run)).to_string(),
+        time(run.created_at.as_ref()),
+        elapsed(run.started_at.as_ref(), run.ended_at.as_ref()),
+        counts_line(run),
+    ]
+}
+
+pub fn task_row(task: &TaskInstance) -> Vec<String> {
+    let detail = if !task.error.is_empty() {
+        task.error.clone()
+    } else if let Some(code) = task.exit_code {
+        format!("exit {code}")
+    } else {
+        String::new()
+    };
+    vec![
+        task.task_id.clone(),
+        task_state_name(task_state(task)).to_string(),
+        if task.attempt == 0 {
+            "-".into()
+        } else {
+            format!("{}/{}", task.attempt, task.max_attempts)
+        },
+        time(task.started_at.as_ref()),
+        elapsed(task.started_at.as_ref(), task.ended_at.as_ref()),
+        detail,
+    ]
+}
