@@ -158,9 +158,9 @@ pub fn print_line(line: impl std::fmt::Display) {
     }
 }
 
-/// A one-line summary of a run: `success  7/7 tasks  12.4s`.
-pub fn run_summary(run: &Run) -> String {
-    let done: u32 = [
+/// Tasks of a run in a final state.
+pub fn final_count(run: &Run) -> u32 {
+    [
         "success",
         "failed",
         "upstream_failed",
@@ -169,7 +169,12 @@ pub fn run_summary(run: &Run) -> String {
     ]
     .iter()
     .filter_map(|state| run.task_counts.get(*state))
-    .sum();
+    .sum()
+}
+
+/// A one-line summary of a run: `run … of etl v2: success (5/5 tasks done, 1.2s)`.
+pub fn run_summary(run: &Run) -> String {
+    let done = final_count(run);
     let mut line = format!(
         "run {} of {} v{}: {} ({done}/{} tasks done, {})",
         run.run_id,

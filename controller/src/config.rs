@@ -281,6 +281,22 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.example.toml");
+        let file = ConfigFile::load(&path).unwrap();
+        assert_eq!(file.controller.listen.as_deref(), Some("127.0.0.1:7070"));
+        let mut config = ControllerConfig::new("/tmp/x");
+        config.apply_file(file);
+        config.validate().unwrap();
+        assert_eq!(
+            config.limits,
+            Limits::default(),
+            "the example documents the defaults"
+        );
+        assert_eq!(config.worker_lost_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
     fn unknown_keys_and_versions_are_refused() {
         let error = ConfigFile::parse(
             Path::new("c.toml"),

@@ -19,8 +19,8 @@ use tonic::Code;
 use super::{Context, describe_status};
 use crate::Outcome;
 use crate::output::{
-    attempt_json, counts_line, elapsed, print_json, print_line, run_json, run_row, run_state,
-    run_summary, table, task_json, task_row, task_state,
+    attempt_json, counts_line, elapsed, final_count, print_json, print_line, run_json, run_row,
+    run_state, run_summary, table, task_json, task_row, task_state,
 };
 
 #[derive(Debug, Subcommand)]
@@ -398,7 +398,7 @@ pub async fn watch(
                         .map(|task| (task.task_id.clone(), task))
                         .collect();
                     let bar = bar.get_or_insert_with(|| progress_bar(u64::from(run.task_total)));
-                    bar.set_position(final_count(&run));
+                    bar.set_position(u64::from(final_count(&run)));
                     bar.set_message(counts_line(&run));
                 }
                 Some(watch_run_response::Event::Task(task)) => {
@@ -425,7 +425,7 @@ pub async fn watch(
                 Some(watch_run_response::Event::Run(update)) => {
                     run = update;
                     if let Some(bar) = &bar {
-                        bar.set_position(final_count(&run));
+                        bar.set_position(u64::from(final_count(&run)));
                         bar.set_message(counts_line(&run));
                     }
                 }
@@ -472,20 +472,6 @@ pub async fn watch(
     } else {
         Outcome::Failure
     })
-}
-
-fn final_count(run: &Run) -> u64 {
-    [
-        "success",
-        "failed",
-        "upstream_failed",
-        "skipped",
-        "cancelled",
-    ]
-    .iter()
-    .filter_map(|state| run.task_counts.get(*state))
-    .map(|count| u64::from(*count))
-    .sum()
 }
 
 fn rewatch_worthy(status: &tonic::Status) -> bool {

@@ -1189,21 +1189,8 @@ impl Scheduler {
         slot.ended_at = now;
         slot.error = Some(reason.to_string().into_boxed_str());
         let worker_id = slot.worker.clone();
-        let attempt = slot.attempt;
         self.attempts.remove(&attempt_id);
-        let record = views::attempt_record(entry, index, 0);
-        let task_id = entry.plan.task(index).id.clone();
-        self.pending.ops.push(Op::put(
-            keys::attempt(&run_id, task_id.as_str(), attempt),
-            record.encode_to_vec(),
-        ));
-        self.pending.effects.push(Effect::Log(LogCommand::Seal {
-            key: LogKey {
-                run_id,
-                task_id,
-                attempt,
-            },
-        }));
+        self.record_attempt_end(run_id, index, 0);
         self.touch(run_id);
         if tell_worker
             && let Some(sender) = worker_id
@@ -1219,6 +1206,28 @@ impl Scheduler {
                 })),
             });
         }
+    }
+
+    /// Writes the record of the task's current attempt, which just ended,
+    /// and seals its log.
+    fn record_attempt_end(&mut self, run_id: RunId, index: TaskIndex, log_bytes: u64) {
+        let Some(entry) = self.runs.get(&run_id) else {
+            return;
+        };
+        let attempt = entry.slot(index).attempt;
+        let task_id = entry.plan.task(index).id.clone();
+        let record = views::attempt_record(entry, index, log_bytes);
+        self.pending.ops.push(Op::put(
+            keys::attempt(&run_id, task_id.as_str(), attempt),
+            record.encode_to_vec(),
+        ));
+        self.pending.effects.push(Effect::Log(LogCommand::Seal {
+            key: LogKey {
+                run_id,
+                task_id,
+                attempt,
+            },
+        }));
     }
 
     /// After a failed attempt: another attempt after the backoff, or the
@@ -1548,18 +1557,7 @@ impl Scheduler {
         let span =
             info_span!("task_result", dag_id = %entry.dag_id, %run_id, task_id = %task_id, attempt);
         let _guard = span.enter();
-        let record = views::attempt_record(entry, index, result.log_bytes);
-        self.pending.ops.push(Op::put(
-            keys::attempt(&run_id, task_id.as_str(), attempt),
-            record.encode_to_vec(),
-        ));
-        self.pending.effects.push(Effect::Log(LogCommand::Seal {
-            key: LogKey {
-                run_id,
-                task_id,
-                attempt,
-            },
-        }));
+        self.record_attempt_end(run_id, index, result.log_bytes);
         self.pending.effects.push(Effect::Send {
             to: sender.clone(),
             message: message(controller_message::Message::Ack(Ack {
