@@ -39,9 +39,10 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
     /// Attempts run at once; the controller assigns no more than this.
     pub slots: u32,
-    /// Each attempt gets `<work_dir>/attempts/<attempt_id>/` for its output
-    /// file; the directory is removed once the result is built. The
-    /// directory belongs to this worker alone.
+    /// The worker keeps its files in `<work_dir>/workers/<worker_id>/`
+    /// (locked while it runs); each attempt gets `attempts/<attempt_id>/`
+    /// there for its output file and process group record, removed once the
+    /// result is built. Several workers may share a work dir.
     pub work_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL when an attempt's process group is
     /// killed (timeout, cancel, shutdown).

@@ -424,6 +424,10 @@ async fn run_command(
     };
     let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
     let mut group = ProcessGroupGuard { pgid: Some(pgid) };
+    if let Err(error) = crate::workdir::record_group(&dir, pid) {
+        // Only the clean-up after a killed worker depends on it.
+        debug!(%error, "cannot record the attempt's process group");
+    }
     info!(pid, program = %program, "attempt started");
     send(
         &context.events,

@@ -14,6 +14,8 @@
 //!   resent backlog) and reconnecting with jittered exponential backoff.
 //! - `outbox`: every known attempt and what of it is not yet acknowledged
 //!   (log bytes, start, result), and the messages that resend it.
+//! - `workdir`: the worker's locked directory, and killing the process
+//!   groups a worker that was killed left behind.
 //! - `executor`: runs one attempt: a `command` in its own process group
 //!   (output capture with backpressure, timeout, cancel, kill of the whole
 //!   group, `$BATON_OUTPUT`) or a `noop`.
@@ -34,6 +36,7 @@ mod agent;
 mod connection;
 mod executor;
 mod outbox;
+mod workdir;
 
 use std::path::PathBuf;
 
@@ -61,14 +64,19 @@ pub enum WorkerError {
 ///
 /// Losing the controller is not an error: the worker reconnects with backoff
 /// for as long as it runs, and its attempts keep running meanwhile.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     config.validate()?;
-    let attempts_dir = config.work_dir.join("attempts");
-    tokio::fs::create_dir_all(&attempts_dir)
+    let work_dir = config.work_dir.clone();
+    let worker_id = config.worker_id.to_string();
+    let own = tokio::task::spawn_blocking(move || workdir::WorkDir::acquire(&work_dir, &worker_id))
         .await
-        .map_err(|source| WorkerError::WorkDir {
-            path: attempts_dir,
-            source,
-        })?;
-    agent::Agent::new(config).run(shutdown).await
+        .map_err(|error| WorkerError::WorkDir {
+            path: config.work_dir.clone(),
+            source: std::io::Error::other(error),
+        })??;
+    // Attempts keep their files under the worker's own, locked directory.
+    config.work_dir = own.root().to_path_buf();
+    let result = agent::Agent::new(config).run(shutdown).await;
+    drop(own);
+    result
 }

@@ -376,6 +376,8 @@ async fn unacknowledged_results_are_resent_after_reconnecting() {
     assert!(
         work_dir
             .path()
+            .join("workers")
+            .join(config.worker_id.as_str())
             .join("attempts")
             .read_dir()
             .expect("attempts dir")

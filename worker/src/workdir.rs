@@ -1,0 +1,232 @@
+//! The worker's own directory, `<work_dir>/workers/<worker_id>/`, and the
+//! clean-up of what a killed worker left behind.
+//!
+//! A worker holds an exclusive lock on its directory's `lock` file for as
+//! long as it runs, and records each running attempt's process group (pid
+//! and start time) in `attempts/<attempt_id>/group`. A worker killed with
+//! SIGKILL cannot kill its tasks' process groups, so the next worker that
+//! starts on the same work dir does it: every worker directory whose lock it
+//! can take belongs to a worker that is gone; the groups recorded there whose
+//! leader still has the recorded start time (so the pid was not reused) are
+//! killed, and the directory is removed. A second worker with the same id on
+//! the same work dir is refused.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use crate::WorkerError;
+
+/// File in an attempt's directory naming its process group.
+const GROUP_FILE: &str = "group";
+
+/// The locked directory of a running worker.
+pub(crate) struct WorkDir {
+    root: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl WorkDir {
+    /// Takes this worker's directory under `work_dir`, after killing what
+    /// workers that are gone left running there.
+    pub(crate) fn acquire(work_dir: &Path, worker_id: &str) -> Result<Self, WorkerError> {
+        let workers = work_dir.join("workers");
+        let root = workers.join(worker_id);
+        let io_error = |path: &Path, source: io::Error| WorkerError::WorkDir {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(root.join("attempts")).map_err(|source| io_error(&root, source))?;
+        let lock_path = root.join("lock");
+        let file = File::create(&lock_path).map_err(|source| io_error(&lock_path, source))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(WorkerError::InvalidConfig {
+                    field: "worker_id",
+                    reason: format!(
+                        "a worker `{worker_id}` already runs with the work dir `{}`",
+                        work_dir.display()
+                    ),
+                });
+            }
+            Err((_, errno)) => return Err(io_error(&lock_path, io::Error::from(errno))),
+        };
+        // Our own leftovers first (a previous run of this worker), then
+        // other workers that are gone.
+        reap_attempts(&root.join("attempts"));
+        if let Ok(entries) = std::fs::read_dir(&workers) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path != root && path.is_dir() {
+                    reap_if_abandoned(&path);
+                }
+            }
+        }
+        Ok(Self { root, _lock: lock })
+    }
+
+    /// Where this worker's attempts keep their files.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Cleans up another worker's directory if that worker is gone.
+fn reap_if_abandoned(dir: &Path) {
+    let Ok(file) = File::options()
+        .read(true)
+        .write(true)
+        .open(dir.join("lock"))
+    else {
+        return;
+    };
+    // Held by a running worker: not ours to touch.
+    let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return;
+    };
+    reap_attempts(&dir.join("attempts"));
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        warn!(path = %dir.display(), %error, "cannot remove an abandoned worker directory");
+    }
+    drop(lock);
+}
+
+/// Kills the process groups recorded under `attempts` and removes the
+/// attempts' directories.
+fn reap_attempts(attempts: &Path) {
+    let Ok(entries) = std::fs::read_dir(attempts) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if let Some((pgid, start_time)) = read_group(&dir.join(GROUP_FILE))
+            && process_start_time(pgid) == Some(start_time)
+        {
+            match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+                Ok(()) => {
+                    info!(pgid, attempt = %dir.display(), "killed a process group left by a worker that is gone")
+                }
+                Err(Errno::ESRCH) => {}
+                Err(error) => warn!(pgid, %error, "cannot kill a leftover process group"),
+            }
+        }
+        if let Err(error) = std::fs::remove_dir_all(&dir) {
+            warn!(path = %dir.display(), %error, "cannot remove a leftover attempt directory");
+        }
+    }
+}
+
+/// Records the process group an attempt's process leads, so it can be
+/// killed even if this worker is not there to do it.
+pub(crate) fn record_group(attempt_dir: &Path, pid: u32) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    let start_time =
+        process_start_time(pid).ok_or_else(|| io::Error::other("process already gone"))?;
+    std::fs::write(
+        attempt_dir.join(GROUP_FILE),
+        format!("{pid} {start_time}\n"),
+    )
+}
+
+fn read_group(path: &Path) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.split_whitespace();
+    let pgid = parts.next()?.parse().ok()?;
+    let start_time = parts.next()?.parse().ok()?;
+    Some((pgid, start_time))
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`), which tells a process from a later one that reused
+/// its pid.
+fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields
+    // are counted after its closing parenthesis.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn alive(pid: i32) -> bool {
+        // A zombie still answers kill(0); it counts as gone.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                !stat[stat.rfind(')').unwrap() + 1..]
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn a_gone_workers_process_groups_are_killed_and_its_directory_removed() {
+        let work_dir = tempfile::tempdir().unwrap();
+        // A worker that was SIGKILLed: its directory exists, unlocked, with
+        // a running process group recorded.
+        let dead = work_dir.path().join("workers").join("dead");
+        let attempt = dead.join("attempts").join("a1");
+        std::fs::create_dir_all(&attempt).unwrap();
+        File::create(dead.join("lock")).unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 600 & sleep 600"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        record_group(&attempt, child.id()).unwrap();
+
+        let live = WorkDir::acquire(work_dir.path(), "new").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let _ = child.wait();
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "the leftover group is killed");
+        assert!(!dead.exists(), "the gone worker's directory is removed");
+        assert!(live.root().join("attempts").is_dir());
+    }
+
+    #[test]
+    fn a_running_workers_directory_is_left_alone_and_its_id_cannot_be_reused() {
+        let work_dir = tempfile::tempdir().unwrap();
+        let first = WorkDir::acquire(work_dir.path(), "w1").unwrap();
+        std::fs::create_dir_all(first.root().join("attempts").join("a1")).unwrap();
+        let _second = WorkDir::acquire(work_dir.path(), "w2").unwrap();
+        assert!(
+            first.root().join("attempts").join("a1").exists(),
+            "a live worker's attempts stay"
+        );
+        let error = WorkDir::acquire(work_dir.path(), "w1")
+            .err()
+            .expect("same id twice");
+        assert!(error.to_string().contains("already runs"), "{error}");
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = std::process::id() as i32;
+        std::fs::write(dir.path().join(GROUP_FILE), format!("{own} 1\n")).unwrap();
+        assert_eq!(read_group(&dir.path().join(GROUP_FILE)), Some((own, 1)));
+        assert_ne!(
+            process_start_time(own),
+            Some(1),
+            "start time differs, so the group is not ours"
+        );
+    }
+}
