@@ -1,0 +1,48 @@
+//! Harness for Baton's integration tests: real `baton` processes (`dev`,
+//! `controller`, `worker`) on free loopback ports with temporary data
+//! directories, driven over real gRPC and through the real CLI. The tests
+//! themselves live in `tests/tests/`, one file per area; run them with
+//! `cargo nextest run -p baton-tests` or `cargo test -p baton-tests`.
+//!
+//! Every wait in the harness is bounded in time and in rounds and polls
+//! observable state (a health check, a log line, a run's state); none sleeps
+//! a fixed time hoping that something happened meanwhile. A wait that runs out
+//! panics with what it waited for and the tail of every process log.
+//!
+//! Environment:
+//! - `BATON_BIN`: the `baton` binary to test, used as is. By default the one
+//!   next to the test executable (`target/<profile>/baton`), built with
+//!   `cargo build -p baton-cli --bin baton` (same profile) when it does not
+//!   exist or is older than a source file of the product.
+//! - `BATON_KEEP_TEST_DIR=1`: keep each test's temporary directory (data dirs
+//!   and process logs) and print its path.
+//!
+//! # Layout
+//! - [`binary`]: finding (or building) the `baton` binary.
+//! - [`dirs`]: temporary test directories and free ports.
+//! - [`process`]: [`BatonProcess`], one spawned `baton` process with its log
+//!   file, signals by PID and bounded waits; helpers for the task processes
+//!   tests record by PID.
+//! - [`sandbox`]: [`Sandbox`], one test's directory and port, which starts
+//!   `baton dev`, `baton controller` and `baton worker` and runs CLI commands.
+//! - [`proxy`]: [`TcpProxy`], a TCP proxy tests run themselves to partition
+//!   a process from the controller and heal the partition.
+//! - [`api`]: [`Api`], the typed client with the helpers tests share
+//!   (register, trigger, wait for a run, list attempts).
+//! - [`poll`]: the one bounded polling loop every wait goes through.
+
+pub mod api;
+pub mod binary;
+pub mod dirs;
+pub mod poll;
+pub mod process;
+pub mod proxy;
+pub mod sandbox;
+
+pub use api::{Api, RunView, micros, task_state};
+pub use process::{BatonProcess, LogPattern, PidFiles};
+pub use proxy::TcpProxy;
+pub use sandbox::{CliOutput, Sandbox};
+
+/// Generated API types, re-exported so tests need one import path.
+pub use baton_common::pb::api as pb;
