@@ -28,6 +28,10 @@ impl FieldViolation {
 
 impl std::fmt::Display for FieldViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            // A problem with the whole input (its size, its syntax).
+            return f.write_str(&self.reason);
+        }
         write!(f, "{}: {}", self.field, self.reason)
     }
 }
@@ -37,9 +41,14 @@ pub enum ApiError {
     /// The request is malformed; nothing was changed.
     #[error("{}", join_violations(.0))]
     InvalidArgument(Vec<FieldViolation>),
-    /// The named object does not exist.
-    #[error("{what} `{id}` not found")]
-    NotFound { what: &'static str, id: String },
+    /// The named object does not exist (`scope` says where it was looked
+    /// for, like " in run …", or is empty).
+    #[error("{what} `{id}` not found{scope}")]
+    NotFound {
+        what: &'static str,
+        id: String,
+        scope: String,
+    },
     /// The request is valid but the system is not in a state to serve it.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -64,6 +73,20 @@ impl ApiError {
         Self::NotFound {
             what,
             id: id.to_string(),
+            scope: String::new(),
+        }
+    }
+
+    /// Not found within a container: ``task `load` not found in run …``.
+    pub fn not_found_in(
+        what: &'static str,
+        id: impl std::fmt::Display,
+        container: impl std::fmt::Display,
+    ) -> Self {
+        Self::NotFound {
+            what,
+            id: id.to_string(),
+            scope: format!(" in {container}"),
         }
     }
 

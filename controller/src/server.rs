@@ -90,11 +90,15 @@ pub async fn serve(
     health_reporter
         .set_serving::<WorkerServiceServer<WorkerApi>>()
         .await;
+    // Reflection describes every service on the port, health included, so
+    // `grpcurl` can call any of them without proto files.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
     let address = listener.local_addr().ok();

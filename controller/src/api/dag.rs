@@ -128,7 +128,9 @@ impl DagApi {
         )
         .await
         .map_err(store_error)?
-        .ok_or_else(|| ApiError::not_found("dag version", format!("{dag_id} v{version}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found_in("version", version, format_args!("dag `{dag_id}`"))
+        })?;
         let plan = self
             .context
             .plans

@@ -313,9 +313,10 @@ impl RunApi {
         let record = self.run_record(&run_id).await?;
         let plan = self.plan_of(&record).await?;
         if plan.index_of(task_id.as_str()).is_none() {
-            return Err(ApiError::not_found(
+            return Err(ApiError::not_found_in(
                 "task",
-                format!("{task_id} in run {run_id}"),
+                &task_id,
+                format_args!("run {run_id}"),
             ));
         }
         let entries = self
@@ -354,9 +355,10 @@ impl RunApi {
         let record = self.run_record(&run_id).await?;
         let plan = self.plan_of(&record).await?;
         if plan.index_of(task_id.as_str()).is_none() {
-            return Err(ApiError::not_found(
+            return Err(ApiError::not_found_in(
                 "task",
-                format!("{task_id} in run {run_id}"),
+                &task_id,
+                format_args!("run {run_id}"),
             ));
         }
         let task: Option<TaskRecord> = get_record(

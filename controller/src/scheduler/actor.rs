@@ -308,7 +308,11 @@ impl Scheduler {
                 sender,
                 reply,
             } => {
-                let active = self.runs.contains_key(&run_id);
+                // A finished run is served from the store by the caller.
+                let active = self
+                    .runs
+                    .get(&run_id)
+                    .is_some_and(|entry| !baton_common::states::run_state_is_final(entry.state));
                 if active {
                     self.new_watchers.push((run_id, sender));
                 }
@@ -776,6 +780,16 @@ impl Scheduler {
             return;
         }
         let result = self.clear_tasks(run_id, &task_id, include_downstream);
+        if result.is_err()
+            && self
+                .runs
+                .get(&run_id)
+                .is_some_and(|entry| baton_common::states::run_state_is_final(entry.state))
+        {
+            // Read back only for this request, which changed nothing: a
+            // finished run does not stay in memory.
+            self.pending.effects.push(Effect::DropRun(run_id));
+        }
         self.reply_after_commit(reply, result);
     }
 
