@@ -21,8 +21,7 @@ use crate::commands::{dag, logs, run, server};
 #[command(
     name = "baton",
     version,
-    about = "Baton: a fast, distributed workflow orchestrator",
-    propagate_version = true
+    about = "Baton: a fast, distributed workflow orchestrator"
 )]
 struct Cli {
     /// Address of the controller (any replica).
@@ -138,5 +137,19 @@ fn main() -> ExitCode {
             eprintln!("error: {}", commands::describe(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every subcommand's arguments are consistent (clap checks names,
+    /// conflicts and defaults only when a command is built).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }
