@@ -1,0 +1,148 @@
+//! `fanout`: throughput of one wide run on `baton dev`.
+//!
+//! One `baton dev --slots N` process; the DAG is `start` → `width` noops →
+//! `end`. Runs are triggered one at a time. Per run: tasks/s =
+//! (width + 2) / (`run.ended_at` − `run.started_at`) from the run record
+//! (`GetRun`), and the wall time from the `TriggerRun` call to the poll
+//! (`GetRun` without tasks, every [`POLL`]) that first saw the run final.
+//! Before the next run, the process is left to go idle (its CPU time stops
+//! growing); how long that took after the run's success was seen is
+//! reported too.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::procs::{Proc, connect_baton, free_port, memory, settle};
+use crate::reference::compare;
+use crate::report::{Figure, Goal, Report, number};
+use crate::runs::{fanout_spec, micros, register, run_seconds, trigger, wait_success};
+
+pub const SCENARIO: &str = "fanout";
+const DAG_ID: &str = "bench-fanout";
+const POLL: Duration = Duration::from_millis(5);
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+pub const TARGET_TASKS_PER_S: f64 = 5_000.0;
+
+pub async fn run(
+    binary: &Path,
+    work: &Path,
+    repeat: usize,
+    slots: u32,
+    width: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let tasks = width + 2;
+    println!(
+        "== fanout: start → {} noop → end ({} tasks), baton dev --slots {slots}, {repeat} runs ==",
+        number(width as f64),
+        number(tasks as f64)
+    );
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let data_dir = work.join("fanout-data");
+    let args: Vec<String> = vec![
+        "dev".into(),
+        "--listen".into(),
+        addr.clone(),
+        "--data-dir".into(),
+        data_dir.to_string_lossy().into_owned(),
+        "--slots".into(),
+        slots.to_string(),
+    ];
+    let mut dev = Proc::spawn("baton dev", binary, &args, &[], &work.join("fanout.log"))?;
+    let mut client = connect_baton(&mut dev, &addr).await?;
+    let spec = fanout_spec(DAG_ID, width);
+    let registered = Instant::now();
+    register(&mut client, spec).await?;
+    println!(
+        "  registered in {} ms (baton dev pid {})",
+        number(registered.elapsed().as_secs_f64() * 1e3),
+        dev.pid()
+    );
+    let mut rates = Vec::new();
+    let mut walls = Vec::new();
+    let mut queued = Vec::new();
+    let mut busy = Vec::new();
+    for round in 0..repeat {
+        let triggered = Instant::now();
+        let run_id = trigger(&mut client, DAG_ID).await?;
+        let finished =
+            wait_success(&mut client, &mut dev, &run_id, POLL, RUN_TIMEOUT, || {}).await?;
+        let wall = finished.observed.duration_since(triggered).as_secs_f64();
+        // The next run starts on an idle process, so runs do not overlap
+        // with work left over from the previous one.
+        let settled = settle(dev.pid()).await?;
+        let seconds = run_seconds(&finished.run)?;
+        let rate = tasks as f64 / seconds;
+        let start_delay = (micros(finished.run.started_at.as_ref(), "run.started_at")?
+            - micros(finished.run.created_at.as_ref(), "run.created_at")?)
+            as f64
+            / 1e3;
+        println!(
+            "  run #{}: {} tasks/s (ended_at − started_at {} s), wall {} s, created → started {} ms; busy {} s ({} CPU-s) after success was seen",
+            round + 1,
+            number(rate),
+            number(seconds),
+            number(wall),
+            number(start_delay),
+            number(settled.busy.as_secs_f64()),
+            number(settled.cpu.as_secs_f64())
+        );
+        busy.push(settled.busy.as_secs_f64());
+        rates.push(rate);
+        walls.push(wall);
+        queued.push(start_delay);
+    }
+    let peak = memory(dev.pid())?.hwm as f64 / 1024.0 / 1024.0;
+    let stop = dev.stop().await;
+    println!(
+        "  baton dev peak RSS {} MiB; stopped in {} ms",
+        number(peak),
+        number(stop.as_secs_f64() * 1e3)
+    );
+    report.figures.push(
+        Figure::new(
+            SCENARIO,
+            "tasks_per_s",
+            format!("{} tasks / (ended_at − started_at)", number(tasks as f64)),
+            "tasks/s",
+            rates,
+        )
+        .goal(Goal::AtLeast(TARGET_TASKS_PER_S)),
+    );
+    report.figures.push(Figure::new(
+        SCENARIO,
+        "wall_s",
+        "wall: trigger → completion seen",
+        "s",
+        walls,
+    ));
+    report.figures.push(Figure::new(
+        SCENARIO,
+        "start_delay_ms",
+        "run created_at → started_at",
+        "ms",
+        queued,
+    ));
+    report.figures.push(Figure::new(
+        SCENARIO,
+        "busy_after_run_s",
+        "dev process busy after success was seen",
+        "s",
+        busy,
+    ));
+    report.notes.push(format!(
+        "fanout: baton dev --slots {slots}; peak RSS of the dev process over all runs {} MiB",
+        number(peak)
+    ));
+    if let Some(rate) = report.median(SCENARIO, "tasks_per_s") {
+        let lines = compare(
+            report,
+            &format!("fanout {} tasks/s", number(rate)),
+            rate,
+            true,
+        );
+        report.comparisons.extend(lines);
+    }
+    Ok(())
+}

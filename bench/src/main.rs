@@ -1,0 +1,250 @@
+//! Baton's benchmark runner: starts real `baton` processes (and etcd, when
+//! installed) on free loopback ports with temp data dirs, drives them over
+//! gRPC, and prints the medians (with min and max) of repeated runs beside
+//! the stores' own cost measured in the same invocation.
+//!
+//! ```text
+//! cargo run --release -p baton-bench -- <fanout|chain|memory|reference|all> \
+//!     [--repeat 5] [--slots 256] [--json PATH]
+//! ```
+//!
+//! See `bench/README.md` for what each scenario measures and how.
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod chain;
+mod fanout;
+mod memory;
+mod procs;
+mod reference;
+mod report;
+mod runs;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::builder::TypedValueParser as _;
+use clap::{Parser, ValueEnum};
+
+use crate::report::{Machine, Report};
+
+const DEFAULT_FANOUT_WIDTH: usize = 10_000;
+const DEFAULT_CHAIN_LENGTH: usize = 1_000;
+const DEFAULT_MEMORY_WIDTH: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Tasks/s of a 1 → 10,000 → 1 noop run on `baton dev`.
+    Fanout,
+    /// Hop latency along a 1,000-noop chain on `baton dev`.
+    Chain,
+    /// Peak RSS of a controller running a 1 → 100,000 → 1 noop run.
+    Memory,
+    /// The embedded store's and etcd's own latency and throughput.
+    Reference,
+    /// reference, fanout, chain, memory, then one summary.
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "baton-bench", about = "Benchmarks of real `baton` processes")]
+struct Args {
+    scenario: Scenario,
+    /// Runs (or rounds, for reference) per scenario; figures are medians.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+    /// Worker slots (`baton dev --slots`, `baton worker --slots`).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    slots: u32,
+    /// Also write every figure, the machine and the command to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Use the existing `target/release/baton` as it is, without first
+    /// running `cargo build --release -p baton-cli --bin baton` (which is a
+    /// no-op when the binary is up to date). It is still built when missing.
+    #[arg(long)]
+    no_build: bool,
+    /// Keep the temp directory (data dirs and process logs) for inspection.
+    #[arg(long)]
+    keep_temp: bool,
+    /// Parallel noops of `fanout` (targets apply to the default only).
+    #[arg(long, default_value_t = DEFAULT_FANOUT_WIDTH, value_parser = clap::value_parser!(u64).range(1..=200_000).map(|v| v as usize))]
+    fanout_width: usize,
+    /// Noops of `chain` (targets apply to the default only).
+    #[arg(long, default_value_t = DEFAULT_CHAIN_LENGTH, value_parser = clap::value_parser!(u64).range(2..=100_000).map(|v| v as usize))]
+    chain_length: usize,
+    /// Parallel noops of `memory` (targets apply to the default only).
+    #[arg(long, default_value_t = DEFAULT_MEMORY_WIDTH, value_parser = clap::value_parser!(u64).range(1..=199_998).map(|v| v as usize))]
+    memory_width: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The benchmark's own work (polling, sampling) stays on one thread so
+    // that it takes as little as possible from the processes it measures.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = run(args) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; stopped the processes started")),
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the scenarios; `Ok(false)` when one of them failed.
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let machine = Machine::detect();
+    let command = format!(
+        "cargo run --release -p baton-bench -- {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let binary = procs::baton_binary(args.no_build)?;
+    let built = std::fs::metadata(&binary)
+        .and_then(|meta| meta.modified())
+        .map(|time| {
+            chrono::DateTime::<chrono::Utc>::from(time)
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let temp = tempfile::Builder::new().prefix("baton-bench-").tempdir()?;
+    let work = temp.path().to_path_buf();
+    let load_start = report::loadavg();
+    println!("machine: {}", machine.describe());
+    println!("load:    {load_start} (1, 5, 15 min) before the first measurement");
+    println!("baton:   {} (built {built})", binary.display());
+    println!("temp:    {}", work.display());
+    println!("command: {command}");
+    println!();
+
+    let repeat = args.repeat as usize;
+    let mut report = Report::default();
+    let mut failures = Vec::new();
+    // Every scenario's figures are printed beside the stores' own cost,
+    // measured in the same invocation.
+    if let Err(error) = reference::run(&work, repeat, &mut report).await {
+        failures.push(format!("reference: {error:#}"));
+    }
+    let wanted = |scenario| args.scenario == scenario || args.scenario == Scenario::All;
+    if wanted(Scenario::Fanout) {
+        println!();
+        let outcome = fanout::run(
+            &binary,
+            &work,
+            repeat,
+            args.slots,
+            args.fanout_width,
+            &mut report,
+        )
+        .await;
+        if let Err(error) = outcome {
+            failures.push(format!("fanout: {error:#}"));
+        }
+    }
+    if wanted(Scenario::Chain) {
+        println!();
+        let outcome = chain::run(
+            &binary,
+            &work,
+            repeat,
+            args.slots,
+            args.chain_length,
+            &mut report,
+        )
+        .await;
+        if let Err(error) = outcome {
+            failures.push(format!("chain: {error:#}"));
+        }
+    }
+    if wanted(Scenario::Memory) {
+        println!();
+        let outcome = memory::run(
+            &binary,
+            &work,
+            repeat,
+            args.slots,
+            args.memory_width,
+            &mut report,
+        )
+        .await;
+        if let Err(error) = outcome {
+            failures.push(format!("memory: {error:#}"));
+        }
+    }
+    for (scenario, custom) in [
+        (fanout::SCENARIO, args.fanout_width != DEFAULT_FANOUT_WIDTH),
+        (chain::SCENARIO, args.chain_length != DEFAULT_CHAIN_LENGTH),
+        (memory::SCENARIO, args.memory_width != DEFAULT_MEMORY_WIDTH),
+    ] {
+        if custom && report.figures.iter().any(|f| f.scenario == scenario) {
+            for figure in report.figures.iter_mut().filter(|f| f.scenario == scenario) {
+                figure.goal = None;
+            }
+            report.notes.push(format!(
+                "{scenario}: non-default size, so its target is not judged"
+            ));
+        }
+    }
+
+    let load_end = report::loadavg();
+    println!();
+    println!(
+        "== summary: medians of {repeat} runs each; {} ==",
+        machine.describe()
+    );
+    println!("load average (1, 5, 15 min): {load_start} at the start, {load_end} at the end");
+    println!("{}", report.table());
+    if !report.comparisons.is_empty() {
+        println!("beside the stores' own cost (measured above, same run):");
+        for line in &report.comparisons {
+            println!("  {line}");
+        }
+    }
+    for line in &report.notes {
+        println!("note: {line}");
+    }
+    let targets = report.targets();
+    if !targets.is_empty() {
+        println!("targets:");
+        for line in &targets {
+            println!("  {line}");
+        }
+    }
+    for failure in &failures {
+        println!("FAILED {failure}");
+    }
+    if let Some(path) = &args.json {
+        let mut document = report.to_json(&machine, &command);
+        document["repeat"] = repeat.into();
+        document["slots"] = args.slots.into();
+        document["baton_binary"] = binary.display().to_string().into();
+        document["failures"] = failures.clone().into();
+        document["loadavg_start"] = load_start.clone().into();
+        document["loadavg_end"] = load_end.clone().into();
+        std::fs::write(path, serde_json::to_string_pretty(&document)? + "\n")?;
+        println!("figures written to {}", path.display());
+    }
+    if args.keep_temp {
+        let kept = temp.keep();
+        println!("kept {}", kept.display());
+    }
+    Ok(failures.is_empty())
+}
