@@ -27,6 +27,8 @@ pub struct ControllerConfig {
     /// After a restart, how long workers have to re-announce the attempts the
     /// store says they hold before those attempts fail as `worker_lost`.
     pub recovery_grace: Duration,
+    /// Memory the embedded store may use to cache pages of its file.
+    pub store_cache_bytes: usize,
     pub limits: Limits,
 }
 
@@ -58,6 +60,7 @@ impl ControllerConfig {
             heartbeat_interval: Duration::from_secs(2),
             worker_lost_timeout: Duration::from_secs(10),
             recovery_grace: Duration::from_secs(10),
+            store_cache_bytes: 64 * 1024 * 1024,
             limits: Limits::default(),
         }
     }
@@ -79,6 +82,9 @@ impl ControllerConfig {
         }
         if let Some(value) = scheduler.recovery_grace {
             self.recovery_grace = value.into();
+        }
+        if let Some(value) = file.store.cache_bytes {
+            self.store_cache_bytes = value;
         }
         let limits = file.limits;
         if let Some(value) = limits.max_tasks_per_dag {
@@ -133,6 +139,9 @@ impl ControllerConfig {
                 "must be at most 16 MiB; outputs are meant to be small".into(),
             );
         }
+        if self.store_cache_bytes < 1024 * 1024 {
+            return invalid("store.cache_bytes", "must be at least 1 MiB".into());
+        }
         if self.controller_id.is_empty() {
             return invalid("controller.id", "must not be empty".into());
         }
@@ -181,7 +190,15 @@ pub struct ConfigFile {
     #[serde(default)]
     pub scheduler: SchedulerSection,
     #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
     pub limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub cache_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,6 +311,10 @@ mod tests {
             "the example documents the defaults"
         );
         assert_eq!(config.worker_lost_timeout, Duration::from_secs(10));
+        assert_eq!(
+            config.store_cache_bytes,
+            ControllerConfig::new("/tmp/x").store_cache_bytes
+        );
     }
 
     #[test]

@@ -72,14 +72,12 @@ impl LogStore {
     }
 
     /// Marks an attempt's log as open (the attempt was leased), so followers
-    /// wait for its output instead of ending at once.
+    /// wait for its output instead of ending at once. No I/O: followers read
+    /// the file itself; the length here only grows with appends.
     pub fn open_attempt(&self, key: LogKey) {
-        let len = std::fs::metadata(self.path(&key))
-            .map(|meta| meta.len())
-            .unwrap_or(0);
         self.open_entries()
             .entry(key)
-            .or_insert_with(|| watch::channel(LogProgress { len, sealed: false }).0);
+            .or_insert_with(|| watch::channel(LogProgress::default()).0);
     }
 
     /// Follows an open attempt's log; `None` when the attempt is not open
@@ -88,14 +86,18 @@ impl LogStore {
         self.open_entries().get(key).map(watch::Sender::subscribe)
     }
 
-    fn progress(&self, key: &LogKey, progress: LogProgress) {
-        let mut open = self.open_entries();
-        if progress.sealed {
-            if let Some(sender) = open.remove(key) {
-                sender.send_replace(progress);
-            }
-        } else if let Some(sender) = open.get(key) {
-            sender.send_replace(progress);
+    fn progress(&self, key: &LogKey, len: u64) {
+        if let Some(sender) = self.open_entries().get(key) {
+            sender.send_replace(LogProgress { len, sealed: false });
+        }
+    }
+
+    /// The attempt ended: followers read to the end and stop. `len` is the
+    /// final length when the writer knows it (it had the file open).
+    fn seal(&self, key: &LogKey, len: Option<u64>) {
+        if let Some(sender) = self.open_entries().remove(key) {
+            let len = len.unwrap_or_else(|| sender.borrow().len);
+            sender.send_replace(LogProgress { len, sealed: true });
         }
     }
 
@@ -213,19 +215,17 @@ impl LogWriter {
                 }
             }
             LogCommand::Seal { key } => {
+                // An attempt that wrote nothing has no file: nothing to sync.
                 let len = match self.files.remove(&key) {
                     Some(log) => {
                         if let Err(error) = log.file.sync_all().await {
                             warn!(run_id = %key.run_id, task_id = %key.task_id, %error, "cannot sync task log");
                         }
-                        log.len
+                        Some(log.len)
                     }
-                    None => tokio::fs::metadata(self.store.path(&key))
-                        .await
-                        .map(|meta| meta.len())
-                        .unwrap_or(0),
+                    None => None,
                 };
-                self.store.progress(&key, LogProgress { len, sealed: true });
+                self.store.seal(&key, len);
             }
         }
     }
@@ -268,7 +268,7 @@ impl LogWriter {
         log.file.flush().await?;
         log.len = log.len.max(offset) + fresh.len() as u64;
         let len = log.len;
-        self.store.progress(key, LogProgress { len, sealed: false });
+        self.store.progress(key, len);
         Ok(len)
     }
 }

@@ -54,7 +54,8 @@ pub async fn serve(
     config.validate()?;
     let config = Arc::new(config);
     let store_path = config.store_path();
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_path))
+    let cache_bytes = config.store_cache_bytes;
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_path, cache_bytes))
         .await
         .map_err(|error| StoreError::Io(error.to_string()))??;
     info!(path = %store.path().display(), "embedded store opened");

@@ -28,20 +28,24 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file at `path`.
-    pub fn open(path: &Path) -> StoreResult<Self> {
+    /// Opens (or creates) the database file at `path`, with at most
+    /// `cache_bytes` of pages cached in memory.
+    pub fn open(path: &Path, cache_bytes: usize) -> StoreResult<Self> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|error| {
                 StoreError::Io(format!("cannot create {}: {error}", parent.display()))
             })?;
         }
-        let db = Database::create(path).map_err(|error| match error {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
-                "{} is already open in another process (one controller per data directory)",
-                path.display()
-            )),
-            other => StoreError::Io(format!("cannot open {}: {other}", path.display())),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|error| match error {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                    "{} is already open in another process (one controller per data directory)",
+                    path.display()
+                )),
+                other => StoreError::Io(format!("cannot open {}: {other}", path.display())),
+            })?;
         let txn = db.begin_write().map_err(io_error)?;
         txn.open_table(KV).map_err(io_error)?;
         txn.commit().map_err(io_error)?;
@@ -210,10 +214,12 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
 
+    const TEST_CACHE: usize = 4 * 1024 * 1024;
+
     #[tokio::test]
     async fn embedded_store_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("baton.redb")).unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("baton.redb"), TEST_CACHE).unwrap();
         super::super::conformance::run_all(&store).await;
     }
 
@@ -221,8 +227,8 @@ mod tests {
     async fn a_second_open_of_the_same_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("baton.redb");
-        let _first = EmbeddedStore::open(&path).unwrap();
-        let error = EmbeddedStore::open(&path)
+        let _first = EmbeddedStore::open(&path, TEST_CACHE).unwrap();
+        let error = EmbeddedStore::open(&path, TEST_CACHE)
             .err()
             .expect("second open must fail");
         assert!(error.to_string().contains("already open"), "{error}");
@@ -233,7 +239,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("baton.redb");
         {
-            let store = EmbeddedStore::open(&path).unwrap();
+            let store = EmbeddedStore::open(&path, TEST_CACHE).unwrap();
             store
                 .commit(Batch {
                     ops: vec![Op::put(b"k".to_vec(), b"v".to_vec())],
@@ -242,7 +248,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let store = EmbeddedStore::open(&path).unwrap();
+        let store = EmbeddedStore::open(&path, TEST_CACHE).unwrap();
         assert_eq!(store.get(b"k").await.unwrap(), Some(b"v".to_vec()));
     }
 }
