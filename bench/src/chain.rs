@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use baton_common::pb::api;
 
-use crate::procs::{Proc, connect_baton, free_port, settle};
+use crate::procs::{settle, start_dev};
 use crate::reference::compare;
 use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{
@@ -41,20 +41,7 @@ pub async fn run(
         "== chain: {} noop in a line, baton dev --slots {slots}, {repeat} runs ==",
         number(length as f64)
     );
-    let port = free_port()?;
-    let addr = format!("127.0.0.1:{port}");
-    let data_dir = work.join("chain-data");
-    let args: Vec<String> = vec![
-        "dev".into(),
-        "--listen".into(),
-        addr.clone(),
-        "--data-dir".into(),
-        data_dir.to_string_lossy().into_owned(),
-        "--slots".into(),
-        slots.to_string(),
-    ];
-    let mut dev = Proc::spawn("baton dev", binary, &args, &[], &work.join("chain.log"))?;
-    let mut client = connect_baton(&mut dev, &addr).await?;
+    let (mut dev, mut client) = start_dev(binary, work, "chain", slots).await?;
     register(&mut client, chain_spec(DAG_ID, length)).await?;
     let ids = chain_ids(length);
     let mut p50s = Vec::new();

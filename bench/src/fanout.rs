@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::procs::{Proc, connect_baton, free_port, memory, settle};
+use crate::procs::{memory, settle, start_dev};
 use crate::reference::compare;
 use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{fanout_spec, micros, register, run_seconds, trigger, wait_success};
@@ -37,20 +37,7 @@ pub async fn run(
         number(width as f64),
         number(tasks as f64)
     );
-    let port = free_port()?;
-    let addr = format!("127.0.0.1:{port}");
-    let data_dir = work.join("fanout-data");
-    let args: Vec<String> = vec![
-        "dev".into(),
-        "--listen".into(),
-        addr.clone(),
-        "--data-dir".into(),
-        data_dir.to_string_lossy().into_owned(),
-        "--slots".into(),
-        slots.to_string(),
-    ];
-    let mut dev = Proc::spawn("baton dev", binary, &args, &[], &work.join("fanout.log"))?;
-    let mut client = connect_baton(&mut dev, &addr).await?;
+    let (mut dev, mut client) = start_dev(binary, work, "fanout", slots).await?;
     let spec = fanout_spec(DAG_ID, width);
     let registered = Instant::now();
     register(&mut client, spec).await?;

@@ -239,6 +239,31 @@ pub async fn connect_baton(process: &mut Proc, addr: &str) -> anyhow::Result<Bat
     }
 }
 
+/// Starts `baton dev --slots N` on a free port with its data under `work`
+/// (named after the scenario) and connects to it.
+pub async fn start_dev(
+    binary: &Path,
+    work: &Path,
+    scenario: &str,
+    slots: u32,
+) -> anyhow::Result<(Proc, BatonClient)> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let data_dir = work.join(format!("{scenario}-data"));
+    let args: Vec<String> = vec![
+        "dev".into(),
+        "--listen".into(),
+        addr.clone(),
+        "--data-dir".into(),
+        data_dir.to_string_lossy().into_owned(),
+        "--slots".into(),
+        slots.to_string(),
+    ];
+    let log = work.join(format!("{scenario}.log"));
+    let mut dev = Proc::spawn("baton dev", binary, &args, &[], &log)?;
+    let client = connect_baton(&mut dev, &addr).await?;
+    Ok((dev, client))
+}
+
 /// Resident memory figures of a process, from `/proc/<pid>/status`, in bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {

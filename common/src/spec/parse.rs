@@ -185,6 +185,32 @@ fn document_of_value(value: Value, limits: &SpecLimits) -> Document {
     Document::Object { root, tasks }
 }
 
+/// The visits of a scalar where a container was expected: each describes
+/// what was found instead, for the error message.
+macro_rules! visit_scalars_as {
+    ($value:ty, $found:expr) => {
+        fn visit_bool<E>(self, value: bool) -> Result<$value, E> {
+            Ok($found(describe(&Value::Bool(value))))
+        }
+
+        fn visit_i64<E>(self, value: i64) -> Result<$value, E> {
+            Ok($found(describe(&Value::Number(value.into()))))
+        }
+
+        fn visit_u64<E>(self, value: u64) -> Result<$value, E> {
+            Ok($found(describe(&Value::Number(value.into()))))
+        }
+
+        fn visit_f64<E>(self, value: f64) -> Result<$value, E> {
+            Ok($found(format!("the number `{value}`")))
+        }
+
+        fn visit_str<E>(self, value: &str) -> Result<$value, E> {
+            Ok($found(format!("the string `{value}`")))
+        }
+    };
+}
+
 /// Streams a JSON document: the root's fields become generic values, except
 /// `tasks`, which [`JsonTasks`] reads element by element.
 struct JsonDocument<'a> {
@@ -233,25 +259,7 @@ impl<'de> Visitor<'de> for JsonDocument<'_> {
         Ok(Document::Other("a list".to_string()))
     }
 
-    fn visit_bool<E>(self, value: bool) -> Result<Document, E> {
-        Ok(Document::Other(describe(&Value::Bool(value))))
-    }
-
-    fn visit_i64<E>(self, value: i64) -> Result<Document, E> {
-        Ok(Document::Other(describe(&Value::Number(value.into()))))
-    }
-
-    fn visit_u64<E>(self, value: u64) -> Result<Document, E> {
-        Ok(Document::Other(describe(&Value::Number(value.into()))))
-    }
-
-    fn visit_f64<E>(self, value: f64) -> Result<Document, E> {
-        Ok(Document::Other(format!("the number `{value}`")))
-    }
-
-    fn visit_str<E>(self, value: &str) -> Result<Document, E> {
-        Ok(Document::Other(format!("the string `{value}`")))
-    }
+    visit_scalars_as!(Document, Document::Other);
 
     fn visit_unit<E>(self) -> Result<Document, E> {
         Ok(Document::Other("null".to_string()))
@@ -306,25 +314,7 @@ impl<'de> Visitor<'de> for JsonTasks<'_> {
         Ok(Tasks::NotAList("a mapping".to_string()))
     }
 
-    fn visit_bool<E>(self, value: bool) -> Result<Tasks, E> {
-        Ok(Tasks::NotAList(describe(&Value::Bool(value))))
-    }
-
-    fn visit_i64<E>(self, value: i64) -> Result<Tasks, E> {
-        Ok(Tasks::NotAList(describe(&Value::Number(value.into()))))
-    }
-
-    fn visit_u64<E>(self, value: u64) -> Result<Tasks, E> {
-        Ok(Tasks::NotAList(describe(&Value::Number(value.into()))))
-    }
-
-    fn visit_f64<E>(self, value: f64) -> Result<Tasks, E> {
-        Ok(Tasks::NotAList(format!("the number `{value}`")))
-    }
-
-    fn visit_str<E>(self, value: &str) -> Result<Tasks, E> {
-        Ok(Tasks::NotAList(format!("the string `{value}`")))
-    }
+    visit_scalars_as!(Tasks, Tasks::NotAList);
 
     fn visit_unit<E>(self) -> Result<Tasks, E> {
         Ok(Tasks::Missing)
