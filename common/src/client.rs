@@ -16,6 +16,11 @@ use crate::pb::api::worker_service_client::WorkerServiceClient;
 /// below this by the controller's configuration).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// Metadata key of the `UNAVAILABLE` status a follower controller answers
+/// leader-only calls with: the leader's address (`http://host:port`),
+/// absent while no leader is known.
+pub const LEADER_METADATA_KEY: &str = "baton-leader";
+
 /// Default address of a controller (and of `baton dev`).
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7070";
 

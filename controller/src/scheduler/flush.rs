@@ -121,41 +121,153 @@ async fn commit_in_batches(
     ops: Vec<Op>,
     conditionals: Vec<Conditional>,
 ) -> StoreResult<BatchOutcome> {
-    let max = store.max_batch_ops().max(1);
-    let total = ops.len()
-        + conditionals
-            .iter()
-            .map(|c| c.ops.len() + c.preconditions.len())
-            .sum::<usize>();
-    if total <= max {
+    let max_ops = store.max_batch_ops().max(1);
+    let max_bytes = store.max_batch_bytes().max(1);
+    let conditional_ops = |c: &Conditional| 1 + c.ops.len() + c.preconditions.len();
+    let conditional_bytes = |c: &Conditional| c.ops.iter().map(Op::size).sum::<usize>();
+    let total_ops = ops.len() + conditionals.iter().map(conditional_ops).sum::<usize>();
+    let total_bytes = ops.iter().map(Op::size).sum::<usize>()
+        + conditionals.iter().map(conditional_bytes).sum::<usize>();
+    if total_ops <= max_ops && total_bytes <= max_bytes {
         return store.commit(Batch { ops, conditionals }).await;
     }
+    // Consecutive batches, in order, each within both bounds (an operation
+    // larger than the byte bound goes alone). Plain operations first, as in
+    // one batch.
+    let mut batch = Batch::default();
+    let (mut batch_ops, mut batch_bytes) = (0, 0);
     let mut applied = Vec::with_capacity(conditionals.len());
-    let mut ops = ops.into_iter().peekable();
-    while ops.peek().is_some() {
-        let chunk: Vec<Op> = ops.by_ref().take(max).collect();
-        store
-            .commit(Batch {
-                ops: chunk,
-                conditionals: Vec::new(),
-            })
-            .await?;
+    for op in ops {
+        let size = op.size();
+        if batch_ops > 0 && (batch_ops + 1 > max_ops || batch_bytes + size > max_bytes) {
+            store.commit(std::mem::take(&mut batch)).await?;
+            (batch_ops, batch_bytes) = (0, 0);
+        }
+        batch_ops += 1;
+        batch_bytes += size;
+        batch.ops.push(op);
     }
     for conditional in conditionals {
-        let outcome = store
-            .commit(Batch {
-                ops: Vec::new(),
-                conditionals: vec![conditional],
-            })
-            .await?;
-        applied.extend(outcome.applied);
+        let (ops, bytes) = (
+            conditional_ops(&conditional),
+            conditional_bytes(&conditional),
+        );
+        if batch_ops > 0 && (batch_ops + ops > max_ops || batch_bytes + bytes > max_bytes) {
+            applied.extend(store.commit(std::mem::take(&mut batch)).await?.applied);
+            (batch_ops, batch_bytes) = (0, 0);
+        }
+        batch_ops += ops;
+        batch_bytes += bytes;
+        batch.conditionals.push(conditional);
+    }
+    if !batch.is_empty() {
+        applied.extend(store.commit(batch).await?.applied);
     }
     Ok(BatchOutcome { applied })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
     use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{KeyValue, Precondition, Scan, Store};
+
+    /// The embedded store with small batch bounds, counting its commits.
+    struct SmallBatches {
+        inner: EmbeddedStore,
+        commits: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Store for SmallBatches {
+        async fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+            self.inner.get(key).await
+        }
+        async fn scan(&self, scan: Scan) -> StoreResult<Vec<KeyValue>> {
+            self.inner.scan(scan).await
+        }
+        async fn commit(&self, batch: Batch) -> StoreResult<BatchOutcome> {
+            assert!(
+                batch.op_count() <= self.max_batch_ops(),
+                "batch over the op bound"
+            );
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.inner.commit(batch).await
+        }
+        fn max_batch_ops(&self) -> usize {
+            3
+        }
+        fn max_batch_bytes(&self) -> usize {
+            64
+        }
+        fn kind(&self) -> &'static str {
+            "small"
+        }
+    }
+
+    #[tokio::test]
+    async fn large_flushes_are_split_within_the_bounds_and_keep_conditional_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SmallBatches {
+            inner: EmbeddedStore::open(&dir.path().join("s.redb"), 4 << 20).unwrap(),
+            commits: AtomicUsize::new(0),
+        });
+        store
+            .commit(Batch {
+                ops: vec![Op::put(b"taken".to_vec(), vec![])],
+                conditionals: vec![],
+            })
+            .await
+            .unwrap();
+        let ops: Vec<Op> = (0..7)
+            .map(|i| Op::put(format!("k{i}").into_bytes(), vec![b'v'; 10]))
+            .collect();
+        let big = Op::put(b"big".to_vec(), vec![b'x'; 200]);
+        let conditional = |key: &str| Conditional {
+            preconditions: vec![Precondition::DoesNotExist(key.as_bytes().to_vec())],
+            ops: vec![Op::put(format!("{key}-made").into_bytes(), vec![])],
+        };
+        let mut all = ops;
+        all.push(big);
+        let outcome = spawn_commit(
+            store.clone(),
+            all,
+            vec![conditional("taken"), conditional("free")],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            outcome.applied,
+            [false, true],
+            "outcomes in order across batches"
+        );
+        assert!(
+            store.commits.load(Ordering::Relaxed) >= 5,
+            "split into several batches"
+        );
+        for i in 0..7 {
+            assert!(
+                store
+                    .get(format!("k{i}").as_bytes())
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        assert_eq!(
+            store.get(b"big").await.unwrap().map(|v| v.len()),
+            Some(200),
+            "an op over the byte bound goes alone"
+        );
+        assert!(store.get(b"free-made").await.unwrap().is_some());
+        assert!(store.get(b"taken-made").await.unwrap().is_none());
+    }
 
     #[test]
     fn dedupe_keeps_the_last_operation_per_key() {

@@ -205,6 +205,10 @@ impl Store for EmbeddedStore {
         65_536
     }
 
+    fn max_batch_bytes(&self) -> usize {
+        256 * 1024 * 1024
+    }
+
     fn kind(&self) -> &'static str {
         "embedded"
     }

@@ -156,6 +156,11 @@ pub enum StoreError {
     /// The local store failed (disk full, I/O error).
     #[error("store i/o error: {0}")]
     Io(String),
+    /// The write was refused because the writer is no longer the leader
+    /// (its fencing token is stale); nothing was applied. The writer must
+    /// step down at once.
+    #[error("write refused: no longer the leader ({0})")]
+    Fenced(String),
 }
 
 impl StoreError {
@@ -190,9 +195,14 @@ pub trait Store: Send + Sync + 'static {
     /// returns `Ok`).
     async fn commit(&self, batch: Batch) -> StoreResult<BatchOutcome>;
 
-    /// Most operations one batch may hold; the scheduler splits larger
+    /// Most operations one batch may hold (a conditional counts as one plus
+    /// its preconditions and operations); the scheduler splits larger
     /// flushes into consecutive batches.
     fn max_batch_ops(&self) -> usize;
+
+    /// Most bytes of keys and values one batch may hold; a single value
+    /// larger than this is still accepted (stores split it themselves).
+    fn max_batch_bytes(&self) -> usize;
 
     /// Short name for logs and `cluster status` (`embedded`, `etcd`).
     fn kind(&self) -> &'static str;
