@@ -14,6 +14,8 @@
 //! | `tasks/<run>/<task>` | `TaskRecord` | every task change, at most once per batch |
 //! | `attempts/<run>/<task>/<attempt:05>` | `AttemptRecord` | an attempt ended |
 //! | `idem/<dag>/<sha256(key)>` | `IdempotencyRecord` | run created with a key |
+//! | `leader/<lease>` | leader's id and address (JSON) | etcd election (cluster mode) |
+//! | `controllers/<id>` | a controller's id, address, start (JSON) | each controller, under its own lease |
 //!
 //! DAG metadata and versions live under different prefixes so that listing
 //! DAGs never reads specs, and run records apart from task records so that
@@ -28,6 +30,14 @@ use sha2::{Digest, Sha256};
 pub const DAGS: &str = "dags/";
 pub const RUNS: &str = "runs/";
 pub const ACTIVE: &str = "active/";
+/// Cluster mode: one key per running controller (`controllers/<id>`, JSON),
+/// bound to that controller's lease; the election lives under `leader/`.
+pub const CONTROLLERS: &str = "controllers/";
+pub const LEADER: &str = "leader";
+
+pub fn controller(controller_id: &str) -> Vec<u8> {
+    format!("controllers/{controller_id}").into_bytes()
+}
 
 pub fn dag(dag_id: &DagId) -> Vec<u8> {
     format!("dags/{dag_id}").into_bytes()

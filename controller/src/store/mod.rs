@@ -10,11 +10,14 @@
 //! # Layout
 //! - `keys`: the key layout and typed key builders.
 //! - `embedded`: the redb implementation (one file, one process).
+//! - `etcd`: the etcd implementation (cluster mode): prefix layout,
+//!   chunked large values, fenced transactions.
 //! - `conformance`: the behaviour every implementation must have, as a
 //!   test suite run against each of them.
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 pub mod keys;
 
 use std::sync::Arc;
@@ -87,12 +90,15 @@ impl Batch {
         self.ops.is_empty() && self.conditionals.is_empty()
     }
 
+    /// Operations as etcd counts them against its per-transaction limit: a
+    /// conditional is a nested transaction (one) plus its compares and
+    /// operations.
     pub fn op_count(&self) -> usize {
         self.ops.len()
             + self
                 .conditionals
                 .iter()
-                .map(|c| c.ops.len() + c.preconditions.len())
+                .map(|c| 1 + c.ops.len() + c.preconditions.len())
                 .sum::<usize>()
     }
 }
