@@ -1,16 +1,32 @@
 //! The typed client for the Baton API, used by the CLI, the worker and tests.
 //!
 //! Addresses may be given with or without a scheme (`127.0.0.1:7070` means
-//! `http://127.0.0.1:7070`). Message size limits are raised to
-//! [`MAX_MESSAGE_BYTES`] so that large DAG specs and run snapshots fit.
+//! `http://127.0.0.1:7070`), and [`BatonClient::connect`] takes several,
+//! separated by commas: any controller replica will do, the client finds the
+//! leader itself. Message size limits are raised to [`MAX_MESSAGE_BYTES`] so
+//! that large DAG specs and run snapshots fit.
+//!
+//! # Layout
+//! - this module: addresses, endpoints, [`BatonClient`] and the worker's
+//!   client.
+//! - `leader_following`: [`LeaderFollowingChannel`], the transport of
+//!   [`BatonClient`] that resends a call to the leader when a follower
+//!   answers it, and retries while no leader is known.
+
+mod leader_following;
 
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::pb::api::cluster_service_client::ClusterServiceClient;
 use crate::pb::api::dag_service_client::DagServiceClient;
 use crate::pb::api::run_service_client::RunServiceClient;
 use crate::pb::api::worker_service_client::WorkerServiceClient;
+
+pub use leader_following::{
+    DEFAULT_RETRY_BUDGET, LeaderFollowingChannel, MAX_REDIRECTS_IN_A_ROW, MAX_TRIES, StdError,
+};
 
 /// Largest gRPC message either side accepts (DAG specs are limited well
 /// below this by the controller's configuration).
@@ -23,6 +39,15 @@ pub const LEADER_METADATA_KEY: &str = "baton-leader";
 
 /// Default address of a controller (and of `baton dev`).
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7070";
+
+/// The `DagService` client of [`BatonClient`].
+pub type DagClient = DagServiceClient<LeaderFollowingChannel>;
+
+/// The `RunService` client of [`BatonClient`].
+pub type RunClient = RunServiceClient<LeaderFollowingChannel>;
+
+/// The `ClusterService` client of [`BatonClient`].
+pub type ClusterClient = ClusterServiceClient<LeaderFollowingChannel>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -45,6 +70,37 @@ pub fn normalize_addr(addr: &str) -> String {
     }
 }
 
+/// The one spelling of an address used to compare them: with a scheme, no
+/// surrounding spaces and no trailing slash.
+fn canonical_addr(addr: &str) -> String {
+    normalize_addr(addr.trim())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Splits a comma-separated list of controller addresses
+/// (`127.0.0.1:7070,127.0.0.1:7071`) into canonical addresses (with a
+/// scheme), in order and without duplicates. Every entry must be a valid
+/// address; an empty entry is an error.
+pub fn parse_addrs(addrs: &str) -> Result<Vec<String>, ClientError> {
+    let mut parsed: Vec<String> = Vec::new();
+    for addr in addrs.split(',') {
+        if addr.trim().is_empty() {
+            return Err(ClientError::InvalidAddress {
+                addr: addrs.to_string(),
+                reason: "the list has an empty address (addresses are separated by commas)"
+                    .to_string(),
+            });
+        }
+        let addr = canonical_addr(addr);
+        endpoint(&addr)?;
+        if !parsed.contains(&addr) {
+            parsed.push(addr);
+        }
+    }
+    Ok(parsed)
+}
+
 pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
     let normalized = normalize_addr(addr);
     Endpoint::from_shared(normalized)
@@ -62,7 +118,7 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
         })
 }
 
-/// Opens a channel to a controller.
+/// Opens a channel to one controller.
 pub async fn connect_channel(addr: &str) -> Result<Channel, ClientError> {
     endpoint(addr)?
         .connect()
@@ -73,31 +129,56 @@ pub async fn connect_channel(addr: &str) -> Result<Channel, ClientError> {
         })
 }
 
-/// Clients of every user-facing service over one channel.
+/// Clients of every user-facing service over one [`LeaderFollowingChannel`]:
+/// every call reaches the leader whichever replica it was sent to. Clones
+/// share the channel and what it learned about the leader.
 #[derive(Debug, Clone)]
 pub struct BatonClient {
-    pub dags: DagServiceClient<Channel>,
-    pub runs: RunServiceClient<Channel>,
+    pub dags: DagClient,
+    pub runs: RunClient,
+    pub cluster: ClusterClient,
+    transport: LeaderFollowingChannel,
 }
 
 impl BatonClient {
-    pub async fn connect(addr: &str) -> Result<Self, ClientError> {
-        Ok(Self::from_channel(connect_channel(addr).await?))
+    /// Connects to the first reachable controller of `addrs`, a
+    /// comma-separated list of addresses of controller replicas. Fails when
+    /// none is reachable.
+    pub async fn connect(addrs: &str) -> Result<Self, ClientError> {
+        Ok(Self::new(LeaderFollowingChannel::connect(addrs).await?))
     }
 
+    /// A client over an open channel; redirects to the leader are followed
+    /// on channels of their own.
     pub fn from_channel(channel: Channel) -> Self {
+        Self::new(LeaderFollowingChannel::from_channel(channel))
+    }
+
+    pub fn new(transport: LeaderFollowingChannel) -> Self {
         Self {
-            dags: DagServiceClient::new(channel.clone())
+            dags: DagServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            runs: RunServiceClient::new(channel)
+            runs: RunServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            cluster: ClusterServiceClient::new(transport.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            transport,
         }
+    }
+
+    /// The shared transport, to build clients of other services that follow
+    /// the leader too (unary and server-streaming calls only).
+    pub fn transport(&self) -> &LeaderFollowingChannel {
+        &self.transport
     }
 }
 
-/// The worker's client for its stream.
+/// The worker's client for its stream. `Connect` is client-streaming, so it
+/// cannot go through a [`LeaderFollowingChannel`]: the worker follows the
+/// leader itself.
 pub fn worker_client(channel: Channel) -> WorkerServiceClient<Channel> {
     WorkerServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -113,5 +194,28 @@ mod tests {
         assert_eq!(normalize_addr("127.0.0.1:7070"), "http://127.0.0.1:7070");
         assert_eq!(normalize_addr("https://baton:443"), "https://baton:443");
         assert!(endpoint("127.0.0.1:7070").is_ok());
+    }
+
+    #[test]
+    fn address_lists_are_split_normalized_and_deduplicated() {
+        assert_eq!(
+            parse_addrs("127.0.0.1:7070").unwrap(),
+            ["http://127.0.0.1:7070"]
+        );
+        assert_eq!(
+            parse_addrs(" 127.0.0.1:7070, http://127.0.0.1:7071/,127.0.0.1:7070").unwrap(),
+            ["http://127.0.0.1:7070", "http://127.0.0.1:7071"]
+        );
+        for bad in ["", " ", "127.0.0.1:7070,", "a:1,,b:2"] {
+            let error = parse_addrs(bad).unwrap_err();
+            assert!(
+                error.to_string().contains("empty address"),
+                "{bad:?}: {error}"
+            );
+        }
+        assert!(matches!(
+            parse_addrs("127.0.0.1:7070,http://[::1"),
+            Err(ClientError::InvalidAddress { .. })
+        ));
     }
 }

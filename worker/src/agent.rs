@@ -78,7 +78,7 @@ pub(crate) struct Agent {
 impl Agent {
     pub(crate) fn new(config: WorkerConfig) -> Self {
         let (events, event_receiver) = mpsc::unbounded_channel();
-        let link = Link::new(config.controller_addr.clone(), config.reconnect_max_backoff);
+        let link = Link::new(config.controller_addrs(), config.reconnect_max_backoff);
         Self {
             config: Arc::new(config),
             outbox: Outbox::default(),
@@ -258,7 +258,7 @@ impl Agent {
                     .map(time::duration_from_proto)
                     .filter(|interval| !interval.is_zero())
                     .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
-                info!(controller_id = %registered.controller_id, heartbeat_interval = ?interval, "registered with the controller");
+                info!(controller = %self.link.controller_addr(), controller_id = %registered.controller_id, heartbeat_interval = ?interval, "registered with the controller");
                 self.link.on_registered();
                 // The first tick fires at once: the controller hears from
                 // the worker (and whether it drains) right away.

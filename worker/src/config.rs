@@ -26,7 +26,11 @@ pub const DEFAULT_QUEUE: &str = "default";
 /// runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// Address of any controller replica (`host:port` or a URL).
+    /// Addresses of controller replicas (`host:port` or URLs), separated by
+    /// commas: `10.0.0.1:7070,10.0.0.2:7070`. Any replica will do, since a
+    /// follower redirects the worker to the leader; listing several lets the
+    /// worker find a new leader when the one it knows goes away and is not
+    /// replaced at the same address.
     pub controller_addr: String,
     /// Identity announced in `Register`. It must be unique among the workers
     /// connected at once: a second stream with the same id replaces the first.
@@ -51,7 +55,9 @@ pub struct WorkerConfig {
     /// attempts may finish before they are cancelled.
     pub drain_grace: Duration,
     /// Upper bound of the reconnect backoff, which starts at 100 ms and
-    /// doubles.
+    /// doubles. While no leader is known (the worker just lost its
+    /// controller, or an election is in progress) the bound is 1 s at most,
+    /// so that workers are back soon after a new leader is elected.
     pub reconnect_max_backoff: Duration,
     /// Per attempt: log bytes kept until the controller acknowledges them.
     /// When an attempt reaches it, the worker stops reading the task's
@@ -88,6 +94,13 @@ impl WorkerConfig {
         }
     }
 
+    /// The addresses of [`Self::controller_addr`], each with a scheme, in
+    /// order and without duplicates; empty when it is invalid (which
+    /// [`Self::validate`] reports).
+    pub fn controller_addrs(&self) -> Vec<String> {
+        baton_common::client::parse_addrs(&self.controller_addr).unwrap_or_default()
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), WorkerError> {
         let invalid =
@@ -95,7 +108,7 @@ impl WorkerConfig {
         if self.controller_addr.trim().is_empty() {
             return Err(invalid("controller_addr", "must not be empty".to_string()));
         }
-        if let Err(error) = baton_common::client::endpoint(&self.controller_addr) {
+        if let Err(error) = baton_common::client::parse_addrs(&self.controller_addr) {
             return Err(invalid("controller_addr", error.to_string()));
         }
         if !(1..=MAX_SLOTS).contains(&self.slots) {
@@ -195,6 +208,16 @@ mod tests {
     }
 
     #[test]
+    fn several_controller_addresses_are_accepted() {
+        let config = WorkerConfig::new("127.0.0.1:7070, 127.0.0.1:7071", "/tmp/w");
+        config.validate().expect("a list validates");
+        assert_eq!(
+            config.controller_addrs(),
+            ["http://127.0.0.1:7070", "http://127.0.0.1:7071"]
+        );
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let field_of = |config: WorkerConfig| match config.validate() {
             Err(WorkerError::InvalidConfig { field, .. }) => field,
@@ -251,6 +274,20 @@ mod tests {
             }),
             "max_unacked_log_bytes"
         );
+        for addrs in [
+            "127.0.0.1:7070,",
+            "127.0.0.1:7070,,127.0.0.1:7071",
+            "http://[::1",
+        ] {
+            assert_eq!(
+                field_of(WorkerConfig {
+                    controller_addr: addrs.into(),
+                    ..base.clone()
+                }),
+                "controller_addr",
+                "{addrs}"
+            );
+        }
         let error = WorkerConfig { slots: 0, ..base }.validate().unwrap_err();
         assert_eq!(
             error.to_string(),

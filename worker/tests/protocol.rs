@@ -1,9 +1,15 @@
 //! The worker against a controller played by the test: a small
 //! `WorkerService` on 127.0.0.1 that hands each stream to the test, which
-//! then speaks the protocol message by message.
+//! then speaks the protocol message by message. A controller may also play
+//! a follower, which refuses streams like a real one does: `UNAVAILABLE`
+//! with the leader's address in the `baton-leader` metadata when it knows
+//! it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use baton_common::client::LEADER_METADATA_KEY;
 use baton_common::ids::{AttemptId, RunId};
 use baton_common::pb::api::worker_message::Message as FromWorker;
 use baton_common::pb::api::worker_service_server::{WorkerService, WorkerServiceServer};
@@ -22,9 +28,41 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 type Outbound = mpsc::UnboundedSender<Result<api::ControllerMessage, Status>>;
 
-/// Hands every stream a worker opens to the test.
+/// What a test controller does with a new stream.
+#[derive(Debug, Clone)]
+enum Role {
+    /// Hands it to the test.
+    Leader,
+    /// Refuses it, naming the leader (`http://host:port`) when it knows it.
+    Follower(Option<String>),
+}
+
+/// Hands every stream a worker opens to the test, or refuses it.
 struct TestController {
     streams: mpsc::UnboundedSender<(Streaming<api::WorkerMessage>, Outbound)>,
+    role: Arc<Mutex<Role>>,
+    refused: Arc<AtomicUsize>,
+}
+
+impl TestController {
+    fn refuse(&self) -> Result<(), Status> {
+        let role = self.role.lock().expect("role lock").clone();
+        let Role::Follower(leader) = role else {
+            return Ok(());
+        };
+        self.refused.fetch_add(1, Ordering::SeqCst);
+        let Some(leader) = leader else {
+            return Err(Status::unavailable(
+                "not the leader; no leader is elected yet; retry shortly",
+            ));
+        };
+        let mut status = Status::unavailable(format!("not the leader; the leader is at {leader}"));
+        status.metadata_mut().insert(
+            LEADER_METADATA_KEY,
+            leader.parse().expect("an ascii address"),
+        );
+        Err(status)
+    }
 }
 
 #[tonic::async_trait]
@@ -35,6 +73,7 @@ impl WorkerService for TestController {
         &self,
         request: Request<Streaming<api::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        self.refuse()?;
         let (outbound, receiver) = mpsc::unbounded_channel();
         self.streams
             .send((request.into_inner(), outbound))
@@ -47,21 +86,35 @@ impl WorkerService for TestController {
 struct Controller {
     addr: String,
     streams: mpsc::UnboundedReceiver<(Streaming<api::WorkerMessage>, Outbound)>,
+    role: Arc<Mutex<Role>>,
+    /// Streams refused as a follower.
+    refused: Arc<AtomicUsize>,
     stop: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Controller {
     async fn start() -> Self {
+        Self::start_as(Role::Leader).await
+    }
+
+    async fn start_as(role: Role) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr").to_string();
         let (sender, streams) = mpsc::unbounded_channel();
+        let role = Arc::new(Mutex::new(role));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let service = TestController {
+            streams: sender,
+            role: role.clone(),
+            refused: refused.clone(),
+        };
         let stop = CancellationToken::new();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(WorkerServiceServer::new(TestController { streams: sender }))
+                .add_service(WorkerServiceServer::new(service))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),
                     stop.clone().cancelled_owned(),
@@ -70,9 +123,35 @@ impl Controller {
         Self {
             addr,
             streams,
+            role,
+            refused,
             stop,
             server,
         }
+    }
+
+    /// The address a controller advertises as the leader's.
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set_role(&self, role: Role) {
+        *self.role.lock().expect("role lock") = role;
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the controller has refused `count` streams in all.
+    async fn wait_refused(&self, count: usize) {
+        tokio::time::timeout(LIMIT, async {
+            while self.refused() < count {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the worker tries this controller in time");
     }
 
     /// The next stream a worker opens.
@@ -181,6 +260,11 @@ impl Session {
                 message: Some(message),
             }))
             .expect("the stream is open");
+    }
+
+    /// Ends the stream with an error, as a controller that steps down does.
+    fn fail(self, status: Status) {
+        let _ = self.outbound.send(Err(status));
     }
 
     fn register_ok(&self) {
@@ -486,6 +570,111 @@ async fn drain_from_the_controller_lets_running_attempts_finish() {
     drop(session);
     join_worker(worker).await;
     controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_given_a_follower_registers_with_the_leader() {
+    let mut leader = Controller::start().await;
+    let mut follower = Controller::start_as(Role::Follower(Some(leader.url()))).await;
+    let work_dir = tempfile::tempdir().expect("temp dir");
+    let (config, shutdown, worker) = start_worker(&follower.addr, work_dir.path(), |config| {
+        // A redirect does not wait for the backoff.
+        config.reconnect_max_backoff = Duration::from_secs(60);
+    });
+
+    let mut session = leader.accept().await;
+    let register = session.expect_register().await;
+    assert_eq!(register.worker_id, config.worker_id.to_string());
+    session.register_ok();
+    session.recv_heartbeat().await;
+    assert_eq!(follower.refused(), 1);
+    assert!(
+        follower.streams.try_recv().is_err(),
+        "the follower accepted no stream"
+    );
+
+    // Work flows on the leader's stream.
+    let attempt_id = AttemptId::generate();
+    session.send(assign(attempt_id, "echo led"));
+    let (log, _, result) = session.recv_until_result(attempt_id, 0).await;
+    assert_eq!(log, b"led\n");
+    session.send(ack(attempt_id, result.log_bytes, true));
+
+    shutdown.cancel();
+    session.recv_draining_heartbeat().await;
+    session.expect_end().await;
+    drop(session);
+    join_worker(worker).await;
+    assert_eq!(
+        follower.refused(),
+        1,
+        "no stream went to the follower again"
+    );
+    follower.stop().await;
+    leader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_re_registers_with_the_next_leader_and_resends_its_results() {
+    let mut first = Controller::start().await;
+    let mut second = Controller::start_as(Role::Follower(Some(first.url()))).await;
+    let work_dir = tempfile::tempdir().expect("temp dir");
+    let addrs = format!("{},{}", second.addr, first.addr);
+    let (_, shutdown, worker) = start_worker(&addrs, work_dir.path(), |config| {
+        // While no leader is known the worker retries within a second
+        // whatever the configured maximum.
+        config.reconnect_max_backoff = Duration::from_secs(60);
+    });
+
+    // Redirected from the second controller to the leader.
+    let mut session = first.accept().await;
+    session.expect_register().await;
+    session.register_ok();
+    let attempt_id = AttemptId::generate();
+    session.send(assign(attempt_id, "echo before the election"));
+    let (log, _, result) = session.recv_until_result(attempt_id, 0).await;
+    assert_eq!(result.outcome, AttemptOutcome::Succeeded as i32);
+    // The log is acknowledged, the result is not.
+    session.send(ack(attempt_id, 7, false));
+    session.recv_heartbeat().await;
+    let refused_before = second.refused();
+
+    // The leader steps down and goes away; an election is in progress.
+    second.set_role(Role::Follower(None));
+    session.fail(Status::unavailable(
+        "not the leader; no leader is elected yet; retry shortly",
+    ));
+    first.stop().await;
+    second.wait_refused(refused_before + 1).await;
+
+    // The second controller wins the election: the worker registers there,
+    // announces its attempt and resends what was not acknowledged.
+    second.set_role(Role::Leader);
+    let elected = tokio::time::Instant::now();
+    let mut session = second.accept().await;
+    assert!(
+        elected.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        elected.elapsed()
+    );
+    let register = session.expect_register().await;
+    assert_eq!(register.attempt_ids, [attempt_id.to_string()]);
+    let (resent, started, resent_result) = session.recv_until_result(attempt_id, 7).await;
+    assert!(!started);
+    assert_eq!(resent, &log[7..]);
+    assert_eq!(resent_result, result);
+    session.register_ok();
+    session.send(ack(attempt_id, result.log_bytes, true));
+    session
+        .expect_only_heartbeats(Duration::from_millis(300))
+        .await;
+
+    shutdown.cancel();
+    session.recv_draining_heartbeat().await;
+    session.expect_end().await;
+    drop(session);
+    join_worker(worker).await;
+    second.stop().await;
 }
 
 #[tokio::test]
