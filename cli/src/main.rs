@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{dag, logs, run, server};
+use crate::commands::{cluster, dag, logs, run, server};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +66,9 @@ enum Command {
     Run(run::RunCommand),
     /// Print (and follow) the log of a task's attempt.
     Logs(logs::LogsArgs),
+    /// See the cluster: leader, controllers, workers, queues.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 impl Command {
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
             Command::Dag(command) => dag::run(command, &context).await,
             Command::Run(command) => run::run(command, &context).await,
             Command::Logs(args) => logs::run(args, &context).await,
+            Command::Cluster(command) => cluster::run(command, &context).await,
         }
     });
     // Streams and background tasks are not waited for once the command is done.

@@ -22,7 +22,8 @@ pub fn table(headers: &[&str]) -> Table {
     table
 }
 
-fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
+/// An optional timestamp as RFC 3339, or `-`.
+pub fn time_text(timestamp: Option<&prost_types::Timestamp>) -> String {
     format_micros(timestamp_opt_to_micros(timestamp))
 }
 
@@ -142,19 +143,20 @@ pub fn attempt_json(attempt: &Attempt) -> Value {
 }
 
 pub fn print_json(value: &Value) {
-    #[allow(clippy::print_stdout)] // the CLI's output is its product
-    {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
-    }
+    print_line(serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
+/// Writes a line of the command's output. When the reader went away (`baton
+/// run list | head`), the command ends quietly instead of failing.
 pub fn print_line(line: impl std::fmt::Display) {
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{line}");
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write output: {error}");
+        std::process::exit(1);
     }
 }
 
@@ -225,7 +227,7 @@ pub fn run_row(run: &Run) -> Vec<String> {
         run.dag_id.clone(),
         format!("v{}", run.dag_version),
         run_state_name(run_state(run)).to_string(),
-        time(run.created_at.as_ref()),
+        time_text(run.created_at.as_ref()),
         elapsed(run.started_at.as_ref(), run.ended_at.as_ref()),
         counts_line(run),
     ]
@@ -247,7 +249,7 @@ pub fn task_row(task: &TaskInstance) -> Vec<String> {
         } else {
             format!("{}/{}", task.attempt, task.max_attempts)
         },
-        time(task.started_at.as_ref()),
+        time_text(task.started_at.as_ref()),
         elapsed(task.started_at.as_ref(), task.ended_at.as_ref()),
         detail,
     ]

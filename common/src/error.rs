@@ -58,6 +58,10 @@ pub enum ApiError {
     /// The service cannot serve now (shutting down, store unreachable).
     #[error("{0}")]
     Unavailable(String),
+    /// This controller is not the leader; `leader` is the leader's address
+    /// when one is known. Clients and workers retry there.
+    #[error("not the leader; {}", match .leader { Some(address) => format!("the leader is at {address}"), None => "no leader is elected yet; retry shortly".to_string() })]
+    NotLeader { leader: Option<String> },
     /// A bug or an unexpected store failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -96,7 +100,7 @@ impl ApiError {
             Self::NotFound { .. } => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
-            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unavailable(_) | Self::NotLeader { .. } => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -117,6 +121,17 @@ impl From<ApiError> for Status {
                     details.add_bad_request_violation(violation.field, violation.reason);
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ApiError::NotLeader { leader } => {
+                let mut status = Status::unavailable(message);
+                if let Some(leader) = leader
+                    && let Ok(value) = leader.parse()
+                {
+                    status
+                        .metadata_mut()
+                        .insert(crate::client::LEADER_METADATA_KEY, value);
+                }
+                status
             }
             other => Status::new(other.code(), message),
         }
@@ -152,6 +167,31 @@ mod tests {
             details.field_violations[1].field,
             "spec.tasks[1].depends_on[0]"
         );
+    }
+
+    #[test]
+    fn not_leader_carries_the_leaders_address_in_metadata() {
+        let status = Status::from(ApiError::NotLeader {
+            leader: Some("http://127.0.0.1:7071".into()),
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "not the leader; the leader is at http://127.0.0.1:7071"
+        );
+        let leader = status
+            .metadata()
+            .get(crate::client::LEADER_METADATA_KEY)
+            .unwrap();
+        assert_eq!(leader.to_str().unwrap(), "http://127.0.0.1:7071");
+        let status = Status::from(ApiError::NotLeader { leader: None });
+        assert!(
+            status
+                .metadata()
+                .get(crate::client::LEADER_METADATA_KEY)
+                .is_none()
+        );
+        assert!(status.message().contains("no leader is elected yet"));
     }
 
     #[test]

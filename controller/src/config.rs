@@ -29,7 +29,40 @@ pub struct ControllerConfig {
     pub recovery_grace: Duration,
     /// Memory the embedded store may use to cache pages of its file.
     pub store_cache_bytes: usize,
+    /// Where task logs are written (`<data_dir>/logs` by default). In a
+    /// cluster, a directory every controller shares lets any new leader
+    /// serve the logs of earlier attempts.
+    pub log_dir: Option<PathBuf>,
+    /// Cluster mode: state in etcd, one leader among the controllers. `None`
+    /// runs a single controller on the embedded store.
+    pub cluster: Option<ClusterConfig>,
     pub limits: Limits,
+}
+
+/// Settings of cluster mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd client URLs (`http://host:2379`), any member.
+    pub etcd_endpoints: Vec<String>,
+    /// Every key lives under this prefix, so clusters can share an etcd.
+    pub etcd_prefix: String,
+    /// TTL of the leader's lease: a leader that cannot renew it within this
+    /// long steps down, and a follower takes over when it expires.
+    pub lease_ttl: Duration,
+    /// The address clients and workers reach this controller at; followers
+    /// send callers here when this controller leads.
+    pub advertise_address: String,
+}
+
+impl ClusterConfig {
+    pub fn new(etcd_endpoints: Vec<String>, advertise_address: String) -> Self {
+        Self {
+            etcd_endpoints,
+            etcd_prefix: "/baton".into(),
+            lease_ttl: Duration::from_secs(5),
+            advertise_address,
+        }
+    }
 }
 
 /// Bounds on what users and workers may send.
@@ -61,6 +94,8 @@ impl ControllerConfig {
             worker_lost_timeout: Duration::from_secs(10),
             recovery_grace: Duration::from_secs(10),
             store_cache_bytes: 64 * 1024 * 1024,
+            log_dir: None,
+            cluster: None,
             limits: Limits::default(),
         }
     }
@@ -72,6 +107,30 @@ impl ControllerConfig {
         }
         if let Some(id) = file.controller.id {
             self.controller_id = id;
+        }
+        if let Some(log_dir) = file.controller.log_dir {
+            self.log_dir = Some(log_dir);
+        }
+        let cluster = file.cluster;
+        if let Some(endpoints) = cluster.etcd_endpoints {
+            let advertise = cluster.advertise_address.clone().unwrap_or_default();
+            let mut settings = self
+                .cluster
+                .take()
+                .unwrap_or_else(|| ClusterConfig::new(Vec::new(), advertise));
+            settings.etcd_endpoints = endpoints;
+            self.cluster = Some(settings);
+        }
+        if let Some(settings) = &mut self.cluster {
+            if let Some(prefix) = cluster.etcd_prefix {
+                settings.etcd_prefix = prefix;
+            }
+            if let Some(ttl) = cluster.lease_ttl {
+                settings.lease_ttl = ttl.into();
+            }
+            if let Some(address) = cluster.advertise_address {
+                settings.advertise_address = address;
+            }
         }
         let scheduler = file.scheduler;
         if let Some(value) = scheduler.heartbeat_interval {
@@ -139,6 +198,48 @@ impl ControllerConfig {
                 "must be at most 16 MiB; outputs are meant to be small".into(),
             );
         }
+        if let Some(cluster) = &self.cluster {
+            if cluster.etcd_endpoints.is_empty() {
+                return invalid(
+                    "cluster.etcd_endpoints",
+                    "at least one etcd endpoint is needed".into(),
+                );
+            }
+            if cluster
+                .etcd_endpoints
+                .iter()
+                .any(|endpoint| endpoint.trim().is_empty())
+            {
+                return invalid("cluster.etcd_endpoints", "an endpoint is empty".into());
+            }
+            let prefix = cluster.etcd_prefix.trim_end_matches('/');
+            if !prefix.starts_with('/') || prefix.len() < 2 || prefix.contains("//") {
+                return invalid(
+                    "cluster.etcd_prefix",
+                    format!(
+                        "`{}` must be an absolute path like /baton",
+                        cluster.etcd_prefix
+                    ),
+                );
+            }
+            if cluster.lease_ttl < Duration::from_secs(2)
+                || cluster.lease_ttl > Duration::from_secs(600)
+            {
+                return invalid(
+                    "cluster.lease_ttl",
+                    "must be between 2s and 10m (etcd grants leases in whole seconds)".into(),
+                );
+            }
+            if cluster.lease_ttl.subsec_nanos() != 0 {
+                return invalid("cluster.lease_ttl", "must be whole seconds".into());
+            }
+            if cluster.advertise_address.is_empty() {
+                return invalid(
+                    "cluster.advertise_address",
+                    "is required in cluster mode: the address clients and workers reach this controller at".into(),
+                );
+            }
+        }
         if self.store_cache_bytes < 1024 * 1024 {
             return invalid("store.cache_bytes", "must be at least 1 MiB".into());
         }
@@ -153,7 +254,9 @@ impl ControllerConfig {
     }
 
     pub fn log_dir(&self) -> PathBuf {
-        self.data_dir.join("logs")
+        self.log_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("logs"))
     }
 }
 
@@ -190,6 +293,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub scheduler: SchedulerSection,
     #[serde(default)]
+    pub cluster: ClusterSection,
+    #[serde(default)]
     pub store: StoreSection,
     #[serde(default)]
     pub limits: LimitsSection,
@@ -207,6 +312,16 @@ pub struct ControllerSection {
     pub id: Option<String>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub etcd_endpoints: Option<Vec<String>>,
+    pub etcd_prefix: Option<String>,
+    pub lease_ttl: Option<humantime_serde_compat::Duration>,
+    pub advertise_address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,6 +429,38 @@ mod tests {
         assert_eq!(
             config.store_cache_bytes,
             ControllerConfig::new("/tmp/x").store_cache_bytes
+        );
+    }
+
+    #[test]
+    fn cluster_settings_apply_and_are_checked() {
+        let file = ConfigFile::parse(
+            Path::new("c.toml"),
+            "version = 1\n[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"3s\"\nadvertise_address = \"http://10.0.0.1:7070\"\n",
+        )
+        .unwrap();
+        let mut config = ControllerConfig::new("/tmp/x");
+        config.apply_file(file);
+        let cluster = config.cluster.clone().unwrap();
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(3));
+        assert_eq!(cluster.etcd_prefix, "/baton");
+        config.validate().unwrap();
+        config.cluster.as_mut().unwrap().lease_ttl = Duration::from_millis(2500);
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("whole seconds")
+        );
+        config.cluster.as_mut().unwrap().lease_ttl = Duration::from_secs(5);
+        config.cluster.as_mut().unwrap().etcd_prefix = "baton".into();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("config cluster.etcd_prefix")
         );
     }
 

@@ -3,19 +3,27 @@
 //!
 //! # Layout
 //! - `config`: the controller's settings and config file.
-//! - `store`: the `Store` trait, the key layout, the embedded (redb)
-//!   implementation and the conformance suite.
+//! - `store`: the `Store` trait, the key layout, the embedded (redb) and
+//!   etcd implementations and the conformance suite.
 //! - `plan`: DAG versions compiled for scheduling, and their cache.
 //! - `scheduler`: the actor that owns active runs and workers and is the
 //!   store's only writer (group commit, durable before visible).
 //! - `logs`: the task log store and its writer.
 //! - `api`: the gRPC services, thin adapters over the scheduler and store.
+//! - `election`: leader election on etcd, the lease clock and leader
+//!   tracking.
+//! - `cluster`: cluster mode: membership, campaigning, leading with a
+//!   fenced store, stepping down.
+//! - `role`: leader or follower, as the API sees it.
 //! - `server`: assembling it all and serving on one port.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
+pub mod election;
 pub mod logs;
 pub mod plan;
+pub mod role;
 pub mod scheduler;
 pub mod server;
 pub mod store;

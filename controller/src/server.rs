@@ -1,30 +1,38 @@
 //! Assembling and running a controller: the store, the log store, the
-//! scheduler and the gRPC server (with health and reflection) on one port.
+//! leadership driver (a single controller on the embedded store, or a
+//! replica of a cluster on etcd) and the gRPC server, with health and
+//! reflection, on one port.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton_common::client::MAX_MESSAGE_BYTES;
 use baton_common::pb::FILE_DESCRIPTOR_SET;
+use baton_common::pb::api::cluster_service_server::ClusterServiceServer;
 use baton_common::pb::api::dag_service_server::DagServiceServer;
 use baton_common::pb::api::run_service_server::RunServiceServer;
 use baton_common::pb::api::worker_service_server::WorkerServiceServer;
+use baton_common::time::now_micros;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
+use crate::api::cluster::ClusterApi;
 use crate::api::dag::DagApi;
 use crate::api::run::RunApi;
 use crate::api::worker::WorkerApi;
 use crate::api::{ApiContext, ApiContextRef};
+use crate::cluster::{self, ClusterError};
 use crate::config::{ConfigError, ControllerConfig};
 use crate::logs::LogStore;
 use crate::plan::PlanCache;
+use crate::role::{LeaderTerm, Role};
 use crate::scheduler::{Scheduler, SchedulerError, SchedulerParts};
-use crate::store::StoreError;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::{StoreError, StoreRef};
 
 /// How long open streams get to end after shutdown starts.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -37,15 +45,19 @@ pub enum ControllerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("a controller task failed: {0}")]
+    Task(String),
 }
 
-/// Runs a controller on `listener` until `shutdown` is cancelled (or the
-/// scheduler fails, which cancels it). Returns after in-flight work was
-/// stored and streams were closed.
+/// Runs a controller on `listener` until `shutdown` is cancelled (or its
+/// scheduler fails on the embedded store, which cancels it). Returns after
+/// in-flight work was stored, leadership resigned and streams closed.
 pub async fn serve(
     listener: TcpListener,
     config: ControllerConfig,
@@ -53,44 +65,81 @@ pub async fn serve(
 ) -> Result<(), ControllerError> {
     config.validate()?;
     let config = Arc::new(config);
-    let store_path = config.store_path();
-    let cache_bytes = config.store_cache_bytes;
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_path, cache_bytes))
-        .await
-        .map_err(|error| StoreError::Io(error.to_string()))??;
-    info!(path = %store.path().display(), "embedded store opened");
-    let store: crate::store::StoreRef = Arc::new(store);
+    let local = listener.local_addr().map_err(|error| {
+        ControllerError::Task(format!("cannot read the bound address: {error}"))
+    })?;
+    let address = match &config.cluster {
+        Some(cluster) => cluster.advertise_address.clone(),
+        None => format!("http://{local}"),
+    };
     let plans = Arc::new(PlanCache::default());
     let logs = Arc::new(LogStore::new(config.log_dir()));
-    let (scheduler, scheduler_task) = Scheduler::start(
-        SchedulerParts {
-            config: Arc::clone(&config),
-            store: Arc::clone(&store),
-            plans: Arc::clone(&plans),
-            logs: Arc::clone(&logs),
-        },
-        shutdown.clone(),
-    )
-    .await?;
+    let (role_sender, role) = watch::channel(Role::Follower { leader: None });
+
+    // The store every replica reads, and the driver that makes this
+    // controller lead (and stop leading).
+    let (store, driver): (StoreRef, _) = match &config.cluster {
+        None => {
+            let store_path = config.store_path();
+            let cache_bytes = config.store_cache_bytes;
+            let store =
+                tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_path, cache_bytes))
+                    .await
+                    .map_err(|error| StoreError::Io(error.to_string()))??;
+            info!(path = %store.path().display(), "embedded store opened");
+            let store: StoreRef = Arc::new(store);
+            let parts = SchedulerParts {
+                config: Arc::clone(&config),
+                store: Arc::clone(&store),
+                plans: Arc::clone(&plans),
+                logs: Arc::clone(&logs),
+                term: 0,
+                lease: None,
+            };
+            // Recover before serving, so the first request finds a leader.
+            let ended = CancellationToken::new();
+            let (scheduler, task) =
+                Scheduler::start(parts, shutdown.clone(), CancellationToken::new()).await?;
+            role_sender.send_replace(Role::Leader(LeaderTerm {
+                scheduler,
+                term: 0,
+                since: now_micros(),
+                ended: ended.clone(),
+            }));
+            let driver: std::pin::Pin<
+                Box<dyn Future<Output = Result<(), ControllerError>> + Send>,
+            > = Box::pin(drive_single(task, ended, role_sender));
+            (store, driver)
+        }
+        Some(_) => {
+            let (store, driver) = cluster::start(
+                Arc::clone(&config),
+                address.clone(),
+                Arc::clone(&plans),
+                Arc::clone(&logs),
+                role_sender,
+                shutdown.clone(),
+            )
+            .await?;
+            let driver: std::pin::Pin<
+                Box<dyn Future<Output = Result<(), ControllerError>> + Send>,
+            > = Box::pin(async move { driver.await.map_err(ControllerError::from) });
+            (store, driver)
+        }
+    };
     let context: ApiContextRef = Arc::new(ApiContext {
         config: Arc::clone(&config),
         store,
         plans,
         logs,
-        scheduler,
+        role: role.clone(),
+        address: address.clone(),
+        started_at: now_micros(),
         shutdown: shutdown.clone(),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<DagServiceServer<DagApi>>()
-        .await;
-    health_reporter
-        .set_serving::<RunServiceServer<RunApi>>()
-        .await;
-    health_reporter
-        .set_serving::<WorkerServiceServer<WorkerApi>>()
-        .await;
+    tokio::spawn(report_health(health_reporter, role, shutdown.clone()));
     // Reflection describes every service on the port, health included, so
     // `grpcurl` can call any of them without proto files.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -102,7 +151,6 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let address = listener.local_addr().ok();
     let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -124,33 +172,31 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(ClusterServiceServer::new(ClusterApi::new(Arc::clone(
+            &context,
+        ))))
         .serve_with_incoming_shutdown(
             // Without nodelay, small messages (an Assign, an Ack) wait for the
             // peer's delayed ACK: ~40 ms per hop.
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
-    if let Some(address) = address {
-        info!(%address, controller_id = %config.controller_id, "controller serving");
-    }
+    info!(%local, %address, controller_id = %config.controller_id, "controller serving");
 
     let mut server = std::pin::pin!(server);
-    let mut scheduler_task = std::pin::pin!(scheduler_task);
-    let scheduler_result = tokio::select! {
+    let mut driver = driver;
+    let driver_result = tokio::select! {
         result = &mut server => {
             shutdown.cancel();
-            let scheduler = scheduler_task.await;
+            let driven = driver.await;
             result?;
-            flatten(scheduler)?;
-            return Ok(());
+            return driven;
         }
-        result = &mut scheduler_task => {
-            // The scheduler ended first: on shutdown or because it failed.
+        result = &mut driver => {
+            // The driver ended first: on shutdown, or because it failed.
             if !shutdown.is_cancelled() {
-                error!("scheduler stopped; shutting the controller down");
+                error!("the controller cannot go on; shutting down");
             }
-            health_reporter.set_not_serving::<DagServiceServer<DagApi>>().await;
-            health_reporter.set_not_serving::<RunServiceServer<RunApi>>().await;
             shutdown.cancel();
             result
         }
@@ -162,16 +208,60 @@ pub async fn serve(
             SHUTDOWN_DEADLINE.as_secs()
         ),
     }
-    flatten(scheduler_result)
+    driver_result
 }
 
-fn flatten(
-    result: Result<Result<(), SchedulerError>, tokio::task::JoinError>,
+/// A single controller on the embedded store: it leads from start to end.
+/// A scheduler failure (the store failed) ends the controller.
+async fn drive_single(
+    task: tokio::task::JoinHandle<Result<(), SchedulerError>>,
+    ended: CancellationToken,
+    role: watch::Sender<Role>,
 ) -> Result<(), ControllerError> {
+    let result = task.await;
+    ended.cancel();
+    role.send_replace(Role::Follower { leader: None });
     match result {
         Ok(inner) => inner.map_err(ControllerError::from),
-        Err(join) => Err(ControllerError::Scheduler(SchedulerError::Recovery(
-            format!("scheduler task panicked: {join}"),
+        Err(join) => Err(ControllerError::Task(format!(
+            "scheduler task panicked: {join}"
         ))),
     }
+}
+
+/// Keeps the health service in step with the role: the process is always
+/// SERVING; WorkerService and ClusterService only on the leader (followers
+/// answer them with a redirect); DagService and RunService everywhere (any
+/// replica answers reads and sends writes to the leader).
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    mut role: watch::Receiver<Role>,
+    shutdown: CancellationToken,
+) {
+    reporter.set_serving::<DagServiceServer<DagApi>>().await;
+    reporter.set_serving::<RunServiceServer<RunApi>>().await;
+    loop {
+        let leader = role.borrow_and_update().is_leader();
+        if leader {
+            reporter
+                .set_serving::<WorkerServiceServer<WorkerApi>>()
+                .await;
+            reporter
+                .set_serving::<ClusterServiceServer<ClusterApi>>()
+                .await;
+        } else {
+            reporter
+                .set_not_serving::<WorkerServiceServer<WorkerApi>>()
+                .await;
+            reporter
+                .set_not_serving::<ClusterServiceServer<ClusterApi>>()
+                .await;
+        }
+        tokio::select! {
+            changed = role.changed() => if changed.is_err() { break },
+            () = shutdown.cancelled() => break,
+        }
+    }
+    reporter.set_not_serving::<DagServiceServer<DagApi>>().await;
+    reporter.set_not_serving::<RunServiceServer<RunApi>>().await;
 }

@@ -58,8 +58,14 @@ pub async fn run(args: LogsArgs, context: &Context) -> anyhow::Result<Outcome> {
                 Ok(Some(chunk)) => {
                     attempt = chunk.attempt;
                     offset = chunk.offset + chunk.data.len() as u64;
-                    stdout.write_all(&chunk.data)?;
-                    stdout.flush()?;
+                    if let Err(error) = stdout.write_all(&chunk.data).and_then(|()| stdout.flush())
+                    {
+                        // The reader went away (`baton logs … | head`): done.
+                        if error.kind() == std::io::ErrorKind::BrokenPipe {
+                            return Ok(Outcome::Success);
+                        }
+                        return Err(error.into());
+                    }
                 }
                 Ok(None) => break,
                 Err(status) if args.follow && status.code() == Code::Unavailable => break,

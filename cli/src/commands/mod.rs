@@ -1,6 +1,7 @@
 //! The subcommands, and what they share: the connection to the controller
 //! and the way errors are told to the user.
 
+pub mod cluster;
 pub mod dag;
 pub mod logs;
 pub mod run;

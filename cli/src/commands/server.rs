@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use baton_common::client::normalize_addr;
 use baton_common::ids::{QueueName, WorkerId};
 use baton_controller::ControllerConfig;
-use baton_controller::config::ConfigFile;
+use baton_controller::config::{ClusterConfig, ConfigFile};
 use baton_worker::WorkerConfig;
 use clap::Args;
 use tokio::net::TcpListener;
@@ -44,6 +45,26 @@ pub struct ControllerArgs {
     /// After a restart, how long workers have to re-announce running attempts.
     #[arg(long, value_parser = humantime::parse_duration)]
     recovery_grace: Option<Duration>,
+    /// Directory for task logs (default: <data-dir>/logs). In a cluster, a
+    /// directory all controllers share lets any leader serve older logs.
+    #[arg(long, env = "BATON_LOG_DIR")]
+    log_dir: Option<PathBuf>,
+    /// Cluster mode: etcd endpoints (comma-separated), e.g.
+    /// http://127.0.0.1:2379. Without it the controller runs alone on the
+    /// embedded store.
+    #[arg(long = "etcd", env = "BATON_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Prefix of every key in etcd.
+    #[arg(long, env = "BATON_ETCD_PREFIX")]
+    etcd_prefix: Option<String>,
+    /// TTL of the leader's lease (whole seconds): how long a dead leader
+    /// holds leadership before a follower takes over.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_ttl: Option<Duration>,
+    /// Address clients and workers reach this controller at (cluster mode;
+    /// default: http://<listen address>).
+    #[arg(long, env = "BATON_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -155,14 +176,46 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<Outcome> {
     if let Some(id) = args.controller_id {
         config.controller_id = id;
     }
+    if let Some(log_dir) = args.log_dir {
+        config.log_dir = Some(log_dir);
+    }
     apply_timings(
         &mut config,
         args.heartbeat_interval,
         args.worker_lost_timeout,
         args.recovery_grace,
     );
-    config.validate()?;
     let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
+    if !args.etcd_endpoints.is_empty() {
+        let cluster = config
+            .cluster
+            .get_or_insert_with(|| ClusterConfig::new(Vec::new(), String::new()));
+        cluster.etcd_endpoints = args
+            .etcd_endpoints
+            .iter()
+            .map(|endpoint| normalize_addr(endpoint.trim()))
+            .collect();
+    }
+    if let Some(cluster) = &mut config.cluster {
+        if let Some(prefix) = args.etcd_prefix {
+            cluster.etcd_prefix = prefix;
+        }
+        if let Some(ttl) = args.lease_ttl {
+            cluster.lease_ttl = ttl;
+        }
+        if let Some(address) = args.advertise_address {
+            cluster.advertise_address = normalize_addr(&address);
+        }
+        if cluster.advertise_address.is_empty() {
+            if listen.ip().is_unspecified() {
+                bail!(
+                    "--advertise-address is required when listening on {listen}: workers and clients need an address to reach this controller"
+                );
+            }
+            cluster.advertise_address = format!("http://{listen}");
+        }
+    }
+    config.validate()?;
     let shutdown = shutdown_on_signal()?;
     let listener = bind(listen).await?;
     baton_controller::serve(listener, config, shutdown).await?;

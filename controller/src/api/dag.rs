@@ -37,6 +37,9 @@ impl DagApi {
     }
 
     async fn register(&self, request: RegisterDagRequest) -> ApiResult<RegisterDagResponse> {
+        if !request.validate_only {
+            self.context.leader()?;
+        }
         if request.spec.trim().is_empty() {
             return Err(ApiError::invalid(
                 "spec",
@@ -106,7 +109,12 @@ impl DagApi {
                 created: false,
             });
         }
-        let registered = self.context.scheduler.register_dag(version).await?;
+        let registered = self
+            .context
+            .leader()?
+            .scheduler
+            .register_dag(version)
+            .await?;
         Ok(RegisterDagResponse {
             dag: Some(dag_view(&registered.meta)),
             version: registered.version,
@@ -191,8 +199,13 @@ impl DagApi {
     }
 
     async fn delete(&self, request: DeleteDagRequest) -> ApiResult<DeleteDagResponse> {
+        self.context.leader()?;
         let dag_id = parse_id::<DagId>("dag_id", &request.dag_id)?;
-        self.context.scheduler.delete_dag(dag_id.clone()).await?;
+        self.context
+            .leader()?
+            .scheduler
+            .delete_dag(dag_id.clone())
+            .await?;
         // The DAG is gone, so no new run can start: delete its finished runs
         // page by page.
         let mut deleted_runs = 0;
@@ -216,6 +229,7 @@ impl DagApi {
                 .collect();
             deleted_runs += self
                 .context
+                .leader()?
                 .scheduler
                 .purge_runs(dag_id.clone(), run_ids.clone())
                 .await?;
@@ -254,7 +268,12 @@ impl DagService for DagApi {
     async fn pause_dag(&self, request: Request<PauseDagRequest>) -> GrpcResult<PauseDagResponse> {
         let result = async {
             let dag_id = parse_id::<DagId>("dag_id", &request.get_ref().dag_id)?;
-            let meta = self.context.scheduler.set_paused(dag_id, true).await?;
+            let meta = self
+                .context
+                .leader()?
+                .scheduler
+                .set_paused(dag_id, true)
+                .await?;
             Ok(PauseDagResponse {
                 dag: Some(dag_view(&meta)),
             })
@@ -269,7 +288,12 @@ impl DagService for DagApi {
     ) -> GrpcResult<UnpauseDagResponse> {
         let result = async {
             let dag_id = parse_id::<DagId>("dag_id", &request.get_ref().dag_id)?;
-            let meta = self.context.scheduler.set_paused(dag_id, false).await?;
+            let meta = self
+                .context
+                .leader()?
+                .scheduler
+                .set_paused(dag_id, false)
+                .await?;
             Ok(UnpauseDagResponse {
                 dag: Some(dag_view(&meta)),
             })

@@ -6,7 +6,14 @@
 //! - `dag`: `DagService`.
 //! - `run`: `RunService`, including watch and log streams.
 //! - `worker`: `WorkerService.Connect`, the worker stream.
+//! - `cluster`: `ClusterService`, the cluster's status.
+//!
+//! Calls that change state, follow a run or a log, or need the scheduler go
+//! to the leader: a follower answers them with `UNAVAILABLE` and the
+//! leader's address (`ApiContext::leader`). Reads come from the store, so
+//! any controller answers them.
 
+pub mod cluster;
 pub mod dag;
 pub mod run;
 pub mod worker;
@@ -23,7 +30,7 @@ use tonic::{Response, Status};
 use crate::config::ControllerConfig;
 use crate::logs::LogStoreRef;
 use crate::plan::PlanCache;
-use crate::scheduler::SchedulerHandle;
+use crate::role::{LeaderTerm, Role};
 use crate::store::{StoreError, StoreRef};
 
 pub type GrpcResult<T> = Result<Response<T>, Status>;
@@ -35,9 +42,20 @@ pub struct ApiContext {
     pub store: StoreRef,
     pub plans: Arc<PlanCache>,
     pub logs: LogStoreRef,
-    pub scheduler: SchedulerHandle,
+    /// Leader or follower, as it changes.
+    pub role: tokio::sync::watch::Receiver<Role>,
+    /// Where clients and workers reach this controller.
+    pub address: String,
+    pub started_at: baton_common::time::Micros,
     /// Ends long-lived streams when the controller shuts down.
     pub shutdown: CancellationToken,
+}
+
+impl ApiContext {
+    /// The current leadership term, or `NotLeader` with the leader's address.
+    pub fn leader(&self) -> ApiResult<LeaderTerm> {
+        self.role.borrow().leader()
+    }
 }
 
 pub type ApiContextRef = Arc<ApiContext>;

@@ -82,6 +82,8 @@ impl RunApi {
     }
 
     async fn trigger(&self, request: TriggerRunRequest) -> ApiResult<TriggerRunResponse> {
+        // Followers send the caller to the leader before doing any work.
+        self.context.leader()?;
         let dag_id = parse_id::<DagId>("dag_id", &request.dag_id)?;
         let params_json = validate_params(
             &request.params_json,
@@ -113,6 +115,7 @@ impl RunApi {
             .await?;
         let (record, created) = self
             .context
+            .leader()?
             .scheduler
             .trigger_run(TriggerRequest {
                 plan,
@@ -235,6 +238,8 @@ impl RunApi {
     }
 
     async fn cancel(&self, request: CancelRunRequest) -> ApiResult<CancelRunResponse> {
+        // Followers send the caller to the leader before doing any work.
+        self.context.leader()?;
         let run_id = parse_id::<RunId>("run_id", &request.run_id)?;
         if request.reason.len() > MAX_REASON {
             return Err(ApiError::invalid(
@@ -254,6 +259,7 @@ impl RunApi {
         }
         let record = self
             .context
+            .leader()?
             .scheduler
             .cancel_run(run_id, request.reason)
             .await?;
@@ -263,11 +269,14 @@ impl RunApi {
     }
 
     async fn retry(&self, request: RetryTaskRequest) -> ApiResult<RetryTaskResponse> {
+        // Followers send the caller to the leader before doing any work.
+        self.context.leader()?;
         let run_id = parse_id::<RunId>("run_id", &request.run_id)?;
         let task_id = parse_id::<TaskId>("task_id", &request.task_id)?;
         self.run_record(&run_id).await?;
         let (record, cleared) = self
             .context
+            .leader()?
             .scheduler
             .retry_task(run_id, task_id, !request.exclude_downstream)
             .await?;
@@ -278,9 +287,10 @@ impl RunApi {
     }
 
     async fn watch(&self, request: WatchRunRequest) -> ApiResult<ResponseStream<WatchRunResponse>> {
+        let term = self.context.leader()?;
         let run_id: RunId = parse_id::<RunId>("run_id", &request.run_id)?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
-        if !self.context.scheduler.watch(run_id, sender.clone()).await? {
+        if !term.scheduler.watch(run_id, sender.clone()).await? {
             // Not active: the stored run is final (or does not exist).
             let record = self.run_record(&run_id).await?;
             let tasks = self.tasks_of(&run_id, &record).await?;
@@ -350,6 +360,8 @@ impl RunApi {
         &self,
         request: ReadTaskLogRequest,
     ) -> ApiResult<ResponseStream<ReadTaskLogResponse>> {
+        // Logs are written where the leader runs; a follow ends with its term.
+        let term = self.context.leader()?;
         let run_id = parse_id::<RunId>("run_id", &request.run_id)?;
         let task_id = parse_id::<TaskId>("task_id", &request.task_id)?;
         let record = self.run_record(&run_id).await?;
@@ -390,7 +402,7 @@ impl RunApi {
             attempt,
         };
         let logs = Arc::clone(&self.context.logs);
-        let shutdown = self.context.shutdown.clone();
+        let shutdown = term.ended.clone();
         let follow = request.follow
             && task.as_ref().is_some_and(|task| {
                 attempt == latest

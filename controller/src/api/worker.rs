@@ -150,6 +150,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        // Workers register only with the leader; a follower sends them on.
+        let term = self.context.leader()?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
@@ -167,7 +169,7 @@ impl WorkerService for WorkerApi {
         validate_register(&register).map_err(Status::from)?;
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::unbounded_channel();
-        let scheduler = self.context.scheduler.clone();
+        let scheduler = term.scheduler.clone();
         let worker_id = register.worker_id.clone();
         if !scheduler
             .worker_event(
@@ -182,12 +184,19 @@ impl WorkerService for WorkerApi {
             return Err(Status::unavailable("the controller is shutting down"));
         }
         let shutdown = self.context.shutdown.clone();
+        let role = self.context.role.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     next = inbound.message() => next,
                     () = sender.closed() => break,
                     () = shutdown.cancelled() => break,
+                    () = term.ended.cancelled() => {
+                        // This controller stopped leading: send the worker on.
+                        let error = role.borrow().leader().err().unwrap_or(ApiError::NotLeader { leader: None });
+                        let _ = sender.send(Err(error.into()));
+                        break;
+                    }
                 };
                 match next {
                     Ok(Some(WorkerMessage {

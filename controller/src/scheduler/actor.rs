@@ -144,9 +144,12 @@ fn is_open(state: TaskState) -> bool {
 impl Scheduler {
     /// Recovers state from the store, then starts the loop. Returns once the
     /// scheduler is ready to serve.
+    /// `shutdown` stops it gracefully (what was decided is stored first);
+    /// `abort` stops it at once, storing nothing more (leadership was lost).
     pub async fn start(
         parts: SchedulerParts,
         shutdown: CancellationToken,
+        abort: CancellationToken,
     ) -> Result<(SchedulerHandle, JoinHandle<Result<(), SchedulerError>>), SchedulerError> {
         let (sender, commands) = mpsc::channel(16_384);
         let (log_writer, log_task) =
@@ -174,7 +177,7 @@ impl Scheduler {
         };
         scheduler.recover().await?;
         let handle = tokio::spawn(async move {
-            let result = scheduler.run(shutdown).await;
+            let result = scheduler.run(shutdown, abort).await;
             drop(scheduler);
             let _ = log_task.await;
             result
@@ -217,7 +220,11 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), SchedulerError> {
+    async fn run(
+        &mut self,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+    ) -> Result<(), SchedulerError> {
         let period = self
             .parts
             .config
@@ -228,6 +235,11 @@ impl Scheduler {
         loop {
             tokio::select! {
                 biased;
+                () = abort.cancelled() => {
+                    // Not the leader any more: drop everything, store nothing.
+                    info!("scheduler aborted");
+                    return Ok(());
+                }
                 () = shutdown.cancelled() => break,
                 result = wait_in_flight(&mut self.in_flight) => self.on_committed(result)?,
                 command = self.commands.recv() => {
@@ -320,6 +332,9 @@ impl Scheduler {
             }
             Command::Worker { conn_id, event } => self.on_worker_event(conn_id, event),
             Command::RunLoaded { run_id, result } => self.on_run_loaded(run_id, result),
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
         }
     }
 
@@ -337,6 +352,70 @@ impl Scheduler {
             Err(error) => {
                 let _ = reply.send(Err(error));
             }
+        }
+    }
+
+    /// Workers, queue depths and active runs as they are now.
+    fn status(&self) -> super::SchedulerStatus {
+        let mut workers: Vec<api::WorkerInfo> = self
+            .workers
+            .iter()
+            .map(|worker| api::WorkerInfo {
+                worker_id: worker.id.to_string(),
+                hostname: worker.hostname.clone(),
+                queues: worker.queues.iter().map(ToString::to_string).collect(),
+                labels: worker.labels.clone(),
+                slots: worker.slots,
+                free_slots: worker.free_slots(),
+                running: worker.leased.len() as u32,
+                connected: worker.conn.is_some(),
+                draining: worker.draining,
+                version: worker.version.clone(),
+            })
+            .collect();
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        let mut queues: HashMap<String, api::QueueInfo> = HashMap::new();
+        for (queue, heap) in &self.ready {
+            // The heap may hold entries that went stale; count live ones.
+            let ready = heap
+                .iter()
+                .filter(|item| {
+                    self.runs
+                        .get(&item.run_id)
+                        .is_some_and(|entry| entry.slot(item.index).state == TaskState::Ready)
+                })
+                .count() as u32;
+            queues
+                .entry(queue.to_string())
+                .or_insert_with(|| api::QueueInfo {
+                    queue: queue.to_string(),
+                    ..Default::default()
+                })
+                .ready += ready;
+        }
+        for worker in self.workers.iter() {
+            for queue in &worker.queues {
+                let info = queues
+                    .entry(queue.to_string())
+                    .or_insert_with(|| api::QueueInfo {
+                        queue: queue.to_string(),
+                        ..Default::default()
+                    });
+                info.workers += 1;
+                info.free_slots += worker.free_slots();
+            }
+        }
+        let mut queues: Vec<api::QueueInfo> = queues.into_values().collect();
+        queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+        let active_runs = self
+            .runs
+            .values()
+            .filter(|entry| !baton_common::states::run_state_is_final(entry.state))
+            .count() as u32;
+        super::SchedulerStatus {
+            workers,
+            queues,
+            active_runs,
         }
     }
 
@@ -561,7 +640,14 @@ impl Scheduler {
                     preconditions: vec![Precondition::DoesNotExist(idem_key.clone())],
                     ops: vec![
                         Op::put(idem_key, idempotency.encode_to_vec()),
-                        Op::put(keys::run(&run_id), run_record(&entry).encode_to_vec()),
+                        Op::put(
+                            keys::run(&run_id),
+                            RunRecord {
+                                leader_term: self.parts.term,
+                                ..run_record(&entry)
+                            }
+                            .encode_to_vec(),
+                        ),
                         Op::put(keys::dag_run(&dag_id, &run_id), Vec::new()),
                         Op::put(keys::active(&run_id), Vec::new()),
                     ],
@@ -1230,7 +1316,8 @@ impl Scheduler {
         };
         let attempt = entry.slot(index).attempt;
         let task_id = entry.plan.task(index).id.clone();
-        let record = views::attempt_record(entry, index, log_bytes);
+        let mut record = views::attempt_record(entry, index, log_bytes);
+        record.leader_term = self.parts.term;
         self.pending.ops.push(Op::put(
             keys::attempt(&run_id, task_id.as_str(), attempt),
             record.encode_to_vec(),
@@ -1339,6 +1426,8 @@ impl Scheduler {
         let lost_at = now + self.parts.config.worker_lost_timeout;
         let worker = self.workers.entry(&register.worker_id, lost_at);
         worker.hostname = register.hostname.clone();
+        worker.version = register.version.clone();
+        worker.labels = register.labels.clone();
         worker.queues = register
             .queues
             .iter()
@@ -1612,6 +1701,7 @@ impl Scheduler {
         }
         let mut ops = std::mem::take(&mut self.pending.ops);
         let mut watch_effects = Vec::new();
+        let term = self.parts.term;
         let dirty_runs = std::mem::take(&mut self.pending.dirty_runs);
         for run_id in dirty_runs {
             let Some(entry) = self.runs.get_mut(&run_id) else {
@@ -1621,7 +1711,8 @@ impl Scheduler {
             let dirty_tasks = std::mem::take(&mut entry.dirty_tasks);
             for index in dirty_tasks {
                 entry.tasks[index as usize].dirty = false;
-                let record = task_record(entry, index);
+                let mut record = task_record(entry, index);
+                record.leader_term = term;
                 ops.push(Op::put(
                     keys::task(&run_id, &record.task_id),
                     record.encode_to_vec(),
@@ -1640,7 +1731,8 @@ impl Scheduler {
             }
             if entry.dirty {
                 entry.dirty = false;
-                let record = run_record(entry);
+                let mut record = run_record(entry);
+                record.leader_term = term;
                 ops.push(Op::put(keys::run(&run_id), record.encode_to_vec()));
                 if watching {
                     let event = WatchRunResponse {
@@ -1713,6 +1805,13 @@ impl Scheduler {
         let Some(batch) = self.in_flight.take() else {
             return Ok(());
         };
+        // A batch stored while this controller led is fine; acting on it is
+        // not if the lease may have lapsed meanwhile (a long pause).
+        if let Some(lease) = &self.parts.lease
+            && !lease.is_valid()
+        {
+            return Err(SchedulerError::LeaseLapsed);
+        }
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(error) => {

@@ -125,6 +125,9 @@ pub enum Command {
         conn_id: u64,
         event: WorkerEvent,
     },
+    Status {
+        reply: oneshot::Sender<SchedulerStatus>,
+    },
     /// Internal: a finished run was read back from the store.
     RunLoaded {
         run_id: RunId,
@@ -140,6 +143,18 @@ pub enum SchedulerError {
     Store(#[from] StoreError),
     #[error("cannot recover scheduler state: {0}")]
     Recovery(String),
+    /// The leader's lease could not be confirmed in time: its decisions are
+    /// not acted on, and the controller steps down.
+    #[error("the leader lease lapsed")]
+    LeaseLapsed,
+}
+
+/// What the scheduler knows of workers and queues, for `cluster status`.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerStatus {
+    pub workers: Vec<baton_common::pb::api::WorkerInfo>,
+    pub queues: Vec<baton_common::pb::api::QueueInfo>,
+    pub active_runs: u32,
 }
 
 /// How API handlers and worker streams talk to the scheduler.
@@ -235,6 +250,15 @@ impl SchedulerHandle {
         .await
     }
 
+    pub async fn status(&self) -> ApiResult<SchedulerStatus> {
+        let (reply, receiver) = oneshot::channel();
+        self.sender
+            .send(Command::Status { reply })
+            .await
+            .map_err(|_| gone())?;
+        receiver.await.map_err(|_| gone())
+    }
+
     /// Registers a watcher; false when the run is not active (the caller
     /// then serves it from the store).
     pub async fn watch(&self, run_id: RunId, sender: WatchSender) -> ApiResult<bool> {
@@ -254,7 +278,12 @@ impl SchedulerHandle {
 /// Shared pieces the scheduler is built from.
 pub struct SchedulerParts {
     pub config: Arc<crate::config::ControllerConfig>,
+    /// Fenced on the leader's election key in cluster mode.
     pub store: crate::store::StoreRef,
     pub plans: Arc<crate::plan::PlanCache>,
     pub logs: crate::logs::LogStoreRef,
+    /// The leader's term, written into every record (0 on the embedded store).
+    pub term: i64,
+    /// Whether the leader's lease is still trusted (cluster mode).
+    pub lease: Option<crate::election::LeaseClock>,
 }

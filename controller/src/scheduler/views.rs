@@ -54,6 +54,8 @@ pub fn run_record(entry: &RunEntry) -> RunRecord {
         reason: entry.reason.clone().unwrap_or_default(),
         task_counts: counts_map(&entry.counts),
         task_total: entry.tasks.len() as u32,
+        // Stamped by the scheduler when it writes the record.
+        leader_term: 0,
     }
 }
 
@@ -94,6 +96,7 @@ pub fn task_record(entry: &RunEntry, index: TaskIndex) -> TaskRecord {
         next_attempt_at: micros_to_timestamp_opt(slot.next_attempt_at),
         output_json: slot.output.as_deref().unwrap_or_default().to_string(),
         attempt_base: slot.attempt_base,
+        leader_term: 0,
     }
 }
 
@@ -156,6 +159,7 @@ pub fn attempt_record(entry: &RunEntry, index: TaskIndex, log_bytes: u64) -> Att
             error: slot.error.as_deref().unwrap_or_default().to_string(),
             log_bytes,
         }),
+        leader_term: 0,
     }
 }
 

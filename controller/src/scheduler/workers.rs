@@ -24,6 +24,8 @@ pub struct WorkerEntry {
     pub id: Arc<str>,
     pub conn: Option<Connection>,
     pub hostname: String,
+    pub version: String,
+    pub labels: std::collections::HashMap<String, String>,
     pub queues: Vec<QueueName>,
     pub slots: u32,
     /// Attempts leased to this worker whose end the worker has not reported.
@@ -86,6 +88,8 @@ impl Workers {
                     id,
                     conn: None,
                     hostname: String::new(),
+                    version: String::new(),
+                    labels: std::collections::HashMap::new(),
                     queues: Vec::new(),
                     slots: 0,
                     leased: HashSet::new(),
@@ -154,6 +158,10 @@ impl Workers {
 
     pub fn has_free_slots(&self) -> bool {
         self.by_id.values().any(|entry| entry.free_slots() > 0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &WorkerEntry> {
+        self.by_id.values()
     }
 
     pub fn drain_all(&mut self) -> Vec<WorkerEntry> {

@@ -1,0 +1,120 @@
+//! `baton cluster status`: the leader, every controller, every worker with
+//! its free slots, and the depth of each queue.
+
+use baton_common::pb::api::GetClusterStatusRequest;
+use clap::Subcommand;
+use serde_json::json;
+
+use super::Context;
+use crate::Outcome;
+use crate::output::{print_json, print_line, table, time_text};
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show the leader, controllers, workers and queues.
+    Status,
+}
+
+pub async fn run(command: ClusterCommand, context: &Context) -> anyhow::Result<Outcome> {
+    match command {
+        ClusterCommand::Status => {
+            let mut client = context.client().await?;
+            let status = client
+                .cluster
+                .get_cluster_status(GetClusterStatusRequest {})
+                .await?
+                .into_inner();
+            if context.json() {
+                print_json(&json!({
+                    "store": status.store,
+                    "leader": {
+                        "controller_id": status.leader_id,
+                        "address": status.leader_address,
+                        "term": status.leader_term,
+                        "since": time_text(status.leader_since.as_ref()),
+                    },
+                    "controllers": status.controllers.iter().map(|c| json!({
+                        "controller_id": c.controller_id,
+                        "address": c.address,
+                        "leader": c.leader,
+                        "started_at": time_text(c.started_at.as_ref()),
+                    })).collect::<Vec<_>>(),
+                    "workers": status.workers.iter().map(|w| json!({
+                        "worker_id": w.worker_id,
+                        "hostname": w.hostname,
+                        "queues": w.queues,
+                        "labels": w.labels,
+                        "slots": w.slots,
+                        "free_slots": w.free_slots,
+                        "running": w.running,
+                        "connected": w.connected,
+                        "draining": w.draining,
+                        "version": w.version,
+                    })).collect::<Vec<_>>(),
+                    "queues": status.queues.iter().map(|q| json!({
+                        "queue": q.queue,
+                        "ready": q.ready,
+                        "workers": q.workers,
+                        "free_slots": q.free_slots,
+                    })).collect::<Vec<_>>(),
+                    "active_runs": status.active_runs,
+                }));
+                return Ok(Outcome::Success);
+            }
+            print_line(format_args!(
+                "leader: {} at {} (term {}, since {}); store: {}; active runs: {}",
+                status.leader_id,
+                status.leader_address,
+                status.leader_term,
+                time_text(status.leader_since.as_ref()),
+                status.store,
+                status.active_runs
+            ));
+            let mut controllers = table(&["CONTROLLER", "ADDRESS", "ROLE", "STARTED"]);
+            for controller in &status.controllers {
+                controllers.add_row(vec![
+                    controller.controller_id.clone(),
+                    controller.address.clone(),
+                    if controller.leader {
+                        "leader".into()
+                    } else {
+                        "follower".into()
+                    },
+                    time_text(controller.started_at.as_ref()),
+                ]);
+            }
+            print_line(controllers);
+            let mut workers = table(&[
+                "WORKER", "HOST", "QUEUES", "SLOTS", "FREE", "RUNNING", "STATE",
+            ]);
+            for worker in &status.workers {
+                let state = match (worker.connected, worker.draining) {
+                    (false, _) => "disconnected",
+                    (true, true) => "draining",
+                    (true, false) => "connected",
+                };
+                workers.add_row(vec![
+                    worker.worker_id.clone(),
+                    worker.hostname.clone(),
+                    worker.queues.join(","),
+                    worker.slots.to_string(),
+                    worker.free_slots.to_string(),
+                    worker.running.to_string(),
+                    state.to_string(),
+                ]);
+            }
+            print_line(workers);
+            let mut queues = table(&["QUEUE", "READY", "WORKERS", "FREE SLOTS"]);
+            for queue in &status.queues {
+                queues.add_row(vec![
+                    queue.queue.clone(),
+                    queue.ready.to_string(),
+                    queue.workers.to_string(),
+                    queue.free_slots.to_string(),
+                ]);
+            }
+            print_line(queues);
+            Ok(Outcome::Success)
+        }
+    }
+}
