@@ -11,7 +11,9 @@
 //!   events, heartbeats, draining and shutdown; the only owner of the
 //!   outbox.
 //! - `connection`: the stream to the controller (`Register` first, then the
-//!   resent backlog) and reconnecting with jittered exponential backoff.
+//!   resent backlog), following the leader when a follower redirects, and
+//!   reconnecting with jittered exponential backoff across the configured
+//!   controllers.
 //! - `outbox`: every known attempt and what of it is not yet acknowledged
 //!   (log bytes, start, result), and the messages that resend it.
 //! - `workdir`: the worker's locked directory, and killing the process
