@@ -80,6 +80,7 @@ pub async fn start(
     ));
     tokio::spawn(follow_leader_while_following(
         leader,
+        config.controller_id.clone(),
         role.clone(),
         shutdown.clone(),
     ));
@@ -98,14 +99,20 @@ pub async fn start(
     Ok((store, driver))
 }
 
-/// While this replica follows, its role names the current leader.
+/// While this replica follows, its role names the current leader. Its own
+/// election key, still there for a moment after it stepped down, does not
+/// count: callers must not be sent back here.
 async fn follow_leader_while_following(
     mut leader: watch::Receiver<Option<LeaderInfo>>,
+    own_id: String,
     role: watch::Sender<Role>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let current = leader.borrow_and_update().clone();
+        let current = leader
+            .borrow_and_update()
+            .clone()
+            .filter(|info| info.controller_id != own_id);
         role.send_if_modified(|role| match role {
             Role::Follower { leader } if *leader != current => {
                 *leader = current.clone();
