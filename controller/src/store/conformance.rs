@@ -417,7 +417,11 @@ async fn batches_at_the_bounds_commit(store: &dyn Store) {
         conditionals: vec![conditional],
     };
     // A conditional counts as one plus its preconditions and operations.
-    assert_eq!(batch.op_count(), max_ops, "the batch is exactly at the bound");
+    assert_eq!(
+        batch.op_count(),
+        max_ops,
+        "the batch is exactly at the bound"
+    );
     let outcome = store.commit(batch).await.unwrap();
     assert_eq!(outcome.applied, [true]);
     let left = store.scan(Scan::prefix(prefix.clone())).await.unwrap();
