@@ -2,12 +2,13 @@
 //! carries a deadline; helpers that expect success panic with the status and
 //! the tail of the sandbox's process logs.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_common::client::{BatonClient, endpoint};
 use baton_common::pb::api::{
-    Attempt, GetDagRequest, GetDagResponse, GetRunRequest, ListTaskAttemptsRequest,
+    Attempt, AttemptOutcome, GetDagRequest, GetDagResponse, GetRunRequest, ListTaskAttemptsRequest,
     RegisterDagRequest, RegisterDagResponse, Run, RunState, TaskInstance, TaskState,
     TriggerRunRequest, TriggerRunResponse,
 };
@@ -45,6 +46,22 @@ impl Api {
         }
     }
 
+    /// Connects to a cluster through `addrs` (comma-separated controller
+    /// addresses): reads go to the first reachable one, writes follow it to
+    /// the leader. `log_dir` holds the process logs shown on failure.
+    pub async fn connect_cluster(addrs: &str, log_dir: &Path) -> Self {
+        let client = tokio::time::timeout(CALL_TIMEOUT, BatonClient::connect(addrs))
+            .await
+            .unwrap_or_else(|_| panic!("connecting to {addrs} took over {CALL_TIMEOUT:?}"))
+            .unwrap_or_else(|error| {
+                panic!("cannot connect to {addrs}: {error}\n{}", logs_tail(log_dir))
+            });
+        Self {
+            client,
+            log_dir: log_dir.to_path_buf(),
+        }
+    }
+
     /// The last lines of every process log of the sandbox.
     pub fn logs_tail(&self) -> String {
         logs_tail(&self.log_dir)
@@ -61,14 +78,11 @@ impl Api {
 
     /// Registers a DAG from YAML text.
     pub async fn try_register(&mut self, yaml: &str) -> Result<RegisterDagResponse, Status> {
-        self.client
-            .dags
-            .register_dag(RegisterDagRequest {
-                spec: yaml.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map(tonic::Response::into_inner)
+        bounded(self.client.dags.register_dag(RegisterDagRequest {
+            spec: yaml.to_string(),
+            ..Default::default()
+        }))
+        .await
     }
 
     /// Registers a DAG from YAML text; panics unless it is accepted.
@@ -80,16 +94,13 @@ impl Api {
     }
 
     pub async fn get_dag(&mut self, dag_id: &str) -> GetDagResponse {
-        match self
-            .client
-            .dags
-            .get_dag(GetDagRequest {
-                dag_id: dag_id.to_string(),
-                version: 0,
-            })
-            .await
+        match bounded(self.client.dags.get_dag(GetDagRequest {
+            dag_id: dag_id.to_string(),
+            version: 0,
+        }))
+        .await
         {
-            Ok(response) => response.into_inner(),
+            Ok(response) => response,
             Err(status) => self.fail(&format!("GetDag({dag_id})"), &status),
         }
     }
@@ -98,11 +109,7 @@ impl Api {
         &mut self,
         request: TriggerRunRequest,
     ) -> Result<TriggerRunResponse, Status> {
-        self.client
-            .runs
-            .trigger_run(request)
-            .await
-            .map(tonic::Response::into_inner)
+        bounded(self.client.runs.trigger_run(request)).await
     }
 
     /// Triggers a run of `dag_id` with no parameters and returns it.
@@ -117,24 +124,27 @@ impl Api {
         }
     }
 
+    /// The run, with every task of it when `include_tasks`.
+    pub async fn try_get_run(
+        &mut self,
+        run_id: &str,
+        include_tasks: bool,
+    ) -> Result<RunView, Status> {
+        let response = bounded(self.client.runs.get_run(GetRunRequest {
+            run_id: run_id.to_string(),
+            include_tasks,
+        }))
+        .await?;
+        Ok(RunView {
+            run: response.run.expect("GetRun answers a run"),
+            tasks: response.tasks,
+        })
+    }
+
     /// The run and every task of it.
     pub async fn get_run(&mut self, run_id: &str) -> RunView {
-        match self
-            .client
-            .runs
-            .get_run(GetRunRequest {
-                run_id: run_id.to_string(),
-                include_tasks: true,
-            })
-            .await
-        {
-            Ok(response) => {
-                let response = response.into_inner();
-                RunView {
-                    run: response.run.expect("GetRun answers a run"),
-                    tasks: response.tasks,
-                }
-            }
+        match self.try_get_run(run_id, true).await {
+            Ok(view) => view,
             Err(status) => self.fail(&format!("GetRun({run_id})"), &status),
         }
     }
@@ -168,6 +178,42 @@ impl Api {
         }
     }
 
+    /// Polls the run record (without its tasks) every `interval` until
+    /// `done` holds, riding out failed calls (in a cluster a controller may
+    /// be down or an election under way meanwhile); panics with `what`, the
+    /// last state and error seen, and the process logs after `timeout`.
+    pub async fn poll_run(
+        &mut self,
+        run_id: &str,
+        what: &str,
+        timeout: Duration,
+        interval: Duration,
+        done: impl Fn(&Run) -> bool,
+    ) -> Run {
+        let mut last_run = None;
+        let mut last_error = None;
+        let found = poll_until(timeout, interval, async || {
+            match self.try_get_run(run_id, false).await {
+                Ok(view) if done(&view.run) => return Some(view.run),
+                Ok(view) => last_run = Some(view.run),
+                Err(status) => {
+                    last_error = Some(format!("{:?}: {}", status.code(), status.message()))
+                }
+            }
+            None
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "run {run_id}: timed out after {timeout:?} waiting for {what}; last seen: {:?} {:?}; last error: {}\n{}",
+                last_run.as_ref().map(|run| RunState::try_from(run.state)),
+                last_run.as_ref().map(|run| &run.task_counts),
+                last_error.unwrap_or_default(),
+                self.logs_tail()
+            )
+        })
+    }
+
     /// Waits until the run is SUCCESS, FAILED or CANCELLED.
     pub async fn wait_for_run(&mut self, run_id: &str, timeout: Duration) -> RunView {
         self.wait_until(run_id, "a final run state", timeout, |view| {
@@ -177,20 +223,195 @@ impl Api {
     }
 
     /// Every attempt of a task, oldest first.
+    pub async fn try_attempts(
+        &mut self,
+        run_id: &str,
+        task_id: &str,
+    ) -> Result<Vec<Attempt>, Status> {
+        bounded(
+            self.client
+                .runs
+                .list_task_attempts(ListTaskAttemptsRequest {
+                    run_id: run_id.to_string(),
+                    task_id: task_id.to_string(),
+                }),
+        )
+        .await
+        .map(|response| response.attempts)
+    }
+
+    /// Every attempt of a task, oldest first.
     pub async fn attempts(&mut self, run_id: &str, task_id: &str) -> Vec<Attempt> {
-        match self
-            .client
-            .runs
-            .list_task_attempts(ListTaskAttemptsRequest {
-                run_id: run_id.to_string(),
-                task_id: task_id.to_string(),
-            })
-            .await
-        {
-            Ok(response) => response.into_inner().attempts,
+        match self.try_attempts(run_id, task_id).await {
+            Ok(attempts) => attempts,
             Err(status) => self.fail(&format!("ListTaskAttempts({task_id})"), &status),
         }
     }
+}
+
+/// Tasks whose attempts are listed at once by
+/// [`Api::check_each_task_succeeded_once`].
+const ATTEMPT_LISTS_IN_FLIGHT: usize = 8;
+
+/// What [`Api::check_each_task_succeeded_once`] found.
+#[derive(Debug, Default)]
+pub struct SuccessCheck {
+    pub tasks: usize,
+    /// Attempts recorded over every task.
+    pub attempts: usize,
+    /// Tasks that took more than one attempt, with their outcomes.
+    pub retried: Vec<String>,
+    /// Every breach of "each task SUCCESS, its success recorded once".
+    pub problems: Vec<String>,
+}
+
+impl SuccessCheck {
+    /// Panics listing the problems (at most 20) unless there are none.
+    pub fn assert_no_problems(&self, context: &str) {
+        assert!(
+            self.problems.is_empty(),
+            "{} of {} tasks break \"SUCCESS, success recorded once\" ({context}):\n{}",
+            self.problems.len(),
+            self.tasks,
+            self.problems
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+impl Api {
+    /// Checks every task of a finished run (`view`, with its tasks): state
+    /// SUCCESS; `ListTaskAttempts` shows attempts numbered 1, 2, … with
+    /// unique ids, every one ended, and exactly one SUCCEEDED, the last one,
+    /// which is the task's current attempt. Lists attempts of several tasks
+    /// at once; a failed call is a problem, not a panic.
+    pub async fn check_each_task_succeeded_once(&self, view: &RunView) -> SuccessCheck {
+        let run_id = view.run.run_id.clone();
+        let tasks: Vec<TaskInstance> = view.tasks.clone();
+        let chunk_size = tasks.len().div_ceil(ATTEMPT_LISTS_IN_FLIGHT).max(1);
+        let mut checks = tokio::task::JoinSet::new();
+        for chunk in tasks.chunks(chunk_size) {
+            let chunk = chunk.to_vec();
+            let mut api = self.clone();
+            let run_id = run_id.clone();
+            checks.spawn(async move {
+                let mut check = SuccessCheck::default();
+                for task in &chunk {
+                    check_task(&mut api, &run_id, task, &mut check).await;
+                }
+                check
+            });
+        }
+        let mut total = SuccessCheck {
+            tasks: tasks.len(),
+            ..SuccessCheck::default()
+        };
+        while let Some(joined) = checks.join_next().await {
+            let check = joined.expect("attempt check task panicked");
+            total.attempts += check.attempts;
+            total.retried.extend(check.retried);
+            total.problems.extend(check.problems);
+        }
+        total.retried.sort();
+        total.problems.sort();
+        total
+    }
+}
+
+async fn check_task(api: &mut Api, run_id: &str, task: &TaskInstance, check: &mut SuccessCheck) {
+    let id = &task.task_id;
+    if task_state(task) != TaskState::Success {
+        check
+            .problems
+            .push(format!("{id}: {:?}, not SUCCESS", task_state(task)));
+    }
+    let attempts = match api.try_attempts(run_id, id).await {
+        Ok(attempts) => attempts,
+        Err(status) => {
+            check.problems.push(format!(
+                "{id}: ListTaskAttempts failed: {:?} {}",
+                status.code(),
+                status.message()
+            ));
+            return;
+        }
+    };
+    check.attempts += attempts.len();
+    let outcomes: Vec<String> = attempts
+        .iter()
+        .map(|attempt| {
+            let outcome = AttemptOutcome::try_from(attempt.outcome).map_or_else(
+                |_| attempt.outcome.to_string(),
+                |o| o.as_str_name().to_string(),
+            );
+            format!("#{} {outcome} on {}", attempt.attempt, attempt.worker_id)
+        })
+        .collect();
+    if attempts.len() > 1 {
+        check.retried.push(format!("{id}: {}", outcomes.join(", ")));
+    }
+    let numbers: Vec<u32> = attempts.iter().map(|attempt| attempt.attempt).collect();
+    let expected: Vec<u32> = (1..=attempts.len() as u32).collect();
+    let ids: HashSet<&str> = attempts.iter().map(|a| a.attempt_id.as_str()).collect();
+    let succeeded = attempts
+        .iter()
+        .filter(|attempt| attempt.outcome == AttemptOutcome::Succeeded as i32)
+        .count();
+    let last = attempts.last();
+    let last_is_current_success = last.is_some_and(|attempt| {
+        attempt.outcome == AttemptOutcome::Succeeded as i32 && attempt.attempt_id == task.attempt_id
+    });
+    let unfinished = attempts
+        .iter()
+        .any(|attempt| attempt.outcome == AttemptOutcome::Unspecified as i32);
+    if numbers != expected
+        || ids.len() != attempts.len()
+        || succeeded != 1
+        || !last_is_current_success
+        || unfinished
+    {
+        check.problems.push(format!(
+            "{id}: attempts [{}] (numbers {numbers:?}, {} unique ids, {succeeded} SUCCEEDED; task's attempt {} {})",
+            outcomes.join(", "),
+            ids.len(),
+            task.attempt,
+            task.attempt_id
+        ));
+    }
+}
+
+/// Bounds one call by [`CALL_TIMEOUT`] whatever channel carries it: a
+/// client that follows the leader opens channels of its own, without the
+/// timeout of the one it was given.
+pub async fn bounded<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no answer within {CALL_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// The state of a run record.
+pub fn run_state(run: &Run) -> RunState {
+    RunState::try_from(run.state).unwrap_or(RunState::Unspecified)
+}
+
+/// Whether the run is SUCCESS, FAILED or CANCELLED.
+pub fn run_is_final(run: &Run) -> bool {
+    run_state_is_final(run_state(run))
+}
+
+/// How many tasks of the run are in `state` (e.g. `"success"`), as of the
+/// run record's last write.
+pub fn task_count(run: &Run, state: &str) -> u32 {
+    run.task_counts.get(state).copied().unwrap_or(0)
 }
 
 /// A run with its tasks, as GetRun returns them.

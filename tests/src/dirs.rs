@@ -4,7 +4,8 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-/// A test's scratch directory, removed on drop unless `BATON_KEEP_TEST_DIR=1`.
+/// A test's scratch directory, removed on drop unless `BATON_KEEP_TEST_DIR=1`
+/// or the test is failing (panicking).
 #[derive(Debug)]
 pub struct TestDir {
     // `None` once kept: the directory then outlives the test.
@@ -39,6 +40,18 @@ impl TestDir {
     /// Whether the directory is removed when the test ends.
     pub fn is_temporary(&self) -> bool {
         self.dir.is_some()
+    }
+}
+
+impl Drop for TestDir {
+    /// A failing test keeps its directory (process logs, data dirs) for a
+    /// look afterwards, and says where it is.
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("test failed: keeping {}", dir.keep().display());
+        }
     }
 }
 

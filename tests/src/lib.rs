@@ -15,7 +15,11 @@
 //!   `cargo build -p baton-cli --bin baton` (same profile) when it does not
 //!   exist or is older than a source file of the product.
 //! - `BATON_KEEP_TEST_DIR=1`: keep each test's temporary directory (data dirs
-//!   and process logs) and print its path.
+//!   and process logs) and print its path. A failing test keeps its
+//!   directory anyway.
+//! - `BATON_ETCD_BIN`: the etcd binary of cluster tests (default: `etcd` on
+//!   `PATH`, else `/usr/bin/etcd`). Without one they are skipped, or fail
+//!   under `CI=true`.
 //!
 //! # Layout
 //! - [`binary`]: finding (or building) the `baton` binary.
@@ -28,18 +32,35 @@
 //! - [`proxy`]: [`TcpProxy`], a TCP proxy tests run themselves to partition
 //!   a process from the controller and heal the partition.
 //! - [`api`]: [`Api`], the typed client with the helpers tests share
-//!   (register, trigger, wait for a run, list attempts).
+//!   (register, trigger, wait for a run, list attempts, check that each
+//!   task succeeded once); every call has a deadline.
+//! - [`etcd`]: [`EtcdCluster`], a real etcd of one or three members, each
+//!   stopped, killed and restarted by PID; [`etcd::etcd_binary`] alone
+//!   decides whether a missing etcd fails (`CI=true`) or skips a test.
+//! - [`cluster`]: [`ClusterSandbox`] (built by [`ClusterBuilder`]): etcd,
+//!   `baton controller` replicas in cluster mode and `baton worker`s, with
+//!   direct per-controller `GetClusterStatus` to see who leads.
+//! - [`history`]: [`StoreHistory`], the store's history read back from
+//!   etcd: every record put with its leader term, every election key.
 //! - [`poll`]: the one bounded polling loop every wait goes through.
 
 pub mod api;
 pub mod binary;
+pub mod cluster;
 pub mod dirs;
+pub mod etcd;
+pub mod history;
 pub mod poll;
 pub mod process;
 pub mod proxy;
 pub mod sandbox;
 
-pub use api::{Api, RunView, micros, task_state};
+pub use api::{
+    Api, RunView, SuccessCheck, micros, run_is_final, run_state, task_count, task_state,
+};
+pub use cluster::{ClusterBuilder, ClusterSandbox};
+pub use etcd::EtcdCluster;
+pub use history::StoreHistory;
 pub use process::{BatonProcess, LogPattern, PidFiles};
 pub use proxy::TcpProxy;
 pub use sandbox::{CliOutput, Sandbox};

@@ -266,7 +266,7 @@ pub fn logs_tail(dir: &Path) -> String {
 
 /// Polls the health check of [`READY_SERVICE`] until it answers SERVING
 /// (true) or the process exits (false); panics after [`READY_TIMEOUT`].
-async fn wait_ready(addr: &str, process: &mut BatonProcess) -> bool {
+pub(crate) async fn wait_ready(addr: &str, process: &mut BatonProcess) -> bool {
     let endpoint = Endpoint::from_shared(addr.to_string())
         .expect("valid address")
         .connect_timeout(Duration::from_secs(1))
