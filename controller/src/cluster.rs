@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_common::time::now_micros;
-use etcd_client::{Client, PutOptions};
+use etcd_client::PutOptions;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -73,7 +73,7 @@ pub async fn start(
     };
     let (leader_sender, leader) = watch::channel(None);
     tokio::spawn(election::track_leader(
-        etcd.client(),
+        etcd.clone(),
         candidate.name.clone(),
         leader_sender,
         shutdown.clone(),
@@ -90,7 +90,7 @@ pub async fn start(
         started_at: now_micros(),
     };
     tokio::spawn(keep_membership(
-        etcd.client(),
+        etcd.clone(),
         etcd.absolute_key(&keys::controller(&config.controller_id)),
         member,
         shutdown.clone(),
@@ -137,10 +137,9 @@ async fn drive(
     role: watch::Sender<Role>,
     shutdown: CancellationToken,
 ) -> Result<(), ClusterError> {
-    let client = etcd.client();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let elected = match election::campaign(&client, &candidate, &shutdown).await {
+        let elected = match election::campaign(&etcd, &candidate, &shutdown).await {
             Ok(elected) => elected,
             Err(ElectionError::Cancelled) => return Ok(()),
             Err(error) => {
@@ -245,7 +244,7 @@ enum Outcome {
 /// Keeps `controllers/<id>` alive for as long as the controller runs, under
 /// a lease of its own, and deletes it on shutdown.
 async fn keep_membership(
-    mut client: Client,
+    etcd: EtcdStore,
     key: Vec<u8>,
     member: Membership,
     shutdown: CancellationToken,
@@ -253,6 +252,7 @@ async fn keep_membership(
     let value = serde_json::to_vec(&member).unwrap_or_default();
     let period = Duration::from_secs(MEMBERSHIP_TTL as u64 / 3);
     while !shutdown.is_cancelled() {
+        let mut client = etcd.client();
         let registered = async {
             let lease = client.lease_grant(MEMBERSHIP_TTL, None).await?.id();
             client
@@ -269,6 +269,7 @@ async fn keep_membership(
             match tokio::time::timeout(Duration::from_secs(5), registered).await {
                 Ok(Ok(registered)) => registered,
                 outcome => {
+                    etcd.client_failed();
                     debug!(?outcome, "cannot register the controller yet");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -290,8 +291,11 @@ async fn keep_membership(
             };
             match tokio::time::timeout(period, renewed).await {
                 Ok(Ok(Some(response))) if response.ttl() > 0 => {}
-                // Expired or broken: register again.
-                _ => break,
+                // Expired or broken: register again (through another member).
+                _ => {
+                    etcd.client_failed();
+                    break;
+                }
             }
         }
     }

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::store::etcd::Fence;
+use crate::store::etcd::{EtcdStore, Fence};
 
 /// How long an etcd request of the election may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -115,7 +115,7 @@ pub struct Elected {
     leader_key: LeaderKey,
     lost: CancellationToken,
     keepalive: JoinHandle<()>,
-    client: Client,
+    etcd: EtcdStore,
 }
 
 impl Elected {
@@ -128,7 +128,7 @@ impl Elected {
     /// election key and revokes the lease so a follower leads at once.
     pub async fn resign(self) {
         self.keepalive.abort();
-        let mut client = self.client.clone();
+        let mut client = self.etcd.client();
         let options = ResignOptions::new().with_leader(self.leader_key.clone());
         match bounded(client.resign(Some(options))).await {
             Ok(_) => info!(term = self.term, "resigned leadership"),
@@ -144,10 +144,11 @@ impl Elected {
     /// etcd is reachable again another controller need not wait for expiry.
     pub fn release(self) {
         self.keepalive.abort();
-        let mut client = self.client.clone();
+        let etcd = self.etcd.clone();
         let lease_id = self.lease_id;
         tokio::spawn(async move {
             for attempt in 0..10u32 {
+                let mut client = etcd.client();
                 match bounded(client.lease_revoke(lease_id)).await {
                     Ok(_) => return debug!(lease_id, "stale leader lease revoked"),
                     // Gone already (expired): nothing to do.
@@ -157,7 +158,8 @@ impl Elected {
                         return;
                     }
                     Err(error) => {
-                        debug!(lease_id, attempt, %error, "cannot revoke the stale lease yet")
+                        etcd.client_failed();
+                        debug!(lease_id, attempt, %error, "cannot revoke the stale lease yet");
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -174,11 +176,27 @@ impl Drop for Elected {
 
 /// Campaigns until elected, `cancel` fires, or the lease cannot be kept.
 pub async fn campaign(
-    client: &Client,
+    etcd: &EtcdStore,
     candidate: &Candidate,
     cancel: &CancellationToken,
 ) -> Result<Elected, ElectionError> {
-    let mut client = client.clone();
+    let result = campaign_once(etcd, candidate, cancel).await;
+    if matches!(
+        result,
+        Err(ElectionError::Etcd(_) | ElectionError::Timeout(_))
+    ) {
+        // The next campaign goes to another etcd member.
+        etcd.client_failed();
+    }
+    result
+}
+
+async fn campaign_once(
+    etcd: &EtcdStore,
+    candidate: &Candidate,
+    cancel: &CancellationToken,
+) -> Result<Elected, ElectionError> {
+    let mut client = etcd.client();
     let ttl_seconds = candidate.ttl.as_secs().max(1) as i64;
     let lease_id = bounded(client.lease_grant(ttl_seconds, None)).await?.id();
     let clock = LeaseClock::new(candidate.ttl);
@@ -192,7 +210,7 @@ pub async fn campaign(
         _ => return Err(ElectionError::LeaseLost),
     }
     let keepalive = tokio::spawn(keep_alive(
-        client.clone(),
+        etcd.clone(),
         lease_id,
         candidate.ttl,
         clock.clone(),
@@ -242,14 +260,16 @@ pub async fn campaign(
         leader_key,
         lost,
         keepalive,
-        client,
+        etcd: etcd.clone(),
     })
 }
 
-/// Renews the lease every third of its TTL; cancels `lost` when renewals
-/// stop succeeding within the trusted window, or etcd says it expired.
+/// Renews the lease every third of its TTL. A renewal that fails is tried
+/// again at once on another etcd member (a member that died must not cost
+/// the lease); `lost` is cancelled when no renewal succeeds within the
+/// trusted window, or etcd says the lease expired.
 async fn keep_alive(
-    mut client: Client,
+    etcd: EtcdStore,
     lease_id: i64,
     ttl: Duration,
     clock: LeaseClock,
@@ -258,43 +278,52 @@ async fn keep_alive(
     mut responses: etcd_client::LeaseKeepAliveStream,
 ) {
     let period = ttl / 3;
+    // Several tries fit in the trusted window.
+    let try_timeout = (ttl / 8).max(Duration::from_millis(100));
+    let mut next = Instant::now() + period;
     loop {
-        tokio::time::sleep(period).await;
-        let sent = Instant::now();
-        let renewal = async {
-            keeper.keep_alive().await?;
-            responses.message().await
-        };
-        match tokio::time::timeout(period, renewal).await {
-            Ok(Ok(Some(response))) if response.ttl() > 0 => clock.renewed(sent),
-            Ok(Ok(Some(_))) => {
-                warn!(lease_id, "leader lease expired");
+        tokio::time::sleep_until(next.into()).await;
+        loop {
+            let sent = Instant::now();
+            let renewal = async {
+                keeper.keep_alive().await?;
+                responses.message().await
+            };
+            match tokio::time::timeout(try_timeout, renewal).await {
+                Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                    clock.renewed(sent);
+                    next = sent + period;
+                    break;
+                }
+                Ok(Ok(Some(_))) => {
+                    warn!(lease_id, "leader lease expired");
+                    lost.cancel();
+                    return;
+                }
+                outcome => {
+                    debug!(
+                        lease_id,
+                        ?outcome,
+                        "lease renewal failed; trying another etcd member"
+                    );
+                    etcd.client_failed();
+                    let mut client = etcd.client();
+                    if let Ok(Ok((new_keeper, new_responses))) =
+                        tokio::time::timeout(try_timeout, client.lease_keep_alive(lease_id)).await
+                    {
+                        keeper = new_keeper;
+                        responses = new_responses;
+                    }
+                }
+            }
+            if !clock.is_valid() {
+                warn!(
+                    lease_id,
+                    "no lease renewal within the trusted window; stepping down"
+                );
                 lost.cancel();
                 return;
             }
-            outcome => {
-                debug!(
-                    lease_id,
-                    ?outcome,
-                    "lease keep-alive failed; reopening the stream"
-                );
-                // A broken stream is reopened; the clock decides when it is
-                // too late.
-                if let Ok(Ok((new_keeper, new_responses))) =
-                    tokio::time::timeout(period, client.lease_keep_alive(lease_id)).await
-                {
-                    keeper = new_keeper;
-                    responses = new_responses;
-                }
-            }
-        }
-        if !clock.is_valid() {
-            warn!(
-                lease_id,
-                "no lease renewal within the trusted window; stepping down"
-            );
-            lost.cancel();
-            return;
         }
     }
 }
@@ -302,7 +331,7 @@ async fn keep_alive(
 /// Keeps `leader` up to date with the current leader (the election key with
 /// the lowest create revision), or `None` while there is none.
 pub async fn track_leader(
-    client: Client,
+    etcd: EtcdStore,
     name: Vec<u8>,
     leader: watch::Sender<Option<LeaderInfo>>,
     stop: CancellationToken,
@@ -312,10 +341,11 @@ pub async fn track_leader(
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         let result = tokio::select! {
-            result = follow_leader(client.clone(), &prefix, &leader) => result,
+            result = follow_leader(etcd.client(), &prefix, &leader) => result,
             () = stop.cancelled() => return,
         };
         if let Err(error) = result {
+            etcd.client_failed();
             debug!(%error, "leader tracking interrupted; retrying");
         }
         tokio::select! {

@@ -94,13 +94,19 @@ impl DagPlan {
 pub type PlanRef = Arc<DagPlan>;
 
 /// Plans by DAG version, shared by the scheduler and the API handlers.
-/// The latest version of each DAG is held; older versions are held weakly,
-/// so they live exactly as long as a run or a caller uses them.
+/// The latest version of each DAG registered here is held, and so are the
+/// most recently read plans (a follower serving `GetRun` of the same run
+/// again must not parse its DAG again), up to [`RECENT_TASKS`] tasks in all;
+/// other versions are held weakly, as long as a run or a caller uses them.
 #[derive(Default)]
 pub struct PlanCache {
     plans: Mutex<HashMap<(DagId, u32), std::sync::Weak<DagPlan>>>,
     latest: Mutex<HashMap<DagId, PlanRef>>,
+    recent: Mutex<std::collections::VecDeque<PlanRef>>,
 }
+
+/// Tasks the recently read plans may hold in all.
+pub const RECENT_TASKS: usize = 250_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -120,12 +126,37 @@ impl From<PlanError> for ApiError {
     fn from(error: PlanError) -> Self {
         match error {
             PlanError::MissingVersion { .. } => ApiError::FailedPrecondition(error.to_string()),
+            // Unreachable store: retryable, as for any other read.
+            PlanError::Store(StoreError::Unavailable(message)) => {
+                ApiError::Unavailable(format!("store unavailable: {message}"))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
 }
 
 impl PlanCache {
+    /// Keeps `plan` among the recently read ones, dropping the oldest beyond
+    /// the task budget.
+    fn touch(&self, plan: &PlanRef) {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        recent.retain(|held| !Arc::ptr_eq(held, plan));
+        recent.push_front(Arc::clone(plan));
+        let mut tasks = 0;
+        let mut keep = 0;
+        for held in recent.iter() {
+            if keep > 0 && tasks + held.len() > RECENT_TASKS {
+                break;
+            }
+            tasks += held.len();
+            keep += 1;
+        }
+        recent.truncate(keep);
+    }
+
     fn cached(&self, dag_id: &DagId, version: u32) -> Option<PlanRef> {
         let plans = self
             .plans
@@ -173,6 +204,7 @@ impl PlanCache {
         version: u32,
     ) -> Result<PlanRef, PlanError> {
         if let Some(plan) = self.cached(dag_id, version) {
+            self.touch(&plan);
             return Ok(plan);
         }
         let record: DagVersionRecord = get_record(store, &keys::dag_version(dag_id, version))
@@ -197,6 +229,88 @@ impl PlanCache {
         })??;
         let plan = Arc::new(plan);
         self.insert(&plan);
+        self.touch(&plan);
         Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{Batch, Op};
+
+    async fn store_with_version(
+        dir: &std::path::Path,
+        dag_id: &DagId,
+        tasks: usize,
+    ) -> EmbeddedStore {
+        let store = EmbeddedStore::open(&dir.join("plans.redb"), 4 << 20).unwrap();
+        let spec = serde_json::json!({
+            "id": dag_id.as_str(),
+            "tasks": (0..tasks).map(|i| serde_json::json!({"id": format!("t{i}"), "kind": "noop"})).collect::<Vec<_>>(),
+        });
+        let record = DagVersionRecord {
+            dag_id: dag_id.to_string(),
+            version: 1,
+            spec_json: spec.to_string(),
+            ..DagVersionRecord::default()
+        };
+        store
+            .commit(Batch {
+                ops: vec![Op::put(
+                    keys::dag_version(dag_id, 1),
+                    record.encode_to_vec(),
+                )],
+                conditionals: vec![],
+            })
+            .await
+            .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn a_plan_read_once_is_not_parsed_again_while_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let dag_id = DagId::new("d").unwrap();
+        let store = store_with_version(dir.path(), &dag_id, 3).await;
+        let cache = PlanCache::default();
+        let first = cache.get(&store, &dag_id, 1).await.unwrap();
+        let address = Arc::as_ptr(&first);
+        drop(first);
+        let second = cache.get(&store, &dag_id, 1).await.unwrap();
+        assert_eq!(
+            Arc::as_ptr(&second),
+            address,
+            "served from the cache, not parsed again"
+        );
+        assert_eq!(second.len(), 3);
+    }
+
+    #[test]
+    fn recent_plans_stay_within_the_task_budget() {
+        let cache = PlanCache::default();
+        let plan = |id: &str, tasks: usize| {
+            let spec = serde_json::json!({
+                "id": id,
+                "tasks": (0..tasks).map(|i| serde_json::json!({"id": format!("t{i}"), "kind": "noop"})).collect::<Vec<_>>(),
+            });
+            let dag = spec::parse_dag(&spec.to_string(), SpecFormat::Json, &SpecLimits::UNLIMITED)
+                .unwrap();
+            Arc::new(DagPlan::compile(1, dag))
+        };
+        let big = plan("big", RECENT_TASKS / 2 + 1);
+        cache.touch(&big);
+        cache.touch(&plan("small", 10));
+        cache.touch(&plan("other", RECENT_TASKS / 2));
+        let recent = cache.recent.lock().unwrap();
+        let ids: Vec<&str> = recent.iter().map(|plan| plan.dag_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["other", "small"],
+            "the oldest plan beyond the budget is let go"
+        );
     }
 }

@@ -44,6 +44,11 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::codec::Streaming;
 use tracing::{debug, info, warn};
 
+/// How often the worker pings the controller's connection, and how long it
+/// waits for the answer before it counts the connection as dead.
+const CONTROLLER_PING_INTERVAL: Duration = Duration::from_secs(2);
+const CONTROLLER_PING_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// First reconnect delay; it doubles after each failed try.
 pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -220,9 +225,18 @@ impl Link {
         }
         let controller_addr = self.target.clone();
         let connect = async move {
-            let channel = client::connect_channel(&controller_addr)
+            // Frequent HTTP/2 pings: a controller that froze (paused, cut
+            // off) is noticed within seconds, so the worker moves on to the
+            // new leader instead of waiting on a dead stream.
+            let channel = client::endpoint(&controller_addr)
+                .map_err(|error| Failure::Other(error.to_string()))?
+                .http2_keep_alive_interval(CONTROLLER_PING_INTERVAL)
+                .keep_alive_timeout(CONTROLLER_PING_TIMEOUT)
+                .connect()
                 .await
-                .map_err(|error| Failure::Other(error.to_string()))?;
+                .map_err(|error| {
+                    Failure::Other(format!("cannot connect to {controller_addr}: {error}"))
+                })?;
             let mut worker_client = client::worker_client(channel);
             let response = worker_client
                 .connect(UnboundedReceiverStream::new(receiver))

@@ -98,6 +98,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -154,7 +155,7 @@ const CHUNK_PAGE: usize = 16;
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How often a read is tried before it fails as unavailable.
-const READ_ATTEMPTS: u32 = 4;
+const READ_ATTEMPTS: u32 = 8;
 
 /// A read at a pinned revision restarts this often when etcd compacts
 /// that revision meanwhile.
@@ -210,9 +211,18 @@ pub struct EtcdStore {
     stop: CancellationToken,
 }
 
-struct Shared {
+/// One etcd member's client. Each member gets its own client because a
+/// client balanced over all members keeps sending requests to a member that
+/// died; with one client per member, a failure moves the store to the next.
+struct Member {
     client: Client,
     kv: KvClient,
+}
+
+struct Shared {
+    members: Vec<Member>,
+    /// The member requests go to until one fails.
+    preferred: AtomicUsize,
     /// Normalized: no trailing slash.
     prefix: String,
     /// For error messages.
@@ -248,25 +258,29 @@ impl EtcdStore {
                 KEEPALIVE_INTERVAL,
                 config.request_timeout.max(MIN_KEEPALIVE_TIMEOUT),
             );
-        let client = tokio::time::timeout(
-            config.connect_timeout,
-            Client::connect(&config.endpoints, Some(options)),
-        )
-        .await
-        .map_err(|_| {
-            unavailable(&format!(
-                "no connection within {:?}",
-                config.connect_timeout
-            ))
-        })?
-        .map_err(|error| unavailable(&error))?;
-        let kv = client
-            .kv_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut members = Vec::with_capacity(config.endpoints.len());
+        for endpoint in &config.endpoints {
+            let client = tokio::time::timeout(
+                config.connect_timeout,
+                Client::connect([endpoint.as_str()], Some(options.clone())),
+            )
+            .await
+            .map_err(|_| {
+                unavailable(&format!(
+                    "no connection to {endpoint} within {:?}",
+                    config.connect_timeout
+                ))
+            })?
+            .map_err(|error| unavailable(&error))?;
+            let kv = client
+                .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES);
+            members.push(Member { client, kv });
+        }
         let store = Self {
             shared: Arc::new(Shared {
-                client,
-                kv,
+                members,
+                preferred: AtomicUsize::new(0),
                 prefix: config.prefix.trim_end_matches('/').to_owned(),
                 endpoints: endpoints.clone(),
                 request_timeout: config.request_timeout,
@@ -279,13 +293,14 @@ impl EtcdStore {
         let probe_key = store.absolute_key(b"");
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let mut kv = store.shared.kv.clone();
+            let (member, mut kv) = store.preferred_kv();
             let probe = kv.get(probe_key.clone(), Some(GetOptions::new().with_count_only()));
             let error = match tokio::time::timeout(config.request_timeout, probe).await {
                 Ok(Ok(_)) => return Ok(store),
                 Ok(Err(error)) => error.to_string(),
                 Err(_) => format!("no answer within {:?}", config.request_timeout),
             };
+            store.member_failed(member);
             if Instant::now() + backoff >= deadline {
                 return Err(unavailable(&error));
             }
@@ -305,8 +320,35 @@ impl EtcdStore {
     }
 
     /// A clone of the client, for election and lease code.
+    /// A client of the member requests currently go to.
     pub fn client(&self) -> Client {
-        self.shared.client.clone()
+        let index = self.shared.preferred.load(Ordering::Acquire) % self.shared.members.len();
+        self.shared.members[index].client.clone()
+    }
+
+    /// A client failed to reach its member: move on to the next member.
+    /// Callers holding a client from [`Self::client`] call this on a
+    /// transport error and take a new one.
+    pub fn client_failed(&self) {
+        let current = self.shared.preferred.load(Ordering::Acquire);
+        self.member_failed(current % self.shared.members.len());
+    }
+
+    fn preferred_kv(&self) -> (usize, KvClient) {
+        let index = self.shared.preferred.load(Ordering::Acquire) % self.shared.members.len();
+        (index, self.shared.members[index].kv.clone())
+    }
+
+    /// Moves requests away from `member` (unless another request already
+    /// did).
+    fn member_failed(&self, member: usize) {
+        let next = (member + 1) % self.shared.members.len();
+        let _ = self.shared.preferred.compare_exchange(
+            member,
+            next,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The normalized prefix, e.g. `/baton`.
@@ -410,7 +452,7 @@ impl EtcdStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut kv = self.shared.kv.clone();
+            let (member, mut kv) = self.preferred_kv();
             let request = kv.get(key.clone(), Some(options.clone()));
             let message = match tokio::time::timeout(timeout, request).await {
                 Ok(Ok(response)) => return Ok(response),
@@ -425,6 +467,7 @@ impl EtcdStore {
                 },
                 Err(_) => format!("no answer within {timeout:?}"),
             };
+            self.member_failed(member);
             if attempt >= READ_ATTEMPTS {
                 return Err(StoreError::Unavailable(format!(
                     "etcd at {} did not answer a read ({attempt} attempts): {message}",
@@ -624,7 +667,7 @@ impl EtcdStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut kv = self.shared.kv.clone();
+            let (member, mut kv) = self.preferred_kv();
             let message = match tokio::time::timeout(timeout, kv.txn(txn.clone())).await {
                 Ok(Ok(response)) => {
                     return Ok(Sent {
@@ -653,6 +696,7 @@ impl EtcdStore {
                     format!("no answer within {timeout:?}")
                 }
             };
+            self.member_failed(member);
             let give_up = || {
                 if maybe_applied {
                     StoreError::Indeterminate(format!(
