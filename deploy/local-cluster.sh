@@ -101,7 +101,7 @@ start() {
   for i in 0 1 2; do wait_port "127.0.0.1:$((base_port + 20 + i))" 20; done
 
   for i in $(seq 0 $((workers - 1))); do
-    "$baton" --addr "$controllers" worker --id "worker-$i" --work-dir "$dir/work" \
+    "$baton" --addr "$controllers" worker --id "worker-$i" --work-dir "$dir/work-$i" \
       >"$dir/logs/worker-$i.log" 2>&1 &
     echo "worker-$i $!" >>"$dir/pids"
   done

@@ -390,9 +390,14 @@ async fn follow_leader(
         )
         .await?;
         // Any change under the prefix may change the leader: read it again.
-        match events.message().await? {
-            Some(_) => continue,
-            None => return Ok(()),
+        // The first answer only confirms the watch was created; it is not
+        // a change.
+        loop {
+            match events.message().await? {
+                Some(response) if response.created() && response.events().is_empty() => continue,
+                Some(_) => break,
+                None => return Ok(()),
+            }
         }
     }
 }

@@ -60,7 +60,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const MAX_REDIRECTS_IN_A_ROW: u32 = 3;
 
 /// Largest reconnect delay while no leader is known.
-pub(crate) const NO_LEADER_MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const NO_LEADER_MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// How long after losing the leader the short backoff applies; a cluster
 /// without a leader for longer is down, and the configured backoff spares

@@ -9,7 +9,9 @@
 //! can take belongs to a worker that is gone; the groups recorded there whose
 //! leader still has the recorded start time (so the pid was not reused) are
 //! killed, and the directory is removed. A second worker with the same id on
-//! the same work dir is refused.
+//! the same work dir is refused. Workers take turns (`workers/.lock`) to
+//! create, lock and clean up, so two starting together never take each
+//! other's directory for abandoned.
 
 use std::fs::File;
 use std::io;
@@ -42,6 +44,14 @@ impl WorkDir {
             path: path.to_path_buf(),
             source,
         };
+        std::fs::create_dir_all(&workers).map_err(|source| io_error(&workers, source))?;
+        // Workers starting together take turns: without this, one could find
+        // another's directory between its creation and its lock, take it
+        // for abandoned and remove it.
+        let turn_path = workers.join(".lock");
+        let turn = File::create(&turn_path).map_err(|source| io_error(&turn_path, source))?;
+        let _turn = Flock::lock(turn, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_error(&turn_path, io::Error::from(errno)))?;
         std::fs::create_dir_all(root.join("attempts")).map_err(|source| io_error(&root, source))?;
         let lock_path = root.join("lock");
         let file = File::create(&lock_path).map_err(|source| io_error(&lock_path, source))?;
@@ -215,6 +225,30 @@ mod tests {
             .err()
             .expect("same id twice");
         assert!(error.to_string().contains("already runs"), "{error}");
+    }
+
+    #[test]
+    fn workers_starting_together_keep_their_own_directories() {
+        let work_dir = tempfile::tempdir().unwrap();
+        let started: Vec<WorkDir> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let path = work_dir.path();
+                    scope.spawn(move || WorkDir::acquire(path, &format!("w{i}")).unwrap())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap())
+                .collect()
+        });
+        for workdir in &started {
+            assert!(
+                workdir.root().join("attempts").is_dir(),
+                "{} kept",
+                workdir.root().display()
+            );
+        }
     }
 
     #[test]

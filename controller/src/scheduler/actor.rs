@@ -1495,12 +1495,45 @@ impl Scheduler {
             if let Some(worker) = self.workers.get_mut(&worker_id) {
                 worker.leased.remove(&attempt_id);
             }
-            let reason = format!(
-                "worker `{worker_id}` reconnected without the attempt (it restarted or never received it)"
-            );
-            self.fail_lost_attempt(attempt_id, &reason);
+            let never_started = self
+                .attempts
+                .get(&attempt_id)
+                .is_some_and(|&(run_id, index)| {
+                    self.runs
+                        .get(&run_id)
+                        .is_some_and(|entry| entry.slot(index).state == TaskState::Leased)
+                });
+            if never_started {
+                self.return_unstarted_lease(attempt_id, &worker_id);
+            } else {
+                let reason =
+                    format!("worker `{worker_id}` reconnected without the attempt (it restarted)");
+                self.fail_lost_attempt(attempt_id, &reason);
+            }
         }
         self.dispatch_needed = true;
+    }
+
+    /// An attempt leased to a worker that reconnected without it and never
+    /// reported it started (the assignment was lost with the previous
+    /// leader or stream): it never ran, so the task is ready again at once
+    /// and the attempt does not count against its retries.
+    fn return_unstarted_lease(&mut self, attempt_id: AttemptId, worker_id: &str) {
+        let Some(&(run_id, index)) = self.attempts.get(&attempt_id) else {
+            return;
+        };
+        let reason =
+            format!("worker `{worker_id}` never received the assignment; the task is ready again");
+        info!(%run_id, %attempt_id, "{reason}");
+        self.end_attempt_by_controller(run_id, index, AttemptOutcome::WorkerLost, &reason, false);
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        entry.slot_mut(index).attempt_base += 1;
+        if entry.set_state(index, TaskState::Ready) {
+            self.touch(run_id);
+            self.queue_ready(run_id, index);
+        }
     }
 
     /// Fails a current attempt as `worker_lost`, retrying if allowed.

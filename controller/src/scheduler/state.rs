@@ -28,7 +28,11 @@ pub fn task_transition_allowed(from: TaskState, to: TaskState) -> bool {
     match from {
         Pending => matches!(to, Ready | UpstreamFailed | Skipped | Cancelled),
         Ready => matches!(to, Leased | Cancelled),
-        Leased => matches!(to, Running | Success | Failed | UpForRetry | Cancelled),
+        // Back to ready: the lease was never taken up (the worker never got it).
+        Leased => matches!(
+            to,
+            Ready | Running | Success | Failed | UpForRetry | Cancelled
+        ),
         Running => matches!(to, Success | Failed | UpForRetry | Cancelled),
         UpForRetry => matches!(to, Ready | Cancelled),
         UpForReschedule => matches!(to, Ready | Cancelled),

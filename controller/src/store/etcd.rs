@@ -146,8 +146,9 @@ const REQUEST_BYTES_BUDGET: usize = 1536 * 1024 - 64 * 1024;
 /// Chunk bytes per chunk-writing transaction.
 const CHUNK_TXN_BYTES: usize = 1024 * 1024;
 
-/// Keys per range request of a scan, and chunks per request of a read.
-const SCAN_PAGE: usize = 128;
+/// Keys per range request of a scan (records are small: recovering 10,000
+/// task records takes 10 requests, not 80), and chunks per request of a read.
+const SCAN_PAGE: usize = 1_000;
 const CHUNK_PAGE: usize = 16;
 
 /// Largest response the client decodes (tonic's default is 4 MiB; a page of
