@@ -29,6 +29,29 @@ const POLL: Duration = Duration::from_millis(5);
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 pub const TARGET_HOP_P50_MS: f64 = 2.0;
 
+/// hop i = `started_at`(task i+1) − `ended_at`(task i), in ms, for the
+/// tasks `ids` (in chain order) of a `GetRun{include_tasks: true}` answer.
+pub fn hop_latencies(response: &api::GetRunResponse, ids: &[String]) -> anyhow::Result<Vec<f64>> {
+    let tasks: HashMap<&str, &api::TaskInstance> = response
+        .tasks
+        .iter()
+        .map(|task| (task.task_id.as_str(), task))
+        .collect();
+    let mut hops = Vec::with_capacity(ids.len().saturating_sub(1));
+    for pair in ids.windows(2) {
+        let before = tasks
+            .get(pair[0].as_str())
+            .with_context(|| format!("task {} missing from GetRun", pair[0]))?;
+        let after = tasks
+            .get(pair[1].as_str())
+            .with_context(|| format!("task {} missing from GetRun", pair[1]))?;
+        let ended = micros(before.ended_at.as_ref(), "task ended_at")?;
+        let started = micros(after.started_at.as_ref(), "task started_at")?;
+        hops.push((started - ended) as f64 / 1e3);
+    }
+    Ok(hops)
+}
+
 pub async fn run(
     binary: &Path,
     work: &Path,
@@ -60,23 +83,7 @@ pub async fn run(
         let response = within("GetRun with tasks", client.runs.get_run(request))
             .await?
             .into_inner();
-        let tasks: HashMap<&str, &api::TaskInstance> = response
-            .tasks
-            .iter()
-            .map(|task| (task.task_id.as_str(), task))
-            .collect();
-        let mut hops = Vec::with_capacity(length.saturating_sub(1));
-        for pair in ids.windows(2) {
-            let before = tasks
-                .get(pair[0].as_str())
-                .with_context(|| format!("task {} missing from GetRun", pair[0]))?;
-            let after = tasks
-                .get(pair[1].as_str())
-                .with_context(|| format!("task {} missing from GetRun", pair[1]))?;
-            let ended = micros(before.ended_at.as_ref(), "task ended_at")?;
-            let started = micros(after.started_at.as_ref(), "task started_at")?;
-            hops.push((started - ended) as f64 / 1e3);
-        }
+        let hops = hop_latencies(&response, &ids)?;
         let (p50, p99) = (percentile(&hops, 50.0), percentile(&hops, 99.0));
         let seconds = run_seconds(&finished.run)?;
         let per = seconds * 1e3 / length as f64;

@@ -13,6 +13,11 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod chain;
+mod cluster;
+mod cluster_chain;
+mod cluster_fanout;
+mod etcd;
+mod failover;
 mod fanout;
 mod memory;
 mod procs;
@@ -41,9 +46,21 @@ enum Scenario {
     Chain,
     /// Peak RSS of a controller running a 1 → 100,000 → 1 noop run.
     Memory,
-    /// The embedded store's and etcd's own latency and throughput.
+    /// The embedded store's and etcd's own latency and throughput (etcd:
+    /// one member, and the cluster the cluster scenarios use).
     Reference,
-    /// reference, fanout, chain, memory, then one summary.
+    /// Tasks/s of a 1 → 10,000 → 1 noop run on 3 controllers + 4 workers
+    /// over a 3-member etcd cluster.
+    ClusterFanout,
+    /// Hop latency along a 1,000-noop chain on the same cluster shape.
+    ClusterChain,
+    /// SIGKILL / SIGTERM of the leader mid-run → first dispatch by the new
+    /// leader, at lease TTL 5 s and 2 s.
+    Failover,
+    /// cluster-fanout, cluster-chain, failover.
+    Cluster,
+    /// reference, fanout, chain, memory, cluster-fanout, cluster-chain,
+    /// failover, then one summary.
     All,
 }
 
@@ -68,10 +85,19 @@ struct Args {
     /// Keep the temp directory (data dirs and process logs) for inspection.
     #[arg(long)]
     keep_temp: bool,
-    /// Parallel noops of `fanout` (targets apply to the default only).
+    /// Slots of each of the 4 workers of the cluster scenarios.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    worker_slots: u32,
+    /// Members of the etcd cluster of the cluster scenarios (3 is what users
+    /// deploy).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5).map(|v| v as usize))]
+    etcd_members: usize,
+    /// Parallel noops of `fanout`, `cluster-fanout` and `failover` (targets
+    /// apply to the default only).
     #[arg(long, default_value_t = DEFAULT_FANOUT_WIDTH, value_parser = clap::value_parser!(u64).range(1..=200_000).map(|v| v as usize))]
     fanout_width: usize,
-    /// Noops of `chain` (targets apply to the default only).
+    /// Noops of `chain` and `cluster-chain` (targets apply to the default
+    /// only).
     #[arg(long, default_value_t = DEFAULT_CHAIN_LENGTH, value_parser = clap::value_parser!(u64).range(2..=100_000).map(|v| v as usize))]
     chain_length: usize,
     /// Parallel noops of `memory` (targets apply to the default only).
@@ -107,6 +133,92 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Starts the etcd cluster, measures its reference, then runs the wanted
+/// cluster scenarios on it, and stops it.
+async fn cluster_scenarios(
+    args: &Args,
+    binary: &std::path::Path,
+    work: &std::path::Path,
+    repeat: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    if args.scenario == Scenario::Reference && !std::path::Path::new(etcd::ETCD).exists() {
+        // Already noted by the single-member reference.
+        return Ok(());
+    }
+    let mut etcd = etcd::EtcdCluster::start(work, "etcd-cluster", args.etcd_members).await?;
+    let result = async {
+        reference::cluster(&etcd, repeat, report).await?;
+        let wanted = |scenario| {
+            args.scenario == scenario
+                || args.scenario == Scenario::All
+                || args.scenario == Scenario::Cluster
+        };
+        let mut failures = Vec::new();
+        if wanted(Scenario::ClusterFanout) {
+            println!();
+            let outcome = cluster_fanout::run(
+                binary,
+                work,
+                &etcd,
+                repeat,
+                args.worker_slots,
+                args.fanout_width,
+                report,
+            )
+            .await;
+            if let Err(error) = outcome {
+                failures.push(format!("{}: {error:#}", cluster_fanout::SCENARIO));
+            }
+        }
+        if wanted(Scenario::ClusterChain) {
+            println!();
+            let outcome = cluster_chain::run(
+                binary,
+                work,
+                &etcd,
+                repeat,
+                args.worker_slots,
+                args.chain_length,
+                report,
+            )
+            .await;
+            if let Err(error) = outcome {
+                failures.push(format!("{}: {error:#}", cluster_chain::SCENARIO));
+            }
+        }
+        if wanted(Scenario::Failover) {
+            let outcome = failover::run(
+                binary,
+                work,
+                &etcd,
+                repeat,
+                args.worker_slots,
+                args.fanout_width,
+                report,
+            )
+            .await;
+            if let Err(error) = outcome {
+                failures.push(format!("failover: {error:#}"));
+            }
+        }
+        if args.etcd_members != 3 {
+            report.notes.push(format!(
+                "cluster scenarios ran on {} etcd member(s), not the 3 users deploy",
+                args.etcd_members
+            ));
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(failures.join("; ")))
+        }
+    }
+    .await;
+    etcd.stop().await;
+    result
 }
 
 /// Runs the scenarios; `Ok(false)` when one of them failed.
@@ -189,11 +301,38 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             failures.push(format!("memory: {error:#}"));
         }
     }
-    for (scenario, custom) in [
+    let cluster_wanted = matches!(
+        args.scenario,
+        Scenario::ClusterFanout
+            | Scenario::ClusterChain
+            | Scenario::Failover
+            | Scenario::Cluster
+            | Scenario::All
+    );
+    if cluster_wanted || args.scenario == Scenario::Reference {
+        println!();
+        if let Err(error) = cluster_scenarios(&args, &binary, &work, repeat, &mut report).await {
+            failures.push(format!("cluster: {error:#}"));
+        }
+    }
+    let failover_scenarios: Vec<&str> = failover::TTLS.iter().map(|(name, _)| *name).collect();
+    let mut sized: Vec<(&str, bool)> = vec![
         (fanout::SCENARIO, args.fanout_width != DEFAULT_FANOUT_WIDTH),
         (chain::SCENARIO, args.chain_length != DEFAULT_CHAIN_LENGTH),
         (memory::SCENARIO, args.memory_width != DEFAULT_MEMORY_WIDTH),
-    ] {
+        (
+            cluster_fanout::SCENARIO,
+            args.fanout_width != DEFAULT_FANOUT_WIDTH,
+        ),
+        (
+            cluster_chain::SCENARIO,
+            args.chain_length != DEFAULT_CHAIN_LENGTH,
+        ),
+    ];
+    for scenario in &failover_scenarios {
+        sized.push((scenario, args.fanout_width != DEFAULT_FANOUT_WIDTH));
+    }
+    for (scenario, custom) in sized {
         if custom && report.figures.iter().any(|f| f.scenario == scenario) {
             for figure in report.figures.iter_mut().filter(|f| f.scenario == scenario) {
                 figure.goal = None;
@@ -235,6 +374,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let mut document = report.to_json(&machine, &command);
         document["repeat"] = repeat.into();
         document["slots"] = args.slots.into();
+        document["worker_slots"] = args.worker_slots.into();
+        document["etcd_members"] = args.etcd_members.into();
         document["baton_binary"] = binary.display().to_string().into();
         document["failures"] = failures.clone().into();
         document["loadavg_start"] = load_start.clone().into();

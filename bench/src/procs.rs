@@ -138,6 +138,10 @@ impl Proc {
     pub async fn stop(&mut self) -> Duration {
         let started = Instant::now();
         if !self.terminate() {
+            // Already signalled: make sure it is gone (and reaped).
+            if self.wait_exit(TERM_GRACE).await.is_none() {
+                self.kill();
+            }
             return started.elapsed();
         }
         let deadline = started + TERM_GRACE;
@@ -170,6 +174,36 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(Some(_)) | Err(_))
     }
 
+    /// Sends `signal` (SIGKILL, SIGTERM) to the process by its PID, unless it
+    /// already exited, and from then on counts it as stopped (a later
+    /// [`Proc::stop`] or drop only waits for it). Returns the wall-clock time
+    /// (µs since the epoch, the clock the controllers stamp records with)
+    /// read just before the `kill(2)` call.
+    pub fn signal(&mut self, signal: Signal) -> anyhow::Result<baton_common::time::Micros> {
+        if self.exited() {
+            bail!("{} (pid {}) already exited", self.name, self.child.id());
+        }
+        self.stopped = true;
+        let at = baton_common::time::now_micros();
+        // The child is not reaped yet, so the PID is still ours.
+        kill(Pid::from_raw(self.child.id() as i32), signal)
+            .with_context(|| format!("cannot signal {} (pid {})", self.name, self.child.id()))?;
+        Ok(at)
+    }
+
+    /// Waits (asynchronously, polling every 2 ms) for the process to exit,
+    /// at most `limit`; returns when it was seen gone, or `None`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.exited() {
+                return Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        None
+    }
+
     fn kill(&mut self) {
         eprintln!(
             "warning: {} (pid {}) did not exit within {:?} of SIGTERM; sending SIGKILL",
@@ -182,11 +216,30 @@ impl Proc {
     }
 }
 
+/// What a wait on a run checks now and then: that the processes it needs
+/// still run.
+pub trait Alive {
+    /// Fails (with the end of the log) when a process that should run has
+    /// exited.
+    fn check_alive(&mut self) -> anyhow::Result<()>;
+}
+
+impl Alive for Proc {
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.check_running()
+    }
+}
+
 impl Drop for Proc {
     /// The fallback when a scenario ends early (an error or an interrupt):
     /// the same stop, waiting on this thread.
     fn drop(&mut self) {
         if !self.terminate() {
+            if !self.exited() {
+                // Signalled earlier and still there: SIGKILL it.
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
             return;
         }
         let deadline = Instant::now() + TERM_GRACE;
@@ -339,6 +392,21 @@ pub struct Settled {
 /// [`QUIET`] (sampled every 50 ms, for at most [`SETTLE_LIMIT`]); heartbeats
 /// cost less than that.
 pub async fn settle(pid: u32) -> anyhow::Result<Settled> {
+    settle_above(pid, Duration::ZERO).await
+}
+
+/// CPU time a process used over one [`QUIET`] window: its floor when it
+/// never goes quite idle (a cluster controller renews leases and tracks the
+/// leader), for [`settle_above`].
+pub async fn quiet_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let first = cpu_time(pid)?;
+    tokio::time::sleep(QUIET).await;
+    Ok(cpu_time(pid)?.saturating_sub(first))
+}
+
+/// [`settle`] for a process whose CPU time grows by `floor` per [`QUIET`]
+/// even when it has nothing to do: idle is at most `floor` + [`IDLE_CPU`].
+pub async fn settle_above(pid: u32, floor: Duration) -> anyhow::Result<Settled> {
     let started = Instant::now();
     let first = cpu_time(pid)?;
     let mut samples = vec![(started, first)];
@@ -352,7 +420,7 @@ pub async fn settle(pid: u32) -> anyhow::Result<Settled> {
             .find(|(at, _)| now.0.duration_since(*at) >= QUIET)
             .copied();
         if let Some((at, cpu)) = window_start
-            && now.1.saturating_sub(cpu) <= IDLE_CPU
+            && now.1.saturating_sub(cpu) <= IDLE_CPU + floor
         {
             return Ok(Settled {
                 busy: at.duration_since(started),

@@ -10,6 +10,8 @@
 //!   with a temp data dir: latency of [`COMMITS`] sequential single puts
 //!   (p50, p99), and the best puts/s over [`TXN_CONCURRENCY`] of
 //!   transactions of [`TXN_PUTS`] puts each (etcd's default `max-txn-ops`).
+//! - the same on the etcd cluster (3 members by default) that the cluster
+//!   scenarios then run on ([`cluster`]), through a client of every member.
 //!
 //! Keys and values are shaped like the controller's task records: a ~50-byte
 //! key and a [`VALUE_BYTES`]-byte value.
@@ -17,17 +19,22 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use baton_controller::store::embedded::EmbeddedStore;
 use baton_controller::store::{Batch, Op, Store as _};
-use etcd_client::{Client as EtcdClient, Txn, TxnOp};
+use etcd_client::{CompactionOptions, Compare, CompareOp, KvClient, Txn, TxnOp};
 
-use crate::procs::{Proc, free_port};
+use crate::etcd::{self, ETCD, EtcdCluster};
 use crate::report::{Figure, Report, number};
 use crate::stats::percentile;
 
 pub const SCENARIO: &str = "reference";
-pub const ETCD: &str = "/usr/bin/etcd";
+/// Keys of the figures measured on the cluster the cluster scenarios use.
+pub const ETCD_CLUSTER_PUT_P50: &str = "etcd_cluster_put_p50_ms";
+pub const ETCD_CLUSTER_TXN_RATE: &str = "etcd_cluster_txn_puts_per_s";
+pub const ETCD_CLUSTER_FENCED_P50: &str = "etcd_cluster_fenced_txn_p50_ms";
+/// Puts of the fenced transaction ([`measure_fenced`]).
+const FENCED_PUTS: usize = 4;
 
 const COMMITS: usize = 1_000;
 const BATCHES: usize = 20;
@@ -40,6 +47,9 @@ const VALUE_BYTES: usize = 160;
 /// Bound on any one store request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A key shaped like a task record's. etcd rounds reuse the same keys (a
+/// put of an existing key costs etcd what a new one does: a new revision),
+/// so that the store holds ~66 k keys however many rounds ran.
 fn key(repeat: usize, part: &str, index: usize) -> Vec<u8> {
     format!("runs/0190b7a2-bench-{repeat:02}-{part}/t/task_{index:07}/state").into_bytes()
 }
@@ -142,44 +152,181 @@ async fn embedded(work: &Path, repeat: usize, report: &mut Report) -> anyhow::Re
 }
 
 async fn etcd(work: &Path, repeat: usize, report: &mut Report) -> anyhow::Result<()> {
-    let client_port = free_port()?;
-    let peer_port = free_port()?;
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let data_dir = work.join("etcd-data");
-    let args: Vec<String> = [
-        "--name",
-        "bench",
-        "--data-dir",
-        &data_dir.to_string_lossy(),
-        "--listen-client-urls",
-        &client_url,
-        "--advertise-client-urls",
-        &client_url,
-        "--listen-peer-urls",
-        &peer_url,
-        "--initial-advertise-peer-urls",
-        &peer_url,
-        "--initial-cluster",
-        &format!("bench={peer_url}"),
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect();
-    let mut process = Proc::spawn("etcd", Path::new(ETCD), &args, &[], &work.join("etcd.log"))?;
-    let version = std::process::Command::new(ETCD)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|output| {
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    println!("  {version}, pid {}, {client_url}", process.pid());
-    let client = connect_etcd(&mut process, &client_url).await?;
+    let mut cluster = EtcdCluster::start(work, "etcd", 1).await?;
+    println!("  {}, {}", etcd::version(), cluster.describe());
+    let measured = measure_etcd(&cluster.client.kv_client(), repeat, "etcd").await;
+    cluster.stop().await;
+    let (p50, p99, best) = measured?;
+    push_etcd_figures(report, "etcd", "etcd", p50, p99, best);
+    Ok(())
+}
+
+/// The same measurement on the etcd cluster the cluster scenarios then use,
+/// through a client of every member (as the controllers connect). The
+/// history is compacted afterwards.
+pub async fn cluster(etcd: &EtcdCluster, repeat: usize, report: &mut Report) -> anyhow::Result<()> {
+    let members = etcd.members.len();
+    println!(
+        "== reference: etcd cluster of {members} member{} ({}) ==",
+        if members == 1 { "" } else { "s" },
+        etcd.describe()
+    );
+    let (p50, p99, best) = measure_etcd(&etcd.client.kv_client(), repeat, "cluster").await?;
+    let label = format!("etcd, {members} members");
+    push_etcd_figures(report, "etcd_cluster", &label, p50, p99, best);
+    let fenced = measure_fenced(&etcd.client.kv_client(), repeat).await?;
+    report.figures.push(Figure::new(
+        SCENARIO,
+        ETCD_CLUSTER_FENCED_P50,
+        format!("{label}: fenced txn (1 compare + {FENCED_PUTS} puts) p50"),
+        "ms",
+        fenced,
+    ));
+    // The measurement wrote about 1.3 M revisions (at 5 rounds) of ~66 k
+    // keys; compacting drops the old revisions so that the scenarios start
+    // on a store of about that size, not on its whole history. The keys stay
+    // (outside the scenarios' prefixes).
+    let started = Instant::now();
+    let mut client = etcd.client.clone();
+    let revision = within_request(client.status())
+        .await?
+        .header()
+        .map_or(0, |header| header.revision());
+    if revision > 0 {
+        within_request(client.compact(revision, Some(CompactionOptions::new().with_physical())))
+            .await?;
+    }
+    println!(
+        "  compacted etcd at revision {revision} in {} s",
+        number(started.elapsed().as_secs_f64())
+    );
+    Ok(())
+}
+
+/// Per round, p50 of [`COMMITS`] sequential transactions shaped like a
+/// leader's batch of one chain hop: a compare on a key's create revision
+/// (the leader's fence) and [`FENCED_PUTS`] puts (the ended task, its
+/// attempt, the next task's lease, the run record).
+async fn measure_fenced(client: &KvClient, repeat: usize) -> anyhow::Result<Vec<f64>> {
+    let mut kv = client.clone();
+    let fence_key = b"bench-fence".to_vec();
+    within_request(kv.put(fence_key.clone(), b"leader".to_vec(), None)).await?;
+    let fence = within_request(kv.get(fence_key.clone(), None))
+        .await?
+        .kvs()
+        .first()
+        .map_or(0, |pair| pair.create_revision());
+    let value = value();
+    let mut p50 = Vec::new();
+    for round in 0..repeat {
+        let mut latencies = Vec::with_capacity(COMMITS);
+        for index in 0..COMMITS {
+            let ops: Vec<TxnOp> = (0..FENCED_PUTS)
+                .map(|part| {
+                    TxnOp::put(
+                        key(0, &format!("fenced-{part}"), index),
+                        value.clone(),
+                        None,
+                    )
+                })
+                .collect();
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    fence_key.clone(),
+                    CompareOp::Equal,
+                    fence,
+                )])
+                .and_then(ops);
+            let started = Instant::now();
+            let response = within_request(kv.txn(txn)).await?;
+            latencies.push(started.elapsed().as_secs_f64() * 1e3);
+            if !response.succeeded() {
+                anyhow::bail!("the fenced transaction's compare failed");
+            }
+        }
+        let round_p50 = percentile(&latencies, 50.0);
+        println!(
+            "  fenced #{}: txn of 1 compare + {FENCED_PUTS} puts p50 {} ms, p99 {} ms",
+            round + 1,
+            number(round_p50),
+            number(percentile(&latencies, 99.0))
+        );
+        p50.push(round_p50);
+    }
+    Ok(p50)
+}
+
+/// Latencies (ms) of [`COMMITS`] sequential single puts, as in the
+/// reference, under keys of their own (`tag`).
+pub async fn put_latencies(client: &KvClient, tag: &str) -> anyhow::Result<Vec<f64>> {
+    let mut kv = client.clone();
+    let value = value();
+    let mut latencies = Vec::with_capacity(COMMITS);
+    for index in 0..COMMITS {
+        let started = Instant::now();
+        within_request(kv.put(key(0, tag, index), value.clone(), None)).await?;
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(latencies)
+}
+
+/// An etcd request, bounded by 120 s.
+async fn within_request<T>(
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(Duration::from_secs(120), request).await {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("an etcd request did not answer within 120 s"),
+    }
+}
+
+fn push_etcd_figures(
+    report: &mut Report,
+    tag: &str,
+    label: &str,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    best: Vec<f64>,
+) {
+    let (p50_key, p99_key, rate_key) = match tag {
+        "etcd" => ("etcd_put_p50_ms", "etcd_put_p99_ms", "etcd_txn_puts_per_s"),
+        _ => (
+            ETCD_CLUSTER_PUT_P50,
+            "etcd_cluster_put_p99_ms",
+            ETCD_CLUSTER_TXN_RATE,
+        ),
+    };
+    report.figures.push(Figure::new(
+        SCENARIO,
+        p50_key,
+        format!("{label}: single put p50"),
+        "ms",
+        p50,
+    ));
+    report.figures.push(Figure::new(
+        SCENARIO,
+        p99_key,
+        format!("{label}: single put p99"),
+        "ms",
+        p99,
+    ));
+    report.figures.push(Figure::new(
+        SCENARIO,
+        rate_key,
+        format!("{label}: best puts/s in txns of {TXN_PUTS}"),
+        "puts/s",
+        best,
+    ));
+}
+
+/// Per round: p50 and p99 of [`COMMITS`] sequential single puts, and the
+/// best puts/s over the [`TXN_CONCURRENCY`] levels of transactions of
+/// [`TXN_PUTS`] puts.
+async fn measure_etcd(
+    client: &KvClient,
+    repeat: usize,
+    tag: &str,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let value = value();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
@@ -191,7 +338,11 @@ async fn etcd(work: &Path, repeat: usize, report: &mut Report) -> anyhow::Result
             let started = Instant::now();
             tokio::time::timeout(
                 REQUEST_TIMEOUT,
-                kv.put(key(round, "single", index), value.clone(), None),
+                kv.put(
+                    key(round, &format!("{tag}-single"), index),
+                    value.clone(),
+                    None,
+                ),
             )
             .await
             .context("etcd put timed out")??;
@@ -204,13 +355,13 @@ async fn etcd(work: &Path, repeat: usize, report: &mut Report) -> anyhow::Result
             for lane in 0..concurrency {
                 let mut kv = client.clone();
                 let value = value.clone();
+                let part = format!("{tag}-txn-l{lane}");
                 workers.spawn(async move {
                     for txn_index in 0..TXNS_PER_LEVEL / concurrency {
                         let ops: Vec<TxnOp> = (0..TXN_PUTS)
                             .map(|index| {
-                                let part = format!("txn-c{concurrency}-l{lane}");
                                 TxnOp::put(
-                                    key(round, &part, txn_index * TXN_PUTS + index),
+                                    key(0, &part, txn_index * TXN_PUTS + index),
                                     value.clone(),
                                     None,
                                 )
@@ -236,7 +387,7 @@ async fn etcd(work: &Path, repeat: usize, report: &mut Report) -> anyhow::Result
             .expect("at least one level");
         let (round_p50, round_p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
         println!(
-            "  etcd #{}: put p50 {} ms, p99 {} ms; txns of {TXN_PUTS} puts: {} (best {} puts/s at {best_concurrency} in flight)",
+            "  {tag} #{}: put p50 {} ms, p99 {} ms; txns of {TXN_PUTS} puts: {} (best {} puts/s at {best_concurrency} in flight)",
             round + 1,
             number(round_p50),
             number(round_p99),
@@ -254,55 +405,12 @@ async fn etcd(work: &Path, repeat: usize, report: &mut Report) -> anyhow::Result
         p99.push(round_p99);
         best.push(best_rate);
     }
-    process.stop().await;
-    report.figures.push(Figure::new(
-        SCENARIO,
-        "etcd_put_p50_ms",
-        "etcd: single put p50",
-        "ms",
-        p50,
-    ));
-    report.figures.push(Figure::new(
-        SCENARIO,
-        "etcd_put_p99_ms",
-        "etcd: single put p99",
-        "ms",
-        p99,
-    ));
-    report.figures.push(Figure::new(
-        SCENARIO,
-        "etcd_txn_puts_per_s",
-        format!("etcd: best puts/s in txns of {TXN_PUTS}"),
-        "puts/s",
-        best,
-    ));
-    Ok(())
-}
-
-async fn connect_etcd(process: &mut Proc, url: &str) -> anyhow::Result<etcd_client::KvClient> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        process.check_running()?;
-        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut client = EtcdClient::connect([url], None).await?;
-            client.status().await?;
-            anyhow::Ok(client.kv_client())
-        })
-        .await;
-        if let Ok(Ok(kv)) = attempt {
-            return Ok(kv);
-        }
-        if Instant::now() > deadline {
-            bail!("etcd at {url} did not answer within 30s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Ok((p50, p99, best))
 }
 
 /// Comparison lines of a scenario's figure with the reference figures that
-/// were measured.
+/// were measured: the embedded store and single-member etcd.
 pub fn compare(report: &Report, what: &str, value: f64, unit_is_rate: bool) -> Vec<String> {
-    let mut lines = Vec::new();
     let pairs: &[(&str, &str)] = if unit_is_rate {
         &[
             ("embedded_batch_puts_per_s", "embedded batched puts/s"),
@@ -314,6 +422,25 @@ pub fn compare(report: &Report, what: &str, value: f64, unit_is_rate: bool) -> V
             ("etcd_put_p50_ms", "etcd put p50"),
         ]
     };
+    compare_with(report, what, value, pairs)
+}
+
+/// Comparison lines of a cluster scenario's figure with the reference
+/// measured on the same etcd cluster.
+pub fn compare_cluster(report: &Report, what: &str, value: f64, unit_is_rate: bool) -> Vec<String> {
+    let pairs: &[(&str, &str)] = if unit_is_rate {
+        &[(ETCD_CLUSTER_TXN_RATE, "etcd-cluster batched-txn puts/s")]
+    } else {
+        &[
+            (ETCD_CLUSTER_PUT_P50, "etcd-cluster put p50"),
+            (ETCD_CLUSTER_FENCED_P50, "etcd-cluster fenced-txn p50"),
+        ]
+    };
+    compare_with(report, what, value, pairs)
+}
+
+fn compare_with(report: &Report, what: &str, value: f64, pairs: &[(&str, &str)]) -> Vec<String> {
+    let mut lines = Vec::new();
     for (key, name) in pairs {
         if let Some(reference) = report.median(SCENARIO, key) {
             lines.push(format!(

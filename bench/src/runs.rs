@@ -11,7 +11,7 @@ use baton_common::states::{run_state_is_final, run_state_name};
 use baton_common::time::{Micros, timestamp_opt_to_micros};
 use serde_json::{Value, json};
 
-use crate::procs::Proc;
+use crate::procs::Alive;
 
 /// Bound on one API call (registering a 100,000-task spec included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -91,11 +91,12 @@ pub struct Finished {
 }
 
 /// Polls `GetRun` (without tasks) every `interval` until the run is final,
-/// calling `on_poll` after each poll. Fails when `process` exits, when
-/// `timeout` passes, or when the run ends in any state but success.
+/// calling `on_poll` after each poll. Fails when a process of `process`
+/// exits, when `timeout` passes, or when the run ends in any state but
+/// success.
 pub async fn wait_success(
     client: &mut BatonClient,
-    process: &mut Proc,
+    process: &mut dyn Alive,
     run_id: &str,
     interval: Duration,
     timeout: Duration,
@@ -128,7 +129,7 @@ pub async fn wait_success(
             return Ok(Finished { run, observed });
         }
         if polls.is_multiple_of(50) {
-            process.check_running()?;
+            process.check_alive()?;
         }
         if started.elapsed() > timeout {
             break;
