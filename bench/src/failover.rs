@@ -26,10 +26,11 @@
 //!    directly (no leader following) every [`POLL`]; the first to answer
 //!    with a later term gives **new leader visible** (and its
 //!    `leader_since`). For SIGTERM, the old leader's exit is timed too.
-//! 5. The run is left to finish (it must end `success`; every task has
-//!    [`RETRIES`] retries, see [`spec`]), the first lease is checked against
+//! 5. The run is left to finish (it must end `success`, and its tasks have
+//!    no retries: a handover must cost no task an attempt), the first lease is checked against
 //!    `ListTaskAttempts` (the API must report the same `leased_at`), the
-//!    tasks that needed more than one attempt are counted, the run's task
+//!    attempts that did not succeed are counted (leases returned unstarted,
+//!    which use no retry, apart from failed attempts), the run's task
 //!    records are read back from etcd as a new leader's recovery reads them
 //!    (timed), and the stopped controller is restarted with the same id,
 //!    port and data dir before the next trial.
@@ -66,9 +67,7 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(60);
 const LINGER: Duration = Duration::from_millis(500);
 /// Keys per range request of the etcd store's scans (`SCAN_PAGE` in
 /// `controller/src/store/etcd.rs`), which a new leader's recovery uses.
-const RECOVERY_PAGE: i64 = 128;
-/// Retries of every task of the DAG (see [`spec`]).
-const RETRIES: u32 = 2;
+const RECOVERY_PAGE: i64 = 1_000;
 /// Target: SIGKILL → first dispatch ≤ TTL + this, at the default TTL.
 pub const KILL_TARGET_OVER_TTL: Duration = Duration::from_secs(1);
 /// Target: SIGTERM → first dispatch.
@@ -127,8 +126,18 @@ struct Handover {
     /// After the run: reading its task records from etcd, (ms, keys) with
     /// [`RECOVERY_PAGE`] keys per request and in one request.
     scan: ((f64, usize), (f64, usize)),
-    /// Tasks of the run that needed more than one attempt.
-    retried: usize,
+    /// Attempts of the run that did not succeed.
+    extra: ExtraAttempts,
+}
+
+/// Attempts of a run beyond one success per task.
+#[derive(Clone, Copy, Default)]
+struct ExtraAttempts {
+    /// Leases the new leader returned to `ready` because the worker never
+    /// received them (lost with the old leader); they use no retry.
+    returned: usize,
+    /// Attempts that failed and used one of the task's retries.
+    failed: usize,
 }
 
 /// Samples of one mode at one TTL.
@@ -141,7 +150,8 @@ struct Samples {
     exit: Vec<f64>,
     paged_scan: Vec<f64>,
     whole_scan: Vec<f64>,
-    retried: Vec<f64>,
+    returned: Vec<f64>,
+    failed: Vec<f64>,
 }
 
 pub async fn run(
@@ -195,7 +205,7 @@ async fn run_ttl(
         slots,
     )
     .await?;
-    register(&mut cluster.client, spec(width)?).await?;
+    register(&mut cluster.client, fanout_spec(DAG_ID, width)).await?;
     let mut kill = Samples::default();
     let mut term = Samples::default();
     for round in 0..repeat {
@@ -216,7 +226,8 @@ async fn run_ttl(
             }
             let ((paged_ms, keys), (whole_ms, _)) = handover.scan;
             samples.paged_scan.push(paged_ms);
-            samples.retried.push(handover.retried as f64);
+            samples.returned.push(handover.extra.returned as f64);
+            samples.failed.push(handover.extra.failed as f64);
             samples.whole_scan.push(whole_ms);
             println!(
                 "  #{} {}: new leader {} (term {}): leader_since +{} s, first lease +{} s ({} attempt …{}, revision {}, {} leases in the first {} ms), its commit seen +{} s, status answered +{} s{}",
@@ -239,8 +250,9 @@ async fn run_ttl(
                 }
             );
             println!(
-                "    after the run: {} tasks took more than one attempt; etcd range of its {keys} task records {} ms ({RECOVERY_PAGE} per request, as recovery reads them), {} ms in one request",
-                handover.retried,
+                "    after the run: {} leases returned unstarted, {} attempts failed; etcd range of its {keys} task records {} ms ({RECOVERY_PAGE} per request, as recovery reads them), {} ms in one request",
+                handover.extra.returned,
+                handover.extra.failed,
                 number(paged_ms),
                 number(whole_ms)
             );
@@ -322,14 +334,24 @@ async fn run_ttl(
     );
     for (key, label, samples) in [
         (
-            "kill_retried_tasks",
-            "SIGKILL: tasks that needed a 2nd attempt",
-            kill.retried,
+            "kill_returned_leases",
+            "SIGKILL: leases returned unstarted (no retry used)",
+            kill.returned,
         ),
         (
-            "term_retried_tasks",
-            "SIGTERM: tasks that needed a 2nd attempt",
-            term.retried,
+            "kill_failed_attempts",
+            "SIGKILL: attempts failed (a retry used)",
+            kill.failed,
+        ),
+        (
+            "term_returned_leases",
+            "SIGTERM: leases returned unstarted (no retry used)",
+            term.returned,
+        ),
+        (
+            "term_failed_attempts",
+            "SIGTERM: attempts failed (a retry used)",
+            term.failed,
         ),
     ] {
         report
@@ -361,16 +383,6 @@ async fn run_ttl(
         ));
     }
     Ok(())
-}
-
-/// The fan-out with [`RETRIES`] retries per task: an attempt the old leader
-/// leased (durably) but whose `Assign` never reached its worker fails as
-/// lost after the handover, and counts as an attempt; without a retry its
-/// task, and the run, would fail.
-fn spec(width: usize) -> anyhow::Result<String> {
-    let mut spec: serde_json::Value = serde_json::from_str(&fanout_spec(DAG_ID, width))?;
-    spec["default_args"] = serde_json::json!({"retries": RETRIES, "retry_delay": "1s"});
-    Ok(spec.to_string())
 }
 
 /// The random end of a UUIDv7 (its start is a timestamp).
@@ -553,7 +565,7 @@ async fn trial(
     )
     .await?;
     check_with_api(&mut client, &run_id, &lease).await?;
-    let retried = count_retried(&mut client, &run_id).await?;
+    let extra = count_extra_attempts(&mut client, &run_id).await?;
     // What a new leader's recovery reads: this run's task records.
     let records = format!("{prefix}/tasks/{run_id}/");
     let paged = time_scan(etcd, &records, RECOVERY_PAGE).await?;
@@ -567,7 +579,7 @@ async fn trial(
         status,
         exit_at,
         scan: (paged, whole),
-        retried,
+        extra,
     })
 }
 
@@ -674,10 +686,14 @@ async fn check_with_api(
     Ok(())
 }
 
-/// How many tasks of the run needed more than one attempt (an attempt lost
-/// in the handover: leased by the old leader, never received by its
-/// worker).
-async fn count_retried(client: &mut BatonClient, run_id: &str) -> anyhow::Result<usize> {
+/// The run's attempts beyond one success per task, by kind: a lease the
+/// new leader returned because its worker never received it (the
+/// controller records it as `worker_lost` with "never received the
+/// assignment", and it uses no retry), or a failed attempt.
+async fn count_extra_attempts(
+    client: &mut BatonClient,
+    run_id: &str,
+) -> anyhow::Result<ExtraAttempts> {
     let response = within(
         "GetRun with tasks",
         client.runs.get_run(api::GetRunRequest {
@@ -687,9 +703,30 @@ async fn count_retried(client: &mut BatonClient, run_id: &str) -> anyhow::Result
     )
     .await?
     .into_inner();
-    Ok(response
-        .tasks
-        .iter()
-        .filter(|task| task.attempt > 1)
-        .count())
+    let mut extra = ExtraAttempts::default();
+    for task in response.tasks.iter().filter(|task| task.attempt > 1) {
+        let attempts = within(
+            "ListTaskAttempts",
+            client
+                .runs
+                .list_task_attempts(api::ListTaskAttemptsRequest {
+                    run_id: run_id.to_string(),
+                    task_id: task.task_id.clone(),
+                }),
+        )
+        .await?
+        .into_inner()
+        .attempts;
+        for attempt in attempts {
+            if attempt.outcome == api::AttemptOutcome::Succeeded as i32 {
+                continue;
+            }
+            if attempt.error.contains("never received the assignment") {
+                extra.returned += 1;
+            } else {
+                extra.failed += 1;
+            }
+        }
+    }
+    Ok(extra)
 }
