@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "../proto/baton/v1/dag.proto",
     "../proto/baton/v1/run.proto",
     "../proto/baton/v1/worker.proto",
+    "../proto/baton/v1/pool.proto",
     "../proto/baton/v1/cluster.proto",
     "../proto/baton/store/v1/records.proto",
 ];

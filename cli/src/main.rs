@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{cluster, dag, logs, run, server};
+use crate::commands::{cluster, dag, logs, pool, run, server};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,8 +56,12 @@ enum Command {
     Dev(server::DevArgs),
     /// Run a controller.
     Controller(server::ControllerArgs),
-    /// Run a worker that takes tasks from a controller.
+    /// Run a worker that takes tasks from a controller (or, with `drain`,
+    /// drain a running one).
     Worker(server::WorkerArgs),
+    /// Create, resize and delete pools (global concurrency limits).
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
     /// Validate, register and manage DAGs.
     #[command(subcommand)]
     Dag(dag::DagCommand),
@@ -73,10 +77,8 @@ enum Command {
 
 impl Command {
     fn is_server(&self) -> bool {
-        matches!(
-            self,
-            Command::Dev(_) | Command::Controller(_) | Command::Worker(_)
-        )
+        matches!(self, Command::Dev(_) | Command::Controller(_))
+            || matches!(self, Command::Worker(args) if args.is_server())
     }
 }
 
@@ -130,6 +132,7 @@ fn main() -> ExitCode {
             Command::Run(command) => run::run(command, &context).await,
             Command::Logs(args) => logs::run(args, &context).await,
             Command::Cluster(command) => cluster::run(command, &context).await,
+            Command::Pool(command) => pool::run(command, &context).await,
         }
     });
     // Streams and background tasks are not waited for once the command is done.

@@ -21,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::api::cluster_service_client::ClusterServiceClient;
 use crate::pb::api::dag_service_client::DagServiceClient;
+use crate::pb::api::pool_service_client::PoolServiceClient;
 use crate::pb::api::run_service_client::RunServiceClient;
 use crate::pb::api::worker_service_client::WorkerServiceClient;
 
@@ -48,6 +49,7 @@ pub type RunClient = RunServiceClient<LeaderFollowingChannel>;
 
 /// The `ClusterService` client of [`BatonClient`].
 pub type ClusterClient = ClusterServiceClient<LeaderFollowingChannel>;
+pub type PoolClient = PoolServiceClient<LeaderFollowingChannel>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -137,6 +139,7 @@ pub struct BatonClient {
     pub dags: DagClient,
     pub runs: RunClient,
     pub cluster: ClusterClient,
+    pub pools: PoolClient,
     transport: LeaderFollowingChannel,
 }
 
@@ -165,6 +168,7 @@ impl BatonClient {
             cluster: ClusterServiceClient::new(transport.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            pools: PoolServiceClient::new(transport.clone()),
             transport,
         }
     }

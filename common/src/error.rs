@@ -52,6 +52,9 @@ pub enum ApiError {
     /// The request is valid but the system is not in a state to serve it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// What the request would create exists already; nothing was changed.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A limit was reached; retrying later or with less may succeed.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -99,6 +102,7 @@ impl ApiError {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::NotFound { .. } => Code::NotFound,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) | Self::NotLeader { .. } => Code::Unavailable,
             Self::Internal(_) => Code::Internal,

@@ -145,6 +145,16 @@ name_id!(
     QueueName,
     "queue"
 );
+name_id!(
+    /// Names a pool: a global limit on how many of its tasks run at once.
+    PoolName,
+    "pool"
+);
+name_id!(
+    /// Names a custom task kind that SDK workers serve.
+    HandlerName,
+    "handler"
+);
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {

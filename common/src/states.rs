@@ -70,6 +70,7 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::Cancelled => "cancelled",
         AttemptOutcome::WorkerLost => "worker_lost",
         AttemptOutcome::Error => "error",
+        AttemptOutcome::WorkerDrained => "worker_drained",
     }
 }
 

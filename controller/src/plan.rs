@@ -14,6 +14,7 @@ use baton_common::ids::{DagId, TaskId};
 use baton_common::pb::records::DagVersionRecord;
 use baton_common::spec::{self, ResolvedTask, SpecFormat, SpecLimits, ValidatedDag};
 
+use crate::scheduler::routing::{Route, intern_routes};
 use crate::store::{Store, StoreError, get_record, keys};
 
 /// Index of a task within its plan.
@@ -28,6 +29,10 @@ pub struct DagPlan {
     pub upstream: Vec<Vec<TaskIndex>>,
     /// `downstream[i]`: tasks that depend on task `i`.
     pub downstream: Vec<Vec<TaskIndex>>,
+    /// `routes[i]`: what a worker must offer to take task `i`.
+    pub routes: Vec<Arc<Route>>,
+    /// Tasks of the DAG leased or running at once, across its runs.
+    pub max_active_tasks: Option<u32>,
     by_id: HashMap<TaskId, TaskIndex>,
 }
 
@@ -49,6 +54,8 @@ impl DagPlan {
         Self {
             dag_id: dag.dag_id,
             version,
+            routes: intern_routes(&dag.tasks),
+            max_active_tasks: dag.max_active_tasks,
             tasks: dag.tasks,
             upstream,
             downstream,

@@ -10,6 +10,7 @@ use baton_common::client::MAX_MESSAGE_BYTES;
 use baton_common::pb::FILE_DESCRIPTOR_SET;
 use baton_common::pb::api::cluster_service_server::ClusterServiceServer;
 use baton_common::pb::api::dag_service_server::DagServiceServer;
+use baton_common::pb::api::pool_service_server::PoolServiceServer;
 use baton_common::pb::api::run_service_server::RunServiceServer;
 use baton_common::pb::api::worker_service_server::WorkerServiceServer;
 use baton_common::time::now_micros;
@@ -22,6 +23,7 @@ use tracing::{error, info};
 
 use crate::api::cluster::ClusterApi;
 use crate::api::dag::DagApi;
+use crate::api::pool::PoolApi;
 use crate::api::run::RunApi;
 use crate::api::worker::WorkerApi;
 use crate::api::{ApiContext, ApiContextRef};
@@ -175,6 +177,7 @@ pub async fn serve(
         .add_service(ClusterServiceServer::new(ClusterApi::new(Arc::clone(
             &context,
         ))))
+        .add_service(PoolServiceServer::new(PoolApi::new(Arc::clone(&context))))
         .serve_with_incoming_shutdown(
             // Without nodelay, small messages (an Assign, an Ack) wait for the
             // peer's delayed ACK: ~40 ms per hop.
@@ -249,12 +252,16 @@ async fn report_health(
             reporter
                 .set_serving::<ClusterServiceServer<ClusterApi>>()
                 .await;
+            reporter.set_serving::<PoolServiceServer<PoolApi>>().await;
         } else {
             reporter
                 .set_not_serving::<WorkerServiceServer<WorkerApi>>()
                 .await;
             reporter
                 .set_not_serving::<ClusterServiceServer<ClusterApi>>()
+                .await;
+            reporter
+                .set_not_serving::<PoolServiceServer<PoolApi>>()
                 .await;
         }
         tokio::select! {

@@ -243,6 +243,12 @@ impl Agent {
                 .map(ToString::to_string)
                 .collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            resources: Some(api::Resources {
+                cpu_millis: config.resources.cpu_millis,
+                memory_bytes: config.resources.memory_bytes,
+            }),
+            // Custom kinds are served by SDK workers; this one runs commands.
+            handlers: Vec::new(),
         };
         api::WorkerMessage {
             message: Some(worker_message::Message::Register(register)),

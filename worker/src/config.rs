@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_common::ids::{QueueName, WorkerId};
+use baton_common::spec::Resources;
 
 use crate::WorkerError;
 
@@ -43,6 +44,10 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
     /// Attempts run at once; the controller assigns no more than this.
     pub slots: u32,
+    /// Compute offered to tasks that declare `resources`: the controller
+    /// never leases more than this at once. Defaults to this machine's
+    /// cores and memory.
+    pub resources: Resources,
     /// The worker keeps its files in `<work_dir>/workers/<worker_id>/`
     /// (locked while it runs); each attempt gets `attempts/<attempt_id>/`
     /// there for its output file and process group record, removed once the
@@ -86,6 +91,10 @@ impl WorkerConfig {
             queues: vec![default_queue()],
             labels: BTreeMap::new(),
             slots,
+            resources: Resources {
+                cpu_millis: u64::from(slots) * 1000,
+                memory_bytes: total_memory_bytes(),
+            },
             work_dir: work_dir.into(),
             kill_grace: Duration::from_secs(5),
             drain_grace: Duration::from_secs(60),
@@ -191,6 +200,26 @@ fn local_hostname() -> String {
         .and_then(|name| name.into_string().ok())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// `MemTotal` of `/proc/meminfo` in bytes; 0 when it cannot be read (then
+/// only tasks that declare no memory fit this worker unless `--memory` is
+/// given).
+fn total_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 #[cfg(test)]

@@ -45,8 +45,10 @@ pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * 1024;
 /// (`setsid`) can keep them open that long.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// Error of an attempt cancelled because the worker shuts down.
-pub(crate) const SHUTDOWN_REASON: &str = "worker shut down before the attempt finished";
+/// Error of an attempt stopped because the worker drains (SIGTERM or the
+/// controller's `Drain`) and its grace period ran out.
+pub(crate) const SHUTDOWN_REASON: &str =
+    "the worker was drained (shut down) before the attempt finished";
 
 /// One attempt as the executor runs it, converted from `Assign`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +123,12 @@ impl AttemptSpec {
                 })
             }
             Some(api::assign::Kind::Noop(_)) => TaskKind::Noop,
+            Some(api::assign::Kind::Custom(custom)) => {
+                return Err(invalid(format!(
+                    "custom handler `{}` is served by SDK workers; this worker declares no handlers",
+                    custom.handler
+                )));
+            }
             None => {
                 return Err(invalid(
                     "the assignment names no task kind this worker knows".to_string(),
@@ -202,8 +210,9 @@ impl AttemptResult {
     }
 }
 
-/// A request to stop an attempt, with the reason its result will carry.
-/// The first reason given wins.
+/// A request to stop an attempt, with the reason and outcome its result will
+/// carry: CANCELLED when the controller cancels it, WORKER_DRAINED when the
+/// worker drains. The first request wins.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StopSignal {
     inner: Arc<StopInner>,
@@ -212,11 +221,22 @@ pub(crate) struct StopSignal {
 #[derive(Debug, Default)]
 struct StopInner {
     token: CancellationToken,
-    reason: Mutex<Option<String>>,
+    reason: Mutex<Option<(AttemptOutcome, String)>>,
 }
 
 impl StopSignal {
+    /// Cancels the attempt (the controller asked).
     pub(crate) fn stop(&self, reason: impl Into<String>) {
+        self.stop_as(AttemptOutcome::Cancelled, reason.into());
+    }
+
+    /// Stops the attempt because the worker drains: the controller puts its
+    /// task back to `ready` without using a retry.
+    pub(crate) fn drain(&self, reason: impl Into<String>) {
+        self.stop_as(AttemptOutcome::WorkerDrained, reason.into());
+    }
+
+    fn stop_as(&self, outcome: AttemptOutcome, reason: String) {
         {
             let mut slot = self
                 .inner
@@ -224,10 +244,20 @@ impl StopSignal {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if slot.is_none() {
-                *slot = Some(reason.into());
+                *slot = Some((outcome, reason));
             }
         }
         self.inner.token.cancel();
+    }
+
+    /// The outcome a stopped attempt reports.
+    pub(crate) fn outcome(&self) -> AttemptOutcome {
+        self.inner
+            .reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(AttemptOutcome::Cancelled, |(outcome, _)| *outcome)
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
@@ -245,7 +275,8 @@ impl StopSignal {
             .reason
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .map(|(_, reason)| reason.clone())
             .unwrap_or_default()
     }
 }
@@ -344,7 +375,7 @@ async fn run_command(
     if context.stop.is_stopped() {
         let reason = context.stop.reason();
         return AttemptResult {
-            outcome: AttemptOutcome::Cancelled,
+            outcome: context.stop.outcome(),
             exit_code: None,
             error: reason,
             output_json: String::new(),
@@ -542,7 +573,7 @@ async fn run_command(
             result.error = format!("timed out after {}", humantime::format_duration(timeout));
         }
         Some(StopCause::Stopped(reason)) => {
-            result.outcome = AttemptOutcome::Cancelled;
+            result.outcome = context.stop.outcome();
             result.error = reason;
         }
         None => match (exit.code(), exit.signal()) {

@@ -127,11 +127,12 @@ impl Outbox {
             .collect()
     }
 
-    /// Asks every running attempt to stop.
+    /// Stops every running attempt because the worker drains: they report
+    /// WORKER_DRAINED.
     pub(crate) fn stop_running(&self, reason: &str) {
         for entry in self.attempts.values() {
             if matches!(entry.phase, Phase::Running) {
-                entry.stop.stop(reason);
+                entry.stop.drain(reason);
             }
         }
     }

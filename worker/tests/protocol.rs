@@ -519,7 +519,9 @@ async fn cancel_stale_and_drain_stop_running_attempts() {
     assert!(heartbeat.running_attempt_ids.is_empty(), "{heartbeat:?}");
 
     // Shutdown with an attempt running: draining heartbeat, then after the
-    // drain grace the attempt is cancelled and its result acknowledged.
+    // drain grace the attempt is stopped as WORKER_DRAINED (so the
+    // controller re-queues it without using a retry) and its result
+    // acknowledged.
     let remaining = AttemptId::generate();
     session.send(assign(remaining, "sleep 600"));
     assert!(matches!(
@@ -530,8 +532,11 @@ async fn cancel_stale_and_drain_stop_running_attempts() {
     let heartbeat = session.recv_draining_heartbeat().await;
     assert_eq!(heartbeat.running_attempt_ids, [remaining.to_string()]);
     let (_, _, result) = session.recv_until_result(remaining, 0).await;
-    assert_eq!(result.outcome, AttemptOutcome::Cancelled as i32);
-    assert_eq!(result.error, "worker shut down before the attempt finished");
+    assert_eq!(result.outcome, AttemptOutcome::WorkerDrained as i32);
+    assert_eq!(
+        result.error,
+        "the worker was drained (shut down) before the attempt finished"
+    );
     session.send(ack(remaining, result.log_bytes, true));
     session.expect_end().await;
     drop(session);

@@ -2,6 +2,7 @@
 //! its free slots, and the depth of each queue.
 
 use baton_common::pb::api::GetClusterStatusRequest;
+use baton_common::time::duration_from_proto;
 use clap::Subcommand;
 use serde_json::json;
 
@@ -50,12 +51,26 @@ pub async fn run(command: ClusterCommand, context: &Context) -> anyhow::Result<O
                         "connected": w.connected,
                         "draining": w.draining,
                         "version": w.version,
+                        "handlers": w.handlers,
+                        "cpu_millis": w.resources.map(|r| r.cpu_millis),
+                        "memory_bytes": w.resources.map(|r| r.memory_bytes),
+                        "free_cpu_millis": w.free_resources.map(|r| r.cpu_millis),
+                        "free_memory_bytes": w.free_resources.map(|r| r.memory_bytes),
                     })).collect::<Vec<_>>(),
                     "queues": status.queues.iter().map(|q| json!({
                         "queue": q.queue,
                         "ready": q.ready,
+                        "limited": q.limited,
+                        "running": q.running,
+                        "oldest_ready_age_seconds": q.oldest_ready_age.as_ref().map_or(0.0, |age| duration_from_proto(age).as_secs_f64()),
                         "workers": q.workers,
                         "free_slots": q.free_slots,
+                    })).collect::<Vec<_>>(),
+                    "pools": status.pools.iter().map(|p| json!({
+                        "name": p.name,
+                        "slots": p.slots,
+                        "used_slots": p.used_slots,
+                        "queued": p.queued,
                     })).collect::<Vec<_>>(),
                     "active_runs": status.active_runs,
                 }));
@@ -104,16 +119,47 @@ pub async fn run(command: ClusterCommand, context: &Context) -> anyhow::Result<O
                 ]);
             }
             print_line(workers);
-            let mut queues = table(&["QUEUE", "READY", "WORKERS", "FREE SLOTS"]);
+            let mut queues = table(&[
+                "QUEUE",
+                "READY",
+                "LIMITED",
+                "OLDEST READY",
+                "RUNNING",
+                "WORKERS",
+                "FREE SLOTS",
+            ]);
             for queue in &status.queues {
+                let oldest = queue
+                    .oldest_ready_age
+                    .as_ref()
+                    .map(duration_from_proto)
+                    .map_or_else(
+                        || "-".to_string(),
+                        |age| format!("{:.1}s", age.as_secs_f64()),
+                    );
                 queues.add_row(vec![
                     queue.queue.clone(),
                     queue.ready.to_string(),
+                    queue.limited.to_string(),
+                    oldest,
+                    queue.running.to_string(),
                     queue.workers.to_string(),
                     queue.free_slots.to_string(),
                 ]);
             }
             print_line(queues);
+            if !status.pools.is_empty() {
+                let mut pools = table(&["POOL", "SLOTS", "USED", "QUEUED"]);
+                for pool in &status.pools {
+                    pools.add_row(vec![
+                        pool.name.clone(),
+                        pool.slots.to_string(),
+                        pool.used_slots.to_string(),
+                        pool.queued.to_string(),
+                    ]);
+                }
+                print_line(pools);
+            }
             Ok(Outcome::Success)
         }
     }

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod dag;
 pub mod logs;
+pub mod pool;
 pub mod run;
 pub mod server;
 

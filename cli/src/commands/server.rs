@@ -13,7 +13,7 @@ use baton_common::ids::{QueueName, WorkerId};
 use baton_controller::ControllerConfig;
 use baton_controller::config::{ClusterConfig, ConfigFile};
 use baton_worker::WorkerConfig;
-use clap::Args;
+use clap::{Args, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -68,7 +68,10 @@ pub struct ControllerArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct WorkerArgs {
+    #[command(subcommand)]
+    action: Option<WorkerAction>,
     /// Identity of the worker, stable across restarts (a random id by default).
     #[arg(long = "id", env = "BATON_WORKER_ID")]
     worker_id: Option<String>,
@@ -84,12 +87,44 @@ pub struct WorkerArgs {
     /// Directory for attempts' scratch files ($BATON_OUTPUT).
     #[arg(long, env = "BATON_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    /// CPU offered to tasks that declare `resources.cpu`: cores (`4`,
+    /// `0.5`) or millicores (`500m`). Default: this machine's cores.
+    #[arg(long, env = "BATON_WORKER_CPU", value_parser = parse_cpu_flag)]
+    cpu: Option<u64>,
+    /// Memory offered to tasks that declare `resources.memory`: bytes or
+    /// with a unit (`8Gi`, `512Mi`, `16G`). Default: this machine's memory.
+    #[arg(long, env = "BATON_WORKER_MEMORY", value_parser = parse_memory_flag)]
+    memory: Option<u64>,
     /// Between SIGTERM and SIGKILL when a task is stopped.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     kill_grace: Duration,
-    /// On shutdown, how long running tasks may finish before they are stopped.
+    /// On shutdown or `baton worker drain` without `--grace`: how long
+    /// running tasks may finish before they are stopped and re-queued.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     drain_grace: Duration,
+}
+
+/// What `baton worker <action>` does instead of running a worker.
+#[derive(Debug, Subcommand)]
+pub enum WorkerAction {
+    /// Drain a connected worker: it takes nothing new, its running tasks
+    /// get the grace period to finish, then what still runs is stopped and
+    /// re-queued (no retry used), and the worker exits.
+    Drain {
+        /// The worker's id (see `baton cluster status`).
+        worker_id: String,
+        /// How long running tasks may take (default: the worker's
+        /// `--drain-grace`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
+    },
+}
+
+impl WorkerArgs {
+    /// False for `baton worker drain`, a client command.
+    pub fn is_server(&self) -> bool {
+        self.action.is_none()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +153,14 @@ pub struct DevArgs {
     /// Do not start the in-process worker (connect `baton worker`s instead).
     #[arg(long)]
     no_worker: bool,
+}
+
+fn parse_cpu_flag(text: &str) -> Result<u64, String> {
+    baton_common::spec::parse_cpu(&baton_common::spec::Quantity::Text(text.to_string()))
+}
+
+fn parse_memory_flag(text: &str) -> Result<u64, String> {
+    baton_common::spec::parse_memory(&baton_common::spec::Quantity::Text(text.to_string()))
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -258,13 +301,42 @@ fn worker_config(args: WorkerArgs, addr: &str) -> anyhow::Result<WorkerConfig> {
             .collect::<anyhow::Result<_>>()?;
     }
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    if let Some(cpu_millis) = args.cpu {
+        config.resources.cpu_millis = cpu_millis;
+    }
+    if let Some(memory_bytes) = args.memory {
+        config.resources.memory_bytes = memory_bytes;
+    }
     config.kill_grace = args.kill_grace;
     config.drain_grace = args.drain_grace;
     config.validate()?;
     Ok(config)
 }
 
-pub async fn worker(args: WorkerArgs, context: &Context) -> anyhow::Result<Outcome> {
+pub async fn worker(mut args: WorkerArgs, context: &Context) -> anyhow::Result<Outcome> {
+    if let Some(WorkerAction::Drain { worker_id, grace }) = args.action.take() {
+        let mut client = context.client().await?;
+        let response = client
+            .cluster
+            .drain_worker(baton_common::pb::api::DrainWorkerRequest {
+                worker_id: worker_id.clone(),
+                grace: grace.map(baton_common::time::duration_to_proto),
+            })
+            .await?
+            .into_inner();
+        if context.json() {
+            crate::output::print_json(&serde_json::json!({
+                "worker_id": worker_id,
+                "running": response.running,
+            }));
+        } else {
+            print_line(format_args!(
+                "worker {worker_id} is draining ({} tasks running)",
+                response.running
+            ));
+        }
+        return Ok(Outcome::Success);
+    }
     let config = worker_config(args, &context.addr)?;
     let shutdown = shutdown_on_signal()?;
     baton_worker::run(config, shutdown).await?;

@@ -20,11 +20,14 @@ mod validate;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use model::{CommandSpec, DagSpec, SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec};
+pub use model::{
+    CommandSpec, DagSpec, Quantity, ResourcesSpec, SpecDuration, TaskDefaults, TaskKindSpec,
+    TaskSpec, parse_cpu, parse_memory,
+};
 pub use parse::parse_dag;
 
 use crate::error::{ApiError, FieldViolation};
-use crate::ids::{DagId, QueueName, TaskId};
+use crate::ids::{DagId, HandlerName, PoolName, QueueName, TaskId};
 
 /// The queue of tasks that do not name one.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -82,6 +85,8 @@ pub struct ValidatedDag {
     pub dag_id: DagId,
     pub description: String,
     pub schedule: Option<String>,
+    /// Tasks of the DAG leased or running at once, across its runs.
+    pub max_active_tasks: Option<u32>,
     /// Tasks in file order, with defaults applied.
     pub tasks: Vec<ResolvedTask>,
     /// The document re-serialized as compact JSON with a fixed field order:
@@ -106,12 +111,48 @@ pub struct ResolvedTask {
     pub queue: QueueName,
     /// Higher runs first among ready tasks of the same queue.
     pub priority: i32,
+    /// The pool the task takes `pool_slots` of while leased or running.
+    pub pool: Option<PoolName>,
+    pub pool_slots: u32,
+    /// Labels a worker must have (all of them, with these values).
+    pub labels: BTreeMap<String, String>,
+    /// Compute an attempt holds on its worker; zero when not declared.
+    pub resources: Resources,
+    /// Instances of this task leased or running at once, across runs.
+    pub max_active: Option<u32>,
+}
+
+/// Compute in the units the scheduler counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+impl Resources {
+    pub fn is_zero(&self) -> bool {
+        self.cpu_millis == 0 && self.memory_bytes == 0
+    }
+
+    /// True when `self` fits in `free`.
+    pub fn fits_in(&self, free: &Resources) -> bool {
+        self.cpu_millis <= free.cpu_millis && self.memory_bytes <= free.memory_bytes
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
     Command(CommandTask),
     Noop,
+    Custom(CustomTask),
+}
+
+/// A task for an SDK worker that serves `handler`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomTask {
+    pub handler: HandlerName,
+    /// The task's `payload`, as compact JSON (`null` when not written).
+    pub payload_json: String,
 }
 
 impl TaskKind {
@@ -119,6 +160,7 @@ impl TaskKind {
         match self {
             TaskKind::Command(_) => "command",
             TaskKind::Noop => "noop",
+            TaskKind::Custom(_) => "custom",
         }
     }
 }

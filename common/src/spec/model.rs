@@ -40,6 +40,11 @@ pub struct DagSpec {
     /// `default_args: {}` and a missing one are the same document.
     #[serde(default, skip_serializing_if = "TaskDefaults::is_empty")]
     pub default_args: TaskDefaults,
+    /// At most this many of the DAG's tasks leased or running at once,
+    /// across all its runs (Airflow's `max_active_tasks`); unlimited when
+    /// not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_tasks: Option<u32>,
     #[serde(default)]
     pub tasks: Vec<TaskSpec>,
 }
@@ -64,6 +69,18 @@ pub struct TaskDefaults {
     pub queue: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Slots of the pool one attempt takes (1 when not written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_slots: Option<u32>,
+    /// Worker labels the task needs: it runs only on a worker whose labels
+    /// include every one of these. Merged under each task's own `labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Compute one attempt holds on its worker while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesSpec>,
     /// Merged under each command task's own `env`; the task's value wins.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -122,6 +139,127 @@ pub struct TaskSpec {
     pub queue: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Slots of the pool one attempt takes (1 when not written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_slots: Option<u32>,
+    /// Worker labels the task needs: it runs only on a worker whose labels
+    /// include every one of these. Merged under each task's own `labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Compute one attempt holds on its worker while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesSpec>,
+    /// At most this many instances of this task leased or running at once,
+    /// across all runs of the DAG (Airflow's `max_active_tis_per_dag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active: Option<u32>,
+    /// `kind: custom`: the handler a worker must declare to run the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// `kind: custom`: any JSON value, given to the handler as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// The `resources` of a task: `cpu` in cores (`0.5`, `2`) or millicores
+/// (`"500m"`), `memory` in bytes or with a unit (`"512Mi"`, `"2Gi"`,
+/// `"1G"`). Kept as written; [`ResourcesSpec::cpu_millis`] and
+/// [`ResourcesSpec::memory_bytes`] read them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+/// A number or a string with a unit, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Quantity {
+    Number(f64),
+    Text(String),
+}
+
+impl ResourcesSpec {
+    /// Thousandths of a core; an error names what is wrong.
+    pub fn cpu_millis(&self) -> Result<u64, String> {
+        self.cpu.as_ref().map_or(Ok(0), parse_cpu)
+    }
+
+    pub fn memory_bytes(&self) -> Result<u64, String> {
+        self.memory.as_ref().map_or(Ok(0), parse_memory)
+    }
+}
+
+/// `0.5` or `"0.5"` cores, or `"500m"` millicores, to millicores (> 0).
+pub fn parse_cpu(quantity: &Quantity) -> Result<u64, String> {
+    let millis = match quantity {
+        Quantity::Number(cores) => cores * 1000.0,
+        Quantity::Text(text) => {
+            let text = text.trim();
+            match text.strip_suffix('m') {
+                Some(millis) => millis.parse::<f64>().map_err(|_| {
+                    format!("`{text}` is not a CPU amount; write cores (`0.5`, `2`) or millicores (`\"500m\"`)")
+                })?,
+                None => {
+                    text.parse::<f64>().map_err(|_| {
+                        format!("`{text}` is not a CPU amount; write cores (`0.5`, `2`) or millicores (`\"500m\"`)")
+                    })? * 1000.0
+                }
+            }
+        }
+    };
+    if !millis.is_finite() || !(1.0..=1e9).contains(&millis) || millis.fract() != 0.0 {
+        return Err(format!(
+            "CPU must be a whole number of millicores from 1m to 1000000 cores; got {millis}m"
+        ));
+    }
+    Ok(millis as u64)
+}
+
+/// `1073741824`, `"512Mi"`, `"2Gi"`, `"1G"`, `"100M"`, `"64Ki"`, `"1k"` to
+/// bytes (> 0).
+pub fn parse_memory(quantity: &Quantity) -> Result<u64, String> {
+    let bytes = match quantity {
+        Quantity::Number(bytes) => *bytes,
+        Quantity::Text(text) => {
+            let text = text.trim();
+            let split = text
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(text.len());
+            let (number, unit) = text.split_at(split);
+            let factor: f64 = match unit.trim() {
+                "" => 1.0,
+                "k" | "K" | "kB" | "KB" => 1e3,
+                "M" | "MB" => 1e6,
+                "G" | "GB" => 1e9,
+                "T" | "TB" => 1e12,
+                "Ki" | "KiB" => 1024.0,
+                "Mi" | "MiB" => 1024.0 * 1024.0,
+                "Gi" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+                "Ti" | "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+                other => {
+                    return Err(format!(
+                        "unknown memory unit `{other}`; use one of k, M, G, T, Ki, Mi, Gi, Ti"
+                    ));
+                }
+            };
+            let number: f64 = number.parse().map_err(|_| {
+                format!("`{text}` is not a memory amount (e.g. `\"512Mi\"`, `\"2G\"`)")
+            })?;
+            number * factor
+        }
+    };
+    if !bytes.is_finite() || !(1.0..=1e18).contains(&bytes) {
+        return Err(format!(
+            "memory must be from 1 byte to 1 EB; got {bytes} bytes"
+        ));
+    }
+    Ok(bytes.round() as u64)
 }
 
 /// The `kind` field of a task.
@@ -132,6 +270,9 @@ pub enum TaskKindSpec {
     Command,
     /// Runs nothing and succeeds: a join point or a placeholder.
     Noop,
+    /// Runs on a worker that declared the task's `handler` (an SDK worker
+    /// in any language), which gets the task's `payload`.
+    Custom,
 }
 
 impl TaskKindSpec {
@@ -139,6 +280,7 @@ impl TaskKindSpec {
         match self {
             TaskKindSpec::Command => "command",
             TaskKindSpec::Noop => "noop",
+            TaskKindSpec::Custom => "custom",
         }
     }
 }

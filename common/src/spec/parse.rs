@@ -720,7 +720,6 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("type", "kind"),
     ("retry", "retries"),
     ("execution_timeout", "timeout"),
-    ("pool", "queue"),
     ("priority_weight", "priority"),
     ("defaults", "default_args"),
     ("schedule_interval", "schedule"),
@@ -816,7 +815,7 @@ mod tests {
     fn command(task: &ResolvedTask) -> &CommandTask {
         match &task.kind {
             TaskKind::Command(command) => command,
-            TaskKind::Noop => panic!("task {} is a noop", task.id),
+            other => panic!("task {} is a {} task", task.id, other.name()),
         }
     }
 
@@ -1174,7 +1173,14 @@ tasks:
         }
         assert_eq!(
             serde_introspect::<DagSpec>(),
-            ["id", "description", "schedule", "default_args", "tasks"]
+            [
+                "id",
+                "description",
+                "schedule",
+                "default_args",
+                "max_active_tasks",
+                "tasks"
+            ]
         );
     }
 
@@ -1229,7 +1235,7 @@ tasks:
         assert_reason(
             &errors,
             "tasks[1].kind",
-            "unknown variant `http`, expected `command` or `noop`",
+            "unknown variant `http`, expected one of `command`, `noop`, `custom`",
         );
         assert_reason(
             &errors,

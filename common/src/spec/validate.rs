@@ -22,13 +22,24 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use sha2::{Digest, Sha256};
 
-use super::model::{CommandSpec, DagSpec, SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec};
+use super::model::{
+    CommandSpec, DagSpec, ResourcesSpec, SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec,
+};
 use super::{
-    CommandTask, DEFAULT_QUEUE, MAX_REPORTED_VIOLATIONS, MAX_RETRIES, ResolvedTask, RetryPolicy,
-    SpecErrors, SpecLimits, TaskKind, ValidatedDag,
+    CommandTask, CustomTask, DEFAULT_QUEUE, MAX_REPORTED_VIOLATIONS, MAX_RETRIES, ResolvedTask,
+    Resources, RetryPolicy, SpecErrors, SpecLimits, TaskKind, ValidatedDag,
 };
 use crate::error::FieldViolation;
-use crate::ids::{DagId, QueueName, TaskId, validate_name};
+use crate::ids::{DagId, HandlerName, PoolName, QueueName, TaskId, validate_name};
+
+/// Longest label key and value, in bytes (Kubernetes' limits for names and
+/// values are 63; keys may carry a prefix).
+const MAX_LABEL_KEY_BYTES: usize = 253;
+const MAX_LABEL_VALUE_BYTES: usize = 63;
+/// Most labels one task may require.
+const MAX_LABELS: usize = 64;
+/// Largest `pool_slots`, `max_active` and `max_active_tasks`.
+const MAX_CONCURRENCY: u32 = 1_000_000;
 
 /// How many unknown dependencies get a "did you mean" search: each search
 /// compares against every task id, which adds up in a large DAG.
@@ -222,6 +233,7 @@ pub(super) fn validate(
     if spec.tasks.is_empty() && !parsed.root.has("tasks") {
         report.push("tasks", "a DAG needs at least one task");
     }
+    check_limit("max_active_tasks", spec.max_active_tasks, &mut report);
 
     let defaults = Settings::of_defaults(&spec.default_args);
     check_settings(Place::Defaults, &defaults, true, &mut report);
@@ -249,6 +261,17 @@ pub(super) fn validate(
             &mut report,
         );
         check_kind(position, task, kind, unreadable, &mut report);
+        check_limit(
+            &Place::Task(position).field("max_active"),
+            task.max_active,
+            &mut report,
+        );
+        if task.pool.is_none() && spec.default_args.pool.is_none() && task.pool_slots.is_some() {
+            report.push(
+                Place::Task(position).field("pool_slots"),
+                "pool_slots needs a `pool` (on the task or in default_args)",
+            );
+        }
         check_retry_cap(
             position,
             &parsed,
@@ -307,6 +330,10 @@ struct Settings<'a> {
     queue: Option<&'a str>,
     env: &'a BTreeMap<String, String>,
     cwd: Option<&'a str>,
+    pool: Option<&'a str>,
+    pool_slots: Option<u32>,
+    labels: &'a BTreeMap<String, String>,
+    resources: Option<&'a ResourcesSpec>,
 }
 
 impl<'a> Settings<'a> {
@@ -318,6 +345,10 @@ impl<'a> Settings<'a> {
             queue: defaults.queue.as_deref(),
             env: &defaults.env,
             cwd: defaults.cwd.as_deref(),
+            pool: defaults.pool.as_deref(),
+            pool_slots: defaults.pool_slots,
+            labels: &defaults.labels,
+            resources: defaults.resources.as_ref(),
         }
     }
 
@@ -329,6 +360,10 @@ impl<'a> Settings<'a> {
             queue: task.queue.as_deref(),
             env: &task.env,
             cwd: task.cwd.as_deref(),
+            pool: task.pool.as_deref(),
+            pool_slots: task.pool_slots,
+            labels: &task.labels,
+            resources: task.resources.as_ref(),
         }
     }
 }
@@ -364,6 +399,34 @@ fn check_settings(place: Place, settings: &Settings<'_>, with_process: bool, rep
         && let Err(error) = validate_name(QueueName::WHAT, queue)
     {
         report.push(place.field("queue"), error.reason);
+    }
+    if let Some(pool) = settings.pool
+        && let Err(error) = validate_name(PoolName::WHAT, pool)
+    {
+        report.push(place.field("pool"), error.reason);
+    }
+    if let Some(slots) = settings.pool_slots
+        && !(1..=MAX_CONCURRENCY).contains(&slots)
+    {
+        report.push(
+            place.field("pool_slots"),
+            format!("pool_slots is {slots}; it must be from 1 to {MAX_CONCURRENCY}"),
+        );
+    }
+    check_labels(place, settings.labels, report);
+    if let Some(resources) = settings.resources {
+        if resources.cpu.is_none() && resources.memory.is_none() {
+            report.push(
+                place.field("resources"),
+                "resources needs `cpu` and/or `memory`; leave it out to request nothing",
+            );
+        }
+        if let Err(reason) = resources.cpu_millis() {
+            report.push(format!("{}.cpu", place.field("resources")), reason);
+        }
+        if let Err(reason) = resources.memory_bytes() {
+            report.push(format!("{}.memory", place.field("resources")), reason);
+        }
     }
     if !with_process {
         return;
@@ -415,6 +478,46 @@ fn check_settings(place: Place, settings: &Settings<'_>, with_process: bool, rep
     }
 }
 
+/// A concurrency limit, when written, is from 1 to [`MAX_CONCURRENCY`].
+fn check_limit(field: &str, limit: Option<u32>, report: &mut Report) {
+    if let Some(limit) = limit
+        && !(1..=MAX_CONCURRENCY).contains(&limit)
+    {
+        report.push(
+            field,
+            format!("{field} is {limit}; it must be from 1 to {MAX_CONCURRENCY} (leave it out for no limit)"),
+        );
+    }
+}
+
+/// Label keys and values: what Kubernetes allows, roughly (printable, no
+/// spaces, bounded).
+fn check_labels(place: Place, labels: &BTreeMap<String, String>, report: &mut Report) {
+    if labels.len() > MAX_LABELS {
+        report.push(
+            place.field("labels"),
+            format!("{} labels; the limit is {MAX_LABELS}", labels.len()),
+        );
+    }
+    let printable = |text: &str| text.chars().all(|c| c.is_ascii_graphic());
+    for (key, value) in labels {
+        let field = format!("{}.{key}", place.field("labels"));
+        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES || !printable(key) {
+            report.push(
+                field,
+                format!(
+                    "label keys are 1 to {MAX_LABEL_KEY_BYTES} printable characters without spaces"
+                ),
+            );
+        } else if value.len() > MAX_LABEL_VALUE_BYTES || !printable(value) {
+            report.push(
+                field,
+                format!("label values are up to {MAX_LABEL_VALUE_BYTES} printable characters without spaces"),
+            );
+        }
+    }
+}
+
 /// What a task's kind requires or refuses.
 fn check_kind(
     position: usize,
@@ -424,7 +527,53 @@ fn check_kind(
     report: &mut Report,
 ) {
     let place = Place::Task(position);
+    if kind != TaskKindSpec::Custom {
+        if task.handler.is_some() {
+            report.push(
+                place.field("handler"),
+                format!(
+                    "only custom tasks take `handler` (this one is `kind: {}`); add `kind: custom`",
+                    kind.name()
+                ),
+            );
+        }
+        if task.payload.is_some() {
+            report.push(
+                place.field("payload"),
+                format!(
+                    "only custom tasks take `payload` (this one is `kind: {}`)",
+                    kind.name()
+                ),
+            );
+        }
+    }
     match kind {
+        TaskKindSpec::Custom => {
+            match &task.handler {
+                None if !unreadable.has("handler") => report.push(
+                    place.field("handler"),
+                    "missing; a custom task needs the `handler` a worker serves",
+                ),
+                Some(handler) => {
+                    if let Err(error) = validate_name(HandlerName::WHAT, handler) {
+                        report.push(place.field("handler"), error.reason);
+                    }
+                }
+                None => {}
+            }
+            if task.command.is_some() {
+                report.push(
+                    place.field("command"),
+                    "a custom task runs its handler; remove `command` or drop `kind: custom`",
+                );
+            }
+            if !task.env.is_empty() {
+                report.push(place.field("env"), "only command tasks take `env`");
+            }
+            if task.cwd.is_some() {
+                report.push(place.field("cwd"), "only command tasks take `cwd`");
+            }
+        }
         TaskKindSpec::Command => {
             if unreadable.has("command") {
                 return;
@@ -837,6 +986,7 @@ fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag,
         description,
         schedule,
         default_args: defaults,
+        max_active_tasks,
         tasks: task_specs,
     } = spec;
     let builtin = RetryPolicy::default();
@@ -846,6 +996,14 @@ fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag,
     for (task, depends_on) in task_specs.into_iter().zip(dependencies) {
         let kind = match task.kind.unwrap_or(TaskKindSpec::Command) {
             TaskKindSpec::Noop => TaskKind::Noop,
+            TaskKindSpec::Custom => TaskKind::Custom(CustomTask {
+                handler: HandlerName::new(task.handler.clone().unwrap_or_default())
+                    .map_err(|error| internal(error.reason))?,
+                payload_json: task
+                    .payload
+                    .as_ref()
+                    .map_or_else(|| "null".to_string(), ToString::to_string),
+            }),
             TaskKindSpec::Command => {
                 let env = if defaults.env.is_empty() {
                     task.env
@@ -867,6 +1025,26 @@ fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag,
         let queue = match task.queue {
             Some(queue) => QueueName::new(queue).map_err(|error| internal(error.reason))?,
             None => default_queue.clone(),
+        };
+        let pool = match task.pool.as_ref().or(defaults.pool.as_ref()) {
+            Some(pool) => {
+                Some(PoolName::new(pool.clone()).map_err(|error| internal(error.reason))?)
+            }
+            None => None,
+        };
+        let labels = if defaults.labels.is_empty() {
+            task.labels
+        } else {
+            let mut labels = defaults.labels.clone();
+            labels.extend(task.labels);
+            labels
+        };
+        let resources = match task.resources.as_ref().or(defaults.resources.as_ref()) {
+            Some(spec) => Resources {
+                cpu_millis: spec.cpu_millis().map_err(internal)?,
+                memory_bytes: spec.memory_bytes().map_err(internal)?,
+            },
+            None => Resources::default(),
         };
         tasks.push(ResolvedTask {
             id: TaskId::new(task.id).map_err(|error| internal(error.reason))?,
@@ -890,6 +1068,15 @@ fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag,
             timeout: pick_duration(task.timeout, defaults.timeout),
             queue,
             priority: task.priority.or(defaults.priority).unwrap_or(0),
+            pool_slots: if pool.is_some() {
+                task.pool_slots.or(defaults.pool_slots).unwrap_or(1)
+            } else {
+                0
+            },
+            pool,
+            labels,
+            resources,
+            max_active: task.max_active,
         });
     }
 
@@ -897,6 +1084,7 @@ fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag,
         dag_id: DagId::new(id).map_err(|error| internal(error.reason))?,
         description: description.unwrap_or_default(),
         schedule,
+        max_active_tasks,
         tasks,
         canonical_json,
         digest,

@@ -1,10 +1,16 @@
 //! `ClusterService`: the leader, the controllers, the workers and the
 //! queues, as the leader sees them.
 
-use baton_common::error::ApiResult;
+use std::time::Duration;
+
+use baton_common::error::{ApiError, ApiResult, FieldViolation};
+use baton_common::ids::{WorkerId, validate_name};
 use baton_common::pb::api::cluster_service_server::ClusterService;
-use baton_common::pb::api::{ControllerInfo, GetClusterStatusRequest, GetClusterStatusResponse};
-use baton_common::time::micros_to_timestamp_opt;
+use baton_common::pb::api::{
+    ControllerInfo, DrainWorkerRequest, DrainWorkerResponse, GetClusterStatusRequest,
+    GetClusterStatusResponse,
+};
+use baton_common::time::{duration_from_proto, micros_to_timestamp_opt};
 use serde::{Deserialize, Serialize};
 use tonic::Request;
 use tracing::instrument;
@@ -20,6 +26,9 @@ pub struct Membership {
     pub address: String,
     pub started_at: i64,
 }
+
+/// Longest drain grace a caller may ask for.
+const MAX_DRAIN_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 pub struct ClusterApi {
     context: ApiContextRef,
@@ -70,6 +79,7 @@ impl ClusterApi {
             workers: scheduler.workers,
             queues: scheduler.queues,
             active_runs: scheduler.active_runs,
+            pools: scheduler.pools,
         })
     }
 }
@@ -82,5 +92,38 @@ impl ClusterService for ClusterApi {
         _request: Request<GetClusterStatusRequest>,
     ) -> GrpcResult<GetClusterStatusResponse> {
         grpc(self.status().await)
+    }
+
+    #[instrument(skip_all, fields(worker = %request.get_ref().worker_id))]
+    async fn drain_worker(
+        &self,
+        request: Request<DrainWorkerRequest>,
+    ) -> GrpcResult<DrainWorkerResponse> {
+        let request = request.into_inner();
+        let result = async {
+            let mut violations = Vec::new();
+            if let Err(error) = validate_name(WorkerId::WHAT, &request.worker_id) {
+                violations.push(FieldViolation::new("worker_id", error.reason));
+            }
+            let grace = request.grace.as_ref().map(duration_from_proto);
+            if let Some(proto) = &request.grace
+                && (proto.seconds < 0
+                    || proto.nanos < 0
+                    || grace.is_some_and(|g| g > MAX_DRAIN_GRACE))
+            {
+                violations.push(FieldViolation::new("grace", "grace must be from 0 to 24h"));
+            }
+            if !violations.is_empty() {
+                return Err(ApiError::InvalidArgument(violations));
+            }
+            let term = self.context.leader()?;
+            let running = term
+                .scheduler
+                .drain_worker(request.worker_id, grace)
+                .await?;
+            Ok(DrainWorkerResponse { running })
+        }
+        .await;
+        grpc(result)
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod cluster;
 pub mod dag;
+pub mod pool;
 pub mod run;
 pub mod worker;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_common::error::{ApiError, ApiResult};
-use baton_common::ids::{AttemptId, QueueName, WorkerId};
+use baton_common::ids::{AttemptId, HandlerName, QueueName, WorkerId};
 use baton_common::pb::api::worker_service_server::WorkerService;
 use baton_common::pb::api::{ControllerMessage, Register, WorkerMessage, worker_message};
 use tokio::sync::mpsc;
@@ -24,6 +24,7 @@ const MAX_SLOTS: u32 = 10_000;
 const MAX_QUEUES: usize = 100;
 const MAX_LABELS: usize = 100;
 const MAX_LABEL_BYTES: usize = 256;
+const MAX_HANDLERS: usize = 1_000;
 /// Largest log chunk a worker may send at once.
 const MAX_LOG_CHUNK: usize = 4 * 1024 * 1024;
 
@@ -80,6 +81,23 @@ fn validate_register(register: &Register) -> ApiResult<()> {
                 format!(
                     "keys must be 1 to {MAX_LABEL_BYTES} bytes and values at most {MAX_LABEL_BYTES}"
                 ),
+            ));
+        }
+    }
+    if register.handlers.len() > MAX_HANDLERS {
+        return Err(ApiError::invalid(
+            "register.handlers",
+            format!("at most {MAX_HANDLERS} handlers"),
+        ));
+    }
+    for (index, handler) in register.handlers.iter().enumerate() {
+        HandlerName::new(handler.clone()).map_err(|error| {
+            ApiError::invalid(format!("register.handlers[{index}]"), error.reason)
+        })?;
+        if register.handlers[..index].contains(handler) {
+            return Err(ApiError::invalid(
+                format!("register.handlers[{index}]"),
+                format!("handler `{handler}` is listed twice"),
             ));
         }
     }

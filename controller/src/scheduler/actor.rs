@@ -7,18 +7,19 @@
 //! batch is durable. Handlers never await, so the loop never blocks on one
 //! caller.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton_common::error::{ApiError, FieldViolation};
-use baton_common::ids::{AttemptId, DagId, QueueName, RunId, TaskId};
+use baton_common::ids::{AttemptId, DagId, HandlerName, PoolName, QueueName, RunId, TaskId};
 use baton_common::pb::api::{
     self as api, Ack, AttemptOutcome, Cancel, ControllerMessage, RunSnapshot, RunState, TaskResult,
     TaskState, WatchRunResponse, controller_message, watch_run_response, worker_message,
 };
-use baton_common::pb::records::{DagMetaRecord, DagVersionRecord, IdempotencyRecord, RunRecord};
+use baton_common::pb::records::{
+    DagMetaRecord, DagVersionRecord, IdempotencyRecord, PoolRecord, RunRecord,
+};
 use baton_common::spec::TaskKind;
 use baton_common::time::{
     Micros, duration_to_proto, micros_to_timestamp_opt, now_micros, timestamp_opt_to_micros,
@@ -34,13 +35,15 @@ use tokio_util::time::DelayQueue;
 use tracing::{debug, error, info, info_span, warn};
 
 use super::flush::{CreateKey, Effect, InFlight, Pending, dedupe_ops, spawn_commit};
+use super::limits::{LimitKey, Limits};
 use super::recovery::{self, LoadedRun};
+use super::routing::{ReadyItem, ReadyQueues};
 use super::state::{RunEntry, WatchSender};
 use super::views::{self, run_record, task_record};
 use super::workers::{Connection, Workers};
 use super::{
-    Command, NewDagVersion, Registered, SchedulerError, SchedulerHandle, SchedulerParts,
-    TriggerRequest, WorkerEvent, WorkerSender,
+    Command, NewDagVersion, PoolChange, Registered, SchedulerError, SchedulerHandle,
+    SchedulerParts, TriggerRequest, WorkerEvent, WorkerSender,
 };
 use crate::logs::{LogCommand, LogKey, LogWriter};
 use crate::plan::TaskIndex;
@@ -53,29 +56,6 @@ use crate::store::{
 const MAX_COMMANDS_PER_TURN: usize = 4096;
 /// Room a watcher's channel keeps for the final "fell behind" error.
 const WATCH_RESERVE: usize = 1;
-
-/// A ready task waiting for a slot: highest priority first, then oldest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReadyItem {
-    priority: i32,
-    seq: u64,
-    run_id: RunId,
-    index: TaskIndex,
-}
-
-impl Ord for ReadyItem {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.priority
-            .cmp(&other.priority)
-            .then_with(|| other.seq.cmp(&self.seq))
-    }
-}
-
-impl PartialOrd for ReadyItem {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
 
 /// A run creation waiting for its conditional write.
 struct PendingCreate {
@@ -97,7 +77,9 @@ pub struct Scheduler {
     pending_creates: HashMap<CreateKey, PendingCreate>,
     /// Finished runs being read back, with the commands waiting for them.
     loading: HashMap<RunId, Vec<Command>>,
-    ready: HashMap<QueueName, BinaryHeap<ReadyItem>>,
+    ready: ReadyQueues,
+    /// Pools and concurrency limits, and the ready tasks they hold back.
+    limits: Limits,
     /// Ready tasks of paused DAGs, dispatched on unpause.
     parked: HashMap<DagId, Vec<ReadyItem>>,
     ready_seq: u64,
@@ -165,7 +147,8 @@ impl Scheduler {
             active_keys: HashMap::new(),
             pending_creates: HashMap::new(),
             loading: HashMap::new(),
-            ready: HashMap::new(),
+            ready: ReadyQueues::default(),
+            limits: Limits::default(),
             parked: HashMap::new(),
             ready_seq: 0,
             workers: Workers::default(),
@@ -187,6 +170,16 @@ impl Scheduler {
 
     async fn recover(&mut self) -> Result<(), SchedulerError> {
         let store = Arc::clone(&self.parts.store);
+        for record in recovery::load_pools(store.as_ref()).await? {
+            match PoolName::new(record.name.clone()) {
+                Ok(name) => {
+                    self.limits.pools.insert(name, record);
+                }
+                Err(error) => {
+                    warn!(pool = %record.name, %error, "ignoring a stored pool with an invalid name")
+                }
+            }
+        }
         for meta in recovery::load_dags(store.as_ref()).await? {
             if let Ok(dag_id) = DagId::new(meta.dag_id.clone()) {
                 self.dags.insert(dag_id, meta);
@@ -335,6 +328,21 @@ impl Scheduler {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::ListPools { reply } => {
+                let _ = reply.send(self.pool_infos());
+            }
+            Command::Pool { change, reply } => {
+                let result = self.change_pool(change);
+                self.reply_after_commit(reply, result);
+            }
+            Command::DrainWorker {
+                worker_id,
+                grace,
+                reply,
+            } => {
+                // Nothing to store: the drain is between controller and worker.
+                let _ = reply.send(self.drain_worker(&worker_id, grace));
+            }
         }
     }
 
@@ -355,8 +363,14 @@ impl Scheduler {
         }
     }
 
-    /// Workers, queue depths and active runs as they are now.
+    /// Workers, queues (with the signals an autoscaler needs), pools and
+    /// active runs as they are now. Not on the hot path: it walks ready and
+    /// parked tasks and open attempts.
     fn status(&self) -> super::SchedulerStatus {
+        let resources = |r: baton_common::spec::Resources| api::Resources {
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+        };
         let mut workers: Vec<api::WorkerInfo> = self
             .workers
             .iter()
@@ -371,41 +385,90 @@ impl Scheduler {
                 connected: worker.conn.is_some(),
                 draining: worker.draining,
                 version: worker.version.clone(),
+                resources: Some(resources(worker.resources)),
+                free_resources: Some(resources(worker.free_resources())),
+                handlers: worker.handlers.iter().map(ToString::to_string).collect(),
             })
             .collect();
         workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-        let mut queues: HashMap<String, api::QueueInfo> = HashMap::new();
-        for (queue, heap) in &self.ready {
-            // The heap may hold entries that went stale; count live ones.
-            let ready = heap
-                .iter()
-                .filter(|item| {
-                    self.runs
-                        .get(&item.run_id)
-                        .is_some_and(|entry| entry.slot(item.index).state == TaskState::Ready)
-                })
-                .count() as u32;
-            queues
-                .entry(queue.to_string())
-                .or_insert_with(|| api::QueueInfo {
-                    queue: queue.to_string(),
-                    ..Default::default()
-                })
-                .ready += ready;
-        }
-        for worker in self.workers.iter() {
-            for queue in &worker.queues {
-                let info = queues
-                    .entry(queue.to_string())
-                    .or_insert_with(|| api::QueueInfo {
+        let now = now_micros();
+        let mut queues: HashMap<String, (api::QueueInfo, i64)> = HashMap::new();
+        fn queue_of<'a>(
+            queues: &'a mut HashMap<String, (api::QueueInfo, i64)>,
+            queue: &QueueName,
+        ) -> &'a mut (api::QueueInfo, i64) {
+            queues.entry(queue.to_string()).or_insert_with(|| {
+                (
+                    api::QueueInfo {
                         queue: queue.to_string(),
                         ..Default::default()
-                    });
+                    },
+                    i64::MAX,
+                )
+            })
+        }
+        // Ready tasks, in their queues or parked on a limit; the heaps may
+        // hold entries that went stale, so only live ones count.
+        let live = |item: &ReadyItem| {
+            self.runs
+                .get(&item.run_id)
+                .filter(|entry| entry.slot(item.index).state == TaskState::Ready)
+                .map(|entry| entry.plan.task(item.index).queue.clone())
+        };
+        for (_, heap) in self.ready.iter() {
+            for item in heap.iter() {
+                if let Some(queue) = live(item) {
+                    let (info, oldest) = queue_of(&mut queues, &queue);
+                    info.ready += 1;
+                    *oldest = (*oldest).min(item.ready_at);
+                }
+            }
+        }
+        for (_, item) in self.limits.parked() {
+            if let Some(queue) = live(item) {
+                let (info, oldest) = queue_of(&mut queues, &queue);
+                info.ready += 1;
+                info.limited += 1;
+                *oldest = (*oldest).min(item.ready_at);
+            }
+        }
+        for items in self.parked.values() {
+            for item in items {
+                if let Some(queue) = live(item) {
+                    let (info, _) = queue_of(&mut queues, &queue);
+                    info.ready += 1;
+                    info.limited += 1;
+                }
+            }
+        }
+        for &(run_id, index) in self.attempts.values() {
+            if let Some(entry) = self.runs.get(&run_id) {
+                queue_of(&mut queues, &entry.plan.task(index).queue)
+                    .0
+                    .running += 1;
+            }
+        }
+        for worker in self.workers.iter() {
+            if worker.conn.is_none() {
+                continue;
+            }
+            for queue in &worker.queues {
+                let (info, _) = queue_of(&mut queues, queue);
                 info.workers += 1;
                 info.free_slots += worker.free_slots();
             }
         }
-        let mut queues: Vec<api::QueueInfo> = queues.into_values().collect();
+        let mut queues: Vec<api::QueueInfo> = queues
+            .into_values()
+            .map(|(mut info, oldest)| {
+                if oldest != i64::MAX {
+                    info.oldest_ready_age = Some(duration_to_proto(Duration::from_micros(
+                        now.saturating_sub(oldest).max(0) as u64,
+                    )));
+                }
+                info
+            })
+            .collect();
         queues.sort_by(|a, b| a.queue.cmp(&b.queue));
         let active_runs = self
             .runs
@@ -415,8 +478,136 @@ impl Scheduler {
         super::SchedulerStatus {
             workers,
             queues,
+            pools: self.pool_infos(),
             active_runs,
         }
+    }
+
+    fn pool_info(&self, record: &PoolRecord) -> api::PoolInfo {
+        let name = PoolName::new(record.name.clone());
+        api::PoolInfo {
+            name: record.name.clone(),
+            slots: record.slots,
+            description: record.description.clone(),
+            used_slots: name.as_ref().map_or(0, |name| self.limits.pool_used(name)),
+            queued: name
+                .as_ref()
+                .map_or(0, |name| self.limits.pool_queued(name)),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+
+    fn pool_infos(&self) -> Vec<api::PoolInfo> {
+        self.limits
+            .pools
+            .values()
+            .map(|record| self.pool_info(record))
+            .collect()
+    }
+
+    // ----- Pools and workers (admin) -----
+
+    fn change_pool(&mut self, change: PoolChange) -> Result<Option<api::PoolInfo>, ApiError> {
+        let now = micros_to_timestamp_opt(now_micros());
+        let name = match &change {
+            PoolChange::Create { name, .. }
+            | PoolChange::Update { name, .. }
+            | PoolChange::Delete { name } => name.clone(),
+        };
+        match change {
+            PoolChange::Create {
+                name,
+                slots,
+                description,
+            } => {
+                if self.limits.pools.contains_key(&name) {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "pool `{name}` already exists; use UpdatePool (`baton pool set`) to resize it"
+                    )));
+                }
+                let record = PoolRecord {
+                    name: name.to_string(),
+                    slots,
+                    description,
+                    created_at: now,
+                    updated_at: now,
+                };
+                self.pending
+                    .ops
+                    .push(Op::put(keys::pool(&name), record.encode_to_vec()));
+                info!(pool = %name, slots, "pool created");
+                self.limits.pools.insert(name.clone(), record);
+            }
+            PoolChange::Update {
+                name,
+                slots,
+                description,
+            } => {
+                let record = self
+                    .limits
+                    .pools
+                    .get_mut(&name)
+                    .ok_or_else(|| ApiError::not_found("pool", &name))?;
+                if let Some(slots) = slots {
+                    record.slots = slots;
+                }
+                if let Some(description) = description {
+                    record.description = description;
+                }
+                record.updated_at = now;
+                self.pending
+                    .ops
+                    .push(Op::put(keys::pool(&name), record.encode_to_vec()));
+                info!(pool = %name, slots = record.slots, "pool updated");
+            }
+            PoolChange::Delete { name } => {
+                if !self.limits.pools.contains_key(&name) {
+                    return Err(ApiError::not_found("pool", &name));
+                }
+                let used = self.limits.pool_used(&name);
+                let queued = self.limits.pool_queued(&name);
+                if used > 0 || queued > 0 {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "pool `{name}` is in use ({used} slots taken, {queued} tasks waiting); \
+                         delete it once its tasks are done"
+                    )));
+                }
+                self.pending.ops.push(Op::delete(keys::pool(&name)));
+                self.limits.pools.remove(&name);
+                info!(pool = %name, "pool deleted");
+                return Ok(None);
+            }
+        }
+        // Created or grown: tasks waiting on the pool may fit now (each is
+        // checked again, and parked again if it still does not).
+        for item in self.limits.unpark_all(&LimitKey::Pool(name.clone())) {
+            self.push_ready(item);
+        }
+        Ok(self
+            .limits
+            .pools
+            .get(&name)
+            .map(|record| self.pool_info(record)))
+    }
+
+    fn drain_worker(&mut self, worker_id: &str, grace: Option<Duration>) -> Result<u32, ApiError> {
+        let worker = self
+            .workers
+            .get_mut(worker_id)
+            .filter(|worker| worker.conn.is_some())
+            .ok_or_else(|| ApiError::not_found("connected worker", worker_id))?;
+        worker.draining = true;
+        let running = worker.leased.len() as u32;
+        if let Some(sender) = worker.sender() {
+            let _ = sender.send(Ok(message(controller_message::Message::Drain(
+                api::Drain {
+                    grace: grace.map(duration_to_proto),
+                },
+            ))));
+        }
+        info!(worker = %worker_id, running, "worker asked to drain");
+        Ok(running)
     }
 
     fn touch(&mut self, run_id: RunId) {
@@ -434,6 +625,25 @@ impl Scheduler {
             digest,
             mut plan,
         } = version;
+        // A task naming a pool that does not exist would wait forever.
+        let missing: Vec<FieldViolation> = plan
+            .tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(position, task)| {
+                let pool = task.pool.as_ref()?;
+                (!self.limits.pools.contains_key(pool)).then(|| {
+                    FieldViolation::new(
+                        format!("tasks[{position}].pool"),
+                        format!("pool `{pool}` does not exist; create it first (`baton pool create {pool} --slots N`)"),
+                    )
+                })
+            })
+            .take(20)
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::InvalidArgument(missing));
+        }
         let now = now_micros();
         if let Some(meta) = self.dags.get(&dag_id)
             && meta.latest_digest == digest
@@ -722,8 +932,12 @@ impl Scheduler {
                 TaskState::Leased | TaskState::Running => {
                     if let (Some(attempt_id), Some(worker)) = (slot.attempt_id, &slot.worker) {
                         self.attempts.insert(attempt_id, (run_id, index));
+                        let task = entry.plan.task(index);
                         let worker = self.workers.entry(worker, lost_at);
-                        worker.leased.insert(attempt_id);
+                        worker.hold(attempt_id, task.resources);
+                        // Counted before any new lease, so that a limit is
+                        // not exceeded while workers re-announce.
+                        self.limits.acquire(attempt_id, &entry.dag_id, task);
                         self.parts.logs.open_attempt(LogKey {
                             run_id,
                             task_id: entry.plan.task(index).id.clone(),
@@ -1136,6 +1350,7 @@ impl Scheduler {
             seq: self.ready_seq,
             run_id,
             index,
+            ready_at: now_micros(),
         };
         self.push_ready(item);
     }
@@ -1144,20 +1359,14 @@ impl Scheduler {
         let Some(entry) = self.runs.get(&item.run_id) else {
             return;
         };
-        let queue = &entry.plan.task(item.index).queue;
-        match self.ready.get_mut(queue) {
-            Some(heap) => heap.push(item),
-            None => {
-                let mut heap = BinaryHeap::new();
-                heap.push(item);
-                self.ready.insert(queue.clone(), heap);
-            }
-        }
+        let route = &entry.plan.routes[item.index as usize];
+        self.ready.push(route, item);
         self.dispatch_needed = true;
     }
 
-    /// Leases ready tasks to workers with free slots, highest priority first
-    /// in each queue.
+    /// Leases ready tasks to workers that can take them: across routes, the
+    /// best waiting task (priority, then age) that some worker can take
+    /// goes first. A task a limit holds back is parked on that limit.
     fn dispatch(&mut self) {
         if !self.dispatch_needed {
             return;
@@ -1166,33 +1375,75 @@ impl Scheduler {
         if !self.workers.has_free_slots() {
             return;
         }
-        let queues: Vec<QueueName> = self
-            .ready
-            .iter()
-            .filter(|(_, heap)| !heap.is_empty())
-            .map(|(queue, _)| queue.clone())
-            .collect();
-        for queue in queues {
-            while let Some(worker_id) = self.workers.best_for(&queue) {
-                let Some(item) = self.ready.get_mut(&queue).and_then(BinaryHeap::pop) else {
-                    break;
-                };
-                let Some(entry) = self.runs.get(&item.run_id) else {
+        let mut routes = self.ready.routes();
+        loop {
+            // The route whose best task is best among routes a worker can
+            // take now; routes no worker can take drop out for this turn.
+            let mut best: Option<(usize, Arc<str>, ReadyItem)> = None;
+            let mut position = 0;
+            while position < routes.len() {
+                let Some(&top) = self.ready.peek(&routes[position]) else {
+                    routes.swap_remove(position);
                     continue;
                 };
-                if entry.slot(item.index).state != TaskState::Ready
-                    || entry.state != RunState::Running
-                {
+                if best.as_ref().is_some_and(|(_, _, item)| *item >= top) {
+                    position += 1;
                     continue;
                 }
-                if self.dags.get(&entry.dag_id).is_some_and(|meta| meta.paused) {
-                    self.parked
-                        .entry(entry.dag_id.clone())
-                        .or_default()
-                        .push(item);
-                    continue;
+                match self.workers.best_for(&routes[position]) {
+                    Some(worker_id) => {
+                        best = Some((position, worker_id, top));
+                        position += 1;
+                    }
+                    None => {
+                        routes.swap_remove(position);
+                    }
                 }
-                self.lease(item.run_id, item.index, &worker_id);
+            }
+            let Some((position, worker_id, _)) = best else {
+                break;
+            };
+            let Some(item) = self.ready.pop(&routes[position]) else {
+                continue;
+            };
+            let Some(entry) = self.runs.get(&item.run_id) else {
+                continue;
+            };
+            if entry.slot(item.index).state != TaskState::Ready || entry.state != RunState::Running
+            {
+                continue;
+            }
+            if self.dags.get(&entry.dag_id).is_some_and(|meta| meta.paused) {
+                self.parked
+                    .entry(entry.dag_id.clone())
+                    .or_default()
+                    .push(item);
+                continue;
+            }
+            let task = entry.plan.task(item.index);
+            if let Some(limit) =
+                self.limits
+                    .blocked_by(&entry.dag_id, task, entry.plan.max_active_tasks)
+            {
+                self.limits.park(limit, item);
+                continue;
+            }
+            self.lease(item.run_id, item.index, &worker_id);
+        }
+    }
+
+    /// Gives back what an attempt held (its worker's slot and resources,
+    /// its pool and concurrency counts) and sends tasks that waited on the
+    /// freed limits back to their ready queues.
+    fn release_attempt(&mut self, attempt_id: &AttemptId, worker_id: Option<&str>) {
+        if let Some(worker) = worker_id.and_then(|id| self.workers.get_mut(id))
+            && worker.release(attempt_id)
+        {
+            self.dispatch_needed = true;
+        }
+        for (key, room) in self.limits.release(attempt_id) {
+            for item in self.limits.unpark(&key, room) {
+                self.push_ready(item);
             }
         }
     }
@@ -1223,9 +1474,10 @@ impl Scheduler {
         slot.error = None;
         slot.output = None;
         let attempt = slot.attempt;
-        worker.leased.insert(attempt_id);
-        self.attempts.insert(attempt_id, (run_id, index));
         let task = entry.plan.task(index);
+        worker.hold(attempt_id, task.resources);
+        self.limits.acquire(attempt_id, &entry.dag_id, task);
+        self.attempts.insert(attempt_id, (run_id, index));
         debug!(%run_id, task_id = %task.id, attempt, worker = %worker_id, "task leased");
         let assign = api::Assign {
             attempt_id: attempt_id.to_string(),
@@ -1246,6 +1498,10 @@ impl Scheduler {
                     cwd: command.cwd.clone().unwrap_or_default(),
                 }),
                 TaskKind::Noop => api::assign::Kind::Noop(api::NoopTask {}),
+                TaskKind::Custom(custom) => api::assign::Kind::Custom(api::CustomTask {
+                    handler: custom.handler.to_string(),
+                    payload_json: custom.payload_json.clone(),
+                }),
             }),
             timeout: task.timeout.map(duration_to_proto),
             max_output_bytes: self.parts.config.limits.max_output_bytes as u32,
@@ -1292,6 +1548,15 @@ impl Scheduler {
         self.attempts.remove(&attempt_id);
         self.record_attempt_end(run_id, index, 0);
         self.touch(run_id);
+        // A worker still holding the attempt gives it back when it reports
+        // it stopped; otherwise nobody runs it and its limits are free now.
+        let held = worker_id
+            .as_deref()
+            .and_then(|id| self.workers.get(id))
+            .is_some_and(|worker| worker.leased.contains_key(&attempt_id));
+        if !held {
+            self.release_attempt(&attempt_id, None);
+        }
         if tell_worker
             && let Some(sender) = worker_id
                 .as_deref()
@@ -1434,6 +1699,18 @@ impl Scheduler {
             .filter_map(|queue| QueueName::new(queue.clone()).ok())
             .collect();
         worker.slots = register.slots;
+        worker.resources = register
+            .resources
+            .map(|offered| baton_common::spec::Resources {
+                cpu_millis: offered.cpu_millis,
+                memory_bytes: offered.memory_bytes,
+            })
+            .unwrap_or_default();
+        worker.handlers = register
+            .handlers
+            .iter()
+            .filter_map(|handler| HandlerName::new(handler.clone()).ok())
+            .collect();
         worker.lost_at = lost_at;
         worker.draining = false;
         let worker_id = Arc::clone(&worker.id);
@@ -1458,21 +1735,20 @@ impl Scheduler {
             .filter_map(|id| id.parse().ok())
             .collect();
         for attempt_id in &announced {
-            let current = self
-                .attempts
-                .get(attempt_id)
-                .is_some_and(|&(run_id, index)| {
-                    self.runs.get(&run_id).is_some_and(|entry| {
-                        let slot = entry.slot(index);
-                        slot.attempt_id == Some(*attempt_id)
-                            && slot.worker.as_deref() == Some(&*worker_id)
-                    })
-                });
-            if current {
-                if let Some(worker) = self.workers.get_mut(&worker_id) {
-                    worker.leased.insert(*attempt_id);
-                }
-            } else {
+            let current = self.attempts.get(attempt_id).and_then(|&(run_id, index)| {
+                self.runs.get(&run_id).and_then(|entry| {
+                    let slot = entry.slot(index);
+                    (slot.attempt_id == Some(*attempt_id)
+                        && slot.worker.as_deref() == Some(&*worker_id))
+                    .then(|| entry.plan.task(index).resources)
+                })
+            });
+            if let Some(worker) = self.workers.get_mut(&worker_id) {
+                // A stale attempt still takes a slot until the worker
+                // reports it stopped.
+                worker.hold(*attempt_id, current.unwrap_or_default());
+            }
+            if current.is_none() {
                 let _ = sender.send(Ok(message(controller_message::Message::Cancel(Cancel {
                     attempt_id: attempt_id.to_string(),
                     reason: "stale attempt: the controller no longer expects it".into(),
@@ -1485,16 +1761,14 @@ impl Scheduler {
             .map(|worker| {
                 worker
                     .leased
-                    .iter()
+                    .keys()
                     .filter(|id| !announced.contains(id))
                     .copied()
                     .collect()
             })
             .unwrap_or_default();
         for attempt_id in missing {
-            if let Some(worker) = self.workers.get_mut(&worker_id) {
-                worker.leased.remove(&attempt_id);
-            }
+            self.release_attempt(&attempt_id, Some(&worker_id));
             let never_started = self
                 .attempts
                 .get(&attempt_id)
@@ -1560,7 +1834,9 @@ impl Scheduler {
                 )));
             }
             let reason = format!("worker `{worker_id}` lost: no heartbeat for {timeout}");
-            for attempt_id in worker.leased {
+            self.dispatch_needed = true;
+            for attempt_id in worker.leased.into_keys() {
+                self.release_attempt(&attempt_id, None);
                 self.fail_lost_attempt(attempt_id, &reason);
             }
         }
@@ -1632,11 +1908,7 @@ impl Scheduler {
             return;
         };
         // Whatever the attempt's fate, the worker no longer runs it.
-        if let Some(worker) = self.workers.get_mut(worker_id)
-            && worker.leased.remove(&attempt_id)
-        {
-            self.dispatch_needed = true;
-        }
+        self.release_attempt(&attempt_id, Some(worker_id));
         let current = self
             .attempts
             .get(&attempt_id)
@@ -1703,7 +1975,16 @@ impl Scheduler {
             })),
         });
         self.touch(run_id);
-        if outcome == AttemptOutcome::Succeeded {
+        if outcome == AttemptOutcome::WorkerDrained {
+            // The worker went away on purpose (scale-down): the task runs
+            // again elsewhere, and this attempt uses none of its retries.
+            let entry = self.runs.get_mut(&run_id).expect("checked above");
+            entry.slot_mut(index).attempt_base += 1;
+            if entry.set_state(index, TaskState::Ready) {
+                self.queue_ready(run_id, index);
+            }
+            info!("attempt stopped by a worker drain; the task is ready again");
+        } else if outcome == AttemptOutcome::Succeeded {
             let entry = self.runs.get_mut(&run_id).expect("checked above");
             entry.set_state(index, TaskState::Success);
             debug!("task succeeded");

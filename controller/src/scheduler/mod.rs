@@ -13,6 +13,9 @@
 //! # Layout
 //! - `state`: runs and task slots, and the declared state machines.
 //! - `workers`: connected workers, their slots and leased attempts.
+//! - `routing`: which worker may take a ready task, ready heaps by route.
+//! - `limits`: pools, `max_active_tasks`, `max_active`, and the tasks they
+//!   hold back.
 //! - `actor`: the event loop and the handling of every command.
 //! - `flush`: turning dirty state into a batch, and effects.
 //! - `recovery`: rebuilding active runs from the store.
@@ -20,7 +23,9 @@
 
 mod actor;
 mod flush;
+pub mod limits;
 pub mod recovery;
+pub mod routing;
 pub mod state;
 pub mod views;
 mod workers;
@@ -28,8 +33,8 @@ mod workers;
 use std::sync::Arc;
 
 use baton_common::error::{ApiError, ApiResult};
-use baton_common::ids::{DagId, RunId, TaskId};
-use baton_common::pb::api::{ControllerMessage, Register, worker_message};
+use baton_common::ids::{DagId, PoolName, RunId, TaskId};
+use baton_common::pb::api::{ControllerMessage, PoolInfo, Register, worker_message};
 use baton_common::pb::records::{DagMetaRecord, RunRecord};
 use baton_common::time::Micros;
 use tokio::sync::{mpsc, oneshot};
@@ -128,10 +133,40 @@ pub enum Command {
     Status {
         reply: oneshot::Sender<SchedulerStatus>,
     },
+    DrainWorker {
+        worker_id: String,
+        grace: Option<std::time::Duration>,
+        reply: Reply<u32>,
+    },
+    Pool {
+        change: PoolChange,
+        reply: Reply<Option<PoolInfo>>,
+    },
+    ListPools {
+        reply: oneshot::Sender<Vec<PoolInfo>>,
+    },
     /// Internal: a finished run was read back from the store.
     RunLoaded {
         run_id: RunId,
         result: Result<Option<recovery::LoadedRun>, ApiError>,
+    },
+}
+
+/// A change to the pools, validated by the API.
+#[derive(Debug, Clone)]
+pub enum PoolChange {
+    Create {
+        name: PoolName,
+        slots: u32,
+        description: String,
+    },
+    Update {
+        name: PoolName,
+        slots: Option<u32>,
+        description: Option<String>,
+    },
+    Delete {
+        name: PoolName,
     },
 }
 
@@ -154,6 +189,7 @@ pub enum SchedulerError {
 pub struct SchedulerStatus {
     pub workers: Vec<baton_common::pb::api::WorkerInfo>,
     pub queues: Vec<baton_common::pb::api::QueueInfo>,
+    pub pools: Vec<PoolInfo>,
     pub active_runs: u32,
 }
 
@@ -248,6 +284,35 @@ impl SchedulerHandle {
             reply,
         })
         .await
+    }
+
+    /// Asks a connected worker to drain; answers how many attempts it runs.
+    pub async fn drain_worker(
+        &self,
+        worker_id: String,
+        grace: Option<std::time::Duration>,
+    ) -> ApiResult<u32> {
+        self.ask(|reply| Command::DrainWorker {
+            worker_id,
+            grace,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates, resizes or deletes a pool; answers the pool as it is now
+    /// (`None` after a delete).
+    pub async fn change_pool(&self, change: PoolChange) -> ApiResult<Option<PoolInfo>> {
+        self.ask(|reply| Command::Pool { change, reply }).await
+    }
+
+    pub async fn list_pools(&self) -> ApiResult<Vec<PoolInfo>> {
+        let (reply, receiver) = oneshot::channel();
+        self.sender
+            .send(Command::ListPools { reply })
+            .await
+            .map_err(|_| gone())?;
+        receiver.await.map_err(|_| gone())
     }
 
     pub async fn status(&self) -> ApiResult<SchedulerStatus> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use baton_common::error::ApiError;
 use baton_common::ids::{AttemptId, DagId, RunId};
 use baton_common::pb::api::{AttemptOutcome, RunState, TaskState};
-use baton_common::pb::records::{DagMetaRecord, RunRecord, TaskRecord};
+use baton_common::pb::records::{DagMetaRecord, PoolRecord, RunRecord, TaskRecord};
 use baton_common::states::task_state_is_final;
 
 use super::state::RunEntry;
@@ -30,6 +30,15 @@ pub async fn load_dags(store: &dyn Store) -> StoreResult<Vec<DagMetaRecord>> {
     entries
         .iter()
         .map(|(key, value)| decode::<DagMetaRecord>(key, value))
+        .collect()
+}
+
+/// Every pool.
+pub async fn load_pools(store: &dyn Store) -> StoreResult<Vec<PoolRecord>> {
+    let entries = store.scan(Scan::prefix(keys::POOLS)).await?;
+    entries
+        .iter()
+        .map(|(key, value)| decode::<PoolRecord>(key, value))
         .collect()
 }
 

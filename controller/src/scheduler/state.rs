@@ -33,7 +33,8 @@ pub fn task_transition_allowed(from: TaskState, to: TaskState) -> bool {
             to,
             Ready | Running | Success | Failed | UpForRetry | Cancelled
         ),
-        Running => matches!(to, Success | Failed | UpForRetry | Cancelled),
+        // Back to ready: the worker drained before the attempt finished.
+        Running => matches!(to, Ready | Success | Failed | UpForRetry | Cancelled),
         UpForRetry => matches!(to, Ready | Cancelled),
         UpForReschedule => matches!(to, Ready | Cancelled),
         Success | Failed | UpstreamFailed | Skipped | Cancelled | Unspecified => false,

@@ -1,15 +1,17 @@
 //! The scheduler's view of workers: who is connected, what they serve, which
 //! attempts each holds, and when each is declared lost.
 //!
-//! A worker's free slots are its advertised slots minus the attempts the
-//! controller has leased to it and not yet seen end, so the count is right
-//! even before the worker's next heartbeat. An entry outlives its stream:
+//! A worker's free slots (and free resources) are what it advertised minus
+//! the attempts the controller has leased to it and not yet seen end, so
+//! the count is right even before the worker's next heartbeat, and a worker
+//! is never given more than it offers. An entry outlives its stream:
 //! a worker that reconnects within the lost timeout keeps its attempts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use baton_common::ids::{AttemptId, QueueName};
+use baton_common::ids::{AttemptId, HandlerName, QueueName};
+use baton_common::spec::Resources;
 use tokio::time::Instant;
 
 use super::WorkerSender;
@@ -28,8 +30,15 @@ pub struct WorkerEntry {
     pub labels: std::collections::HashMap<String, String>,
     pub queues: Vec<QueueName>,
     pub slots: u32,
-    /// Attempts leased to this worker whose end the worker has not reported.
-    pub leased: HashSet<AttemptId>,
+    /// What the worker offers to tasks that declare resources.
+    pub resources: Resources,
+    /// Custom task kinds the worker serves.
+    pub handlers: Vec<HandlerName>,
+    /// Attempts leased to this worker whose end the worker has not
+    /// reported, with the resources each holds.
+    pub leased: HashMap<AttemptId, Resources>,
+    /// Sum of the resources of `leased`.
+    pub used: Resources,
     /// The worker is declared lost when this passes without a message.
     pub lost_at: Instant,
     pub draining: bool,
@@ -41,6 +50,43 @@ impl WorkerEntry {
             return 0;
         }
         self.slots.saturating_sub(self.leased.len() as u32)
+    }
+
+    pub fn free_resources(&self) -> Resources {
+        Resources {
+            cpu_millis: self
+                .resources
+                .cpu_millis
+                .saturating_sub(self.used.cpu_millis),
+            memory_bytes: self
+                .resources
+                .memory_bytes
+                .saturating_sub(self.used.memory_bytes),
+        }
+    }
+
+    /// Records an attempt leased to the worker.
+    pub fn hold(&mut self, attempt_id: AttemptId, resources: Resources) {
+        if self.leased.insert(attempt_id, resources).is_none() {
+            self.used.cpu_millis += resources.cpu_millis;
+            self.used.memory_bytes += resources.memory_bytes;
+        }
+    }
+
+    /// Forgets an attempt the worker no longer runs; false when it did not
+    /// hold it.
+    pub fn release(&mut self, attempt_id: &AttemptId) -> bool {
+        match self.leased.remove(attempt_id) {
+            Some(resources) => {
+                self.used.cpu_millis = self.used.cpu_millis.saturating_sub(resources.cpu_millis);
+                self.used.memory_bytes = self
+                    .used
+                    .memory_bytes
+                    .saturating_sub(resources.memory_bytes);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn serves(&self, queue: &QueueName) -> bool {
@@ -92,7 +138,10 @@ impl Workers {
                     labels: std::collections::HashMap::new(),
                     queues: Vec::new(),
                     slots: 0,
-                    leased: HashSet::new(),
+                    resources: Resources::default(),
+                    handlers: Vec::new(),
+                    leased: HashMap::new(),
+                    used: Resources::default(),
                     lost_at,
                     draining: false,
                 },
@@ -143,17 +192,6 @@ impl Workers {
             .filter(|entry| entry.lost_at <= now)
             .map(|entry| Arc::clone(&entry.id))
             .collect()
-    }
-
-    /// The worker serving `queue` with the most free slots.
-    pub fn best_for(&self, queue: &QueueName) -> Option<Arc<str>> {
-        self.by_id
-            .values()
-            .filter(|entry| entry.serves(queue))
-            .map(|entry| (entry.free_slots(), entry))
-            .filter(|(free, _)| *free > 0)
-            .max_by_key(|(free, _)| *free)
-            .map(|(_, entry)| Arc::clone(&entry.id))
     }
 
     pub fn has_free_slots(&self) -> bool {

@@ -14,6 +14,7 @@
 //! | `tasks/<run>/<task>` | `TaskRecord` | every task change, at most once per batch |
 //! | `attempts/<run>/<task>/<attempt:05>` | `AttemptRecord` | an attempt ended |
 //! | `idem/<dag>/<sha256(key)>` | `IdempotencyRecord` | run created with a key |
+//! | `pools/<pool>` | `PoolRecord` | pool created, resized, deleted |
 //! | `leader/<lease>` | leader's id and address (JSON) | etcd election (cluster mode) |
 //! | `controllers/<id>` | a controller's id, address, start (JSON) | each controller, under its own lease |
 //!
@@ -24,10 +25,11 @@
 //! pending and was never attempted, so creating a run writes one key per run,
 //! not one per task.
 
-use baton_common::ids::{DagId, RunId, TaskId};
+use baton_common::ids::{DagId, PoolName, RunId, TaskId};
 use sha2::{Digest, Sha256};
 
 pub const DAGS: &str = "dags/";
+pub const POOLS: &str = "pools/";
 pub const RUNS: &str = "runs/";
 pub const ACTIVE: &str = "active/";
 /// Cluster mode: one key per running controller (`controllers/<id>`, JSON),
@@ -37,6 +39,10 @@ pub const LEADER: &str = "leader";
 
 pub fn controller(controller_id: &str) -> Vec<u8> {
     format!("controllers/{controller_id}").into_bytes()
+}
+
+pub fn pool(pool: &PoolName) -> Vec<u8> {
+    format!("{POOLS}{pool}").into_bytes()
 }
 
 pub fn dag(dag_id: &DagId) -> Vec<u8> {
