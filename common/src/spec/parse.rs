@@ -1164,6 +1164,84 @@ tasks:
     }
 
     #[test]
+    fn fleet_fields_are_resolved_and_checked() {
+        let dag = valid(
+            r#"
+id: fleet
+max_active_tasks: 4
+default_args: {pool: db, labels: {zone: eu}, resources: {cpu: "500m", memory: 1Gi}}
+tasks:
+  - id: load
+    command: "true"
+    pool_slots: 2
+    labels: {gpu: a100}
+    max_active: 1
+  - id: score
+    kind: custom
+    handler: ml.score
+    payload: {model: v3, threshold: 0.5}
+    resources: {cpu: 2}
+"#,
+        );
+        assert_eq!(dag.max_active_tasks, Some(4));
+        let load = &dag.tasks[0];
+        assert_eq!(load.pool.as_ref().map(|pool| pool.as_str()), Some("db"));
+        assert_eq!(load.pool_slots, 2);
+        assert_eq!(load.labels.len(), 2, "defaults merged under the task's own");
+        assert_eq!(load.resources.cpu_millis, 500);
+        assert_eq!(load.resources.memory_bytes, 1 << 30);
+        assert_eq!(load.max_active, Some(1));
+        let score = &dag.tasks[1];
+        match &score.kind {
+            TaskKind::Custom(custom) => {
+                assert_eq!(custom.handler.as_str(), "ml.score");
+                assert_eq!(custom.payload_json, r#"{"model":"v3","threshold":0.5}"#);
+            }
+            other => panic!("expected a custom task, got {}", other.name()),
+        }
+        assert_eq!(
+            score.resources.cpu_millis, 2000,
+            "the task's resources replace the defaults'"
+        );
+        assert_eq!(score.resources.memory_bytes, 0);
+
+        let errors = violations(
+            r#"
+id: bad
+max_active_tasks: 0
+tasks:
+  - id: a
+    kind: custom
+  - id: b
+    command: "true"
+    handler: x
+    pool_slots: 2
+    resources: {cpu: -1, memory: 12Qi}
+    labels: {"has space": v}
+    max_active: 0
+  - id: c
+    kind: custom
+    handler: "no spaces"
+    command: "true"
+"#,
+        );
+        assert_reason(&errors, "max_active_tasks", "must be from 1");
+        assert_reason(&errors, "tasks[0].handler", "missing");
+        assert_reason(
+            &errors,
+            "tasks[1].handler",
+            "only custom tasks take `handler`",
+        );
+        assert_reason(&errors, "tasks[1].pool_slots", "needs a `pool`");
+        assert_reason(&errors, "tasks[1].resources.cpu", "CPU must be");
+        assert_reason(&errors, "tasks[1].resources.memory", "unknown memory unit");
+        assert_reason(&errors, "tasks[1].labels.has space", "label keys");
+        assert_reason(&errors, "tasks[1].max_active", "must be from 1");
+        assert_reason(&errors, "tasks[2].handler", "only letters");
+        assert_reason(&errors, "tasks[2].command", "custom task runs its handler");
+    }
+
+    #[test]
     fn known_field_lists_come_from_the_model() {
         let task_fields = serde_introspect::<TaskSpec>();
         for field in serde_introspect::<TaskDefaults>() {
