@@ -354,7 +354,7 @@ async fn workers_joining_mid_run_raise_the_completion_rate_within_a_second() {
     };
     let before = per_second(joining - 2_000_000, joining);
     let after = per_second(joined, joined + 1_000_000);
-    println!("starts/s: {before:.1} before the join, {after:.1} in the second after it");
+    eprintln!("starts/s: {before:.1} before the join, {after:.1} in the second after it");
     assert!(
         after >= 2.5 * before,
         "starts/s before the join {before:.1}, in the second after it {after:.1} (joined over {} ms)",
