@@ -175,11 +175,89 @@ impl ReadyQueues {
 
 impl Workers {
     /// The worker that can take a task of `route` now with the most free
-    /// slots.
-    pub fn best_for(&self, route: &Route) -> Option<Arc<str>> {
-        self.iter()
-            .filter(|entry| route.fits(entry))
-            .max_by_key(|entry| entry.free_slots())
+    /// slots: the first of the queue's workers with free slots (most free
+    /// first) that fits, so O(log workers) when the route asks nothing
+    /// beyond its queue.
+    pub fn best_for(&mut self, route: &Route) -> Option<Arc<str>> {
+        self.with_free_slots(&route.queue)
+            .find(|entry| route.fits(entry))
             .map(|entry| Arc::clone(&entry.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_common::ids::AttemptId;
+    use baton_common::spec::{SpecFormat, SpecLimits, parse_dag};
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
+    use crate::scheduler::workers::Connection;
+
+    fn route(task_yaml: &str) -> Route {
+        let text = format!("id: d\ntasks:\n  - id: t\n    kind: noop\n{task_yaml}");
+        let dag = parse_dag(&text, SpecFormat::Yaml, &SpecLimits::default()).expect("valid");
+        Route::of(&dag.tasks[0])
+    }
+
+    fn connect(workers: &mut Workers, id: &str, slots: u32, queues: &[&str], cpu_millis: u64) {
+        let (sender, _receiver) = mpsc::unbounded_channel();
+        let entry = workers.entry(id, Instant::now());
+        entry.slots = slots;
+        entry.queues = queues.iter().map(|q| QueueName::new(*q).unwrap()).collect();
+        entry.resources = Resources {
+            cpu_millis,
+            memory_bytes: 1 << 30,
+        };
+        entry.labels.insert("zone".into(), format!("{id}-zone"));
+        workers.attach(
+            id,
+            Connection {
+                conn_id: id.len() as u64 + u64::from(slots) * 100,
+                sender,
+            },
+        );
+    }
+
+    #[test]
+    fn the_fitting_worker_with_the_most_free_slots_is_chosen() {
+        let mut workers = Workers::default();
+        connect(&mut workers, "a", 2, &["default"], 4000);
+        connect(&mut workers, "b", 3, &["default", "gpu"], 1000);
+        let plain = route("");
+        assert_eq!(workers.best_for(&plain).as_deref(), Some("b"));
+        // b takes two: a has more free slots now.
+        for _ in 0..2 {
+            workers
+                .get_mut("b")
+                .unwrap()
+                .hold(AttemptId::generate(), Resources::default());
+        }
+        assert_eq!(workers.best_for(&plain).as_deref(), Some("a"));
+        // Only b serves gpu; only a has the label; only a has 2 cores.
+        assert_eq!(
+            workers.best_for(&route("    queue: gpu\n")).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            workers
+                .best_for(&route("    labels: {zone: a-zone}\n"))
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            workers
+                .best_for(&route("    resources: {cpu: 2}\n"))
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(workers.best_for(&route("    resources: {cpu: 8}\n")), None);
+        // A draining worker takes nothing; a removed one is gone.
+        workers.get_mut("a").unwrap().draining = true;
+        assert_eq!(workers.best_for(&plain).as_deref(), Some("b"));
+        workers.remove("b");
+        assert_eq!(workers.best_for(&plain), None);
+        assert!(!workers.has_free_slots());
     }
 }

@@ -6,8 +6,14 @@
 //! the count is right even before the worker's next heartbeat, and a worker
 //! is never given more than it offers. An entry outlives its stream:
 //! a worker that reconnects within the lost timeout keeps its attempts.
+//!
+//! Workers with free slots are indexed per queue by how many they have, so
+//! finding the worker for a ready task costs O(log workers) for a task with
+//! no extra constraints, not a scan of every worker. Every mutable access
+//! to an entry marks it dirty, and the index is brought up to date before it
+//! is read, so no code path can forget to update it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use baton_common::ids::{AttemptId, HandlerName, QueueName};
@@ -102,6 +108,12 @@ impl WorkerEntry {
 pub struct Workers {
     by_id: HashMap<Arc<str>, WorkerEntry>,
     by_conn: HashMap<u64, Arc<str>>,
+    /// Per queue: workers serving it that have free slots, by free slots.
+    free_index: HashMap<QueueName, BTreeSet<(u32, Arc<str>)>>,
+    /// What `free_index` holds for each worker: its free slots and queues.
+    indexed: HashMap<Arc<str>, (u32, Vec<QueueName>)>,
+    /// Workers changed since the index was last brought up to date.
+    dirty: HashSet<Arc<str>>,
 }
 
 impl Workers {
@@ -110,18 +122,24 @@ impl Workers {
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut WorkerEntry> {
-        self.by_id.get_mut(id)
+        let entry = self.by_id.get_mut(id)?;
+        self.dirty.insert(Arc::clone(&entry.id));
+        Some(entry)
     }
 
     /// The worker whose current stream is `conn_id`.
     pub fn by_conn_mut(&mut self, conn_id: u64) -> Option<&mut WorkerEntry> {
         let id = self.by_conn.get(&conn_id)?;
         let entry = self.by_id.get_mut(id)?;
-        entry
+        if entry
             .conn
             .as_ref()
-            .is_some_and(|conn| conn.conn_id == conn_id)
-            .then_some(entry)
+            .is_none_or(|conn| conn.conn_id != conn_id)
+        {
+            return None;
+        }
+        self.dirty.insert(Arc::clone(&entry.id));
+        Some(entry)
     }
 
     /// Inserts or returns the entry for `id` (created disconnected).
@@ -147,7 +165,9 @@ impl Workers {
                 },
             );
         }
-        self.by_id.get_mut(id).expect("inserted above")
+        let entry = self.by_id.get_mut(id).expect("inserted above");
+        self.dirty.insert(Arc::clone(&entry.id));
+        entry
     }
 
     /// Attaches a new stream to a worker, replacing (and so ending) the
@@ -155,6 +175,7 @@ impl Workers {
     pub fn attach(&mut self, id: &str, conn: Connection) {
         let conn_id = conn.conn_id;
         if let Some(entry) = self.by_id.get_mut(id) {
+            self.dirty.insert(Arc::clone(&entry.id));
             if let Some(old) = entry.conn.replace(conn) {
                 self.by_conn.remove(&old.conn_id);
             }
@@ -167,6 +188,7 @@ impl Workers {
     pub fn detach(&mut self, conn_id: u64) -> Option<Arc<str>> {
         let id = self.by_conn.remove(&conn_id)?;
         let entry = self.by_id.get_mut(&id)?;
+        self.dirty.insert(Arc::clone(&id));
         if entry
             .conn
             .as_ref()
@@ -182,7 +204,53 @@ impl Workers {
         if let Some(conn) = &entry.conn {
             self.by_conn.remove(&conn.conn_id);
         }
+        self.unindex(&entry.id);
+        self.dirty.remove(&entry.id);
         Some(entry)
+    }
+
+    fn unindex(&mut self, id: &Arc<str>) {
+        if let Some((free, queues)) = self.indexed.remove(id) {
+            for queue in queues {
+                if let Some(set) = self.free_index.get_mut(&queue) {
+                    set.remove(&(free, Arc::clone(id)));
+                    if set.is_empty() {
+                        self.free_index.remove(&queue);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings the free-slot index up to date with the entries changed since.
+    fn reindex(&mut self) {
+        for id in std::mem::take(&mut self.dirty) {
+            self.unindex(&id);
+            let Some(entry) = self.by_id.get(&id) else {
+                continue;
+            };
+            let free = entry.free_slots();
+            if free == 0 {
+                continue;
+            }
+            for queue in &entry.queues {
+                self.free_index
+                    .entry(queue.clone())
+                    .or_default()
+                    .insert((free, Arc::clone(&id)));
+            }
+            self.indexed.insert(id, (free, entry.queues.clone()));
+        }
+    }
+
+    /// Workers serving `queue` with free slots, most free first.
+    pub fn with_free_slots(&mut self, queue: &QueueName) -> impl Iterator<Item = &WorkerEntry> {
+        self.reindex();
+        self.free_index
+            .get(queue)
+            .into_iter()
+            .flat_map(|set| set.iter().rev())
+            .filter_map(|(_, id)| self.by_id.get(id))
     }
 
     /// Workers whose lost deadline has passed.
@@ -194,8 +262,9 @@ impl Workers {
             .collect()
     }
 
-    pub fn has_free_slots(&self) -> bool {
-        self.by_id.values().any(|entry| entry.free_slots() > 0)
+    pub fn has_free_slots(&mut self) -> bool {
+        self.reindex();
+        !self.indexed.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &WorkerEntry> {
@@ -204,6 +273,9 @@ impl Workers {
 
     pub fn drain_all(&mut self) -> Vec<WorkerEntry> {
         self.by_conn.clear();
+        self.free_index.clear();
+        self.indexed.clear();
+        self.dirty.clear();
         self.by_id.drain().map(|(_, entry)| entry).collect()
     }
 }
