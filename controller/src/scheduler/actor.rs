@@ -490,12 +490,25 @@ impl Scheduler {
             slots: record.slots,
             description: record.description.clone(),
             used_slots: name.as_ref().map_or(0, |name| self.limits.pool_used(name)),
-            queued: name
-                .as_ref()
-                .map_or(0, |name| self.limits.pool_queued(name)),
+            queued: name.as_ref().map_or(0, |name| self.pool_queued(name)),
             created_at: record.created_at,
             updated_at: record.updated_at,
         }
+    }
+
+    /// Ready tasks waiting for a pool (parked entries of tasks that moved
+    /// on since, by a cancel or a clear, are not counted).
+    fn pool_queued(&self, pool: &PoolName) -> u32 {
+        self.limits
+            .parked()
+            .filter(|(key, item)| {
+                matches!(key, LimitKey::Pool(name) if name == pool)
+                    && self
+                        .runs
+                        .get(&item.run_id)
+                        .is_some_and(|entry| entry.slot(item.index).state == TaskState::Ready)
+            })
+            .count() as u32
     }
 
     fn pool_infos(&self) -> Vec<api::PoolInfo> {
@@ -566,7 +579,7 @@ impl Scheduler {
                     return Err(ApiError::not_found("pool", &name));
                 }
                 let used = self.limits.pool_used(&name);
-                let queued = self.limits.pool_queued(&name);
+                let queued = self.pool_queued(&name);
                 if used > 0 || queued > 0 {
                     return Err(ApiError::FailedPrecondition(format!(
                         "pool `{name}` is in use ({used} slots taken, {queued} tasks waiting); \

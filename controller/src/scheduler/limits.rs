@@ -170,13 +170,6 @@ impl Limits {
             .unwrap_or_default()
     }
 
-    /// Tasks waiting on a pool.
-    pub fn pool_queued(&self, pool: &PoolName) -> u32 {
-        self.parked
-            .get(&LimitKey::Pool(pool.clone()))
-            .map_or(0, |heap| heap.len() as u32)
-    }
-
     /// Every parked task, with the limit it waits on.
     pub fn parked(&self) -> impl Iterator<Item = (&LimitKey, &ReadyItem)> {
         self.parked
