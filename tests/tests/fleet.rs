@@ -485,3 +485,49 @@ async fn a_task_still_running_when_the_drain_grace_ends_is_requeued_without_usin
     missing.assert_failure();
     assert!(missing.stderr.contains("nobody"), "{}", missing.stderr);
 }
+
+#[tokio::test]
+async fn a_restarted_controller_counts_running_attempts_against_their_pool() {
+    let mut sandbox = Sandbox::new("fleet-pool-restart");
+    let mut controller = sandbox.start_controller(&[]).await;
+    // Two workers with room for everything: only the pool limits.
+    let _a = sandbox.start_worker("a", &["--slots", "4"]).await;
+    let _b = sandbox.start_worker("b", &["--slots", "4"]).await;
+    sandbox
+        .cli(&["pool", "create", "one", "--slots", "1"])
+        .await
+        .assert_success();
+    let mut api = sandbox.api().await;
+    api.register(&format!(
+        "id: serial\ntasks:\n{}",
+        many("s", 5, "    command: \"sleep 1\"\n    pool: one\n")
+    ))
+    .await;
+    let run = api.trigger("serial").await;
+    api.wait_until(&run.run_id, "a task of the pool running", WAIT, |view| {
+        view.tasks
+            .iter()
+            .any(|task| baton_tests::task_state(task) == TaskState::Running)
+    })
+    .await;
+    controller.signal(nix::sys::signal::Signal::SIGKILL);
+    controller.wait_exit(WAIT).await;
+    drop(controller);
+    // The restarted controller must count the attempt still running on a
+    // worker (re-announced, or not yet) before it leases anything.
+    let _controller = sandbox.start_controller(&[]).await;
+    let mut api = sandbox.api().await;
+    let view = api.wait_for_run(&run.run_id, WAIT).await;
+    assert_eq!(view.state(), RunState::Success, "{}", view.describe());
+    let slots = intervals(&view, |_| 1);
+    assert_eq!(
+        peak(&slots, |_| true),
+        1,
+        "the pool of 1 ran two tasks at once across the restart:\n{}",
+        view.describe()
+    );
+    let pools = sandbox.cli(&["-o", "json", "pool", "show", "one"]).await;
+    pools.assert_success();
+    let pool: serde_json::Value = serde_json::from_str(&pools.stdout).expect("json");
+    assert_eq!(pool["used_slots"], 0, "{pool}");
+}
