@@ -33,6 +33,16 @@ async fn python_worker_and_client_against_a_real_controller() {
     let Some(python) = PythonSdk::setup("python_sdk").await else {
         return;
     };
+    // The SDK's own unit tests (leader redirects against fake controllers).
+    let unit = python
+        .run(&["-m", "unittest", "discover", "-s", "tests"], WAIT)
+        .await;
+    assert!(
+        unit.status.success(),
+        "the SDK's unit tests failed ({})\n{}",
+        unit.status,
+        String::from_utf8_lossy(&unit.stderr)
+    );
     let mut sandbox = Sandbox::new("python-sdk");
     let _controller = sandbox.start_controller(&[]).await;
     // A Rust worker on its own queue: commands go there (an SDK worker
@@ -164,6 +174,37 @@ tasks:
         assert_eq!(task.worker_id, "", "{}", view.describe());
         assert_eq!(task.attempt, 0, "{}", view.describe());
     }
+
+    // Cancelling a run cancels the attempt on the Python worker, which
+    // reports it at once and tells the handler (it stops early).
+    api.register(
+        r#"
+id: slow
+tasks:
+  - id: long_greeting
+    kind: custom
+    handler: greet
+    payload: {times: 600, pause: 0.1}
+"#,
+    )
+    .await;
+    let slow = api.trigger("slow").await;
+    api.wait_until(&slow.run_id, "the greeting running", WAIT, |view| {
+        view.task_state("long_greeting") == TaskState::Running
+    })
+    .await;
+    let cancel = sandbox.cli(&["run", "cancel", &slow.run_id]).await;
+    assert!(cancel.status.success(), "{cancel:?}");
+    let view = api.wait_for_run(&slow.run_id, WAIT).await;
+    assert_eq!(view.state(), RunState::Cancelled, "{}", view.describe());
+    let task = view.task("long_greeting");
+    assert_eq!(task.worker_id, PYTHON_WORKER);
+    assert_eq!(
+        task.outcome,
+        AttemptOutcome::Cancelled as i32,
+        "{}",
+        view.describe()
+    );
 
     // SIGTERM: the Python worker drains and exits on its own.
     python_worker.signal(Signal::SIGTERM);

@@ -22,7 +22,8 @@ from baton_sdk._gen.baton.v1 import (
 # Redirects to a named leader followed at once, one after the other; two
 # controllers that disagree about the leader cannot make the client spin.
 MAX_REDIRECTS_IN_A_ROW = 3
-# Tries of one call in all (redirects included) before its error is raised.
+# Tries of one call in all (redirects included) before its error is raised,
+# by default.
 MAX_TRIES = 10
 # Delay before retrying when no leader is known; doubles up to MAX_BACKOFF.
 INITIAL_BACKOFF = 0.1
@@ -99,11 +100,17 @@ class Client:
 
     `addr` is one controller address or several separated by commas
     (`http://` optional); any replica will do: calls a follower refuses are
-    resent to the leader it names. Every call has a deadline of
+    resent to the leader it names, and UNAVAILABLE is retried with backoff,
+    `max_tries` tries per call in all. Every call has a deadline of
     `call_timeout` seconds. Not thread-safe; use one client per thread.
     """
 
-    def __init__(self, addr: str, *, call_timeout: float = 10.0) -> None:
+    def __init__(
+        self, addr: str, *, call_timeout: float = 10.0, max_tries: int = MAX_TRIES
+    ) -> None:
+        if max_tries < 1:
+            raise ValueError("max_tries must be at least 1")
+        self._max_tries = max_tries
         self._targets = parse_addrs(addr)
         self._target = self._targets[0]
         self._call_timeout = call_timeout
@@ -172,7 +179,7 @@ class Client:
         while the controllers answer UNAVAILABLE."""
         backoff = INITIAL_BACKOFF
         redirects_in_a_row = 0
-        for attempt in range(1, MAX_TRIES + 1):
+        for attempt in range(1, self._max_tries + 1):
             if self._channel is None:
                 self._channel = grpc.insecure_channel(self._target, options=CHANNEL_OPTIONS)
             rpc = getattr(stub_class(self._channel), method)
@@ -181,7 +188,7 @@ class Client:
             except grpc.RpcError as error:
                 if not isinstance(error, grpc.Call):
                     raise
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == MAX_TRIES:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._max_tries:
                     raise BatonError(method, error.code(), error.details() or "") from None
                 leader = leader_from_error(error)
                 self.close()
