@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs Baton's whole test suite: formatting, lints, unit and integration
-# tests (real `baton` processes over gRPC on loopback). Installs protoc and
-# etcd first when they are missing.
+# tests (real `baton` processes over gRPC on loopback). Installs protoc,
+# etcd and python3-venv first when they are missing, and the Python SDK's
+# pinned grpcio/grpcio-tools from PyPI into target/python-sdk-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib/deps.sh
 ensure_protoc
 ensure_etcd
+ensure_python_sdk
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

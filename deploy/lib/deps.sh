@@ -23,3 +23,17 @@ ensure_protoc() { need protoc || install_packages protobuf-compiler; }
 
 # etcd backs cluster mode and its tests.
 ensure_etcd() { need etcd || [ -x /usr/bin/etcd ] || install_packages etcd-server; }
+
+# The Python SDK's test needs python3 that can create virtualenvs with pip
+# (Debian ships `venv`'s ensurepip in python3-venv).
+ensure_python_venv() {
+  need python3 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1 \
+    || install_packages python3 python3-venv python3-pip
+}
+
+# A virtualenv in target/ with the SDK's pinned grpcio and grpcio-tools from
+# PyPI, and stubs generated from proto/; quick when already there.
+ensure_python_sdk() {
+  ensure_python_venv
+  sdk/python/setup-venv.sh target/python-sdk-venv
+}

@@ -53,7 +53,7 @@ fn locate_or_build() -> PathBuf {
 }
 
 /// `target/<profile>`: test executables live in `target/<profile>/deps`.
-fn profile_dir() -> PathBuf {
+pub(crate) fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("cannot find the test executable");
     let deps = exe.parent().expect("test executable has no directory");
     let dir = if deps.file_name().is_some_and(|name| name == "deps") {
@@ -64,7 +64,7 @@ fn profile_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
-fn workspace_root() -> &'static Path {
+pub(crate) fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")

@@ -40,6 +40,10 @@
 //! - [`cluster`]: [`ClusterSandbox`] (built by [`ClusterBuilder`]): etcd,
 //!   `baton controller` replicas in cluster mode and `baton worker`s, with
 //!   direct per-controller `GetClusterStatus` to see who leads.
+//! - [`python`]: [`PythonSdk`], the Python SDK in a cached virtualenv with
+//!   stubs generated from `proto/`, running its scripts by PID;
+//!   [`PythonSdk::setup`] alone decides whether a missing Python fails
+//!   (`CI=true`) or skips a test.
 //! - [`history`]: [`StoreHistory`], the store's history read back from
 //!   etcd: every record put with its leader term, every election key.
 //! - [`poll`]: the one bounded polling loop every wait goes through.
@@ -53,6 +57,7 @@ pub mod history;
 pub mod poll;
 pub mod process;
 pub mod proxy;
+pub mod python;
 pub mod sandbox;
 
 pub use api::{
@@ -63,6 +68,7 @@ pub use etcd::EtcdCluster;
 pub use history::StoreHistory;
 pub use process::{BatonProcess, LogPattern, PidFiles};
 pub use proxy::TcpProxy;
+pub use python::PythonSdk;
 pub use sandbox::{CliOutput, Sandbox};
 
 /// Generated API types, re-exported so tests need one import path.

@@ -19,7 +19,8 @@ use crate::poll::{POLL_INTERVAL, poll_until};
 /// Lines of a log shown when a wait fails.
 const TAIL_LINES: usize = 60;
 
-/// A running `baton` process. Dropping it SIGKILLs it (if it still runs)
+/// A running `baton` process (or another program a test started with
+/// [`BatonProcess::spawn_command`]). Dropping it SIGKILLs it (if it still runs)
 /// and reaps it, so a failing test leaves no server behind.
 #[derive(Debug)]
 pub struct BatonProcess {
@@ -36,6 +37,20 @@ impl BatonProcess {
     /// and stderr appended to `<log_dir>/<name>.log`, and no inherited
     /// `BATON_*` variables.
     pub fn spawn(name: &str, log_dir: &Path, args: &[String]) -> Self {
+        let mut command = Command::new(baton_bin());
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            // Plain text: log lines are matched by tests and read by people.
+            .env("NO_COLOR", "1");
+        Self::spawn_command(name, log_dir, command)
+    }
+
+    /// Starts any program the same way (for example an SDK worker in
+    /// another language): stdout and stderr appended to
+    /// `<log_dir>/<name>.log`, no standard input, no inherited `BATON_*`
+    /// variables.
+    pub fn spawn_command(name: &str, log_dir: &Path, mut command: Command) -> Self {
         let log_path = log_dir.join(format!("{name}.log"));
         let log = File::options()
             .create(true)
@@ -43,23 +58,16 @@ impl BatonProcess {
             .open(&log_path)
             .unwrap_or_else(|error| panic!("cannot open {}: {error}", log_path.display()));
         let stderr = log.try_clone().expect("cannot clone the log file handle");
-        let mut command = Command::new(baton_bin());
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("BATON_") {
                 command.env_remove(key);
             }
         }
-        command
-            .args(args)
-            .env("RUST_LOG", "info")
-            // Plain text: log lines are matched by tests and read by people.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr);
+        command.stdin(Stdio::null()).stdout(log).stderr(stderr);
+        let program = command.get_program().to_string_lossy().into_owned();
         let child = command
             .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", baton_bin().display()));
+            .unwrap_or_else(|error| panic!("cannot start {program}: {error}"));
         Self {
             name: name.to_string(),
             child,
