@@ -45,11 +45,15 @@ async fn python_worker_and_client_against_a_real_controller() {
     );
     let mut sandbox = Sandbox::new("python-sdk");
     let _controller = sandbox.start_controller(&[]).await;
-    // A Rust worker on its own queue: commands go there (an SDK worker
-    // runs only custom and noop tasks), and custom tasks on that queue must
-    // still not go to it, since it declares no handlers.
+    // A Rust worker on its own queue and on the Python worker's: commands
+    // go to it even on the shared queue (an SDK worker runs only custom and
+    // noop tasks), and custom tasks never go to it, since it declares no
+    // handlers.
     let _rust_worker = sandbox
-        .start_worker(RUST_WORKER, &["--slots", "4", "--queue", SHELL_QUEUE])
+        .start_worker(
+            RUST_WORKER,
+            &["--slots", "4", "--queue", &format!("{SHELL_QUEUE},default")],
+        )
         .await;
     let addr = sandbox.addr();
     let mut python_worker = python.spawn(
@@ -138,6 +142,12 @@ tasks:
     handler: add
     payload: {numbers: [1]}
     queue: shell
+  - {id: shared0, command: "true"}
+  - {id: shared1, command: "true"}
+  - {id: shared2, command: "true"}
+  - {id: shared3, command: "true"}
+  - {id: shared4, command: "true"}
+  - {id: shared5, command: "true"}
 "#,
     )
     .await;
@@ -160,7 +170,30 @@ tasks:
         logs.stdout.starts_with("dividing 1 by 0\nTraceback"),
         "{logs:?}"
     );
-    assert_eq!(view.task("join").worker_id, PYTHON_WORKER);
+    // Commands on the queue both workers serve ran on the Rust worker.
+    for index in 0..6 {
+        let task_id = format!("shared{index}");
+        let view = api
+            .wait_until(
+                &run.run_id,
+                "the shared-queue commands done",
+                WAIT,
+                |view| view.task_state(&task_id) == TaskState::Success,
+            )
+            .await;
+        assert_eq!(
+            view.task(&task_id).worker_id,
+            RUST_WORKER,
+            "{}",
+            view.describe()
+        );
+    }
+    // A noop runs on any worker.
+    assert!(
+        [PYTHON_WORKER, RUST_WORKER].contains(&view.task("join").worker_id.as_str()),
+        "{}",
+        view.describe()
+    );
     // Nobody serves `nobody-serves-this`; `add` is served, but not on the
     // `shell` queue, whose only worker declares no handlers.
     for task_id in ["orphan", "orphan_on_shell"] {

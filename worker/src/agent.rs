@@ -249,6 +249,7 @@ impl Agent {
             }),
             // Custom kinds are served by SDK workers; this one runs commands.
             handlers: Vec::new(),
+            runs_commands: true,
         };
         api::WorkerMessage {
             message: Some(worker_message::Message::Register(register)),

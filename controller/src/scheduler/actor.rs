@@ -388,6 +388,7 @@ impl Scheduler {
                 resources: Some(resources(worker.resources)),
                 free_resources: Some(resources(worker.free_resources())),
                 handlers: worker.handlers.iter().map(ToString::to_string).collect(),
+                runs_commands: worker.runs_commands,
             })
             .collect();
         workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
@@ -1719,6 +1720,7 @@ impl Scheduler {
                 memory_bytes: offered.memory_bytes,
             })
             .unwrap_or_default();
+        worker.runs_commands = register.runs_commands;
         worker.handlers = register
             .handlers
             .iter()

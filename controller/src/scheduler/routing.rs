@@ -51,6 +51,8 @@ pub struct Route {
     pub queue: QueueName,
     pub labels: BTreeMap<String, String>,
     pub handler: Option<HandlerName>,
+    /// A `command` task: only workers that run processes take it.
+    pub command: bool,
     pub resources: Resources,
 }
 
@@ -66,10 +68,12 @@ impl Route {
             TaskKind::Custom(custom) => Some(custom.handler.clone()),
             _ => None,
         };
+        let command = matches!(task.kind, TaskKind::Command(_));
         let mut hasher = DefaultHasher::new();
         task.queue.hash(&mut hasher);
         task.labels.hash(&mut hasher);
         handler.hash(&mut hasher);
+        command.hash(&mut hasher);
         task.resources.cpu_millis.hash(&mut hasher);
         task.resources.memory_bytes.hash(&mut hasher);
         Self {
@@ -77,6 +81,7 @@ impl Route {
             queue: task.queue.clone(),
             labels: task.labels.clone(),
             handler,
+            command,
             resources: task.resources,
         }
     }
@@ -85,6 +90,7 @@ impl Route {
     /// busy it is now).
     pub fn matches(&self, worker: &WorkerEntry) -> bool {
         worker.serves(&self.queue)
+            && (!self.command || worker.runs_commands)
             && self
                 .labels
                 .iter()
@@ -211,6 +217,7 @@ mod tests {
             memory_bytes: 1 << 30,
         };
         entry.labels.insert("zone".into(), format!("{id}-zone"));
+        entry.runs_commands = true;
         workers.attach(
             id,
             Connection {

@@ -40,6 +40,8 @@ pub struct WorkerEntry {
     pub resources: Resources,
     /// Custom task kinds the worker serves.
     pub handlers: Vec<HandlerName>,
+    /// Whether it runs `command` tasks (SDK workers do not).
+    pub runs_commands: bool,
     /// Attempts leased to this worker whose end the worker has not
     /// reported, with the resources each holds.
     pub leased: HashMap<AttemptId, Resources>,
@@ -158,6 +160,7 @@ impl Workers {
                     slots: 0,
                     resources: Resources::default(),
                     handlers: Vec::new(),
+                    runs_commands: false,
                     leased: HashMap::new(),
                     used: Resources::default(),
                     lost_at,

@@ -485,8 +485,8 @@ class Worker:
             self._finish(
                 attempt,
                 types_pb2.ATTEMPT_OUTCOME_ERROR,
-                error=f"this Python SDK worker runs only custom and noop tasks, not `{kind or 'unknown'}` tasks; "
-                "give command tasks a queue no SDK worker serves",
+                error=f"this Python SDK worker runs only custom and noop tasks, not `{kind or 'unknown'}` tasks "
+                "(it registers without runs_commands, so a current controller never sends them)",
             )
             return
         handler = self._handlers.get(assign.custom.handler)
