@@ -4,7 +4,7 @@
 //! the stores' own cost measured in the same invocation.
 //!
 //! ```text
-//! cargo run --release -p baton-bench -- <fanout|chain|memory|reference|all> \
+//! cargo run --release -p baton-bench -- <fanout|chain|memory|fleet|reference|all> \
 //!     [--repeat 5] [--slots 256] [--json PATH]
 //! ```
 //!
@@ -19,11 +19,13 @@ mod cluster_fanout;
 mod etcd;
 mod failover;
 mod fanout;
+mod fleet;
 mod memory;
 mod procs;
 mod reference;
 mod report;
 mod runs;
+mod sim_worker;
 mod stats;
 
 use std::path::PathBuf;
@@ -46,6 +48,10 @@ enum Scenario {
     Chain,
     /// Peak RSS of a controller running a 1 → 100,000 → 1 noop run.
     Memory,
+    /// 1,000 simulated workers on one controller: idle CPU at 5 s
+    /// heartbeats, memory per worker, fan-out tasks/s against 4 workers,
+    /// and a new worker's connect → first assignment.
+    Fleet,
     /// The embedded store's and etcd's own latency and throughput (etcd:
     /// one member, and the cluster the cluster scenarios use).
     Reference,
@@ -59,8 +65,8 @@ enum Scenario {
     Failover,
     /// cluster-fanout, cluster-chain, failover.
     Cluster,
-    /// reference, fanout, chain, memory, cluster-fanout, cluster-chain,
-    /// failover, then one summary.
+    /// reference, fanout, chain, memory, fleet, cluster-fanout,
+    /// cluster-chain, failover, then one summary.
     All,
 }
 
@@ -103,6 +109,18 @@ struct Args {
     /// Parallel noops of `memory` (targets apply to the default only).
     #[arg(long, default_value_t = DEFAULT_MEMORY_WIDTH, value_parser = clap::value_parser!(u64).range(1..=199_998).map(|v| v as usize))]
     memory_width: usize,
+    /// Simulated workers (1 slot each) of `fleet` (targets apply to the
+    /// default only).
+    #[arg(long, default_value_t = fleet::DEFAULT_WORKERS, value_parser = clap::value_parser!(u32).range(4..=10_000))]
+    fleet_workers: u32,
+    /// HTTP/2 connections the `fleet` workers' streams share; 0: one per
+    /// worker, as real workers.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000).map(|v| v as usize))]
+    fleet_channels: usize,
+    /// Workers that join, one after the other, with every slot busy, per
+    /// `fleet` run.
+    #[arg(long, default_value_t = fleet::DEFAULT_JOINS, value_parser = clap::value_parser!(u64).range(1..=1_000).map(|v| v as usize))]
+    fleet_joins: usize,
 }
 
 fn main() -> ExitCode {
@@ -301,6 +319,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             failures.push(format!("memory: {error:#}"));
         }
     }
+    if wanted(Scenario::Fleet) {
+        println!();
+        let shape = fleet::Shape {
+            workers: args.fleet_workers,
+            joins: args.fleet_joins,
+            channels: args.fleet_channels,
+            fanout_width: args.fanout_width,
+        };
+        if let Err(error) = fleet::run(&binary, &work, repeat, shape, &mut report).await {
+            failures.push(format!("fleet: {error:#}"));
+        }
+    }
     let cluster_wanted = matches!(
         args.scenario,
         Scenario::ClusterFanout
@@ -320,6 +350,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         (fanout::SCENARIO, args.fanout_width != DEFAULT_FANOUT_WIDTH),
         (chain::SCENARIO, args.chain_length != DEFAULT_CHAIN_LENGTH),
         (memory::SCENARIO, args.memory_width != DEFAULT_MEMORY_WIDTH),
+        (
+            fleet::SCENARIO,
+            args.fanout_width != DEFAULT_FANOUT_WIDTH
+                || args.fleet_workers != fleet::DEFAULT_WORKERS,
+        ),
         (
             cluster_fanout::SCENARIO,
             args.fanout_width != DEFAULT_FANOUT_WIDTH,
@@ -376,6 +411,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         document["slots"] = args.slots.into();
         document["worker_slots"] = args.worker_slots.into();
         document["etcd_members"] = args.etcd_members.into();
+        document["fleet_workers"] = args.fleet_workers.into();
+        document["fleet_channels"] = args.fleet_channels.into();
+        document["fleet_joins"] = args.fleet_joins.into();
         document["baton_binary"] = binary.display().to_string().into();
         document["failures"] = failures.clone().into();
         document["loadavg_start"] = load_start.clone().into();
