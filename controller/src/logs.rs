@@ -1239,6 +1239,150 @@ mod tests {
         }
     }
 
+    /// The log store on S3, as served by moto (`python3 -m moto.server`,
+    /// PyPI `moto[server]`) on a free loopback port. Without moto the test
+    /// is skipped, except under `CI=true`, where it fails.
+    #[cfg(feature = "s3")]
+    #[tokio::test]
+    async fn s3_segments_acknowledgements_compaction_and_removal() {
+        use std::io::{Read, Write};
+
+        struct Moto(std::process::Child);
+        impl Drop for Moto {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spawned = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut moto = match spawned {
+            Ok(child) => Moto(child),
+            Err(error) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "python3 -m moto.server cannot start under CI=true: {error}"
+                );
+                eprintln!("skipped: cannot start moto ({error})");
+                return;
+            }
+        };
+        // Ready when it answers; a missing module makes python exit.
+        let mut ready = false;
+        for _ in 0..150 {
+            if let Ok(Some(status)) = moto.0.try_wait() {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "moto.server exited ({status}) under CI=true: pip install 'moto[server]'"
+                );
+                eprintln!("skipped: moto is not installed");
+                return;
+            }
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                // Create the bucket (moto does not check signatures).
+                let request = format!(
+                    "PUT /baton HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                stream.write_all(request.as_bytes()).unwrap();
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "moto did not answer on port {port}");
+
+        let objects = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("baton")
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        let store = Arc::new(LogStore::new(
+            Arc::new(objects),
+            ObjectPath::from("prod/logs"),
+            "s3://baton/prod/logs".to_string(),
+        ));
+        let key = key();
+        let attempt_id = AttemptId::generate();
+        let (ack_sender, mut acks) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let (writer, handle) = LogWriter::spawn(Arc::clone(&store), shutdown.clone());
+        store.open_attempt(key.clone());
+        let mut follower = store.follow(&key).unwrap();
+        let expected: Vec<u8> = (0..SEGMENT_BYTES + 70_000)
+            .map(|index| (index % 253) as u8)
+            .collect();
+        let mut sent = 0;
+        for chunk in expected.chunks(64 * 1024) {
+            writer
+                .send(LogCommand::Append {
+                    key: key.clone(),
+                    attempt_id,
+                    offset: sent as u64,
+                    data: chunk.to_vec(),
+                    ack: ack_sender.clone(),
+                })
+                .unwrap();
+            sent += chunk.len();
+            // Resent bytes are skipped.
+            writer
+                .send(LogCommand::Append {
+                    key: key.clone(),
+                    attempt_id,
+                    offset: 0,
+                    data: expected[..10].to_vec(),
+                    ack: ack_sender.clone(),
+                })
+                .unwrap();
+        }
+        let mut acked = 0;
+        for _ in 0..200 {
+            acked = next_ack(&mut acks).await;
+            if acked == expected.len() as u64 {
+                break;
+            }
+        }
+        assert_eq!(acked, expected.len() as u64);
+        assert_eq!(
+            store.read(&key, 0, expected.len() + 10).await.unwrap(),
+            expected
+        );
+        writer.send(LogCommand::Seal { key: key.clone() }).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), follower.wait_for(|p| p.sealed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.segments(&key).await.unwrap().len(), 1, "compacted");
+        assert_eq!(store.read(&key, 5, 7).await.unwrap(), expected[5..12]);
+        assert_eq!(store.runs_with_logs().await.unwrap(), [key.run_id]);
+        store.remove_run(&key.run_id).await.unwrap();
+        assert!(store.runs_with_logs().await.unwrap().is_empty());
+        shutdown.cancel();
+        handle.await.unwrap();
+    }
+
     #[test]
     fn urls_are_checked() {
         assert!(check_url("file:///var/lib/baton/logs").is_ok());
