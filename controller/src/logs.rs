@@ -1383,6 +1383,50 @@ mod tests {
         handle.await.unwrap();
     }
 
+    #[tokio::test]
+    async fn runs_end_as_the_store_says() {
+        use baton_common::pb::api::RunState;
+        use baton_common::pb::records::RunRecord;
+        use prost::Message;
+
+        use crate::store::{Batch, Op, Store, keys};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::embedded::EmbeddedStore::open(&dir.path().join("s.redb"), 1 << 20)
+                .unwrap();
+        let finished = RunId::generate();
+        let running = RunId::generate();
+        let record = |state: RunState, ended_at: i64| RunRecord {
+            state: state as i32,
+            ended_at: baton_common::time::micros_to_timestamp_opt(ended_at),
+            ..RunRecord::default()
+        };
+        store
+            .commit(Batch {
+                ops: vec![
+                    Op::put(
+                        keys::run(&finished),
+                        record(RunState::Failed, 7_000_000).encode_to_vec(),
+                    ),
+                    Op::put(
+                        keys::run(&running),
+                        record(RunState::Running, 0).encode_to_vec(),
+                    ),
+                ],
+                conditionals: Vec::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(run_ended_at(&store, finished).await, Ok(Some(7_000_000)));
+        assert_eq!(run_ended_at(&store, running).await, Ok(None));
+        assert_eq!(
+            run_ended_at(&store, RunId::generate()).await,
+            Ok(Some(0)),
+            "a run the store forgot has ended"
+        );
+    }
+
     #[test]
     fn urls_are_checked() {
         assert!(check_url("file:///var/lib/baton/logs").is_ok());
