@@ -29,10 +29,17 @@ pub struct ControllerConfig {
     pub recovery_grace: Duration,
     /// Memory the embedded store may use to cache pages of its file.
     pub store_cache_bytes: usize,
-    /// Where task logs are written (`<data_dir>/logs` by default). In a
-    /// cluster, a directory every controller shares lets any new leader
-    /// serve the logs of earlier attempts.
+    /// Where task logs are written (`<data_dir>/logs` by default) when no
+    /// [`Self::log_url`] is set.
     pub log_dir: Option<PathBuf>,
+    /// The log store as a URL (`file:///path`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix`); wins over
+    /// `log_dir`. In a cluster every controller must use the same store, so
+    /// any new leader has the logs of earlier attempts.
+    pub log_url: Option<String>,
+    /// Logs of runs that ended longer ago than this are deleted by the
+    /// leader; `None` keeps them until their DAG is deleted.
+    pub log_retention: Option<Duration>,
     /// Cluster mode: state in etcd, one leader among the controllers. `None`
     /// runs a single controller on the embedded store.
     pub cluster: Option<ClusterConfig>,
@@ -95,6 +102,8 @@ impl ControllerConfig {
             recovery_grace: Duration::from_secs(10),
             store_cache_bytes: 64 * 1024 * 1024,
             log_dir: None,
+            log_url: None,
+            log_retention: None,
             cluster: None,
             limits: Limits::default(),
         }
@@ -110,6 +119,12 @@ impl ControllerConfig {
         }
         if let Some(log_dir) = file.controller.log_dir {
             self.log_dir = Some(log_dir);
+        }
+        if let Some(url) = file.logs.url {
+            self.log_url = Some(url);
+        }
+        if let Some(retention) = file.logs.retention {
+            self.log_retention = Some(retention.into());
         }
         let cluster = file.cluster;
         if let Some(endpoints) = cluster.etcd_endpoints {
@@ -246,6 +261,22 @@ impl ControllerConfig {
         if self.controller_id.is_empty() {
             return invalid("controller.id", "must not be empty".into());
         }
+        if let Some(url) = &self.log_url
+            && let Err(error) = crate::logs::check_url(url)
+        {
+            return invalid("logs.url", error.to_string());
+        }
+        if let Some(retention) = self.log_retention
+            && retention < Duration::from_secs(60)
+        {
+            return invalid(
+                "logs.retention",
+                format!(
+                    "is {}; it must be at least 1m (logs of runs that ended longer ago are deleted)",
+                    humantime::format_duration(retention)
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -298,6 +329,15 @@ pub struct ConfigFile {
     pub store: StoreSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub logs: LogsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsSection {
+    pub url: Option<String>,
+    pub retention: Option<humantime_serde_compat::Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -480,6 +520,40 @@ mod tests {
             error.to_string().contains("version = 2 is not supported"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn log_settings_apply_and_are_checked() {
+        let file = ConfigFile::parse(
+            Path::new("c.toml"),
+            "version = 1\n[logs]\nurl = \"file:///var/lib/baton/logs\"\nretention = \"30d\"\n",
+        )
+        .unwrap();
+        let mut config = ControllerConfig::new("/tmp/x");
+        config.apply_file(file);
+        assert_eq!(
+            config.log_url.as_deref(),
+            Some("file:///var/lib/baton/logs")
+        );
+        assert_eq!(config.log_retention, Some(Duration::from_secs(30 * 86_400)));
+        config.validate().unwrap();
+
+        config.log_url = Some("bucket/logs".into());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("config logs.url: "), "{error}");
+        config.log_url = None;
+        config.log_retention = Some(Duration::from_secs(1));
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("config logs.retention: "), "{error}");
+
+        let error = ConfigFile::parse(
+            Path::new("c.toml"),
+            "version = 1\n[logs]\nretention = \"thirty days\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("invalid duration `thirty days`"), "{error}");
+        assert!(error.contains("retention"), "{error}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - `plan`: DAG versions compiled for scheduling, and their cache.
 //! - `scheduler`: the actor that owns active runs and workers and is the
 //!   store's only writer (group commit, durable before visible).
-//! - `logs`: the task log store and its writer.
+//! - `logs`: the task log store over `object_store` (segments, compaction,
+//!   retention), its writer and its readers.
 //! - `api`: the gRPC services, thin adapters over the scheduler and store.
 //! - `election`: leader election on etcd, the lease clock and leader
 //!   tracking.

@@ -45,6 +45,8 @@ pub enum ControllerError {
     Config(#[from] ConfigError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot open the log store: {0}")]
+    Logs(#[from] crate::logs::LogStoreError),
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
     #[error(transparent)]
@@ -75,7 +77,11 @@ pub async fn serve(
         None => format!("http://{local}"),
     };
     let plans = Arc::new(PlanCache::default());
-    let logs = Arc::new(LogStore::new(config.log_dir()));
+    let logs = Arc::new(match &config.log_url {
+        Some(url) => LogStore::open_url(url)?,
+        None => LogStore::local(&config.log_dir())?,
+    });
+    info!(location = %logs.location(), retention = ?config.log_retention.map(humantime::format_duration), "task log store opened");
     let (role_sender, role) = watch::channel(Role::Follower { leader: None });
 
     // The store every replica reads, and the driver that makes this

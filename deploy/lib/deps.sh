@@ -37,3 +37,21 @@ ensure_python_sdk() {
   ensure_python_venv
   sdk/python/setup-venv.sh target/python-sdk-venv
 }
+
+# moto serves S3 on loopback for the log store's S3 test: PyPI
+# `moto[server]`, pinned, in a virtualenv of its own under target/ (Debian's
+# python3 refuses pip installs outside one). Its python is BATON_MOTO_PYTHON.
+ensure_moto() {
+  ensure_python_venv
+  local venv=target/test-tools-venv
+  local want='moto[server]==5.2.1'
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  if [ "$(cat "$venv/.baton-moto" 2>/dev/null)" != "$want" ]; then
+    echo "installing $want into $venv (pip)..." >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$want"
+    echo "$want" > "$venv/.baton-moto"
+  fi
+  export BATON_MOTO_PYTHON="$PWD/$venv/bin/python"
+}

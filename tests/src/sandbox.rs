@@ -88,7 +88,8 @@ impl Sandbox {
     }
 
     /// Starts `baton dev` (controller and in-process worker) on the sandbox's
-    /// port and data dir, with short heartbeat and lost-worker timings, and
+    /// port and data dir, with short heartbeat and lost-worker timings (a
+    /// `--worker-lost-timeout` in `extra_args` replaces the latter), and
     /// waits until it serves. Starting it again after a kill restarts it on
     /// the same port and data.
     pub async fn start_dev(&mut self, extra_args: &[&str]) -> BatonProcess {
@@ -110,12 +111,16 @@ impl Sandbox {
                 &self.data_dir().to_string_lossy(),
                 "--heartbeat-interval",
                 HEARTBEAT_INTERVAL,
-                "--worker-lost-timeout",
-                WORKER_LOST_TIMEOUT,
             ]
             .iter()
             .map(ToString::to_string)
             .collect();
+            if !extra_args.contains(&"--worker-lost-timeout") {
+                args.extend([
+                    "--worker-lost-timeout".to_string(),
+                    WORKER_LOST_TIMEOUT.to_string(),
+                ]);
+            }
             args.extend(extra_args.iter().map(ToString::to_string));
             let name = self.log_name(kind);
             let mut process = BatonProcess::spawn(&name, self.path(), &args);

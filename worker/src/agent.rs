@@ -4,15 +4,21 @@
 //! drain timers.
 //!
 //! Only this loop touches the outbox, and executors report through one
-//! channel, so an attempt's events reach the stream in the order the
-//! executor produced them: its log chunks always precede its result.
+//! channel, so an attempt's events are seen in the order the executor
+//! produced them. Log bytes are read back from the attempts' spools on
+//! blocking threads (a fifth source: finished reads), within the outbox's
+//! window, and an attempt's result goes out only after its last log byte.
+//! At start the loop takes over the finished, unacknowledged attempts a
+//! previous run of this worker left in the spool.
 //!
 //! Draining (controller `Drain` or the shutdown token): announce it in a
 //! heartbeat at once, keep running what runs (and what is still assigned),
 //! cancel what remains at the grace deadline, wait a bounded time for the
 //! last results to be acknowledged, then stop.
 
+use std::io;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +26,7 @@ use baton_common::ids::AttemptId;
 use baton_common::pb::api::{self, controller_message, worker_message};
 use baton_common::time;
 use futures::FutureExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +39,7 @@ use crate::executor::{
     self, AttemptContext, AttemptEvent, AttemptResult, AttemptSpec, SHUTDOWN_REASON, StopSignal,
 };
 use crate::outbox::{AckEffect, Outbox};
+use crate::spool::{self, Recovered, SpoolMeta, SpoolWriter};
 
 /// Heartbeat interval when `Registered` carries none.
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -60,12 +67,22 @@ struct Draining {
     give_up_at: Option<Instant>,
 }
 
+/// A read of spooled log that finished.
+struct ReadDone {
+    attempt_id: AttemptId,
+    stream: u64,
+    offset: u64,
+    data: io::Result<Vec<u8>>,
+}
+
 pub(crate) struct Agent {
     config: Arc<WorkerConfig>,
     outbox: Outbox,
     link: Link,
     events: mpsc::UnboundedSender<AttemptEvent>,
     event_receiver: mpsc::UnboundedReceiver<AttemptEvent>,
+    reads: mpsc::UnboundedSender<ReadDone>,
+    read_receiver: mpsc::UnboundedReceiver<ReadDone>,
     /// Every executor task, including those of attempts already forgotten
     /// (stale ones being killed), so none outlives the agent.
     executors: JoinSet<()>,
@@ -76,15 +93,27 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    pub(crate) fn new(config: WorkerConfig) -> Self {
+    /// `recovered`: finished attempts found in the spool, whose log and
+    /// result the controller may not have.
+    pub(crate) fn new(config: WorkerConfig, recovered: Vec<Recovered>) -> Self {
         let (events, event_receiver) = mpsc::unbounded_channel();
+        let (reads, read_receiver) = mpsc::unbounded_channel();
         let link = Link::new(config.controller_addrs(), config.reconnect_max_backoff);
+        let mut outbox = Outbox::new(config.max_unacked_log_bytes);
+        for attempt in recovered {
+            let attempt_id = attempt.meta.attempt_id;
+            info!(%attempt_id, run_id = %attempt.meta.run_id, task_id = %attempt.meta.task_id, attempt = attempt.meta.attempt,
+                log_bytes = attempt.log_len, acked = attempt.acked, "resuming a finished attempt from the spool");
+            outbox.restore(attempt, spool::log_path(&config.work_dir, attempt_id));
+        }
         Self {
             config: Arc::new(config),
-            outbox: Outbox::default(),
+            outbox,
             link,
             events,
             event_receiver,
+            reads,
+            read_receiver,
             executors: JoinSet::new(),
             heartbeat: None,
             draining: None,
@@ -132,6 +161,12 @@ impl Agent {
                 }
                 event = self.link.next() => self.on_link_event(event),
                 Some(event) = self.event_receiver.recv() => self.on_attempt_event(event),
+                Some(done) = self.read_receiver.recv() => {
+                    for message in self.outbox.on_read(done.attempt_id, done.stream, done.offset, done.data) {
+                        self.link.send(message);
+                    }
+                    self.pump();
+                }
                 Some(joined) = self.executors.join_next(), if !self.executors.is_empty() => {
                     if let Err(error) = joined {
                         error!(%error, "an executor task failed");
@@ -212,11 +247,15 @@ impl Agent {
         match event {
             LinkEvent::ReadyToConnect => {
                 let mut opening = vec![self.register_message()];
-                opening.extend(self.outbox.resend_messages());
+                opening.extend(self.outbox.stream_opened());
                 self.link.open(opening);
+                self.pump();
             }
             LinkEvent::Connected => {}
-            LinkEvent::Disconnected => self.heartbeat = None,
+            LinkEvent::Disconnected => {
+                self.heartbeat = None;
+                self.outbox.stream_closed();
+            }
             LinkEvent::Message(message) => match message.message {
                 Some(message) => self.on_controller_message(message),
                 None => debug!("empty controller message ignored"),
@@ -297,12 +336,21 @@ impl Agent {
                     AckEffect::Unknown => {
                         debug!(%attempt_id, "ack for an unknown attempt; ignored")
                     }
-                    AckEffect::Kept => {}
-                    AckEffect::Forgotten => debug!(%attempt_id, "attempt fully acknowledged"),
+                    AckEffect::Kept { note_acked } => {
+                        if let Some(offset) = note_acked {
+                            spool::write_acked(&self.config.work_dir, attempt_id, offset);
+                        }
+                    }
+                    AckEffect::Forgotten => {
+                        debug!(%attempt_id, "attempt fully acknowledged");
+                        self.remove_spool(attempt_id);
+                    }
                     AckEffect::Stale => {
-                        info!(%attempt_id, reason = %ack.reason, "attempt is stale; stopped and forgotten")
+                        info!(%attempt_id, reason = %ack.reason, "attempt is stale; stopped and forgotten");
+                        self.remove_spool(attempt_id);
                     }
                 }
+                self.pump();
             }
             controller_message::Message::Drain(drain) => {
                 let grace = drain
@@ -326,26 +374,21 @@ impl Agent {
                     return;
                 };
                 warn!(%attempt_id, reason = %invalid.reason, "invalid assignment; reporting it as an error");
-                let (ack_sender, _) = watch::channel(0);
-                if self
-                    .outbox
-                    .insert(attempt_id, StopSignal::default(), ack_sender)
-                {
+                if self.outbox.insert(attempt_id, StopSignal::default(), None) {
                     let result = AttemptResult::error_now(
                         format!("invalid assignment: {}", invalid.reason),
                         0,
                     );
-                    if let Some(message) = self.outbox.on_finished(attempt_id, result) {
-                        self.link.send(message);
-                    }
+                    self.outbox.on_finished(attempt_id, result);
+                    self.pump();
                 }
                 return;
             }
         };
         let attempt_id = spec.attempt_id;
-        let (ack_sender, acked_log_offset) = watch::channel(0);
         let stop = StopSignal::default();
-        if !self.outbox.insert(attempt_id, stop.clone(), ack_sender) {
+        let log_path = spool::log_path(&self.config.work_dir, attempt_id);
+        if !self.outbox.insert(attempt_id, stop.clone(), Some(log_path)) {
             debug!(%attempt_id, "duplicate assignment ignored");
             return;
         }
@@ -364,17 +407,36 @@ impl Agent {
             attempt = spec.attempt,
             %attempt_id,
         );
-        let context = AttemptContext {
-            work_dir: self.config.work_dir.clone(),
-            kill_grace: self.config.kill_grace,
-            max_unacked_log_bytes: self.config.max_unacked_log_bytes,
-            events: self.events.clone(),
-            acked_log_offset,
-            stop,
-        };
+        let work_dir = self.config.work_dir.clone();
+        let kill_grace = self.config.kill_grace;
         let events = self.events.clone();
         self.executors.spawn(
             async move {
+                let meta = SpoolMeta {
+                    attempt_id,
+                    run_id: spec.run_id,
+                    task_id: spec.task_id.clone(),
+                    attempt: spec.attempt,
+                };
+                let spool = match SpoolWriter::create(&work_dir, &meta).await {
+                    Ok(spool) => spool,
+                    Err(error) => {
+                        error!(%error, "cannot create the attempt's spool; reporting the attempt as an error");
+                        let result = AttemptResult::error_now(
+                            format!("the worker cannot spool the attempt's output: {error}"),
+                            0,
+                        );
+                        let _ = events.send(AttemptEvent::Finished { attempt_id, result });
+                        return;
+                    }
+                };
+                let context = AttemptContext {
+                    work_dir,
+                    kill_grace,
+                    events: events.clone(),
+                    spool,
+                    stop,
+                };
                 let result = match AssertUnwindSafe(executor::run_attempt(&spec, context))
                     .catch_unwind()
                     .await
@@ -397,24 +459,50 @@ impl Agent {
     }
 
     fn on_attempt_event(&mut self, event: AttemptEvent) {
-        let message = match event {
+        match event {
             AttemptEvent::Started {
                 attempt_id,
                 started_at,
                 pid,
-            } => self.outbox.on_started(attempt_id, started_at, pid),
-            AttemptEvent::Log {
-                attempt_id,
-                offset,
-                data,
-            } => self.outbox.on_log(attempt_id, offset, data),
+            } => {
+                if let Some(message) = self.outbox.on_started(attempt_id, started_at, pid) {
+                    self.link.send(message);
+                }
+            }
+            AttemptEvent::Log { attempt_id, end } => self.outbox.on_log(attempt_id, end),
             AttemptEvent::Finished { attempt_id, result } => {
                 self.outbox.on_finished(attempt_id, result)
             }
-        };
-        if let Some(message) = message {
+        }
+        self.pump();
+    }
+
+    /// Starts the reads of spooled log the outbox wants, and sends the
+    /// results whose log has all been sent.
+    fn pump(&mut self) {
+        for read in self.outbox.next_reads() {
+            let reads = self.reads.clone();
+            // Short and bounded (one piece of a file); its answer is
+            // dropped if the worker stopped meanwhile.
+            tokio::task::spawn_blocking(move || {
+                let data = read.read();
+                let _ = reads.send(ReadDone {
+                    attempt_id: read.attempt_id,
+                    stream: read.stream,
+                    offset: read.offset,
+                    data,
+                });
+            });
+        }
+        for message in self.outbox.ready_results() {
             self.link.send(message);
         }
+    }
+
+    /// Removes a forgotten attempt's spool, off the loop.
+    fn remove_spool(&self, attempt_id: AttemptId) {
+        let work_dir: PathBuf = self.config.work_dir.clone();
+        tokio::task::spawn_blocking(move || spool::remove(&work_dir, attempt_id));
     }
 
     /// Stops every executor still alive (stale attempts being killed, or

@@ -51,7 +51,10 @@ pub struct WorkerConfig {
     /// The worker keeps its files in `<work_dir>/workers/<worker_id>/`
     /// (locked while it runs); each attempt gets `attempts/<attempt_id>/`
     /// there for its output file and process group record, removed once the
-    /// result is built. Several workers may share a work dir.
+    /// result is built, and `spool/<attempt_id>/` for its log and result,
+    /// removed once the controller acknowledged them. A worker started again
+    /// with the same id on the same work dir resends what its previous run
+    /// left unacknowledged. Several workers may share a work dir.
     pub work_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL when an attempt's process group is
     /// killed (timeout, cancel, shutdown).
@@ -64,10 +67,12 @@ pub struct WorkerConfig {
     /// controller, or an election is in progress) the bound is 1 s at most,
     /// so that workers are back soon after a new leader is elected.
     pub reconnect_max_backoff: Duration,
-    /// Per attempt: log bytes kept until the controller acknowledges them.
-    /// When an attempt reaches it, the worker stops reading the task's
-    /// output until acknowledgements free room, so the task blocks on write
-    /// instead of losing output.
+    /// Per attempt: log bytes sent to the controller and not yet
+    /// acknowledged, at most (the send window). The output itself waits in
+    /// the attempt's spool on disk, so this bounds the memory an attempt's
+    /// log takes, not what the task may print. The controller acknowledges
+    /// a segment (up to 1 MiB) at a time: a window below that slows sending
+    /// down to one segment per linger period.
     pub max_unacked_log_bytes: usize,
 }
 

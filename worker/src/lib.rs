@@ -15,7 +15,11 @@
 //!   reconnecting with jittered exponential backoff across the configured
 //!   controllers.
 //! - `outbox`: every known attempt and what of it is not yet acknowledged
-//!   (log bytes, start, result), and the messages that resend it.
+//!   (log bytes, start, result), and the messages that (re)send it, read
+//!   back from the spool within a window.
+//! - `spool`: each attempt's output, identity and result on local disk
+//!   (`spool/<attempt_id>/`) until acknowledged; found again after a
+//!   restart.
 //! - `workdir`: the worker's locked directory, and killing the process
 //!   groups a worker that was killed left behind.
 //! - `executor`: runs one attempt: a `command` in its own process group
@@ -24,9 +28,10 @@
 //!
 //! # Guarantees
 //! - Per attempt, every log byte is sent (in order, numbered by offset)
-//!   before the result, on every stream, and kept until acknowledged. When
-//!   the controller falls behind, the task is slowed down (its pipes are not
-//!   read) rather than its output dropped.
+//!   before the result, on every stream, and kept on disk until
+//!   acknowledged, also across a restart of the worker with the same id on
+//!   the same work dir (for attempts that finished before it stopped).
+//!   Memory per attempt is bounded by the send window, not by its output.
 //! - No process of an attempt outlives it: the process group is killed when
 //!   the main process exits, times out, is cancelled, or its executor is
 //!   dropped.
@@ -38,6 +43,7 @@ mod agent;
 mod connection;
 mod executor;
 mod outbox;
+mod spool;
 mod workdir;
 
 use std::path::PathBuf;
@@ -70,15 +76,20 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> Resul
     config.validate()?;
     let work_dir = config.work_dir.clone();
     let worker_id = config.worker_id.to_string();
-    let own = tokio::task::spawn_blocking(move || workdir::WorkDir::acquire(&work_dir, &worker_id))
-        .await
-        .map_err(|error| WorkerError::WorkDir {
-            path: config.work_dir.clone(),
-            source: std::io::Error::other(error),
-        })??;
+    let (own, recovered) = tokio::task::spawn_blocking(move || {
+        workdir::WorkDir::acquire(&work_dir, &worker_id).map(|own| {
+            let recovered = spool::load(own.root());
+            (own, recovered)
+        })
+    })
+    .await
+    .map_err(|error| WorkerError::WorkDir {
+        path: config.work_dir.clone(),
+        source: std::io::Error::other(error),
+    })??;
     // Attempts keep their files under the worker's own, locked directory.
     config.work_dir = own.root().to_path_buf();
-    let result = agent::Agent::new(config).run(shutdown).await;
+    let result = agent::Agent::new(config, recovered).run(shutdown).await;
     drop(own);
     result
 }

@@ -47,8 +47,18 @@ pub struct ControllerArgs {
     recovery_grace: Option<Duration>,
     /// Directory for task logs (default: <data-dir>/logs). In a cluster, a
     /// directory all controllers share lets any leader serve older logs.
-    #[arg(long, env = "BATON_LOG_DIR")]
+    #[arg(long, env = "BATON_LOG_DIR", conflicts_with = "log_url")]
     log_dir: Option<PathBuf>,
+    /// Task log store as a URL, instead of --log-dir: file:///path,
+    /// s3://bucket/prefix, gs://bucket/prefix or az://container/prefix
+    /// (cloud stores read their credentials from the usual environment
+    /// variables, e.g. AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ENDPOINT).
+    #[arg(long, env = "BATON_LOG_URL")]
+    log_url: Option<String>,
+    /// Delete the logs of runs that ended longer ago than this (e.g. 30d);
+    /// kept until their DAG is deleted by default.
+    #[arg(long, env = "BATON_LOG_RETENTION", value_parser = humantime::parse_duration)]
+    log_retention: Option<Duration>,
     /// Cluster mode: etcd endpoints (comma-separated), e.g.
     /// http://127.0.0.1:2379. Without it the controller runs alone on the
     /// embedded store.
@@ -221,6 +231,13 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<Outcome> {
     }
     if let Some(log_dir) = args.log_dir {
         config.log_dir = Some(log_dir);
+        config.log_url = None;
+    }
+    if let Some(log_url) = args.log_url {
+        config.log_url = Some(log_url);
+    }
+    if let Some(retention) = args.log_retention {
+        config.log_retention = Some(retention);
     }
     apply_timings(
         &mut config,

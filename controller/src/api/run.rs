@@ -17,6 +17,7 @@ use baton_common::pb::records::{AttemptRecord, DagMetaRecord, RunRecord, TaskRec
 use baton_common::time::timestamp_to_micros;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -360,8 +361,14 @@ impl RunApi {
         &self,
         request: ReadTaskLogRequest,
     ) -> ApiResult<ResponseStream<ReadTaskLogResponse>> {
-        // Logs are written where the leader runs; a follow ends with its term.
-        let term = self.context.leader()?;
+        // Stored logs are in the shared log store, so any controller reads
+        // them; following a running attempt needs the leader, which sees
+        // its chunks arrive, and ends with its term.
+        let term = if request.follow {
+            Some(self.context.leader()?)
+        } else {
+            None
+        };
         let run_id = parse_id::<RunId>("run_id", &request.run_id)?;
         let task_id = parse_id::<TaskId>("task_id", &request.task_id)?;
         let record = self.run_record(&run_id).await?;
@@ -402,7 +409,7 @@ impl RunApi {
             attempt,
         };
         let logs = Arc::clone(&self.context.logs);
-        let shutdown = term.ended.clone();
+        let shutdown = term.map_or_else(CancellationToken::new, |term| term.ended.clone());
         let follow = request.follow
             && task.as_ref().is_some_and(|task| {
                 attempt == latest
@@ -416,8 +423,9 @@ impl RunApi {
         tokio::spawn(async move {
             // Subscribe before reading, so no append is missed in between.
             let mut progress = if follow { logs.follow(&key) } else { None };
+            let mut cursor = logs.cursor(key);
             loop {
-                let data = match logs.read(&key, offset, LOG_CHUNK).await {
+                let data = match cursor.read(offset, LOG_CHUNK).await {
                     Ok(data) => data,
                     Err(error) => {
                         let _ = sender

@@ -136,6 +136,16 @@ impl Scheduler {
         let (sender, commands) = mpsc::channel(16_384);
         let (log_writer, log_task) =
             LogWriter::spawn(Arc::clone(&parts.logs), shutdown.child_token());
+        // Leader-only, like the scheduler: it ends with the term.
+        let retention_stop = CancellationToken::new();
+        let retention_task = parts.config.log_retention.map(|keep| {
+            tokio::spawn(crate::logs::run_retention(
+                Arc::clone(&parts.logs),
+                Arc::clone(&parts.store),
+                crate::logs::Retention::new(keep),
+                retention_stop.clone(),
+            ))
+        });
         let mut scheduler = Scheduler {
             parts,
             log_writer,
@@ -161,8 +171,12 @@ impl Scheduler {
         scheduler.recover().await?;
         let handle = tokio::spawn(async move {
             let result = scheduler.run(shutdown, abort).await;
+            retention_stop.cancel();
             drop(scheduler);
             let _ = log_task.await;
+            if let Some(task) = retention_task {
+                let _ = task.await;
+            }
             result
         });
         Ok((SchedulerHandle::new(sender), handle))
