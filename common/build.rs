@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "../proto/baton/v1/worker.proto",
     "../proto/baton/v1/pool.proto",
     "../proto/baton/v1/cluster.proto",
+    "../proto/baton/v1/schedule.proto",
     "../proto/baton/store/v1/records.proto",
 ];
 

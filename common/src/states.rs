@@ -71,6 +71,7 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::WorkerLost => "worker_lost",
         AttemptOutcome::Error => "error",
         AttemptOutcome::WorkerDrained => "worker_drained",
+        AttemptOutcome::Rescheduled => "rescheduled",
     }
 }
 

@@ -289,6 +289,7 @@ impl Agent {
             // Custom kinds are served by SDK workers; this one runs commands.
             handlers: Vec::new(),
             runs_commands: true,
+            runs_sensors: false,
         };
         api::WorkerMessage {
             message: Some(worker_message::Message::Register(register)),

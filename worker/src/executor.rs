@@ -128,7 +128,7 @@ impl AttemptSpec {
                     custom.handler
                 )));
             }
-            None => {
+            Some(api::assign::Kind::Sensor(_)) | None => {
                 return Err(invalid(
                     "the assignment names no task kind this worker knows".to_string(),
                 ));

@@ -100,6 +100,7 @@ impl DagApi {
                         task_count: version.plan.len() as u32,
                         created_at: now,
                         updated_at: now,
+                        ..Dag::default()
                     },
                 ),
             };

@@ -695,6 +695,7 @@ impl Scheduler {
             schedule: schedule.unwrap_or_default(),
             task_count: plan.len() as u32,
             latest_digest: digest.clone(),
+            schedule_cursor: previous.and_then(|meta| meta.schedule_cursor),
         };
         let record = DagVersionRecord {
             dag_id: dag_id.to_string(),
@@ -1533,6 +1534,8 @@ impl Scheduler {
             }),
             timeout: task.timeout.map(duration_to_proto),
             max_output_bytes: self.parts.config.limits.max_output_bytes as u32,
+            data_interval_start: micros_to_timestamp_opt(entry.logical_date),
+            data_interval_end: micros_to_timestamp_opt(entry.logical_date),
         };
         let log_key = LogKey {
             run_id,

@@ -56,6 +56,7 @@ pub fn run_record(entry: &RunEntry) -> RunRecord {
         task_total: entry.tasks.len() as u32,
         // Stamped by the scheduler when it writes the record.
         leader_term: 0,
+        ..RunRecord::default()
     }
 }
 
@@ -74,6 +75,7 @@ pub fn run_view(record: &RunRecord) -> Run {
         task_counts: record.task_counts.clone(),
         task_total: record.task_total,
         reason: record.reason.clone(),
+        ..Run::default()
     }
 }
 
@@ -97,6 +99,7 @@ pub fn task_record(entry: &RunEntry, index: TaskIndex) -> TaskRecord {
         output_json: slot.output.as_deref().unwrap_or_default().to_string(),
         attempt_base: slot.attempt_base,
         leader_term: 0,
+        sensor_deadline: None,
     }
 }
 
@@ -115,6 +118,7 @@ pub fn task_view(record: TaskRecord) -> TaskInstance {
         error: record.error,
         next_attempt_at: record.next_attempt_at,
         output_json: record.output_json,
+        sensor_deadline: record.sensor_deadline,
     }
 }
 
@@ -194,6 +198,7 @@ pub fn dag_view(meta: &DagMetaRecord) -> Dag {
         task_count: meta.task_count,
         created_at: meta.created_at,
         updated_at: meta.updated_at,
+        ..Dag::default()
     }
 }
 
@@ -210,6 +215,7 @@ pub fn task_summary(plan: &DagPlan, task: &ResolvedTask) -> TaskSummary {
         priority: task.priority,
         retries: task.retries,
         timeout: task.timeout.map(duration_to_proto),
+        outputs: Vec::new(),
     }
 }
 
