@@ -5,6 +5,11 @@
 //! appear in store keys, file paths and URLs, so `/`, spaces and control
 //! characters are excluded. Run and attempt ids are UUIDs chosen by the
 //! controller (version 7, so they sort by creation time).
+//!
+//! Event names and asset URIs name things outside Baton (an upstream
+//! system's signal, a table, an object-store prefix), so they follow looser
+//! rules: events may also contain `:`, assets are any text without
+//! whitespace or control characters, up to [`MAX_ASSET_URI_LEN`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +19,12 @@ use uuid::Uuid;
 
 /// Longest user-chosen name, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
+
+/// Longest event name, in characters.
+pub const MAX_EVENT_NAME_LEN: usize = 200;
+
+/// Longest asset URI, in characters.
+pub const MAX_ASSET_URI_LEN: usize = 1000;
 
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,6 +167,155 @@ name_id!(
     "handler"
 );
 
+/// Checks an event name: 1 to [`MAX_EVENT_NAME_LEN`] characters of
+/// `[A-Za-z0-9_.:-]`, starting with a letter or digit.
+pub fn validate_event_name(value: &str) -> Result<(), IdError> {
+    let what = EventName::WHAT;
+    if value.is_empty() {
+        return Err(IdError {
+            reason: format!("{what} must not be empty"),
+        });
+    }
+    let length = value.chars().count();
+    if length > MAX_EVENT_NAME_LEN {
+        return Err(IdError {
+            reason: format!(
+                "{what} `{}…` is {length} characters long; the limit is {MAX_EVENT_NAME_LEN}",
+                &value[..value.floor_char_boundary(20)],
+            ),
+        });
+    }
+    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(IdError {
+            reason: format!("{what} `{value}` must start with a letter or digit"),
+        });
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    {
+        return Err(IdError {
+            reason: format!(
+                "{what} `{value}` contains {bad:?}; only letters, digits, `_`, `.`, `:` and `-` are allowed"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks an asset URI: 1 to [`MAX_ASSET_URI_LEN`] characters, none of them
+/// whitespace or a control character. Any scheme (or none) is accepted: an
+/// asset is a name that producers and consumers agree on, which Baton never
+/// dereferences.
+pub fn validate_asset_uri(value: &str) -> Result<(), IdError> {
+    let what = AssetUri::WHAT;
+    if value.is_empty() {
+        return Err(IdError {
+            reason: format!("{what} must not be empty"),
+        });
+    }
+    let length = value.chars().count();
+    if length > MAX_ASSET_URI_LEN {
+        return Err(IdError {
+            reason: format!(
+                "{what} `{}…` is {length} characters long; the limit is {MAX_ASSET_URI_LEN}",
+                &value[..value.floor_char_boundary(40)],
+            ),
+        });
+    }
+    if let Some(bad) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(IdError {
+            reason: format!(
+                "{what} `{}` contains {bad:?}; whitespace and control characters are not allowed",
+                value.escape_debug()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A string newtype whose values pass `$validate`.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $validate:path) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// What this name is called in error messages.
+            pub const WHAT: &'static str = $what;
+
+            pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                $validate(&value)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, IdError> {
+                Self::new(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> String {
+                name.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(value: &str) -> Result<Self, IdError> {
+                Self::new(value)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+checked_string!(
+    /// Names an event that triggers the DAGs scheduled on it
+    /// (`schedule: {events: [orders.loaded]}`).
+    EventName,
+    "event name",
+    validate_event_name
+);
+checked_string!(
+    /// Names an asset (a table, a file, an object-store prefix) that tasks
+    /// update (`outputs`) and DAGs are scheduled on (`schedule: {assets}`).
+    AssetUri,
+    "asset URI",
+    validate_asset_uri
+);
+
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
@@ -236,6 +396,61 @@ mod tests {
                 .contains("limit is 200")
         );
         assert!(DagId::new("a".repeat(MAX_NAME_LEN)).is_ok());
+    }
+
+    #[test]
+    fn event_names_follow_their_rule() {
+        assert!(EventName::new("orders.loaded").is_ok());
+        assert!(EventName::new("s3:put:orders-2024_01").is_ok());
+        assert_eq!(
+            EventName::new("orders loaded").unwrap_err().reason,
+            "event name `orders loaded` contains ' '; only letters, digits, `_`, `.`, `:` and `-` are allowed"
+        );
+        assert_eq!(
+            EventName::new(":x").unwrap_err().reason,
+            "event name `:x` must start with a letter or digit"
+        );
+        assert_eq!(
+            EventName::new("").unwrap_err().reason,
+            "event name must not be empty"
+        );
+        assert!(EventName::new("e".repeat(MAX_EVENT_NAME_LEN)).is_ok());
+        assert!(
+            EventName::new("e".repeat(MAX_EVENT_NAME_LEN + 1))
+                .unwrap_err()
+                .reason
+                .ends_with("is 201 characters long; the limit is 200")
+        );
+    }
+
+    #[test]
+    fn asset_uris_follow_their_rule() {
+        for uri in [
+            "s3://bucket/orders",
+            "warehouse.sales",
+            "file:///data/x?y=1#z",
+            "é",
+        ] {
+            let asset = AssetUri::new(uri).unwrap();
+            assert_eq!(asset.as_str(), uri);
+            assert_eq!(asset.to_string(), uri);
+        }
+        assert_eq!(
+            AssetUri::new("s3://a b").unwrap_err().reason,
+            "asset URI `s3://a b` contains ' '; whitespace and control characters are not allowed"
+        );
+        assert!(
+            AssetUri::new("x\u{7}")
+                .unwrap_err()
+                .reason
+                .contains("control characters")
+        );
+        assert!(AssetUri::new("").is_err());
+        assert!(AssetUri::new("a".repeat(MAX_ASSET_URI_LEN)).is_ok());
+        assert!(AssetUri::new("a".repeat(MAX_ASSET_URI_LEN + 1)).is_err());
+        let json = serde_json::to_string(&AssetUri::new("s3://x").unwrap()).unwrap();
+        assert_eq!(json, "\"s3://x\"");
+        assert!(serde_json::from_str::<AssetUri>("\"a b\"").is_err());
     }
 
     #[test]

@@ -5,9 +5,17 @@
 //!   the API, `baton.store.v1` for store records) and the descriptor set for
 //!   reflection.
 //! - `ids`: identifier newtypes (`DagId`, `TaskId`, `RunId`, `AttemptId`,
-//!   `WorkerId`) and the rules a valid identifier follows.
+//!   `WorkerId`, `EventName`, `AssetUri`) and the rules a valid identifier
+//!   follows.
 //! - `spec`: the DAG file model, its parsing from YAML or JSON and its
-//!   validation (unknown fields, ids, dependencies, cycles, limits).
+//!   validation (unknown fields, ids, dependencies, cycles, limits,
+//!   schedules, params, sensors, templates).
+//! - `timetable`: schedules (`cron` in a time zone, `every`) as fire
+//!   instants and data intervals, correct across clock changes; dates and
+//!   time zones as DAG files write them.
+//! - `template`: rendering of templated task fields (`{{ ds }}`,
+//!   `{{ params.x }}`, `{{ tasks.extract.output.rows }}`) with undefined
+//!   names refused, and the static check run at registration.
 //! - `error`: [`error::ApiError`], the one mapping from domain errors to
 //!   `tonic::Status`.
 //! - `time`: conversions between `SystemTime`, `Duration` and their protobuf
@@ -21,4 +29,6 @@ pub mod ids;
 pub mod pb;
 pub mod spec;
 pub mod states;
+pub mod template;
 pub mod time;
+pub mod timetable;
