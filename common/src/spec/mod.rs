@@ -12,22 +12,40 @@
 //!   "did you mean" suggestion and type errors with their path.
 //! - `validate`: ids, duplicates, dependencies, cycles (printed as
 //!   `a → b → c → a`), limits; resolution into [`ResolvedTask`]s.
+//! - `scheduling`: the DAG's `schedule`, `timezone`, dates, `catchup`,
+//!   `max_active_runs` and `sla`, resolved into a [`DagTrigger`].
+//! - `params`: typed run parameters ([`ParamsSpec`]): their declarations
+//!   and the check of a run's params against them.
+//! - `sensor`: sensor tasks' conditions and settings ([`SensorTask`]).
+//! - `templates`: the registration-time check of templated fields (syntax,
+//!   variables, params and task outputs read).
 
 mod model;
+mod params;
 mod parse;
+mod scheduling;
+mod sensor;
+mod templates;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use model::{
-    CommandSpec, DagSpec, Quantity, ResourcesSpec, SpecDuration, TaskDefaults, TaskKindSpec,
-    TaskSpec, parse_cpu, parse_memory,
+    CommandSpec, DagSpec, ExternalTaskSensorSpec, HttpSensorSpec, ParamDeclarationSpec, ParamSpec,
+    Quantity, ResourcesSpec, ScheduleDetail, ScheduleSpec, SensorModeSpec, SensorSpec,
+    SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec, parse_cpu, parse_memory,
 };
+pub use params::{ParamDeclaration, ParamType, ParamsSpec};
 pub use parse::parse_dag;
+pub use sensor::{
+    DEFAULT_POKE_INTERVAL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SENSOR_TIMEOUT, MAX_RESCHEDULED_POKES,
+    MIN_POKE_INTERVAL,
+};
 
 use crate::error::{ApiError, FieldViolation};
-use crate::ids::{DagId, HandlerName, PoolName, QueueName, TaskId};
+use crate::ids::{AssetUri, DagId, EventName, HandlerName, PoolName, QueueName, TaskId};
+use crate::timetable::Timetable;
 
 /// The queue of tasks that do not name one.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -79,12 +97,35 @@ pub enum SpecFormat {
     Detect,
 }
 
+/// Runs of a DAG active at once unless it says otherwise.
+pub const DEFAULT_MAX_ACTIVE_RUNS: u32 = 16;
+
+/// Largest `max_active_runs`.
+pub const MAX_ACTIVE_RUNS_LIMIT: u32 = 10_000;
+
 /// A DAG document that passed validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedDag {
     pub dag_id: DagId,
     pub description: String,
+    /// The schedule for display: the cron text as written (`@daily`,
+    /// `0 3 * * *`), `every 30m`, `events: a, b` or `assets: u1, u2`; `None`
+    /// without a schedule. [`ValidatedDag::trigger`] is what it means.
     pub schedule: Option<String>,
+    /// What starts runs besides manual triggers.
+    pub trigger: DagTrigger,
+    /// The DAG's time zone: cron expressions, local dates, `ds` and sensor
+    /// times are read in it.
+    pub timezone: chrono_tz::Tz,
+    /// On: one run per interval missed since start_date, oldest first. Off:
+    /// only the latest complete interval.
+    pub catchup: bool,
+    /// Runs of the DAG active (queued or running) at once.
+    pub max_active_runs: u32,
+    /// Typed run parameters; empty when the DAG declares none.
+    pub params: ParamsSpec,
+    /// A run must finish within this after its data interval ends.
+    pub sla: Option<Duration>,
     /// Tasks of the DAG leased or running at once, across its runs.
     pub max_active_tasks: Option<u32>,
     /// Tasks in file order, with defaults applied.
@@ -95,6 +136,20 @@ pub struct ValidatedDag {
     pub canonical_json: String,
     /// Lower-case hex SHA-256 of `canonical_json`.
     pub digest: String,
+}
+
+/// What starts a DAG's runs besides manual triggers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DagTrigger {
+    /// No schedule: manual triggers (and backfills) only.
+    Manual,
+    /// `cron` or `every`: one run per data interval.
+    Timetable(Timetable),
+    /// A run each time one of these events is sent.
+    Events(Vec<EventName>),
+    /// A run when every one of these assets was updated since the DAG's
+    /// last asset-triggered run.
+    Assets(Vec<AssetUri>),
 }
 
 /// A task with `default_args` applied and dependencies resolved.
@@ -120,6 +175,13 @@ pub struct ResolvedTask {
     pub resources: Resources,
     /// Instances of this task leased or running at once, across runs.
     pub max_active: Option<u32>,
+    /// Assets the task updates when it succeeds, without duplicates.
+    pub outputs: Vec<AssetUri>,
+    /// The task must finish within this after its run's data interval ends.
+    pub sla: Option<Duration>,
+    /// True when any templated field of the task contains a template ("{{"
+    /// or "{%"); false lets the controller skip rendering.
+    pub templated: bool,
 }
 
 /// Compute in the units the scheduler counts.
@@ -145,6 +207,80 @@ pub enum TaskKind {
     Command(CommandTask),
     Noop,
     Custom(CustomTask),
+    Sensor(SensorTask),
+}
+
+/// A task that waits for a condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SensorTask {
+    pub condition: SensorCondition,
+    /// Time between pokes.
+    pub poke_interval: Duration,
+    /// The sensor gives up this long after its first poke.
+    pub timeout: Duration,
+    /// On timeout the task is skipped instead of failed.
+    pub soft_fail: bool,
+    pub mode: SensorMode,
+}
+
+/// How a sensor waits between pokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SensorMode {
+    /// Holds its worker slot between pokes.
+    Poke,
+    /// Gives its slot back between pokes (`up_for_reschedule`).
+    Reschedule,
+}
+
+/// What a sensor waits for. `File::path` and `Http::url` may hold
+/// templates, rendered when the task is dispatched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SensorCondition {
+    /// The path (or glob) exists on the worker.
+    File { path: String },
+    /// A request answers with one of `statuses`.
+    Http {
+        url: String,
+        /// "GET" or "HEAD".
+        method: String,
+        statuses: Vec<u16>,
+        request_timeout: Duration,
+    },
+    /// The run of `dag_id` whose logical date is this run's minus `delta`
+    /// succeeded (or, with `task_id`, that task in it).
+    ExternalTask {
+        dag_id: DagId,
+        task_id: Option<TaskId>,
+        delta: Duration,
+    },
+    /// The wall clock time `at` (DAG time zone) on the local date of the
+    /// run's data interval end has passed.
+    Time { at: chrono::NaiveTime },
+    /// `after` has passed since the run's data interval end.
+    Delta { after: Duration },
+}
+
+impl SensorCondition {
+    /// File and Http are poked by workers; the others the controller
+    /// evaluates itself.
+    pub fn runs_on_worker(&self) -> bool {
+        matches!(
+            self,
+            SensorCondition::File { .. } | SensorCondition::Http { .. }
+        )
+    }
+
+    /// `file`, `http`, `external_task`, `time` or `delta`, as DAG files name
+    /// them.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SensorCondition::File { .. } => "file",
+            SensorCondition::Http { .. } => "http",
+            SensorCondition::ExternalTask { .. } => "external_task",
+            SensorCondition::Time { .. } => "time",
+            SensorCondition::Delta { .. } => "delta",
+        }
+    }
 }
 
 /// A task for an SDK worker that serves `handler`.
@@ -161,6 +297,7 @@ impl TaskKind {
             TaskKind::Command(_) => "command",
             TaskKind::Noop => "noop",
             TaskKind::Custom(_) => "custom",
+            TaskKind::Sensor(_) => "sensor",
         }
     }
 }
@@ -253,6 +390,9 @@ impl From<SpecErrors> for ApiError {
         )
     }
 }
+
+#[cfg(test)]
+mod scheduling_tests;
 
 #[cfg(test)]
 mod tests {

@@ -19,12 +19,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
+use super::params::ParamType;
+
 /// A DAG document: its id, optional description and schedule, defaults
 /// shared by its tasks, and the tasks.
+///
+/// Fields added after the first release are left out of the canonical form
+/// when not written, so documents that do not use them keep their digest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DagSpec {
@@ -33,9 +38,35 @@ pub struct DagSpec {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Stored as written; not interpreted yet.
+    /// When the DAG runs by itself: a cron expression or macro, or a
+    /// mapping with one of `cron`, `every`, `events` and `assets`. A string
+    /// stays a string in the canonical form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
+    pub schedule: Option<ScheduleSpec>,
+    /// IANA name of the time zone cron expressions, local dates and `ds`
+    /// are read in; UTC when not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// First data interval's earliest start, as written (a date, a local
+    /// date and time, or RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date: Option<String>,
+    /// Last data interval's latest start, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_date: Option<String>,
+    /// Run every interval missed since start_date (true) or only the latest
+    /// (false, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catchup: Option<bool>,
+    /// Runs of the DAG active at once (16 when not written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_runs: Option<u32>,
+    /// Typed run parameters, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamSpec>,
+    /// A run must finish within this after its data interval ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla: Option<SpecDuration>,
     /// Settings every task gets unless it sets them itself. An empty
     /// `default_args: {}` and a missing one are the same document.
     #[serde(default, skip_serializing_if = "TaskDefaults::is_empty")]
@@ -161,6 +192,262 @@ pub struct TaskSpec {
     /// `kind: custom`: any JSON value, given to the handler as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<serde_json::Value>,
+    /// `kind: sensor`: the condition waited for and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<SensorSpec>,
+    /// Assets the task updates when it succeeds. A single string is read as
+    /// a list of one.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub outputs: Vec<String>,
+    /// The task must finish within this after its run's data interval ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla: Option<SpecDuration>,
+}
+
+/// The `schedule` of a DAG as written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScheduleSpec {
+    /// `schedule: "0 3 * * *"` or `schedule: "@daily"`.
+    Cron(String),
+    /// `schedule: {cron: …}`, `{every: …}`, `{events: …}` or `{assets: …}`.
+    Detailed(ScheduleDetail),
+}
+
+/// The mapping form of `schedule`: exactly one field is expected (checked
+/// by `validate`, so that a mapping with two reports both).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDetail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<SpecDuration>,
+    /// A single string is read as a list of one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_one_or_many"
+    )]
+    pub events: Option<Vec<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_one_or_many"
+    )]
+    pub assets: Option<Vec<String>>,
+}
+
+impl Serialize for ScheduleSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ScheduleSpec::Cron(expression) => serializer.serialize_str(expression),
+            ScheduleSpec::Detailed(detail) => detail.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ScheduleSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScheduleVisitor;
+
+        impl<'de> Visitor<'de> for ScheduleVisitor {
+            type Value = ScheduleSpec;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(
+                    "a cron expression (\"0 3 * * *\", \"@daily\") or a mapping with `cron`, `every`, `events` or `assets`",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<ScheduleSpec, E> {
+                Ok(ScheduleSpec::Cron(value.to_string()))
+            }
+
+            fn visit_string<E: de::Error>(self, value: String) -> Result<ScheduleSpec, E> {
+                Ok(ScheduleSpec::Cron(value))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ScheduleSpec, A::Error> {
+                ScheduleDetail::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ScheduleSpec::Detailed)
+            }
+        }
+
+        deserializer.deserialize_any(ScheduleVisitor)
+    }
+}
+
+/// One declared run parameter as written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamSpec {
+    /// `limit: {type: integer, default: 100, minimum: 1}`.
+    Declared(ParamDeclarationSpec),
+    /// `tags: [a, b]`: any value but a mapping is the default, and its JSON
+    /// type the param's type.
+    Default(serde_json::Value),
+}
+
+/// The mapping form of a param declaration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamDeclarationSpec {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub param_type: Option<ParamType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The allowed values (`enum`).
+    #[serde(rename = "enum", default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<serde_json::Value>>,
+    /// Kept as written (`1`, not `1.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<serde_json::Number>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<serde_json::Number>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_length: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u64>,
+}
+
+impl Serialize for ParamSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ParamSpec::Declared(declaration) => declaration.serialize(serializer),
+            ParamSpec::Default(value) => value.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ParamSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ParamVisitor;
+
+        impl<'de> Visitor<'de> for ParamVisitor {
+            type Value = ParamSpec;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter
+                    .write_str("a param declaration (a mapping with `type`) or a default value")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ParamSpec, A::Error> {
+                ParamDeclarationSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ParamSpec::Declared)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ParamSpec, A::Error> {
+                serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(ParamSpec::Default)
+            }
+
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<ParamSpec, E> {
+                Ok(ParamSpec::Default(value.into()))
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<ParamSpec, E> {
+                Ok(ParamSpec::Default(value.into()))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<ParamSpec, E> {
+                Ok(ParamSpec::Default(value.into()))
+            }
+
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<ParamSpec, E> {
+                serde_json::Number::from_f64(value)
+                    .map(|number| ParamSpec::Default(serde_json::Value::Number(number)))
+                    .ok_or_else(|| E::custom(format!("{value} is not a finite number")))
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<ParamSpec, E> {
+                Ok(ParamSpec::Default(value.into()))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<ParamSpec, E> {
+                Ok(ParamSpec::Default(serde_json::Value::Null))
+            }
+        }
+
+        deserializer.deserialize_any(ParamVisitor)
+    }
+}
+
+/// The `sensor` of a sensor task as written: one condition (`file`, `http`,
+/// `external_task`, `time` or `delta`) and how to wait for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorSpec {
+    /// A path or glob that must exist on the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSensorSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_task: Option<ExternalTaskSensorSpec>,
+    /// `HH:MM` or `HH:MM:SS` in the DAG's time zone, on the local date of
+    /// the run's data interval end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Holds once this long has passed since the data interval's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<SpecDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poke_interval: Option<SpecDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<SpecDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_fail: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SensorModeSpec>,
+}
+
+/// `sensor.http`: a request that must answer with an accepted status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSensorSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `GET` (the default) or `HEAD`, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// One status or a list of them; always written back as a list.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_statuses"
+    )]
+    pub status: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<SpecDuration>,
+}
+
+/// `sensor.external_task`: another DAG's run (or one of its tasks)
+/// succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalTaskSensorSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The other run's logical date is this run's minus `delta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<SpecDuration>,
+}
+
+/// `sensor.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SensorModeSpec {
+    /// Holds its worker slot between pokes.
+    Poke,
+    /// Gives its slot back between pokes.
+    Reschedule,
 }
 
 /// The `resources` of a task: `cpu` in cores (`0.5`, `2`) or millicores
@@ -273,6 +560,8 @@ pub enum TaskKindSpec {
     /// Runs on a worker that declared the task's `handler` (an SDK worker
     /// in any language), which gets the task's `payload`.
     Custom,
+    /// Waits for the condition of its `sensor`.
+    Sensor,
 }
 
 impl TaskKindSpec {
@@ -281,6 +570,7 @@ impl TaskKindSpec {
             TaskKindSpec::Command => "command",
             TaskKindSpec::Noop => "noop",
             TaskKindSpec::Custom => "custom",
+            TaskKindSpec::Sensor => "sensor",
         }
     }
 }
@@ -387,6 +677,49 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
     }
 
     deserializer.deserialize_any(OneOrMany)
+}
+
+/// `events: a` is `events: [a]`, in a field that distinguishes absent
+/// from empty.
+fn some_one_or_many<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    one_or_many(deserializer).map(Some)
+}
+
+/// `status: 200` is `status: [200]`.
+fn some_statuses<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u16>>, D::Error> {
+    struct Statuses;
+
+    impl<'de> Visitor<'de> for Statuses {
+        type Value = Vec<u16>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("an HTTP status or a list of them")
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<Vec<u16>, E> {
+            u16::try_from(value)
+                .map(|status| vec![status])
+                .map_err(|_| E::custom(format!("{value} is not an HTTP status")))
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<Vec<u16>, E> {
+            u16::try_from(value)
+                .map(|status| vec![status])
+                .map_err(|_| E::custom(format!("{value} is not an HTTP status")))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u16>, A::Error> {
+            let mut statuses = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+            while let Some(status) = seq.next_element::<u16>()? {
+                statuses.push(status);
+            }
+            Ok(statuses)
+        }
+    }
+
+    deserializer.deserialize_any(Statuses).map(Some)
 }
 
 /// A duration as written in a document: a humantime string (`"500ms"`,

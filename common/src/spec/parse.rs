@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer};
 use serde_aux::serde_introspection::serde_introspect;
 use serde_json::{Map, Number, Value};
 
-use super::model::{DagSpec, TaskDefaults, TaskSpec};
+use super::model::{DagSpec, SensorSpec, TaskDefaults, TaskSpec};
 use super::validate::{self, Parsed, Place, Report, Unreadable, did_you_mean};
 use super::{SpecErrors, SpecFormat, SpecLimits, ValidatedDag};
 use crate::error::FieldViolation;
@@ -504,6 +504,8 @@ enum Level {
     Root,
     Defaults,
     Task,
+    /// A mapping inside one of those (`schedule`, a param, `sensor`).
+    Nested,
 }
 
 /// Reads the model out of a document, consuming it.
@@ -672,8 +674,12 @@ fn read_object<T: DeserializeOwned + Default>(
 }
 
 /// serde names Rust types in its messages (`expected u32`); users read
-/// documents, not Rust.
+/// documents, not Rust. An unknown field of a nested mapping (`schedule`,
+/// a param, `sensor`) reads like one of a task: with a suggestion.
 fn plain_type_names(message: String) -> String {
+    if let Some(reason) = nested_unknown_field(&message) {
+        return reason;
+    }
     const NAMES: &[(&str, &str)] = &[
         (
             "expected u32",
@@ -697,6 +703,16 @@ fn plain_type_names(message: String) -> String {
         }
     }
     message
+}
+
+/// "unknown field `crn`, expected one of `cron`, `every`" (serde's
+/// message for `deny_unknown_fields`) as "unknown field; did you mean
+/// `cron`?". The path already ends with the field.
+fn nested_unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (key, expected) = rest.split_once("`, ")?;
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    Some(unknown_field_reason(key, Level::Nested, &known))
 }
 
 /// Words users reach for that strsim would not map to the right field.
@@ -723,6 +739,13 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("priority_weight", "priority"),
     ("defaults", "default_args"),
     ("schedule_interval", "schedule"),
+    ("tz", "timezone"),
+    ("time_zone", "timezone"),
+    ("parameters", "params"),
+    ("outlets", "outputs"),
+    ("produces", "outputs"),
+    ("interval", "every"),
+    ("url_template", "url"),
 ];
 
 fn unknown_field_reason(key: &str, level: Level, known: &[&str]) -> String {
@@ -741,6 +764,14 @@ fn unknown_field_reason(key: &str, level: Level, known: &[&str]) -> String {
             return format!(
                 "unknown field; `{key}` cannot be shared through `default_args`: set it on each task"
             );
+        }
+        Level::Task | Level::Defaults if serde_introspect::<DagSpec>().contains(&key) => {
+            return format!(
+                "unknown field; `{key}` is set at the top of the document, for the whole DAG"
+            );
+        }
+        Level::Task if serde_introspect::<SensorSpec>().contains(&key) => {
+            return format!("unknown field; `{key}` is set under `sensor`");
         }
         _ => {}
     }
@@ -974,6 +1005,10 @@ tasks:
         assert_eq!(from_yaml.canonical_json, from_json.canonical_json);
         assert_eq!(from_yaml.digest, from_json.digest);
         assert_eq!(from_yaml, from_json);
+        assert_eq!(
+            from_yaml.digest, "7ef081309cc3b22028730e66064c31da3d1f3c648536483b75c19d7d878c0248",
+            "pinned before schedules were interpreted: old documents keep their digest"
+        );
         assert_eq!(from_yaml.digest.len(), 64);
         assert!(
             from_yaml
@@ -1255,6 +1290,13 @@ tasks:
                 "id",
                 "description",
                 "schedule",
+                "timezone",
+                "start_date",
+                "end_date",
+                "catchup",
+                "max_active_runs",
+                "params",
+                "sla",
                 "default_args",
                 "max_active_tasks",
                 "tasks"

@@ -25,12 +25,18 @@ use sha2::{Digest, Sha256};
 use super::model::{
     CommandSpec, DagSpec, ResourcesSpec, SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec,
 };
+use super::params::check_params;
+use super::scheduling::{Scheduling, check_scheduling};
+use super::sensor::{check_sensor, resolve_sensor};
+use super::templates::check_templates;
 use super::{
-    CommandTask, CustomTask, DEFAULT_QUEUE, MAX_REPORTED_VIOLATIONS, MAX_RETRIES, ResolvedTask,
-    Resources, RetryPolicy, SpecErrors, SpecLimits, TaskKind, ValidatedDag,
+    CommandTask, CustomTask, DEFAULT_QUEUE, MAX_REPORTED_VIOLATIONS, MAX_RETRIES, ParamsSpec,
+    ResolvedTask, Resources, RetryPolicy, SensorCondition, SpecErrors, SpecLimits, TaskKind,
+    ValidatedDag,
 };
 use crate::error::FieldViolation;
-use crate::ids::{DagId, HandlerName, PoolName, QueueName, TaskId, validate_name};
+use crate::ids::{AssetUri, DagId, HandlerName, PoolName, QueueName, TaskId, validate_name};
+use crate::template::is_templated;
 
 /// Longest label key and value, in bytes (Kubernetes' limits for names and
 /// values are 63; keys may carry a prefix).
@@ -117,6 +123,11 @@ impl Report {
         self.violations.is_empty()
     }
 
+    /// Problems found so far, listed or not.
+    pub(super) fn len(&self) -> usize {
+        self.violations.len() + self.omitted
+    }
+
     /// Adds what `other` found after what this one found.
     pub(super) fn append(&mut self, other: Report) {
         for violation in other.violations {
@@ -181,7 +192,8 @@ pub(super) struct Parsed {
 }
 
 impl Parsed {
-    fn task(&self, index: usize) -> &Unreadable {
+    /// The fields of task `index` that could not be read.
+    pub(super) fn task(&self, index: usize) -> &Unreadable {
         static NONE: Unreadable = Unreadable {
             whole: false,
             fields: Vec::new(),
@@ -234,6 +246,8 @@ pub(super) fn validate(
         report.push("tasks", "a DAG needs at least one task");
     }
     check_limit("max_active_tasks", spec.max_active_tasks, &mut report);
+    let scheduling = check_scheduling(&parsed, &mut report);
+    let params = check_params(&spec.params, &mut report);
 
     let defaults = Settings::of_defaults(&spec.default_args);
     check_settings(Place::Defaults, &defaults, true, &mut report);
@@ -261,6 +275,21 @@ pub(super) fn validate(
             &mut report,
         );
         check_kind(position, task, kind, unreadable, &mut report);
+        check_sensor(Place::Task(position), task, kind, unreadable, &mut report);
+        for (entry, output) in task.outputs.iter().enumerate() {
+            if let Err(error) = AssetUri::new(output.clone()) {
+                report.push(
+                    format!("{}[{entry}]", Place::Task(position).field("outputs")),
+                    error.reason,
+                );
+            }
+        }
+        if task.sla.is_some_and(|sla| sla.0.is_zero()) {
+            report.push(
+                Place::Task(position).field("sla"),
+                "sla must be longer than zero; leave it out for no SLA",
+            );
+        }
         check_limit(
             &Place::Task(position).field("max_active"),
             task.max_active,
@@ -283,11 +312,31 @@ pub(super) fn validate(
     let dependencies =
         resolve_dependencies(&parsed, &index, any_id_unreadable, limits, &mut report);
     report_cycles(&spec.tasks, &dependencies, &mut report);
+    check_templates(
+        &parsed,
+        &dependencies,
+        &params,
+        !parsed.root.has("params"),
+        &mut report,
+    );
 
     if !report.is_empty() {
         return Err(report.into_errors());
     }
-    resolve(parsed.spec, dependencies)
+    let Some(scheduling) = scheduling else {
+        return Err(internal_error(
+            "the schedule passed its checks but was not resolved".to_string(),
+        ));
+    };
+    resolve(parsed.spec, dependencies, scheduling, params)
+}
+
+/// A problem the checks should have caught: reported rather than panicking.
+fn internal_error(what: String) -> SpecErrors {
+    SpecErrors(vec![FieldViolation::new(
+        "",
+        format!("internal error: {what}"),
+    )])
 }
 
 /// Checks task id rules and uniqueness; returns id → first position, and
@@ -610,6 +659,8 @@ fn check_kind(
                 }
             }
         }
+        // The sensor's own checks are in `sensor`.
+        TaskKindSpec::Sensor => {}
         TaskKindSpec::Noop => {
             if task.command.is_some() {
                 report.push(
@@ -970,13 +1021,13 @@ fn shortest_cycle(
 
 /// Builds the [`ValidatedDag`] of a document that passed every check,
 /// moving the strings out of the model rather than copying them.
-fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag, SpecErrors> {
-    let internal = |what: String| {
-        SpecErrors(vec![FieldViolation::new(
-            "",
-            format!("internal error: {what}"),
-        )])
-    };
+fn resolve(
+    spec: DagSpec,
+    dependencies: Vec<Vec<usize>>,
+    scheduling: Scheduling,
+    params: ParamsSpec,
+) -> Result<ValidatedDag, SpecErrors> {
+    let internal = internal_error;
     let canonical_json = serde_json::to_string(&spec)
         .map_err(|error| internal(format!("cannot serialize the spec: {error}")))?;
     let digest = hex::encode(Sha256::digest(canonical_json.as_bytes()));
@@ -984,10 +1035,10 @@ fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag,
     let DagSpec {
         id,
         description,
-        schedule,
         default_args: defaults,
         max_active_tasks,
         tasks: task_specs,
+        ..
     } = spec;
     let builtin = RetryPolicy::default();
     let default_queue = QueueName::new(defaults.queue.as_deref().unwrap_or(DEFAULT_QUEUE))
@@ -996,6 +1047,9 @@ fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag,
     for (task, depends_on) in task_specs.into_iter().zip(dependencies) {
         let kind = match task.kind.unwrap_or(TaskKindSpec::Command) {
             TaskKindSpec::Noop => TaskKind::Noop,
+            TaskKindSpec::Sensor => TaskKind::Sensor(
+                resolve_sensor(&task.sensor.clone().unwrap_or_default()).map_err(internal)?,
+            ),
             TaskKindSpec::Custom => TaskKind::Custom(CustomTask {
                 handler: HandlerName::new(task.handler.clone().unwrap_or_default())
                     .map_err(|error| internal(error.reason))?,
@@ -1046,6 +1100,26 @@ fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag,
             },
             None => Resources::default(),
         };
+        let templated = match &kind {
+            TaskKind::Command(command) => {
+                command.argv.iter().any(|argument| is_templated(argument))
+                    || command.env.values().any(|value| is_templated(value))
+                    || command.cwd.as_deref().is_some_and(is_templated)
+            }
+            TaskKind::Sensor(sensor) => match &sensor.condition {
+                SensorCondition::File { path } => is_templated(path),
+                SensorCondition::Http { url, .. } => is_templated(url),
+                _ => false,
+            },
+            TaskKind::Noop | TaskKind::Custom(_) => false,
+        };
+        let mut outputs: Vec<AssetUri> = Vec::with_capacity(task.outputs.len());
+        for output in task.outputs {
+            let output = AssetUri::new(output).map_err(|error| internal(error.reason))?;
+            if !outputs.contains(&output) {
+                outputs.push(output);
+            }
+        }
         tasks.push(ResolvedTask {
             id: TaskId::new(task.id).map_err(|error| internal(error.reason))?,
             kind,
@@ -1077,13 +1151,22 @@ fn resolve(spec: DagSpec, dependencies: Vec<Vec<usize>>) -> Result<ValidatedDag,
             labels,
             resources,
             max_active: task.max_active,
+            outputs,
+            sla: task.sla.map(SpecDuration::as_duration),
+            templated,
         });
     }
 
     Ok(ValidatedDag {
         dag_id: DagId::new(id).map_err(|error| internal(error.reason))?,
         description: description.unwrap_or_default(),
-        schedule,
+        schedule: scheduling.display,
+        trigger: scheduling.trigger,
+        timezone: scheduling.timezone,
+        catchup: scheduling.catchup,
+        max_active_runs: scheduling.max_active_runs,
+        params,
+        sla: scheduling.sla,
         max_active_tasks,
         tasks,
         canonical_json,
