@@ -1268,6 +1268,8 @@ mod tests {
             })),
             timeout: Some(time::duration_to_proto(Duration::from_secs(3))),
             max_output_bytes: 0,
+            data_interval_start: None,
+            data_interval_end: None,
         };
         let spec = AttemptSpec::from_assign(assign.clone()).unwrap();
         assert_eq!(spec.params_json, "{}");

@@ -330,6 +330,8 @@ fn assign(attempt_id: AttemptId, script: &str) -> ToWorker {
         })),
         timeout: None,
         max_output_bytes: 0,
+        data_interval_start: None,
+        data_interval_end: None,
     })
 }
 

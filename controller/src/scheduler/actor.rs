@@ -20,7 +20,7 @@ use baton_common::pb::api::{
 use baton_common::pb::records::{
     DagMetaRecord, DagVersionRecord, IdempotencyRecord, PoolRecord, RunRecord,
 };
-use baton_common::spec::TaskKind;
+use baton_common::spec::{SensorCondition, SensorMode, TaskKind};
 use baton_common::time::{
     Micros, duration_to_proto, micros_to_timestamp_opt, now_micros, timestamp_opt_to_micros,
 };
@@ -1530,6 +1530,30 @@ impl Scheduler {
                 TaskKind::Custom(custom) => api::assign::Kind::Custom(api::CustomTask {
                     handler: custom.handler.to_string(),
                     payload_json: custom.payload_json.clone(),
+                }),
+                TaskKind::Sensor(sensor) => api::assign::Kind::Sensor(api::SensorTask {
+                    condition: match &sensor.condition {
+                        SensorCondition::File { path } => {
+                            Some(api::sensor_task::Condition::File(api::FileCondition {
+                                path: path.clone(),
+                            }))
+                        }
+                        SensorCondition::Http {
+                            url,
+                            method,
+                            statuses,
+                            request_timeout,
+                        } => Some(api::sensor_task::Condition::Http(api::HttpCondition {
+                            url: url.clone(),
+                            method: method.clone(),
+                            statuses: statuses.iter().map(|status| u32::from(*status)).collect(),
+                            request_timeout: Some(duration_to_proto(*request_timeout)),
+                        })),
+                        _ => None,
+                    },
+                    poke_interval: Some(duration_to_proto(sensor.poke_interval)),
+                    reschedule: sensor.mode == SensorMode::Reschedule,
+                    deadline: None,
                 }),
             }),
             timeout: task.timeout.map(duration_to_proto),
