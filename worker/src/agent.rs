@@ -1,5 +1,5 @@
 //! [`Agent`]: the worker's one event loop. It owns the [`Outbox`], the
-//! [`Link`] and the executor tasks, and reacts to four sources: controller
+//! [`Link`], the executor tasks and the HTTP client sensors share, and reacts to four sources: controller
 //! messages, attempt events from the executors, the heartbeat timer and the
 //! drain timers.
 //!
@@ -39,10 +39,14 @@ use crate::executor::{
     self, AttemptContext, AttemptEvent, AttemptResult, AttemptSpec, SHUTDOWN_REASON, StopSignal,
 };
 use crate::outbox::{AckEffect, Outbox};
+use crate::sensor::HttpClient;
 use crate::spool::{self, Recovered, SpoolMeta, SpoolWriter};
 
 /// Heartbeat interval when `Registered` carries none.
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest drain grace honoured, whatever the controller asks.
+const MAX_DRAIN_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// After the last attempt finished while draining: how long to wait for the
 /// controller to acknowledge the remaining results.
@@ -86,6 +90,8 @@ pub(crate) struct Agent {
     /// Every executor task, including those of attempts already forgotten
     /// (stale ones being killed), so none outlives the agent.
     executors: JoinSet<()>,
+    /// The HTTP client every sensor attempt shares.
+    http: HttpClient,
     /// Set once the controller accepted `Register` on the current stream.
     heartbeat: Option<tokio::time::Interval>,
     draining: Option<Draining>,
@@ -115,6 +121,7 @@ impl Agent {
             reads,
             read_receiver,
             executors: JoinSet::new(),
+            http: HttpClient::default(),
             heartbeat: None,
             draining: None,
             shutdown_seen: false,
@@ -202,7 +209,9 @@ impl Agent {
     }
 
     fn begin_draining(&mut self, grace: Duration) {
-        let deadline = Instant::now() + grace;
+        // A grace from the controller too long to add to an instant would
+        // panic the loop.
+        let deadline = Instant::now() + grace.min(MAX_DRAIN_GRACE);
         match &mut self.draining {
             Some(draining) => {
                 if !draining.cancelled_remaining && deadline < draining.deadline {
@@ -286,10 +295,11 @@ impl Agent {
                 cpu_millis: config.resources.cpu_millis,
                 memory_bytes: config.resources.memory_bytes,
             }),
-            // Custom kinds are served by SDK workers; this one runs commands.
+            // Custom kinds are served by SDK workers; this one runs commands
+            // and pokes sensors.
             handlers: Vec::new(),
             runs_commands: true,
-            runs_sensors: false,
+            runs_sensors: true,
         };
         api::WorkerMessage {
             message: Some(worker_message::Message::Register(register)),
@@ -411,6 +421,7 @@ impl Agent {
         let work_dir = self.config.work_dir.clone();
         let kill_grace = self.config.kill_grace;
         let events = self.events.clone();
+        let http = self.http.clone();
         self.executors.spawn(
             async move {
                 let meta = SpoolMeta {
@@ -437,6 +448,7 @@ impl Agent {
                     events: events.clone(),
                     spool,
                     stop,
+                    http,
                 };
                 let result = match AssertUnwindSafe(executor::run_attempt(&spec, context))
                     .catch_unwind()

@@ -2,7 +2,8 @@
 //! own process group, turns its combined stdout and stderr into log chunks,
 //! enforces the timeout, obeys a stop request, kills whatever is left of the
 //! group when the main process ends, and builds the [`AttemptResult`]
-//! (including the `$BATON_OUTPUT` file).
+//! (including the `$BATON_OUTPUT` file). Sensors run in `sensor`, on the
+//! same log, stop signal and result.
 //!
 //! The executor knows nothing about the stream: it appends the output to
 //! the attempt's spool file (`spool`) as it reads it, reports through
@@ -31,6 +32,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::sensor::{self, HttpClient, SensorSpec};
 use crate::spool::SpoolWriter;
 
 /// Largest read from the task's pipes, and largest log chunk sent.
@@ -60,6 +62,10 @@ pub(crate) struct AttemptSpec {
     pub attempt: u32,
     /// Microseconds since the epoch; `None` when the controller sent none.
     pub logical_date: Option<time::Micros>,
+    /// The run's data interval (start, end), in microseconds since the
+    /// epoch: the logical date twice when the controller sent none (an older
+    /// controller), `None` when it sent no logical date either.
+    pub data_interval: Option<(time::Micros, time::Micros)>,
     /// A JSON object; `{}` when the run has no parameters.
     pub params_json: String,
     pub kind: TaskKind,
@@ -71,6 +77,7 @@ pub(crate) struct AttemptSpec {
 pub(crate) enum TaskKind {
     Command(CommandSpec),
     Noop,
+    Sensor(SensorSpec),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,9 +135,43 @@ impl AttemptSpec {
                     custom.handler
                 )));
             }
-            Some(api::assign::Kind::Sensor(_)) | None => {
+            Some(api::assign::Kind::Sensor(sensor)) => TaskKind::Sensor(
+                SensorSpec::from_proto(sensor).map_err(|error| invalid(error.to_string()))?,
+            ),
+            None => {
                 return Err(invalid(
                     "the assignment names no task kind this worker knows".to_string(),
+                ));
+            }
+        };
+        let timestamp = |field: &str, value: Option<&prost_types::Timestamp>| {
+            value
+                .map(checked_timestamp)
+                .transpose()
+                .map_err(|reason| invalid(format!("{field}: {reason}")))
+        };
+        let logical_date = timestamp("logical_date", assign.logical_date.as_ref())?;
+        let data_interval = match (
+            timestamp("data_interval_start", assign.data_interval_start.as_ref())?,
+            timestamp("data_interval_end", assign.data_interval_end.as_ref())?,
+        ) {
+            (Some(start), Some(end)) if start > end => {
+                return Err(invalid(format!(
+                    "data_interval_start {} is after data_interval_end {}",
+                    format_logical_date(start),
+                    format_logical_date(end)
+                )));
+            }
+            (Some(start), Some(end)) => Some((start, end)),
+            (None, None) => logical_date.map(|date| (date, date)),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "data_interval_start is set but data_interval_end is not".to_string(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "data_interval_end is set but data_interval_start is not".to_string(),
                 ));
             }
         };
@@ -145,7 +186,8 @@ impl AttemptSpec {
             run_id,
             task_id,
             attempt: assign.attempt,
-            logical_date: assign.logical_date.as_ref().map(time::timestamp_to_micros),
+            logical_date,
+            data_interval,
             params_json,
             kind,
             timeout: assign.timeout.as_ref().map(time::duration_from_proto),
@@ -156,6 +198,30 @@ impl AttemptSpec {
             },
         })
     }
+}
+
+/// Earliest and latest instants RFC 3339 can write (years 1 to 9999), in
+/// seconds since the epoch.
+const RFC3339_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A timestamp from the controller, checked: its nanoseconds within a
+/// second, its year between 1 and 9999.
+pub(crate) fn checked_timestamp(
+    timestamp: &prost_types::Timestamp,
+) -> Result<time::Micros, String> {
+    if !(0..1_000_000_000).contains(&timestamp.nanos) {
+        return Err(format!(
+            "nanos {} is outside 0..1000000000",
+            timestamp.nanos
+        ));
+    }
+    if !RFC3339_SECONDS.contains(&timestamp.seconds) {
+        return Err(format!(
+            "{} seconds since the epoch is outside the years 1 to 9999",
+            timestamp.seconds
+        ));
+    }
+    Ok(time::timestamp_to_micros(timestamp))
 }
 
 /// What an executor reports, in order: at most one `Started`, `Log`s with
@@ -286,6 +352,8 @@ pub(crate) struct AttemptContext {
     /// Where the output and the result go; created by the caller.
     pub spool: SpoolWriter,
     pub stop: StopSignal,
+    /// Shared by the worker's sensors (built on first use).
+    pub http: HttpClient,
 }
 
 /// `<work_dir>/attempts/<attempt_id>`: the attempt's private directory.
@@ -339,10 +407,11 @@ async fn execute(spec: &AttemptSpec, context: AttemptContext) -> (AttemptResult,
             }
             (result, spool)
         }
+        TaskKind::Sensor(sensor_spec) => sensor::run_sensor(spec, sensor_spec, context).await,
     }
 }
 
-fn send(events: &mpsc::UnboundedSender<AttemptEvent>, event: AttemptEvent) {
+pub(crate) fn send(events: &mpsc::UnboundedSender<AttemptEvent>, event: AttemptEvent) {
     // The receiver only goes away when the worker stops, after every
     // executor has finished.
     if events.send(event).is_err() {
@@ -370,6 +439,7 @@ async fn run_command(
         events,
         spool,
         stop,
+        http: _,
     } = context;
     let mut log = LogSink::new(spec.attempt_id, events.clone(), spool);
     let context = ProcessContext {
@@ -478,6 +548,11 @@ async fn run_process(
     if let Some(micros) = spec.logical_date {
         process.env("BATON_LOGICAL_DATE", format_logical_date(micros));
     }
+    if let Some((start, end)) = spec.data_interval {
+        process
+            .env("BATON_DATA_INTERVAL_START", format_logical_date(start))
+            .env("BATON_DATA_INTERVAL_END", format_logical_date(end));
+    }
     if let Some(cwd) = &command.cwd {
         process.current_dir(cwd);
     }
@@ -519,7 +594,10 @@ async fn run_process(
     let mut stderr = child.stderr.take();
     let mut stdout_buffer = vec![0_u8; MAX_CHUNK_BYTES];
     let mut stderr_buffer = vec![0_u8; MAX_CHUNK_BYTES];
-    let timeout_at = spec.timeout.map(|timeout| Instant::now() + timeout);
+    // A timeout too long to represent is never reached.
+    let timeout_at = spec
+        .timeout
+        .and_then(|timeout| Instant::now().checked_add(timeout));
     let mut exit: Option<io::Result<ExitStatus>> = None;
     let mut stop_cause: Option<StopCause> = None;
     let mut sigkill_at: Option<Instant> = None;
@@ -649,17 +727,17 @@ async fn run_process(
 
 /// The attempt's log as it is produced: appends output to the spool and
 /// tells the agent how far the spooled log reaches.
-struct LogSink {
+pub(crate) struct LogSink {
     attempt_id: AttemptId,
     events: mpsc::UnboundedSender<AttemptEvent>,
-    spool: SpoolWriter,
+    pub(crate) spool: SpoolWriter,
     /// Set when the spool could not be written; later output is dropped
     /// and the attempt is stopped as an error.
-    failed: Option<String>,
+    pub(crate) failed: Option<String>,
 }
 
 impl LogSink {
-    fn new(
+    pub(crate) fn new(
         attempt_id: AttemptId,
         events: mpsc::UnboundedSender<AttemptEvent>,
         spool: SpoolWriter,
@@ -673,11 +751,11 @@ impl LogSink {
     }
 
     /// Bytes of log produced (and spooled) so far.
-    fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.spool.len()
     }
 
-    async fn push(&mut self, data: &[u8]) {
+    pub(crate) async fn push(&mut self, data: &[u8]) {
         if data.is_empty() || self.failed.is_some() {
             return;
         }
@@ -734,7 +812,7 @@ async fn read_pipe<R: AsyncRead + Unpin>(
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => sleep_until(deadline).await,
         None => std::future::pending().await,
@@ -787,16 +865,17 @@ fn signal_name(signal: Option<i32>) -> String {
     }
 }
 
+/// Drives one attempt in a test, in the agent's and the controller's seat.
 #[cfg(test)]
-mod tests {
+pub(crate) mod for_tests {
     use tokio::task::JoinHandle;
 
     use super::*;
 
     /// Every wait in these tests is bounded by this.
-    const LIMIT: Duration = Duration::from_secs(30);
+    pub(crate) const LIMIT: Duration = Duration::from_secs(30);
 
-    fn spec(kind: TaskKind) -> AttemptSpec {
+    pub(crate) fn spec(kind: TaskKind) -> AttemptSpec {
         AttemptSpec {
             attempt_id: AttemptId::generate(),
             dag_id: DagId::new("etl").unwrap(),
@@ -804,6 +883,7 @@ mod tests {
             task_id: TaskId::new("extract").unwrap(),
             attempt: 2,
             logical_date: Some(1_795_571_999_000_000),
+            data_interval: Some((1_795_485_599_000_000, 1_795_571_999_000_000)),
             params_json: r#"{"day":"monday"}"#.to_string(),
             kind,
             timeout: None,
@@ -811,7 +891,7 @@ mod tests {
         }
     }
 
-    fn shell(script: &str) -> TaskKind {
+    pub(crate) fn shell(script: &str) -> TaskKind {
         TaskKind::Command(CommandSpec {
             argv: vec!["sh".into(), "-c".into(), script.into()],
             env: BTreeMap::new(),
@@ -821,18 +901,18 @@ mod tests {
 
     /// One attempt running on its own task, with the test in the
     /// controller's seat: it sees the events and can acknowledge or stop.
-    struct Running {
-        events: mpsc::UnboundedReceiver<AttemptEvent>,
-        stop: StopSignal,
-        attempt_id: AttemptId,
-        task: JoinHandle<AttemptResult>,
+    pub(crate) struct Running {
+        pub(crate) events: mpsc::UnboundedReceiver<AttemptEvent>,
+        pub(crate) stop: StopSignal,
+        pub(crate) attempt_id: AttemptId,
+        pub(crate) task: JoinHandle<AttemptResult>,
         /// Log bytes the test already took through [`next_event`].
-        consumed_log: u64,
+        pub(crate) consumed_log: u64,
         _work_dir: tempfile::TempDir,
-        work_dir: PathBuf,
+        pub(crate) work_dir: PathBuf,
     }
 
-    async fn start(spec: AttemptSpec, kill_grace: Duration) -> Running {
+    pub(crate) async fn start(spec: AttemptSpec, kill_grace: Duration) -> Running {
         let work_dir = tempfile::tempdir().unwrap();
         let (events_sender, events) = mpsc::unbounded_channel();
         let stop = StopSignal::default();
@@ -850,6 +930,7 @@ mod tests {
             events: events_sender,
             spool,
             stop: stop.clone(),
+            http: HttpClient::default(),
         };
         let task = tokio::spawn(async move { run_attempt(&spec, context).await });
         Running {
@@ -864,7 +945,9 @@ mod tests {
     }
 
     /// Runs to completion; returns the result, the events and the log.
-    async fn finish(mut running: Running) -> (AttemptResult, Vec<AttemptEvent>, Vec<u8>) {
+    pub(crate) async fn finish(
+        mut running: Running,
+    ) -> (AttemptResult, Vec<AttemptEvent>, Vec<u8>) {
         let result = tokio::time::timeout(LIMIT, &mut running.task)
             .await
             .expect("attempt ends in time")
@@ -907,13 +990,13 @@ mod tests {
         (result, events, log)
     }
 
-    async fn run(spec: AttemptSpec) -> (AttemptResult, Vec<AttemptEvent>, Vec<u8>) {
+    pub(crate) async fn run(spec: AttemptSpec) -> (AttemptResult, Vec<AttemptEvent>, Vec<u8>) {
         finish(start(spec, Duration::from_millis(500)).await).await
     }
 
     /// Where the spooled log ends after `events`, checking that the ends
     /// grow from `start` by at most a chunk at a time.
-    fn last_log_end(events: &[AttemptEvent], start: u64) -> u64 {
+    pub(crate) fn last_log_end(events: &[AttemptEvent], start: u64) -> u64 {
         let mut last = start;
         for event in events {
             if let AttemptEvent::Log { end, .. } = event {
@@ -925,14 +1008,14 @@ mod tests {
         last
     }
 
-    fn started_pid(events: &[AttemptEvent]) -> u32 {
+    pub(crate) fn started_pid(events: &[AttemptEvent]) -> u32 {
         match events.first() {
             Some(AttemptEvent::Started { pid, .. }) => *pid,
             other => panic!("the first event is Started, not {other:?}"),
         }
     }
 
-    async fn next_event(running: &mut Running) -> AttemptEvent {
+    pub(crate) async fn next_event(running: &mut Running) -> AttemptEvent {
         let event = tokio::time::timeout(LIMIT, running.events.recv())
             .await
             .expect("event in time")
@@ -943,6 +1026,12 @@ mod tests {
         }
         event
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_tests::*;
+    use super::*;
 
     /// Processes of the group that are still alive (zombies excluded: an
     /// orphan's reaping is up to init).
@@ -1070,6 +1159,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_timeout_too_long_to_represent_is_no_limit() {
+        let mut spec = spec(shell("echo done"));
+        spec.timeout = Some(Duration::MAX);
+        let (result, _, log) = run(spec).await;
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded, "{result:?}");
+        assert_eq!(log, b"done\n");
+    }
+
+    #[tokio::test]
     async fn stop_kills_the_group_and_reports_cancelled() {
         let mut running = start(spec(shell("sleep 600 & sleep 600")), Duration::from_secs(5)).await;
         let pgid = match next_event(&mut running).await {
@@ -1158,7 +1256,7 @@ mod tests {
         env.insert("GREETING".to_string(), "hello".to_string());
         env.insert("BATON_DAG_ID".to_string(), "cannot-override".to_string());
         let script = "printf '%s\\n' \"$BATON_DAG_ID\" \"$BATON_RUN_ID\" \"$BATON_TASK_ID\" \"$BATON_ATTEMPT\" \
-                      \"$BATON_ATTEMPT_ID\" \"$BATON_LOGICAL_DATE\" \"$BATON_PARAMS\" \"$BATON_OUTPUT\" \"$GREETING\" \
+                      \"$BATON_ATTEMPT_ID\" \"$BATON_LOGICAL_DATE\" \"$BATON_DATA_INTERVAL_START\" \"$BATON_DATA_INTERVAL_END\" \"$BATON_PARAMS\" \"$BATON_OUTPUT\" \"$GREETING\" \
                       \"$(pwd)\"; test -d \"$(dirname \"$BATON_OUTPUT\")\" && test ! -e \"$BATON_OUTPUT\" && echo ready";
         let cwd = tempfile::tempdir().unwrap();
         let kind = TaskKind::Command(CommandSpec {
@@ -1180,6 +1278,8 @@ mod tests {
             "extract".to_string(),
             "2".to_string(),
             spec.attempt_id.to_string(),
+            "2026-11-25T01:59:59Z".to_string(),
+            "2026-11-24T01:59:59Z".to_string(),
             "2026-11-25T01:59:59Z".to_string(),
             r#"{"day":"monday"}"#.to_string(),
             output_path.display().to_string(),
@@ -1273,6 +1373,7 @@ mod tests {
         };
         let spec = AttemptSpec::from_assign(assign.clone()).unwrap();
         assert_eq!(spec.params_json, "{}");
+        assert_eq!(spec.data_interval, None, "no logical date, no interval");
         assert_eq!(spec.max_output_bytes, DEFAULT_MAX_OUTPUT_BYTES);
         assert_eq!(spec.timeout, Some(Duration::from_secs(3)));
         assert!(matches!(&spec.kind, TaskKind::Command(command) if command.cwd.is_none()));
@@ -1287,11 +1388,95 @@ mod tests {
 
         let no_id = api::Assign {
             attempt_id: "x".into(),
-            ..assign
+            ..assign.clone()
         };
         assert_eq!(
             AttemptSpec::from_assign(no_id).unwrap_err().attempt_id,
             None
+        );
+
+        // The data interval: given, or the logical date for an older
+        // controller; half of one, an inverted one or a timestamp that is
+        // not one are refused with the field named.
+        let day = |seconds: i64| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let dated = api::Assign {
+            logical_date: day(1_704_153_600),
+            data_interval_start: day(1_704_067_200),
+            data_interval_end: day(1_704_153_600),
+            ..assign.clone()
+        };
+        let spec = AttemptSpec::from_assign(dated.clone()).unwrap();
+        assert_eq!(
+            spec.data_interval,
+            Some((1_704_067_200_000_000, 1_704_153_600_000_000))
+        );
+        let older = api::Assign {
+            data_interval_start: None,
+            data_interval_end: None,
+            ..dated.clone()
+        };
+        assert_eq!(
+            AttemptSpec::from_assign(older).unwrap().data_interval,
+            Some((1_704_153_600_000_000, 1_704_153_600_000_000))
+        );
+        let refused = |assign: api::Assign| {
+            let error = AttemptSpec::from_assign(assign).unwrap_err();
+            assert_eq!(error.attempt_id, Some(attempt_id));
+            error.reason
+        };
+        assert_eq!(
+            refused(api::Assign {
+                data_interval_end: None,
+                ..dated.clone()
+            }),
+            "data_interval_start is set but data_interval_end is not"
+        );
+        assert_eq!(
+            refused(api::Assign {
+                data_interval_start: day(1_704_153_601),
+                ..dated.clone()
+            }),
+            "data_interval_start 2024-01-02T00:00:01Z is after data_interval_end 2024-01-02T00:00:00Z"
+        );
+        assert_eq!(
+            refused(api::Assign {
+                data_interval_end: Some(prost_types::Timestamp {
+                    seconds: 1_704_153_600,
+                    nanos: -1
+                }),
+                ..dated.clone()
+            }),
+            "data_interval_end: nanos -1 is outside 0..1000000000"
+        );
+        assert_eq!(
+            refused(api::Assign {
+                logical_date: day(i64::MAX),
+                ..dated
+            }),
+            "logical_date: 9223372036854775807 seconds since the epoch is outside the years 1 to 9999"
+        );
+
+        // Sensors are checked the same way (see `sensor`'s tests for each
+        // field).
+        let sensor = |condition| api::Assign {
+            kind: Some(api::assign::Kind::Sensor(api::SensorTask {
+                condition,
+                poke_interval: None,
+                reschedule: false,
+                deadline: None,
+            })),
+            ..assign.clone()
+        };
+        let spec = AttemptSpec::from_assign(sensor(Some(api::sensor_task::Condition::File(
+            api::FileCondition {
+                path: "/data/_SUCCESS".into(),
+            },
+        ))))
+        .unwrap();
+        assert!(matches!(spec.kind, TaskKind::Sensor(_)));
+        assert_eq!(
+            refused(sensor(None)),
+            "sensor.condition: is missing (file or http)"
         );
     }
 }

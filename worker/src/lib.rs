@@ -24,7 +24,10 @@
 //!   groups a worker that was killed left behind.
 //! - `executor`: runs one attempt: a `command` in its own process group
 //!   (output capture with backpressure, timeout, cancel, kill of the whole
-//!   group, `$BATON_OUTPUT`) or a `noop`.
+//!   group, `$BATON_OUTPUT`), a `noop`, or hands a sensor to `sensor`.
+//! - `sensor`: sensor attempts: checks a file (or glob) or HTTP condition
+//!   in poke mode (until it holds or the deadline passes, holding the slot)
+//!   or reschedule mode (once), one log line per poke.
 //!
 //! # Guarantees
 //! - Per attempt, every log byte is sent (in order, numbered by offset)
@@ -43,6 +46,7 @@ mod agent;
 mod connection;
 mod executor;
 mod outbox;
+mod sensor;
 mod spool;
 mod workdir;
 

@@ -275,25 +275,26 @@ impl Session {
     }
 
     /// Receives one attempt's messages up to its result; returns the log
-    /// (checking that offsets continue from `from`), whether a TaskStarted
-    /// was seen, and the result.
+    /// (checking that offsets continue from `from`), the pid of the
+    /// TaskStarted seen (0 for a task that runs in the worker), and the
+    /// result.
     async fn recv_until_result(
         &mut self,
         attempt_id: AttemptId,
         from: u64,
-    ) -> (Vec<u8>, bool, api::TaskResult) {
+    ) -> (Vec<u8>, Option<u32>, api::TaskResult) {
         let mut log = Vec::new();
-        let mut started = false;
+        let mut started = None;
         loop {
             match self.recv_work().await {
                 FromWorker::TaskStarted(message) => {
                     assert_eq!(message.attempt_id, attempt_id.to_string());
-                    assert!(message.pid > 0 && message.started_at.is_some());
+                    assert!(message.started_at.is_some());
                     assert!(
                         log.is_empty() || from > 0,
                         "TaskStarted comes before the log of a first stream"
                     );
-                    started = true;
+                    started = Some(message.pid);
                 }
                 FromWorker::LogChunk(chunk) => {
                     assert_eq!(chunk.attempt_id, attempt_id.to_string());
@@ -315,23 +316,45 @@ impl Session {
 }
 
 fn assign(attempt_id: AttemptId, script: &str) -> ToWorker {
-    ToWorker::Assign(api::Assign {
+    ToWorker::Assign(assign_kind(
+        attempt_id,
+        api::assign::Kind::Command(api::CommandTask {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: Default::default(),
+            cwd: String::new(),
+        }),
+    ))
+}
+
+/// An assignment of a daily run's task: logical date 2024-01-02, data
+/// interval the day before.
+fn assign_kind(attempt_id: AttemptId, kind: api::assign::Kind) -> api::Assign {
+    let day = |seconds: i64| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    api::Assign {
         attempt_id: attempt_id.to_string(),
         dag_id: "etl".into(),
         run_id: RunId::generate().to_string(),
         task_id: "extract".into(),
         attempt: 1,
-        logical_date: Some(time::micros_to_timestamp(time::now_micros())),
+        logical_date: day(1_704_153_600),
         params_json: "{}".into(),
-        kind: Some(api::assign::Kind::Command(api::CommandTask {
-            argv: vec!["sh".into(), "-c".into(), script.into()],
-            env: Default::default(),
-            cwd: String::new(),
-        })),
+        kind: Some(kind),
         timeout: None,
         max_output_bytes: 0,
-        data_interval_start: None,
-        data_interval_end: None,
+        data_interval_start: day(1_704_067_200),
+        data_interval_end: day(1_704_153_600),
+    }
+}
+
+/// A sensor waiting for `path`.
+fn file_sensor(path: &str, reschedule: bool) -> api::assign::Kind {
+    api::assign::Kind::Sensor(api::SensorTask {
+        condition: Some(api::sensor_task::Condition::File(api::FileCondition {
+            path: path.into(),
+        })),
+        poke_interval: Some(time::duration_to_proto(Duration::from_secs(600))),
+        reschedule,
+        deadline: None,
     })
 }
 
@@ -404,7 +427,7 @@ async fn unacknowledged_results_are_resent_after_reconnecting() {
     session.send(assign(attempt_id, script));
     session.send(assign(attempt_id, script)); // a duplicate is ignored
     let (log, started, result) = session.recv_until_result(attempt_id, 0).await;
-    assert!(started);
+    assert!(started.is_some_and(|pid| pid > 0), "{started:?}");
     let text = String::from_utf8(log.clone()).expect("utf-8 log");
     assert!(
         text == "hello\nworld\n" || text == "world\nhello\n",
@@ -429,7 +452,7 @@ async fn unacknowledged_results_are_resent_after_reconnecting() {
     let register = session.expect_register().await;
     assert_eq!(register.attempt_ids, [attempt_id.to_string()]);
     let (resent, started, resent_result) = session.recv_until_result(attempt_id, 3).await;
-    assert!(!started, "a finished attempt is not started again");
+    assert!(started.is_none(), "a finished attempt is not started again");
     assert_eq!(resent, &log[3..]);
     assert_eq!(resent_result, result);
     session.register_ok();
@@ -667,7 +690,7 @@ async fn a_worker_re_registers_with_the_next_leader_and_resends_its_results() {
     let register = session.expect_register().await;
     assert_eq!(register.attempt_ids, [attempt_id.to_string()]);
     let (resent, started, resent_result) = session.recv_until_result(attempt_id, 7).await;
-    assert!(!started);
+    assert!(started.is_none());
     assert_eq!(resent, &log[7..]);
     assert_eq!(resent_result, result);
     session.register_ok();
@@ -682,6 +705,152 @@ async fn a_worker_re_registers_with_the_next_leader_and_resends_its_results() {
     drop(session);
     join_worker(worker).await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensors_are_poked_and_commands_see_the_data_interval() {
+    let mut controller = Controller::start().await;
+    let work_dir = tempfile::tempdir().expect("temp dir");
+    let (_, shutdown, worker) = start_worker(&controller.addr, work_dir.path(), |_| {});
+    let mut session = controller.accept().await;
+    let register = session.expect_register().await;
+    assert!(
+        register.runs_commands && register.runs_sensors,
+        "{register:?}"
+    );
+    session.register_ok();
+
+    // A command gets the run's data interval next to its logical date.
+    let command = AttemptId::generate();
+    session.send(assign(
+        command,
+        "echo \"$BATON_LOGICAL_DATE $BATON_DATA_INTERVAL_START $BATON_DATA_INTERVAL_END\"",
+    ));
+    let (log, _, result) = session.recv_until_result(command, 0).await;
+    assert_eq!(
+        result.outcome,
+        AttemptOutcome::Succeeded as i32,
+        "{result:?}"
+    );
+    assert_eq!(
+        String::from_utf8(log).expect("utf-8"),
+        "2024-01-02T00:00:00Z 2024-01-01T00:00:00Z 2024-01-02T00:00:00Z\n"
+    );
+    session.send(ack(command, result.log_bytes, true));
+
+    // Reschedule mode: one poke, RESCHEDULED while the file is missing,
+    // SUCCEEDED in a later attempt once it is there.
+    let path = work_dir.path().join("_SUCCESS").display().to_string();
+    let waiting = AttemptId::generate();
+    session.send(ToWorker::Assign(assign_kind(
+        waiting,
+        file_sensor(&path, true),
+    )));
+    let (log, started, result) = session.recv_until_result(waiting, 0).await;
+    assert_eq!(started, Some(0), "a sensor runs in the worker");
+    assert_eq!(
+        result.outcome,
+        AttemptOutcome::Rescheduled as i32,
+        "{result:?}"
+    );
+    assert_eq!(
+        result.error,
+        format!("condition not met yet: file {path}: not found")
+    );
+    assert_eq!(log, format!("poke 1: file {path}: not found\n").as_bytes());
+    assert_eq!(result.log_bytes, log.len() as u64);
+    assert!(result.output_json.is_empty() && result.exit_code.is_none());
+    session.send(ack(waiting, result.log_bytes, true));
+
+    std::fs::write(&path, b"").expect("write the file");
+    let met = AttemptId::generate();
+    session.send(ToWorker::Assign(assign_kind(met, file_sensor(&path, true))));
+    let (log, _, result) = session.recv_until_result(met, 0).await;
+    assert_eq!(
+        result.outcome,
+        AttemptOutcome::Succeeded as i32,
+        "{result:?}"
+    );
+    assert_eq!(
+        log,
+        format!("poke 1: file {path}: found; condition met\n").as_bytes()
+    );
+    session.send(ack(met, result.log_bytes, true));
+
+    // Poke mode holds the slot until cancelled.
+    let missing = work_dir.path().join("never").display().to_string();
+    let poking = AttemptId::generate();
+    session.send(ToWorker::Assign(assign_kind(
+        poking,
+        file_sensor(&missing, false),
+    )));
+    assert!(matches!(
+        session.recv_work().await,
+        FromWorker::TaskStarted(_)
+    ));
+    match session.recv_work().await {
+        FromWorker::LogChunk(chunk) => assert_eq!(
+            chunk.data,
+            format!("poke 1: file {missing}: not found\n").as_bytes()
+        ),
+        other => panic!("expected the first poke's line, got {other:?}"),
+    }
+    let heartbeat = session.recv_heartbeat().await;
+    assert_eq!(heartbeat.running_attempt_ids, [poking.to_string()]);
+    assert_eq!(heartbeat.free_slots, 1);
+    let cancelled_at = tokio::time::Instant::now();
+    session.send(ToWorker::Cancel(api::Cancel {
+        attempt_id: poking.to_string(),
+        reason: "run cancelled".into(),
+    }));
+    let (_, _, result) = session.recv_until_result(poking, 0).await;
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        cancelled_at.elapsed()
+    );
+    assert_eq!(result.outcome, AttemptOutcome::Cancelled as i32);
+    assert_eq!(result.error, "cancelled: run cancelled");
+    session.send(ack(poking, result.log_bytes, true));
+
+    // Bad input is an ERROR result naming the field, and the worker goes on.
+    let bad_glob = AttemptId::generate();
+    session.send(ToWorker::Assign(assign_kind(
+        bad_glob,
+        file_sensor("/data/[2024", true),
+    )));
+    let (_, _, result) = session.recv_until_result(bad_glob, 0).await;
+    assert_eq!(result.outcome, AttemptOutcome::Error as i32);
+    assert!(
+        result.error.starts_with(
+            "invalid assignment: sensor.file.path: `/data/[2024` is not a valid glob pattern"
+        ),
+        "{}",
+        result.error
+    );
+    session.send(ack(bad_glob, result.log_bytes, true));
+    let inverted = AttemptId::generate();
+    let mut assignment = assign_kind(inverted, api::assign::Kind::Noop(api::NoopTask {}));
+    std::mem::swap(
+        &mut assignment.data_interval_start,
+        &mut assignment.data_interval_end,
+    );
+    session.send(ToWorker::Assign(assignment));
+    let (_, _, result) = session.recv_until_result(inverted, 0).await;
+    assert_eq!(result.outcome, AttemptOutcome::Error as i32);
+    assert_eq!(
+        result.error,
+        "invalid assignment: data_interval_start 2024-01-02T00:00:00Z is after \
+         data_interval_end 2024-01-01T00:00:00Z"
+    );
+    session.send(ack(inverted, result.log_bytes, true));
+
+    shutdown.cancel();
+    session.recv_draining_heartbeat().await;
+    session.expect_end().await;
+    drop(session);
+    join_worker(worker).await;
+    controller.stop().await;
 }
 
 #[tokio::test]

@@ -398,6 +398,9 @@ class Worker:
                 attempt_ids=announced,
                 version=f"baton-sdk-python {__version__}",
                 handlers=sorted(self._handlers),
+                # Commands and sensors go to `baton worker`s only.
+                runs_commands=False,
+                runs_sensors=False,
             )
         )
 
@@ -486,7 +489,7 @@ class Worker:
                 attempt,
                 types_pb2.ATTEMPT_OUTCOME_ERROR,
                 error=f"this Python SDK worker runs only custom and noop tasks, not `{kind or 'unknown'}` tasks "
-                "(it registers without runs_commands, so a current controller never sends them)",
+                "(it registers without runs_commands and runs_sensors, so a current controller never sends them)",
             )
             return
         handler = self._handlers.get(assign.custom.handler)
