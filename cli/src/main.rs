@@ -177,14 +177,51 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
-    use super::Cli;
+    use super::{Cli, Command, OutputFormat};
 
     /// Every subcommand's arguments are consistent (clap checks names,
     /// conflicts and defaults only when a command is built).
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Global options may sit between `backfill` and its subcommand, as
+    /// they may for every other command.
+    #[test]
+    fn global_options_mix_with_both_backfill_forms() {
+        for argv in [
+            ["baton", "backfill", "-o", "json", "list"].as_slice(),
+            &["baton", "-o", "json", "backfill", "list"],
+            &["baton", "backfill", "list", "-o", "json"],
+            &[
+                "baton",
+                "backfill",
+                "-o",
+                "json",
+                "etl",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-01-02",
+            ],
+            &[
+                "baton",
+                "backfill",
+                "etl",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-01-02",
+                "-o",
+                "json",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|error| panic!("{argv:?}: {error}"));
+            assert_eq!(cli.output, OutputFormat::Json, "{argv:?}");
+            assert!(matches!(cli.command, Command::Backfill(_)), "{argv:?}");
+        }
     }
 }

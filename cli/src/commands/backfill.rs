@@ -57,7 +57,6 @@ Examples:
 /// `Command` in `main.rs`): a subcommand, or those of `create` directly.
 #[derive(Debug, Args)]
 #[command(
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     arg_required_else_help = true,
     override_usage = "baton backfill <DAG> --from <DATE> --to <DATE> [OPTIONS]\n       baton backfill <COMMAND>",
