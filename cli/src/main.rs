@@ -4,7 +4,14 @@
 //! # Layout
 //! - `main.rs`: arguments, logging, the runtime, exit codes.
 //! - `commands/server.rs`: `dev`, `controller`, `worker`, signal handling.
-//! - `commands/dag.rs`, `commands/run.rs`, `commands/logs.rs`: the client.
+//! - `commands/dag.rs`, `commands/run.rs`, `commands/logs.rs`,
+//!   `commands/pool.rs`, `commands/cluster.rs`: the client of DAGs, runs,
+//!   logs, pools and the cluster.
+//! - `commands/backfill.rs`, `commands/event.rs`, `commands/asset.rs`: the
+//!   client of scheduling beyond a DAG's own schedule: backfills, events,
+//!   assets.
+//! - `commands/params.rs`, `commands/dates.rs`: run parameters and dates as
+//!   typed on the command line (dates in a DAG's time zone).
 //! - `output.rs`: tables for people and JSON for scripts.
 
 mod commands;
@@ -15,7 +22,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{cluster, dag, logs, pool, run, server};
+use crate::commands::{asset, backfill, cluster, dag, event, logs, pool, run, server};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +75,24 @@ enum Command {
     /// Trigger, follow, cancel and retry runs.
     #[command(subcommand)]
     Run(run::RunCommand),
+    /// Run a DAG's schedule over a past date range (one run per data
+    /// interval); list, show and cancel backfills.
+    ///
+    /// A backfill creates one run for each data interval of the DAG's
+    /// schedule whose start (logical date) lies in [--from, --to]. Intervals
+    /// that already have a run are skipped (--rerun-failed runs the failed
+    /// ones again), so backfilling a range twice creates nothing new. The
+    /// command follows the backfill until every run ended and exits 0 only
+    /// if all of them succeeded; Ctrl-C cancels the backfill and its
+    /// unfinished runs (--detach returns at once instead).
+    Backfill(backfill::BackfillArgs),
+    /// Emit events that trigger the DAGs listening to them; list events.
+    #[command(subcommand)]
+    Event(event::EventCommand),
+    /// See assets (datasets) with their producers, consumers and updates;
+    /// record an update made outside Baton.
+    #[command(subcommand)]
+    Asset(asset::AssetCommand),
     /// Print (and follow) the log of a task's attempt.
     Logs(logs::LogsArgs),
     /// See the cluster: leader, controllers, workers, queues.
@@ -130,6 +155,9 @@ fn main() -> ExitCode {
             Command::Worker(args) => server::worker(args, &context).await,
             Command::Dag(command) => dag::run(command, &context).await,
             Command::Run(command) => run::run(command, &context).await,
+            Command::Backfill(args) => backfill::run(args, &context).await,
+            Command::Event(command) => event::run(command, &context).await,
+            Command::Asset(command) => asset::run(command, &context).await,
             Command::Logs(args) => logs::run(args, &context).await,
             Command::Cluster(command) => cluster::run(command, &context).await,
             Command::Pool(command) => pool::run(command, &context).await,
@@ -149,14 +177,51 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
-    use super::Cli;
+    use super::{Cli, Command, OutputFormat};
 
     /// Every subcommand's arguments are consistent (clap checks names,
     /// conflicts and defaults only when a command is built).
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Global options may sit between `backfill` and its subcommand, as
+    /// they may for every other command.
+    #[test]
+    fn global_options_mix_with_both_backfill_forms() {
+        for argv in [
+            ["baton", "backfill", "-o", "json", "list"].as_slice(),
+            &["baton", "-o", "json", "backfill", "list"],
+            &["baton", "backfill", "list", "-o", "json"],
+            &[
+                "baton",
+                "backfill",
+                "-o",
+                "json",
+                "etl",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-01-02",
+            ],
+            &[
+                "baton",
+                "backfill",
+                "etl",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-01-02",
+                "-o",
+                "json",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|error| panic!("{argv:?}: {error}"));
+            assert_eq!(cli.output, OutputFormat::Json, "{argv:?}");
+            assert!(matches!(cli.command, Command::Backfill(_)), "{argv:?}");
+        }
     }
 }

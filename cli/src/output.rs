@@ -5,10 +5,15 @@
 use std::time::Duration;
 
 use baton_common::pb::api::{
-    Attempt, AttemptOutcome, Dag, Run, RunState, TaskInstance, TaskState, TaskSummary,
+    Attempt, AttemptOutcome, Dag, Run, RunState, RunTrigger, SlaMiss, TaskInstance, TaskState,
+    TaskSummary,
 };
-use baton_common::states::{outcome_name, run_state_name, task_state_name};
-use baton_common::time::{format_duration, format_micros, timestamp_opt_to_micros};
+use baton_common::states::{outcome_name, run_state_name, task_state_is_final, task_state_name};
+use baton_common::time::{
+    format_duration, format_micros, micros_to_datetime, timestamp_opt_to_micros,
+};
+use chrono::SecondsFormat;
+use chrono_tz::Tz;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use serde_json::{Value, json};
@@ -27,7 +32,20 @@ pub fn time_text(timestamp: Option<&prost_types::Timestamp>) -> String {
     format_micros(timestamp_opt_to_micros(timestamp))
 }
 
-fn time_json(timestamp: Option<&prost_types::Timestamp>) -> Value {
+/// An optional timestamp as RFC 3339 in a time zone (`Z` in UTC, else the
+/// zone's offset at that instant), or `-`: how a DAG's schedule times read.
+pub fn zoned_time_text(timestamp: Option<&prost_types::Timestamp>, zone: Tz) -> String {
+    let micros = timestamp_opt_to_micros(timestamp);
+    if micros == 0 {
+        return "-".into();
+    }
+    micros_to_datetime(micros)
+        .with_timezone(&zone)
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// An optional timestamp as RFC 3339 in UTC, or null.
+pub fn time_json(timestamp: Option<&prost_types::Timestamp>) -> Value {
     let micros = timestamp_opt_to_micros(timestamp);
     if micros == 0 {
         Value::Null
@@ -62,7 +80,33 @@ pub fn task_state(task: &TaskInstance) -> TaskState {
     TaskState::try_from(task.state).unwrap_or(TaskState::Unspecified)
 }
 
-fn params(json_text: &str) -> Value {
+/// What created a run, as users read and type it.
+pub fn trigger_name(trigger: RunTrigger) -> &'static str {
+    match trigger {
+        RunTrigger::Unspecified => "-",
+        RunTrigger::Manual => "manual",
+        RunTrigger::Scheduled => "scheduled",
+        RunTrigger::Backfill => "backfill",
+        RunTrigger::Event => "event",
+        RunTrigger::Asset => "asset",
+    }
+}
+
+pub fn run_trigger(run: &Run) -> RunTrigger {
+    RunTrigger::try_from(run.trigger).unwrap_or(RunTrigger::Unspecified)
+}
+
+/// Empty text as null.
+pub fn text_or_null(text: &str) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text.to_string())
+    }
+}
+
+/// JSON text as its value (a string when it does not parse).
+pub fn params(json_text: &str) -> Value {
     serde_json::from_str(json_text).unwrap_or(Value::String(json_text.to_string()))
 }
 
@@ -74,6 +118,12 @@ pub fn dag_json(dag: &Dag) -> Value {
         "schedule": dag.schedule,
         "paused": dag.paused,
         "task_count": dag.task_count,
+        "timezone": if dag.timezone.is_empty() { "UTC" } else { dag.timezone.as_str() },
+        "catchup": dag.catchup,
+        "max_active_runs": dag.max_active_runs,
+        "next_data_interval_start": time_json(dag.next_data_interval_start.as_ref()),
+        "next_data_interval_end": time_json(dag.next_data_interval_end.as_ref()),
+        "active_runs": dag.active_runs,
         "created_at": time_json(dag.created_at.as_ref()),
         "updated_at": time_json(dag.updated_at.as_ref()),
     })
@@ -88,6 +138,7 @@ pub fn task_summary_json(task: &TaskSummary) -> Value {
         "priority": task.priority,
         "retries": task.retries,
         "timeout": task.timeout.as_ref().map(|d| humantime::format_duration(baton_common::time::duration_from_proto(d)).to_string()),
+        "outputs": task.outputs,
     })
 }
 
@@ -106,6 +157,23 @@ pub fn run_json(run: &Run) -> Value {
         "task_counts": run.task_counts,
         "task_total": run.task_total,
         "reason": if run.reason.is_empty() { Value::Null } else { Value::String(run.reason.clone()) },
+        "data_interval_start": time_json(run.data_interval_start.as_ref()),
+        "data_interval_end": time_json(run.data_interval_end.as_ref()),
+        "trigger": match run_trigger(run) {
+            RunTrigger::Unspecified => Value::Null,
+            trigger => Value::String(trigger_name(trigger).to_string()),
+        },
+        "trigger_detail": text_or_null(&run.trigger_detail),
+        "backfill_id": text_or_null(&run.backfill_id),
+        "sla_misses": run.sla_misses.iter().map(sla_miss_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn sla_miss_json(miss: &SlaMiss) -> Value {
+    json!({
+        "task_id": text_or_null(&miss.task_id),
+        "deadline": time_json(miss.deadline.as_ref()),
+        "detected_at": time_json(miss.detected_at.as_ref()),
     })
 }
 
@@ -124,6 +192,7 @@ pub fn task_json(task: &TaskInstance) -> Value {
         "error": if task.error.is_empty() { Value::Null } else { Value::String(task.error.clone()) },
         "next_attempt_at": time_json(task.next_attempt_at.as_ref()),
         "output": if task.output_json.is_empty() { Value::Null } else { params(&task.output_json) },
+        "sensor_deadline": time_json(task.sensor_deadline.as_ref()),
     })
 }
 
@@ -227,20 +296,88 @@ pub fn run_row(run: &Run) -> Vec<String> {
         run.dag_id.clone(),
         format!("v{}", run.dag_version),
         run_state_name(run_state(run)).to_string(),
+        trigger_name(run_trigger(run)).to_string(),
         time_text(run.created_at.as_ref()),
         elapsed(run.started_at.as_ref(), run.ended_at.as_ref()),
         counts_line(run),
     ]
 }
 
-pub fn task_row(task: &TaskInstance) -> Vec<String> {
-    let detail = if !task.error.is_empty() {
-        task.error.clone()
-    } else if let Some(code) = task.exit_code {
-        format!("exit {code}")
+/// The lines `run show` prints under the summary: the data interval, what
+/// triggered the run, and the deadlines it missed.
+pub fn run_detail_lines(run: &Run) -> Vec<String> {
+    let mut lines = Vec::new();
+    let start = timestamp_opt_to_micros(run.data_interval_start.as_ref());
+    let end = timestamp_opt_to_micros(run.data_interval_end.as_ref());
+    if start != 0 && start != end {
+        lines.push(format!(
+            "data interval: {} to {}",
+            time_text(run.data_interval_start.as_ref()),
+            time_text(run.data_interval_end.as_ref())
+        ));
     } else {
-        String::new()
-    };
+        lines.push(format!(
+            "logical date: {}",
+            time_text(run.logical_date.as_ref())
+        ));
+    }
+    let trigger = run_trigger(run);
+    if trigger != RunTrigger::Unspecified {
+        let mut line = format!("trigger: {}", trigger_name(trigger));
+        match trigger {
+            RunTrigger::Backfill if !run.backfill_id.is_empty() => {
+                line.push_str(&format!(" {}", run.backfill_id));
+            }
+            RunTrigger::Event => line.push_str(&format!(" {}", run.trigger_detail)),
+            RunTrigger::Asset => line.push_str(&format!(" of {}", run.trigger_detail)),
+            _ if !run.trigger_detail.is_empty() => {
+                line.push_str(&format!(" ({})", run.trigger_detail));
+            }
+            _ => {}
+        }
+        lines.push(line);
+    }
+    for miss in &run.sla_misses {
+        lines.push(format!(
+            "sla missed by {}: deadline {}, noticed {}",
+            if miss.task_id.is_empty() {
+                "the run".to_string()
+            } else {
+                format!("task {}", miss.task_id)
+            },
+            time_text(miss.deadline.as_ref()),
+            time_text(miss.detected_at.as_ref())
+        ));
+    }
+    lines
+}
+
+pub fn task_row(task: &TaskInstance) -> Vec<String> {
+    let state = task_state(task);
+    let mut details = Vec::new();
+    match state {
+        TaskState::UpForReschedule => details.push(format!(
+            "next poke at {}",
+            time_text(task.next_attempt_at.as_ref())
+        )),
+        TaskState::UpForRetry => details.push(format!(
+            "retry at {}",
+            time_text(task.next_attempt_at.as_ref())
+        )),
+        _ => {}
+    }
+    if task.sensor_deadline.is_some() && !task_state_is_final(state) {
+        details.push(format!(
+            "gives up at {}",
+            time_text(task.sensor_deadline.as_ref())
+        ));
+    }
+    if !task.error.is_empty() {
+        details.push(task.error.clone());
+    } else if let Some(code) = task.exit_code {
+        details.push(format!("exit {code}"));
+    }
+    let detail = details.join("; ");
     vec![
         task.task_id.clone(),
         task_state_name(task_state(task)).to_string(),

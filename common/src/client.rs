@@ -19,8 +19,10 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::pb::api::backfill_service_client::BackfillServiceClient;
 use crate::pb::api::cluster_service_client::ClusterServiceClient;
 use crate::pb::api::dag_service_client::DagServiceClient;
+use crate::pb::api::event_service_client::EventServiceClient;
 use crate::pb::api::pool_service_client::PoolServiceClient;
 use crate::pb::api::run_service_client::RunServiceClient;
 use crate::pb::api::worker_service_client::WorkerServiceClient;
@@ -49,7 +51,15 @@ pub type RunClient = RunServiceClient<LeaderFollowingChannel>;
 
 /// The `ClusterService` client of [`BatonClient`].
 pub type ClusterClient = ClusterServiceClient<LeaderFollowingChannel>;
+
+/// The `PoolService` client of [`BatonClient`].
 pub type PoolClient = PoolServiceClient<LeaderFollowingChannel>;
+
+/// The `BackfillService` client of [`BatonClient`].
+pub type BackfillClient = BackfillServiceClient<LeaderFollowingChannel>;
+
+/// The `EventService` client of [`BatonClient`] (events and assets).
+pub type EventClient = EventServiceClient<LeaderFollowingChannel>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -140,6 +150,8 @@ pub struct BatonClient {
     pub runs: RunClient,
     pub cluster: ClusterClient,
     pub pools: PoolClient,
+    pub backfills: BackfillClient,
+    pub events: EventClient,
     transport: LeaderFollowingChannel,
 }
 
@@ -169,6 +181,14 @@ impl BatonClient {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             pools: PoolServiceClient::new(transport.clone()),
+            // A backfill's intervals (GetBackfill) and a page of asset
+            // updates can be large.
+            backfills: BackfillServiceClient::new(transport.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            events: EventServiceClient::new(transport.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             transport,
         }
     }

@@ -4,16 +4,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use baton_common::pb::api::{
-    DeleteDagRequest, GetDagRequest, ListDagsRequest, PauseDagRequest, RegisterDagRequest,
+    Dag, DeleteDagRequest, GetDagRequest, ListDagsRequest, PauseDagRequest, RegisterDagRequest,
     SpecFormat, UnpauseDagRequest,
 };
 use baton_common::spec::{self, SpecFormat as Format, SpecLimits};
 use clap::Subcommand;
 use serde_json::json;
 
+use super::dates::zone_or_utc;
 use super::{Context, describe_status};
 use crate::Outcome;
-use crate::output::{dag_json, print_json, print_line, table, task_summary_json};
+use crate::output::{dag_json, print_json, print_line, table, task_summary_json, zoned_time_text};
 
 #[derive(Debug, Subcommand)]
 pub enum DagCommand {
@@ -38,7 +39,8 @@ pub enum DagCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List DAGs.
+    /// List DAGs with their schedule, when the schedule runs next (in the
+    /// DAG's time zone) and whether they are paused.
     List {
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -46,7 +48,8 @@ pub enum DagCommand {
         #[arg(long)]
         page_token: Option<String>,
     },
-    /// Show a DAG and the tasks of one of its versions.
+    /// Show a DAG (schedule, time zone, catchup, next data interval, active
+    /// runs) and the tasks of one of its versions (kind, outputs).
     Show {
         dag_id: String,
         /// Version to show (the latest by default).
@@ -115,8 +118,9 @@ pub async fn run(command: DagCommand, context: &Context) -> anyhow::Result<Outco
                     "DAG",
                     "VERSION",
                     "TASKS",
-                    "PAUSED",
                     "SCHEDULE",
+                    "NEXT RUN",
+                    "PAUSED",
                     "DESCRIPTION",
                 ]);
                 for dag in &response.dags {
@@ -124,12 +128,16 @@ pub async fn run(command: DagCommand, context: &Context) -> anyhow::Result<Outco
                         dag.dag_id.clone(),
                         format!("v{}", dag.latest_version),
                         dag.task_count.to_string(),
+                        dag.schedule.clone(),
+                        zoned_time_text(
+                            dag.next_data_interval_end.as_ref(),
+                            zone_or_utc(&dag.timezone),
+                        ),
                         if dag.paused {
                             "yes".into()
                         } else {
                             "no".into()
                         },
-                        dag.schedule.clone(),
                         dag.description.clone(),
                     ]);
                 }
@@ -178,6 +186,9 @@ pub async fn run(command: DagCommand, context: &Context) -> anyhow::Result<Outco
                         format!(": {}", dag.description)
                     }
                 ));
+                for line in schedule_lines(&dag) {
+                    print_line(line);
+                }
                 let mut out = table(&[
                     "TASK",
                     "KIND",
@@ -186,6 +197,7 @@ pub async fn run(command: DagCommand, context: &Context) -> anyhow::Result<Outco
                     "PRIORITY",
                     "RETRIES",
                     "TIMEOUT",
+                    "OUTPUTS",
                 ]);
                 for task in &version.tasks {
                     out.add_row(vec![
@@ -204,6 +216,7 @@ pub async fn run(command: DagCommand, context: &Context) -> anyhow::Result<Outco
                                 .to_string()
                             })
                             .unwrap_or_else(|| "-".into()),
+                        task.outputs.join(", "),
                     ]);
                 }
                 print_line(out);
@@ -263,7 +276,41 @@ pub async fn run(command: DagCommand, context: &Context) -> anyhow::Result<Outco
     }
 }
 
-fn report_dag(context: &Context, dag: &baton_common::pb::api::Dag, what: &str) {
+/// What `dag show` says about the DAG's schedule, in the DAG's time zone.
+fn schedule_lines(dag: &Dag) -> Vec<String> {
+    let zone = zone_or_utc(&dag.timezone);
+    let mut lines = Vec::new();
+    if dag.schedule.is_empty() {
+        lines.push("schedule: none (runs only when triggered)".to_string());
+    } else {
+        lines.push(format!(
+            "schedule: {} ({}), catchup: {}",
+            dag.schedule,
+            zone,
+            if dag.catchup { "yes" } else { "no" }
+        ));
+    }
+    if dag.next_data_interval_end.is_some() {
+        lines.push(format!(
+            "next run: data interval {} to {}, created at {}",
+            zoned_time_text(dag.next_data_interval_start.as_ref(), zone),
+            zoned_time_text(dag.next_data_interval_end.as_ref(), zone),
+            zoned_time_text(dag.next_data_interval_end.as_ref(), zone),
+        ));
+    }
+    lines.push(format!(
+        "active runs: {}{}",
+        dag.active_runs,
+        if dag.max_active_runs == 0 {
+            String::new()
+        } else {
+            format!(" (at most {})", dag.max_active_runs)
+        }
+    ));
+    lines
+}
+
+fn report_dag(context: &Context, dag: &Dag, what: &str) {
     if context.json() {
         print_json(&dag_json(dag));
     } else {

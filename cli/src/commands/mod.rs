@@ -1,9 +1,14 @@
 //! The subcommands, and what they share: the connection to the controller
 //! and the way errors are told to the user.
 
+pub mod asset;
+pub mod backfill;
 pub mod cluster;
 pub mod dag;
+mod dates;
+pub mod event;
 pub mod logs;
+mod params;
 pub mod pool;
 pub mod run;
 pub mod server;
@@ -53,10 +58,13 @@ pub fn describe_status(status: &tonic::Status) -> String {
         Code::AlreadyExists => "already exists",
         Code::PermissionDenied => "permission denied",
         Code::Unauthenticated => "unauthenticated",
+        Code::Unimplemented => "not implemented by this controller (is it older than this baton?)",
         _ => "error",
     };
     let message = status.message();
-    if message.contains('\n') {
+    if message.is_empty() {
+        code.to_string()
+    } else if message.contains('\n') {
         let lines: Vec<String> = message.lines().map(|line| format!("  {line}")).collect();
         format!("{code}:\n{}", lines.join("\n"))
     } else {

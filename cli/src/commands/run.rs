@@ -16,11 +16,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
 use tonic::Code;
 
+use super::params::{merge, parse_json_object, parse_param};
 use super::{Context, describe_status};
 use crate::Outcome;
 use crate::output::{
-    attempt_json, counts_line, elapsed, final_count, print_json, print_line, run_json, run_row,
-    run_state, run_summary, table, task_json, task_row, task_state,
+    attempt_json, counts_line, elapsed, final_count, print_json, print_line, run_detail_lines,
+    run_json, run_row, run_state, run_summary, table, task_json, task_row, task_state,
 };
 
 #[derive(Debug, Subcommand)]
@@ -30,11 +31,11 @@ pub enum RunCommand {
         dag_id: String,
         /// Run parameter as key=value; the value is read as JSON when it is
         /// valid JSON (3, true, [1,2]), else as a string. Repeat for several.
-        #[arg(short = 'p', long = "param", value_parser = parse_param)]
+        #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
         params: Vec<(String, Value)>,
         /// All parameters as one JSON object (merged under --param).
-        #[arg(long)]
-        params_json: Option<String>,
+        #[arg(long, value_name = "JSON", value_parser = parse_json_object)]
+        params_json: Option<Map<String, Value>>,
         /// Logical date (RFC 3339, e.g. 2026-11-25T00:00:00Z); now by default.
         #[arg(long)]
         logical_date: Option<String>,
@@ -45,7 +46,8 @@ pub enum RunCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// List runs, newest first.
+    /// List runs, newest first, with what triggered each (manual,
+    /// scheduled, backfill, event, asset).
     List {
         /// Only runs of this DAG.
         #[arg(long)]
@@ -59,7 +61,8 @@ pub enum RunCommand {
         #[arg(long)]
         page_token: Option<String>,
     },
-    /// Show a run and its tasks.
+    /// Show a run (data interval, trigger, missed SLAs) and its tasks
+    /// (sensors waiting for their next poke show when it is).
     Show { run_id: String },
     /// Follow a run live until it ends; exit non-zero unless it succeeds.
     Watch { run_id: String },
@@ -80,35 +83,9 @@ pub enum RunCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// List a task's attempts.
+    /// List a task's attempts (a sensor's pokes that found its condition
+    /// unmet show as `rescheduled`).
     Attempts { run_id: String, task_id: String },
-}
-
-fn parse_param(text: &str) -> Result<(String, Value), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("`{text}` is not key=value"))?;
-    if key.is_empty() {
-        return Err(format!("`{text}` has an empty key"));
-    }
-    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-    Ok((key.to_string(), value))
-}
-
-fn params_json(params: Vec<(String, Value)>, base: Option<String>) -> anyhow::Result<String> {
-    let mut object = match base {
-        None => Map::new(),
-        Some(text) => {
-            match serde_json::from_str::<Value>(&text).context("--params-json is not valid JSON")? {
-                Value::Object(object) => object,
-                _ => bail!("--params-json must be a JSON object"),
-            }
-        }
-    };
-    for (key, value) in params {
-        object.insert(key, value);
-    }
-    Ok(Value::Object(object).to_string())
 }
 
 pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outcome> {
@@ -135,7 +112,7 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
             };
             let request = TriggerRunRequest {
                 dag_id,
-                params_json: params_json(params, base)?,
+                params_json: merge(base, params),
                 logical_date,
                 idempotency_key: idempotency_key.unwrap_or_default(),
             };
@@ -205,7 +182,7 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
                 }));
             } else {
                 let mut out = table(&[
-                    "RUN", "DAG", "VERSION", "STATE", "CREATED", "DURATION", "TASKS",
+                    "RUN", "DAG", "VERSION", "STATE", "TRIGGER", "CREATED", "DURATION", "TASKS",
                 ]);
                 for run in &response.runs {
                     out.add_row(run_row(run));
@@ -236,6 +213,9 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
                 print_json(&value);
             } else {
                 print_line(run_summary(&run));
+                for line in run_detail_lines(&run) {
+                    print_line(line);
+                }
                 print_tasks(&response.tasks);
             }
             Ok(Outcome::Success)
@@ -483,31 +463,4 @@ fn rewatch_worthy(status: &tonic::Status) -> bool {
         tracing::debug!(status = %describe_status(status), "watch interrupted; watching again");
     }
     again
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn params_read_json_values_and_fall_back_to_strings() {
-        assert_eq!(parse_param("n=3").unwrap(), ("n".to_string(), json!(3)));
-        assert_eq!(
-            parse_param("s=abc").unwrap(),
-            ("s".to_string(), json!("abc"))
-        );
-        assert_eq!(parse_param("e=").unwrap(), ("e".to_string(), json!("")));
-        assert!(parse_param("=x").is_err());
-        assert!(parse_param("nokey").is_err());
-        let merged = params_json(
-            vec![("a".into(), json!(2))],
-            Some(r#"{"a": 1, "b": true}"#.into()),
-        )
-        .unwrap();
-        assert_eq!(
-            serde_json::from_str::<Value>(&merged).unwrap(),
-            json!({"a": 2, "b": true})
-        );
-        assert!(params_json(vec![], Some("[1]".into())).is_err());
-    }
 }
