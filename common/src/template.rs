@@ -967,6 +967,13 @@ mod tests {
     }
 
     #[test]
+    fn a_renderer_is_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Renderer>();
+        shared::<crate::timetable::Timetable>();
+    }
+
+    #[test]
     fn is_templated_looks_for_expressions_and_statements() {
         assert!(is_templated("{{ ds }}"));
         assert!(is_templated("{% if x %}{% endif %}"));

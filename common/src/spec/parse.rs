@@ -1917,8 +1917,41 @@ tasks:
     #[test]
     fn the_reference_examples_are_accurate() {
         let complete = valid(reference_example("complete"));
-        assert_eq!(complete.tasks.len(), 5);
-        let join = &complete.tasks[2];
+        assert_eq!(complete.tasks.len(), 6);
+        assert_eq!(complete.schedule.as_deref(), Some("0 3 * * *"));
+        assert_eq!(complete.timezone, chrono_tz::Europe::Berlin);
+        assert!(complete.catchup);
+        assert_eq!(complete.max_active_runs, 2);
+        assert_eq!(complete.sla, Some(Duration::from_secs(6 * 3_600)));
+        let crate::spec::DagTrigger::Timetable(timetable) = &complete.trigger else {
+            panic!("a cron schedule: {:?}", complete.trigger);
+        };
+        let first = |date: &str| {
+            chrono::DateTime::parse_from_rfc3339(date)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        assert_eq!(
+            timetable.first_interval_from(first("2024-05-01T00:00:00Z")),
+            Some(crate::timetable::Interval {
+                start: first("2024-05-01T03:00:00+02:00"),
+                end: first("2024-05-02T03:00:00+02:00"),
+            }),
+            "the run for 1 May the reference describes"
+        );
+        let defaults = complete
+            .params
+            .resolve(&serde_json::Map::new())
+            .expect("every param has a default");
+        assert_eq!(defaults["limit"], 10_000);
+        let wait = &complete.tasks[0];
+        assert!(
+            matches!(&wait.kind, TaskKind::Sensor(sensor) if sensor.mode == crate::spec::SensorMode::Reschedule)
+        );
+        assert!(wait.templated);
+        let templated: Vec<bool> = complete.tasks.iter().map(|task| task.templated).collect();
+        assert_eq!(templated, [true, true, true, false, true, false]);
+        let join = &complete.tasks[3];
         assert_eq!(join.queue.as_str(), "etl-large");
         assert_eq!(join.timeout, Some(Duration::from_secs(7_200)));
         assert_eq!(
@@ -1926,7 +1959,8 @@ tasks:
             Some("debug")
         );
         assert_eq!(command(join).cwd.as_deref(), Some("/srv/etl"));
-        let load = &complete.tasks[3];
+        let load = &complete.tasks[4];
+        assert_eq!(load.outputs[0].as_str(), "warehouse.sales");
         let waits: Vec<u64> = (1..=load.retries)
             .map(|attempt| load.retry.delay_for(attempt, 0.0).as_secs())
             .collect();

@@ -866,3 +866,61 @@ fn a_large_templated_fan_out_validates_quickly() {
     assert_eq!(dag.tasks.len(), 2 * TASKS);
     assert!(dag.tasks[1].templated && dag.tasks[2 * TASKS - 1].templated);
 }
+const REFERENCE: &str = include_str!("../../../docs/dag-reference.md");
+
+/// The fenced block that follows `<!-- example: NAME -->` in the reference.
+fn reference_block(name: &str) -> &'static str {
+    let marker = format!("<!-- example: {name} -->\n");
+    let start = REFERENCE
+        .find(&marker)
+        .expect("marker in docs/dag-reference.md")
+        + marker.len();
+    let fenced = &REFERENCE[start..];
+    let body = &fenced[fenced.find('\n').expect("fence line") + 1..];
+    &body[..body.find("```").expect("closing fence")]
+}
+
+#[test]
+fn the_reference_quotes_the_cron_errors_exactly() {
+    let mut lines = String::new();
+    for expression in ["0 0 3 * * *", "61 * * * *", "0 0 L * *", "0 0 30 2 *"] {
+        let text = format!("id: x\nschedule: \"{expression}\"\n{ONE_TASK}");
+        writeln!(lines, "{}", only_violation(&text)).unwrap();
+    }
+    assert_eq!(lines, reference_block("cron errors"));
+}
+
+#[test]
+fn the_reference_quotes_the_template_errors_exactly() {
+    let dag = valid(
+        "id: x\nparams: {limit: {type: integer, default: 1}}\ntasks:\n  - {id: extract-orders, command: [\"true\"]}\n  - {id: load, command: [\"true\"]}\n",
+    );
+    let renderer = crate::template::Renderer::new();
+    let outputs = std::collections::BTreeMap::from([(
+        "extract-orders".to_string(),
+        r#"{"files": 3}"#.to_string(),
+    )]);
+    let no_params = serde_json::Map::new();
+    let context = crate::template::TemplateContext {
+        dag_id: dag.dag_id.as_str(),
+        run_id: "0190f1a2-7c3b-7d4e-8f00-0123456789ab",
+        task_id: "load",
+        attempt: 1,
+        logical_date: utc("2024-05-01T00:00:00Z"),
+        data_interval_start: utc("2024-05-01T00:00:00Z"),
+        data_interval_end: utc("2024-05-02T00:00:00Z"),
+        timezone: dag.timezone,
+        params: &no_params,
+        task_outputs: &outputs,
+    };
+    let mut lines = String::new();
+    for (field, source) in [
+        ("command[1]", "{{ params.limit }}"),
+        ("env.ROWS", "{{ tasks['extract-orders'].output.rows }}"),
+        ("command[2]", "{{ tasks.load.output }}"),
+    ] {
+        let error = renderer.render(field, source, &context).unwrap_err();
+        writeln!(lines, "{error}").unwrap();
+    }
+    assert_eq!(lines, reference_block("template errors"));
+}
