@@ -123,7 +123,6 @@ pub fn dag_json(dag: &Dag) -> Value {
         "max_active_runs": dag.max_active_runs,
         "next_data_interval_start": time_json(dag.next_data_interval_start.as_ref()),
         "next_data_interval_end": time_json(dag.next_data_interval_end.as_ref()),
-        "active_runs": dag.active_runs,
         "created_at": time_json(dag.created_at.as_ref()),
         "updated_at": time_json(dag.updated_at.as_ref()),
     })

@@ -7,10 +7,13 @@
 //! documents every key.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_common::spec::SpecLimits;
 use serde::Deserialize;
+
+use crate::clock::{ClockRef, SystemClock};
 
 /// Settings of one controller process.
 #[derive(Debug, Clone)]
@@ -44,6 +47,9 @@ pub struct ControllerConfig {
     /// runs a single controller on the embedded store.
     pub cluster: Option<ClusterConfig>,
     pub limits: Limits,
+    /// The wall clock schedules, SLAs and time sensors follow: the
+    /// machine's, except in tests that drive time by hand.
+    pub clock: ClockRef,
 }
 
 /// Settings of cluster mode.
@@ -106,6 +112,7 @@ impl ControllerConfig {
             log_retention: None,
             cluster: None,
             limits: Limits::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - `config`: the controller's settings and config file.
+//! - `clock`: the wall clock schedules follow, and a manual one for tests.
 //! - `store`: the `Store` trait, the key layout, the embedded (redb) and
 //!   etcd implementations and the conformance suite.
 //! - `plan`: DAG versions compiled for scheduling, and their cache.
@@ -19,6 +20,7 @@
 //! - `server`: assembling it all and serving on one port.
 
 pub mod api;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod election;

@@ -12,7 +12,14 @@ use std::sync::{Arc, Mutex};
 use baton_common::error::ApiError;
 use baton_common::ids::{DagId, TaskId};
 use baton_common::pb::records::DagVersionRecord;
-use baton_common::spec::{self, ResolvedTask, SpecFormat, SpecLimits, ValidatedDag};
+use std::time::Duration;
+
+use baton_common::spec::{
+    self, DagTrigger, ParamsSpec, ResolvedTask, SensorCondition, SpecFormat, SpecLimits, TaskKind,
+    ValidatedDag,
+};
+use baton_common::template;
+use baton_common::timetable::Timetable;
 
 use crate::scheduler::routing::{Route, intern_routes};
 use crate::store::{Store, StoreError, get_record, keys};
@@ -33,12 +40,42 @@ pub struct DagPlan {
     pub routes: Vec<Arc<Route>>,
     /// Tasks of the DAG leased or running at once, across its runs.
     pub max_active_tasks: Option<u32>,
+    /// When the DAG runs and what its runs take.
+    pub settings: DagSettings,
+    /// `template_reads[i]`: tasks whose output the templates of task `i`
+    /// read (upstream of it, as validation checks), so that rendering looks
+    /// only at those.
+    pub template_reads: Vec<Vec<TaskIndex>>,
+    /// Tasks with an `sla`.
+    pub sla_tasks: Vec<TaskIndex>,
     by_id: HashMap<TaskId, TaskIndex>,
+}
+
+/// What a DAG version says about its runs as a whole.
+#[derive(Debug)]
+pub struct DagSettings {
+    pub trigger: DagTrigger,
+    pub timezone: chrono_tz::Tz,
+    pub catchup: bool,
+    pub max_active_runs: u32,
+    pub params: ParamsSpec,
+    /// A run must finish within this after its data interval ends.
+    pub sla: Option<Duration>,
+}
+
+impl DagSettings {
+    pub fn timetable(&self) -> Option<&Timetable> {
+        match &self.trigger {
+            DagTrigger::Timetable(timetable) => Some(timetable),
+            _ => None,
+        }
+    }
 }
 
 impl DagPlan {
     pub fn compile(version: u32, dag: ValidatedDag) -> Self {
         let count = dag.tasks.len();
+        let template_reads = template_reads(&dag.tasks);
         let mut upstream = Vec::with_capacity(count);
         let mut downstream: Vec<Vec<TaskIndex>> = vec![Vec::new(); count];
         let mut by_id = HashMap::with_capacity(count);
@@ -56,6 +93,22 @@ impl DagPlan {
             version,
             routes: intern_routes(&dag.tasks),
             max_active_tasks: dag.max_active_tasks,
+            settings: DagSettings {
+                trigger: dag.trigger,
+                timezone: dag.timezone,
+                catchup: dag.catchup,
+                max_active_runs: dag.max_active_runs,
+                params: dag.params,
+                sla: dag.sla,
+            },
+            template_reads,
+            sla_tasks: dag
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, task)| task.sla.is_some())
+                .map(|(index, _)| index as TaskIndex)
+                .collect(),
             tasks: dag.tasks,
             upstream,
             downstream,
@@ -96,6 +149,89 @@ impl DagPlan {
             .filter(|&i| seen[i as usize])
             .collect()
     }
+}
+
+/// For each task, the tasks whose outputs its templates read: those it
+/// names, or every task upstream of it when a template picks one by a
+/// computed name.
+fn template_reads(tasks: &[ResolvedTask]) -> Vec<Vec<TaskIndex>> {
+    let by_id: HashMap<&str, TaskIndex> = tasks
+        .iter()
+        .enumerate()
+        .map(|(index, task)| (task.id.as_str(), index as TaskIndex))
+        .collect();
+    tasks
+        .iter()
+        .map(|task| {
+            if !task.templated {
+                return Vec::new();
+            }
+            let mut reads = Vec::new();
+            let mut any = false;
+            for refs in templated_fields(task)
+                .into_iter()
+                .filter_map(|(_, source)| template::check(source).ok())
+            {
+                any |= refs.reads_any_task;
+                reads.extend(
+                    refs.task_outputs
+                        .iter()
+                        .filter_map(|id| by_id.get(id.as_str()).copied()),
+                );
+            }
+            if any {
+                reads = ancestors(tasks, task);
+            }
+            reads.sort_unstable();
+            reads.dedup();
+            reads
+        })
+        .collect()
+}
+
+/// Every task upstream of `task`, directly or not.
+fn ancestors(tasks: &[ResolvedTask], task: &ResolvedTask) -> Vec<TaskIndex> {
+    let mut seen = vec![false; tasks.len()];
+    let mut stack: Vec<usize> = task.depends_on.clone();
+    let mut found = Vec::new();
+    while let Some(index) = stack.pop() {
+        if std::mem::replace(&mut seen[index], true) {
+            continue;
+        }
+        found.push(index as TaskIndex);
+        stack.extend(tasks[index].depends_on.iter().copied());
+    }
+    found
+}
+
+/// The fields of a task that templates may appear in, with their paths as
+/// errors name them.
+pub fn templated_fields(task: &ResolvedTask) -> Vec<(String, &str)> {
+    let mut fields = Vec::new();
+    match &task.kind {
+        TaskKind::Command(command) => {
+            for (position, arg) in command.argv.iter().enumerate() {
+                fields.push((format!("command[{position}]"), arg.as_str()));
+            }
+            for (name, value) in &command.env {
+                fields.push((format!("env.{name}"), value.as_str()));
+            }
+            if let Some(cwd) = &command.cwd {
+                fields.push(("cwd".to_string(), cwd.as_str()));
+            }
+        }
+        TaskKind::Sensor(sensor) => match &sensor.condition {
+            SensorCondition::File { path } => {
+                fields.push(("sensor.file".to_string(), path.as_str()))
+            }
+            SensorCondition::Http { url, .. } => {
+                fields.push(("sensor.http.url".to_string(), url.as_str()))
+            }
+            _ => {}
+        },
+        TaskKind::Noop | TaskKind::Custom(_) => {}
+    }
+    fields
 }
 
 pub type PlanRef = Arc<DagPlan>;

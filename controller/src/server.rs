@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use baton_common::client::MAX_MESSAGE_BYTES;
 use baton_common::pb::FILE_DESCRIPTOR_SET;
+use baton_common::pb::api::backfill_service_server::BackfillServiceServer;
 use baton_common::pb::api::cluster_service_server::ClusterServiceServer;
 use baton_common::pb::api::dag_service_server::DagServiceServer;
+use baton_common::pb::api::event_service_server::EventServiceServer;
 use baton_common::pb::api::pool_service_server::PoolServiceServer;
 use baton_common::pb::api::run_service_server::RunServiceServer;
 use baton_common::pb::api::worker_service_server::WorkerServiceServer;
@@ -25,6 +27,7 @@ use crate::api::cluster::ClusterApi;
 use crate::api::dag::DagApi;
 use crate::api::pool::PoolApi;
 use crate::api::run::RunApi;
+use crate::api::schedule::ScheduleApi;
 use crate::api::worker::WorkerApi;
 use crate::api::{ApiContext, ApiContextRef};
 use crate::cluster::{self, ClusterError};
@@ -184,6 +187,12 @@ pub async fn serve(
             &context,
         ))))
         .add_service(PoolServiceServer::new(PoolApi::new(Arc::clone(&context))))
+        .add_service(BackfillServiceServer::new(ScheduleApi::new(Arc::clone(
+            &context,
+        ))))
+        .add_service(EventServiceServer::new(ScheduleApi::new(Arc::clone(
+            &context,
+        ))))
         .serve_with_incoming_shutdown(
             // Without nodelay, small messages (an Assign, an Ack) wait for the
             // peer's delayed ACK: ~40 ms per hop.
@@ -240,8 +249,9 @@ async fn drive_single(
 
 /// Keeps the health service in step with the role: the process is always
 /// SERVING; WorkerService and ClusterService only on the leader (followers
-/// answer them with a redirect); DagService and RunService everywhere (any
-/// replica answers reads and sends writes to the leader).
+/// answer them with a redirect); DagService, RunService, BackfillService and
+/// EventService everywhere (any replica answers reads and sends writes to
+/// the leader).
 async fn report_health(
     reporter: tonic_health::server::HealthReporter,
     mut role: watch::Receiver<Role>,
@@ -249,6 +259,12 @@ async fn report_health(
 ) {
     reporter.set_serving::<DagServiceServer<DagApi>>().await;
     reporter.set_serving::<RunServiceServer<RunApi>>().await;
+    reporter
+        .set_serving::<BackfillServiceServer<ScheduleApi>>()
+        .await;
+    reporter
+        .set_serving::<EventServiceServer<ScheduleApi>>()
+        .await;
     loop {
         let leader = role.borrow_and_update().is_leader();
         if leader {

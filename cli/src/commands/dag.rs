@@ -298,15 +298,9 @@ fn schedule_lines(dag: &Dag) -> Vec<String> {
             zoned_time_text(dag.next_data_interval_end.as_ref(), zone),
         ));
     }
-    lines.push(format!(
-        "active runs: {}{}",
-        dag.active_runs,
-        if dag.max_active_runs == 0 {
-            String::new()
-        } else {
-            format!(" (at most {})", dag.max_active_runs)
-        }
-    ));
+    if dag.max_active_runs != 0 {
+        lines.push(format!("max active runs: {}", dag.max_active_runs));
+    }
     lines
 }
 

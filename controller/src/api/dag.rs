@@ -8,20 +8,61 @@ use baton_common::pb::api::{
     ListDagsRequest, ListDagsResponse, PauseDagRequest, PauseDagResponse, RegisterDagRequest,
     RegisterDagResponse, SpecFormat, UnpauseDagRequest, UnpauseDagResponse,
 };
-use baton_common::pb::records::{DagMetaRecord, DagVersionRecord};
+use baton_common::pb::records::{DagMetaRecord, DagTriggerKind, DagVersionRecord};
 use baton_common::spec::{self, SpecFormat as Format};
-use baton_common::time::{micros_to_timestamp_opt, now_micros};
+use baton_common::time::{micros_to_timestamp_opt, now_micros, timestamp_opt_to_micros};
 use tonic::{Request, Status};
 use tracing::{info, instrument};
 
-use super::{ApiContextRef, GrpcResult, grpc, page_size, parse_id, store_error};
+use super::{ApiContext, ApiContextRef, GrpcResult, grpc, page_size, parse_id, store_error};
 use crate::plan::DagPlan;
-use crate::scheduler::NewDagVersion;
 use crate::scheduler::views::{dag_view, task_summary};
+use crate::scheduler::{NewDagVersion, next_scheduled_interval, recovery};
 use crate::store::{Scan, decode, get_record, keys};
 
 pub struct DagApi {
     context: ApiContextRef,
+}
+
+/// A DAG as the API shows it: its record, and for a cron or `every`
+/// schedule the next interval it will run (read from the store, so any
+/// controller answers).
+pub(crate) async fn dag_with_schedule(
+    context: &ApiContext,
+    meta: &DagMetaRecord,
+) -> ApiResult<Dag> {
+    let mut dag = dag_view(meta);
+    if DagTriggerKind::try_from(meta.trigger_kind) != Ok(DagTriggerKind::Timetable) {
+        return Ok(dag);
+    }
+    let dag_id = DagId::new(meta.dag_id.clone())
+        .map_err(|error| ApiError::Internal(format!("a stored dag has an invalid id: {error}")))?;
+    let store = context.store.as_ref();
+    let plan = context
+        .plans
+        .get(store, &dag_id, meta.latest_version)
+        .await?;
+    let Some(timetable) = plan.settings.timetable() else {
+        return Ok(dag);
+    };
+    let last_end = recovery::last_interval_end(store, &dag_id)
+        .await
+        .map_err(store_error)?;
+    let to_datetime = |micros: i64| {
+        chrono::DateTime::from_timestamp_micros(micros).unwrap_or(chrono::DateTime::UNIX_EPOCH)
+    };
+    let next = next_scheduled_interval(
+        timetable,
+        plan.settings.catchup,
+        last_end.map(to_datetime),
+        to_datetime(timestamp_opt_to_micros(meta.created_at.as_ref())),
+        context.config.clock.now(),
+    );
+    if let Some(next) = next {
+        dag.next_data_interval_start = micros_to_timestamp_opt(next.start.timestamp_micros());
+        dag.next_data_interval_end = micros_to_timestamp_opt(next.end.timestamp_micros());
+    }
+    Ok(dag)
 }
 
 impl DagApi {
@@ -117,7 +158,7 @@ impl DagApi {
             .register_dag(version)
             .await?;
         Ok(RegisterDagResponse {
-            dag: Some(dag_view(&registered.meta)),
+            dag: Some(dag_with_schedule(&self.context, &registered.meta).await?),
             version: registered.version,
             created: registered.created,
         })
@@ -151,7 +192,7 @@ impl DagApi {
             .map(|task| task_summary(&plan, task))
             .collect();
         Ok(GetDagResponse {
-            dag: Some(dag_view(&meta)),
+            dag: Some(dag_with_schedule(&self.context, &meta).await?),
             version: Some(DagVersion {
                 dag_id: dag_id.to_string(),
                 version,
@@ -182,9 +223,8 @@ impl DagApi {
         let more = entries.len() > limit;
         let mut dags = Vec::with_capacity(limit);
         for (key, value) in entries.iter().take(limit) {
-            dags.push(dag_view(
-                &decode::<DagMetaRecord>(key, value).map_err(store_error)?,
-            ));
+            let meta = decode::<DagMetaRecord>(key, value).map_err(store_error)?;
+            dags.push(dag_with_schedule(&self.context, &meta).await?);
         }
         let next_page_token = if more {
             dags.last()

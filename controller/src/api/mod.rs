@@ -7,6 +7,9 @@
 //! - `run`: `RunService`, including watch and log streams.
 //! - `worker`: `WorkerService.Connect`, the worker stream.
 //! - `cluster`: `ClusterService`, the cluster's status.
+//! - `pool`: `PoolService`, pools.
+//! - `schedule`: `BackfillService` and `EventService`: backfills, events,
+//!   assets.
 //!
 //! Calls that change state, follow a run or a log, or need the scheduler go
 //! to the leader: a follower answers them with `UNAVAILABLE` and the
@@ -17,6 +20,7 @@ pub mod cluster;
 pub mod dag;
 pub mod pool;
 pub mod run;
+pub mod schedule;
 pub mod worker;
 
 use std::pin::Pin;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use baton_common::error::{ApiError, ApiResult};
+use baton_common::error::{ApiError, ApiResult, FieldViolation};
 use baton_common::ids::{DagId, RunId, TaskId};
 use baton_common::pb::api::run_service_server::RunService;
 use baton_common::pb::api::{
@@ -23,7 +23,7 @@ use tracing::instrument;
 
 use super::{ApiContextRef, GrpcResult, ResponseStream, grpc, page_size, parse_id, store_error};
 use crate::logs::LogKey;
-use crate::plan::PlanRef;
+use crate::plan::{DagPlan, PlanRef};
 use crate::scheduler::TriggerRequest;
 use crate::scheduler::views::{
     open_attempt_view, record_run_state, record_task_state, run_view, task_views,
@@ -86,7 +86,8 @@ impl RunApi {
         // Followers send the caller to the leader before doing any work.
         self.context.leader()?;
         let dag_id = parse_id::<DagId>("dag_id", &request.dag_id)?;
-        let params_json = validate_params(
+        let params = parse_json_object(
+            "params_json",
             &request.params_json,
             self.context.config.limits.max_params_bytes,
         )?;
@@ -114,6 +115,7 @@ impl RunApi {
             .plans
             .get(self.context.store.as_ref(), &dag_id, meta.latest_version)
             .await?;
+        let params_json = resolve_params(&plan, "params_json", &params)?;
         let (record, created) = self
             .context
             .leader()?
@@ -465,27 +467,58 @@ impl RunApi {
 }
 
 /// Run parameters: a JSON object within the size limit; empty means `{}`.
-fn validate_params(params_json: &str, max_bytes: usize) -> ApiResult<String> {
-    if params_json.trim().is_empty() {
-        return Ok("{}".to_string());
+/// Reads a JSON object field (params, an event payload): empty means `{}`.
+pub(crate) fn parse_json_object(
+    field: &str,
+    text: &str,
+    max_bytes: usize,
+) -> ApiResult<serde_json::Map<String, serde_json::Value>> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Map::new());
     }
-    if params_json.len() > max_bytes {
+    if text.len() > max_bytes {
         return Err(ApiError::invalid(
-            "params_json",
-            format!("is {} bytes; the limit is {max_bytes}", params_json.len()),
+            field,
+            format!("is {} bytes; the limit is {max_bytes}", text.len()),
         ));
     }
-    match serde_json::from_str::<serde_json::Value>(params_json) {
-        Ok(serde_json::Value::Object(map)) => Ok(serde_json::Value::Object(map).to_string()),
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
         Ok(other) => Err(ApiError::invalid(
-            "params_json",
+            field,
             format!("must be a JSON object, not {}", json_kind(&other)),
         )),
         Err(error) => Err(ApiError::invalid(
-            "params_json",
+            field,
             format!("is not valid JSON: {error}"),
         )),
     }
+}
+
+/// Checks run params against the DAG's declared params, filling in their
+/// defaults; errors name `<field>.<param>`.
+pub(crate) fn resolve_params(
+    plan: &DagPlan,
+    field: &str,
+    given: &serde_json::Map<String, serde_json::Value>,
+) -> ApiResult<String> {
+    plan.settings
+        .params
+        .resolve(given)
+        .map(|params| serde_json::Value::Object(params).to_string())
+        .map_err(|violations| {
+            ApiError::InvalidArgument(
+                violations
+                    .into_iter()
+                    .map(|violation| {
+                        FieldViolation::new(
+                            format!("{field}.{}", violation.field),
+                            violation.reason,
+                        )
+                    })
+                    .collect(),
+            )
+        })
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -588,18 +621,17 @@ mod tests {
 
     #[test]
     fn params_must_be_a_json_object_within_the_limit() {
-        assert_eq!(validate_params("", 100).unwrap(), "{}");
-        assert_eq!(validate_params(r#"{"a": 1}"#, 100).unwrap(), r#"{"a":1}"#);
-        let error = validate_params("[1]", 100).unwrap_err().to_string();
+        let parse = |text: &str, max: usize| parse_json_object("params_json", text, max);
+        assert!(parse("", 100).unwrap().is_empty());
+        assert_eq!(parse(r#"{"a": 1}"#, 100).unwrap()["a"], 1);
+        let error = parse("[1]", 100).unwrap_err().to_string();
         assert_eq!(error, "params_json: must be a JSON object, not an array");
-        let error = validate_params("{", 100).unwrap_err().to_string();
+        let error = parse("{", 100).unwrap_err().to_string();
         assert!(
             error.starts_with("params_json: is not valid JSON"),
             "{error}"
         );
-        let error = validate_params(r#"{"a": "0123456789"}"#, 10)
-            .unwrap_err()
-            .to_string();
+        let error = parse(r#"{"a": "0123456789"}"#, 10).unwrap_err().to_string();
         assert!(error.contains("the limit is 10"), "{error}");
     }
 

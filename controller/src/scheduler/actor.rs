@@ -6,8 +6,31 @@
 //! that follow; `flush` turns them into a batch, and effects run when the
 //! batch is durable. Handlers never await, so the loop never blocks on one
 //! caller.
+//!
+//! # Layout
+//! - this module: the loop, DAGs, runs, dispatch, attempts, workers, group
+//!   commit.
+//! - `admission`: `max_active_runs` and queued runs.
+//! - `schedules`: cron and `every` schedules, interval runs.
+//! - `backfills`: backfills over a range of intervals.
+//! - `triggers`: events and assets.
+//! - `sensors`: sensor outcomes, and the sensors the controller evaluates.
+//! - `deadlines`: the wall-clock timers and SLA deadlines.
+//! - `assignments`: a task's `Assign`, with its templates rendered.
 
-use std::collections::{HashMap, HashSet};
+mod admission;
+mod assignments;
+mod backfills;
+mod deadlines;
+mod schedules;
+mod sensors;
+mod triggers;
+
+pub use admission::DEFAULT_MAX_ACTIVE_RUNS;
+pub use schedules::next_scheduled_interval;
+pub use sensors::ExternalObservation;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +41,10 @@ use baton_common::pb::api::{
     TaskState, WatchRunResponse, controller_message, watch_run_response, worker_message,
 };
 use baton_common::pb::records::{
-    DagMetaRecord, DagVersionRecord, IdempotencyRecord, PoolRecord, RunRecord,
+    AssetOutput, AssetRecord, DagMetaRecord, DagTriggerKind, DagVersionRecord, IdempotencyRecord,
+    IntervalRecord, PoolRecord, RunRecord,
 };
-use baton_common::spec::{SensorCondition, SensorMode, TaskKind};
+use baton_common::spec::DagTrigger;
 use baton_common::time::{
     Micros, duration_to_proto, micros_to_timestamp_opt, now_micros, timestamp_opt_to_micros,
 };
@@ -38,7 +62,8 @@ use super::flush::{CreateKey, Effect, InFlight, Pending, dedupe_ops, spawn_commi
 use super::limits::{LimitKey, Limits};
 use super::recovery::{self, LoadedRun};
 use super::routing::{ReadyItem, ReadyQueues};
-use super::state::{RunEntry, WatchSender};
+use super::state::{RunEntry, RunOrigin, WatchSender};
+use super::timers::WallTimers;
 use super::views::{self, run_record, task_record};
 use super::workers::{Connection, Workers};
 use super::{
@@ -46,7 +71,7 @@ use super::{
     SchedulerParts, TriggerRequest, WorkerEvent, WorkerSender,
 };
 use crate::logs::{LogCommand, LogKey, LogWriter};
-use crate::plan::TaskIndex;
+use crate::plan::{PlanRef, TaskIndex};
 use crate::store::{
     BatchOutcome, Conditional, Op, Precondition, StoreError, StoreResult, get_record, keys,
 };
@@ -61,6 +86,14 @@ const WATCH_RESERVE: usize = 1;
 struct PendingCreate {
     entry: RunEntry,
     waiters: Vec<super::Reply<(RunRecord, bool)>>,
+}
+
+/// An event with an idempotency key waiting for its conditional write,
+/// with the runs it creates.
+struct PendingEvent {
+    event: api::Event,
+    entries: Vec<RunEntry>,
+    waiters: Vec<super::Reply<(api::Event, bool)>>,
 }
 
 pub struct Scheduler {
@@ -89,6 +122,40 @@ pub struct Scheduler {
     new_watchers: Vec<(RunId, WatchSender)>,
     in_flight: Option<InFlight>,
     dispatch_needed: bool,
+    /// Per DAG: running runs and queued ones (`max_active_runs`).
+    dag_runs: HashMap<DagId, admission::DagRuns>,
+    /// Per DAG: runs whose conditional creation is in flight.
+    creating: HashMap<DagId, u32>,
+    /// DAGs with a cron or `every` schedule.
+    schedules: HashMap<DagId, schedules::ScheduleState>,
+    /// What happens at a wall-clock instant, earliest first.
+    wall_timers: WallTimers<deadlines::WallTimer>,
+    /// The sleep for the earliest wall timer, and that timer's instant.
+    wall_sleep: Option<(Micros, crate::clock::Sleep)>,
+    /// Latest plans of DAGs triggered by events or assets.
+    trigger_plans: HashMap<DagId, PlanRef>,
+    /// DAGs listening to each event name.
+    event_listeners: HashMap<String, BTreeSet<DagId>>,
+    pending_events: HashMap<CreateKey, PendingEvent>,
+    /// DAGs consuming each asset, and the assets each such DAG lists.
+    asset_consumers: HashMap<String, BTreeSet<DagId>>,
+    asset_inputs: HashMap<DagId, Vec<String>>,
+    /// Per consuming DAG: assets updated since its last asset-triggered
+    /// run, with their first update.
+    asset_queues: HashMap<DagId, BTreeMap<String, Micros>>,
+    /// Every asset that was ever updated.
+    assets: HashMap<String, AssetRecord>,
+    backfills: HashMap<Arc<str>, backfills::BackfillState>,
+    backfill_by_dag: HashMap<DagId, Arc<str>>,
+    /// Runs a backfill waits for: its id and the interval's position.
+    backfill_runs: HashMap<RunId, (Arc<str>, usize)>,
+    dirty_backfills: BTreeSet<Arc<str>>,
+    /// Backfills that ended in this batch, for the replies that show them.
+    ended_backfills: HashMap<Arc<str>, api::Backfill>,
+    /// External-task sensors waiting, by the DAG and interval start they
+    /// watch.
+    external_waiters: HashMap<(DagId, Micros), Vec<sensors::ExternalWaiter>>,
+    renderer: baton_common::template::Renderer,
 }
 
 type CommitResult = StoreResult<BatchOutcome>;
@@ -100,6 +167,13 @@ async fn wait_in_flight(in_flight: &mut Option<InFlight>) -> CommitResult {
                 "the commit task ended without an answer".into(),
             ))
         }),
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_wall_sleep(sleep: &mut Option<(Micros, crate::clock::Sleep)>) {
+    match sleep {
+        Some((_, sleep)) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -167,6 +241,25 @@ impl Scheduler {
             new_watchers: Vec::new(),
             in_flight: None,
             dispatch_needed: false,
+            dag_runs: HashMap::new(),
+            creating: HashMap::new(),
+            schedules: HashMap::new(),
+            wall_timers: WallTimers::default(),
+            wall_sleep: None,
+            trigger_plans: HashMap::new(),
+            event_listeners: HashMap::new(),
+            pending_events: HashMap::new(),
+            asset_consumers: HashMap::new(),
+            asset_inputs: HashMap::new(),
+            asset_queues: HashMap::new(),
+            assets: HashMap::new(),
+            backfills: HashMap::new(),
+            backfill_by_dag: HashMap::new(),
+            backfill_runs: HashMap::new(),
+            dirty_backfills: BTreeSet::new(),
+            ended_backfills: HashMap::new(),
+            external_waiters: HashMap::new(),
+            renderer: baton_common::template::Renderer::new(),
         };
         scheduler.recover().await?;
         let handle = tokio::spawn(async move {
@@ -194,10 +287,39 @@ impl Scheduler {
                 }
             }
         }
+        let mut schedules = Vec::new();
         for meta in recovery::load_dags(store.as_ref()).await? {
-            if let Ok(dag_id) = DagId::new(meta.dag_id.clone()) {
-                self.dags.insert(dag_id, meta);
+            let Ok(dag_id) = DagId::new(meta.dag_id.clone()) else {
+                continue;
+            };
+            let kind =
+                DagTriggerKind::try_from(meta.trigger_kind).unwrap_or(DagTriggerKind::Manual);
+            if kind != DagTriggerKind::Manual {
+                // Runs these DAGs trigger use their latest version.
+                let plan = self
+                    .parts
+                    .plans
+                    .get(store.as_ref(), &dag_id, meta.latest_version)
+                    .await
+                    .map_err(|error| SchedulerError::Recovery(error.to_string()))?;
+                self.parts.plans.set_latest(Arc::clone(&plan));
+                if kind == DagTriggerKind::Timetable {
+                    let last_end = recovery::last_interval_end(store.as_ref(), &dag_id).await?;
+                    let registered_at = timestamp_opt_to_micros(meta.created_at.as_ref());
+                    schedules.push((dag_id.clone(), plan.clone(), registered_at, last_end));
+                }
+                self.index_dag_triggers(&meta, Some(&plan));
             }
+            self.dags.insert(dag_id, meta);
+        }
+        for record in recovery::load_assets(store.as_ref()).await? {
+            self.assets.insert(record.uri.clone(), record);
+        }
+        for (dag_id, uri, first) in recovery::load_asset_queues(store.as_ref()).await? {
+            self.asset_queues
+                .entry(dag_id)
+                .or_default()
+                .insert(uri, first);
         }
         let run_ids = recovery::load_active_run_ids(store.as_ref()).await?;
         let grace_deadline = Instant::now() + self.parts.config.recovery_grace;
@@ -218,10 +340,47 @@ impl Scheduler {
                 .count();
             self.install_run(entry, Some(grace_deadline));
         }
+        // Queued runs start where their DAG has room.
+        let with_runs: Vec<DagId> = self.dag_runs.keys().cloned().collect();
+        for dag_id in with_runs {
+            self.start_queued(&dag_id);
+        }
+        let backfills = recovery::load_active_backfills(store.as_ref()).await?;
+        for record in backfills {
+            let Some(backfill) = &record.backfill else {
+                continue;
+            };
+            let Ok(dag_id) = DagId::new(backfill.dag_id.clone()) else {
+                continue;
+            };
+            let Some(meta) = self.dags.get(&dag_id) else {
+                continue;
+            };
+            let plan = self
+                .parts
+                .plans
+                .get(store.as_ref(), &dag_id, meta.latest_version)
+                .await
+                .map_err(|error| SchedulerError::Recovery(error.to_string()))?;
+            let referenced: Vec<RunId> = backfill
+                .intervals
+                .iter()
+                .filter_map(|interval| interval.run_id.parse().ok())
+                .filter(|run_id| !self.runs.contains_key(run_id))
+                .collect();
+            let finished = recovery::load_run_states(store.as_ref(), referenced).await?;
+            self.resume_backfill(record, plan, &finished);
+        }
+        let scheduled = schedules.len();
+        for (dag_id, plan, registered_at, last_end) in schedules {
+            self.follow_schedule(&dag_id, &plan, registered_at, last_end);
+        }
         info!(
             dags = self.dags.len(),
+            scheduled,
             active_runs = run_ids.len(),
             open_attempts,
+            backfills = self.backfills.len(),
             "scheduler state recovered"
         );
         Ok(())
@@ -240,6 +399,7 @@ impl Scheduler {
         let mut liveness = tokio::time::interval(period);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            self.arm_wall_sleep();
             tokio::select! {
                 biased;
                 () = abort.cancelled() => {
@@ -263,6 +423,10 @@ impl Scheduler {
                     let (run_id, index, attempt) = expired.into_inner();
                     self.on_retry_due(run_id, index, attempt);
                 }
+                () = wait_wall_sleep(&mut self.wall_sleep) => {
+                    self.wall_sleep = None;
+                    self.on_wall_timers();
+                }
                 _ = liveness.tick() => self.check_liveness(),
             }
             self.dispatch();
@@ -284,6 +448,23 @@ impl Scheduler {
         }
         info!("scheduler stopped");
         Ok(())
+    }
+
+    /// Keeps the sleep of the loop on the earliest wall timer.
+    fn arm_wall_sleep(&mut self) {
+        let earliest = self.wall_timers.earliest();
+        if self.wall_sleep.as_ref().map(|(at, _)| *at) == earliest {
+            return;
+        }
+        self.wall_sleep = earliest.map(|at| {
+            (
+                at,
+                self.parts
+                    .config
+                    .clock
+                    .sleep_until(schedules::to_datetime(at)),
+            )
+        });
     }
 
     fn handle(&mut self, command: Command) {
@@ -357,7 +538,62 @@ impl Scheduler {
                 // Nothing to store: the drain is between controller and worker.
                 let _ = reply.send(self.drain_worker(&worker_id, grace));
             }
+            Command::EmitEvent {
+                name,
+                payload,
+                idempotency_key,
+                reply,
+            } => self.emit_event(name, payload, idempotency_key, reply),
+            Command::RecordAssetUpdate { uri, reply } => {
+                let update = self.record_asset_update(&uri, None);
+                self.reply_after_commit(reply, Ok(update));
+            }
+            Command::CreateBackfill {
+                backfill,
+                params_json,
+                plan,
+                reply,
+            } => self.create_backfill(*backfill, params_json, plan, reply),
+            Command::CancelBackfill { backfill_id, reply } => {
+                let result = self.cancel_backfill(&backfill_id);
+                self.reply_after_commit(reply, result);
+            }
+            Command::ExternalObserved {
+                run_id,
+                index,
+                attempt,
+                observation,
+            } => self.on_external_observed(run_id, index, attempt, observation),
+            Command::BackfillIntervalFound {
+                backfill_id,
+                position,
+                found,
+            } => self.on_backfill_interval_found(backfill_id, position, found),
+            Command::ClearForBackfill { run_id } => {
+                if self.runs.contains_key(&run_id) {
+                    self.clear_unsuccessful(run_id);
+                } else {
+                    self.load_run_then(run_id, Command::ClearForBackfill { run_id });
+                }
+            }
         }
+    }
+
+    /// Reads a finished run back from the store; `command` runs once it is
+    /// in memory (with the others waiting for the same run).
+    fn load_run_then(&mut self, run_id: RunId, command: Command) {
+        if let Some(waiting) = self.loading.get_mut(&run_id) {
+            waiting.push(command);
+            return;
+        }
+        self.loading.insert(run_id, vec![command]);
+        let store = Arc::clone(&self.parts.store);
+        let plans = Arc::clone(&self.parts.plans);
+        let sender = self.self_sender.clone();
+        tokio::spawn(async move {
+            let result = recovery::load_run(store.as_ref(), &plans, run_id).await;
+            let _ = sender.send(Command::RunLoaded { run_id, result }).await;
+        });
     }
 
     /// Replies once the current batch is durable (at once for errors, which
@@ -672,6 +908,27 @@ impl Scheduler {
         if !missing.is_empty() {
             return Err(ApiError::InvalidArgument(missing));
         }
+        // Runs a schedule or an asset creates get the params' defaults.
+        if matches!(
+            plan.settings.trigger,
+            DagTrigger::Timetable(_) | DagTrigger::Assets(_)
+        ) && let Err(violations) = plan.settings.params.resolve(&serde_json::Map::new())
+        {
+            return Err(ApiError::InvalidArgument(
+                violations
+                    .into_iter()
+                    .map(|violation| {
+                        FieldViolation::new(
+                            format!("spec.params.{}", violation.field),
+                            format!(
+                                "a DAG with a schedule needs a default for every param ({})",
+                                violation.reason
+                            ),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
         let now = now_micros();
         if let Some(meta) = self.dags.get(&dag_id)
             && meta.latest_digest == digest
@@ -695,7 +952,25 @@ impl Scheduler {
             schedule: schedule.unwrap_or_default(),
             task_count: plan.len() as u32,
             latest_digest: digest.clone(),
-            schedule_cursor: previous.and_then(|meta| meta.schedule_cursor),
+            max_active_runs: plan.settings.max_active_runs,
+            timezone: plan.settings.timezone.name().to_string(),
+            catchup: plan.settings.catchup,
+            trigger_kind: trigger_kind(&plan.settings.trigger) as i32,
+            trigger_names: match &plan.settings.trigger {
+                DagTrigger::Events(names) => names.iter().map(ToString::to_string).collect(),
+                DagTrigger::Assets(uris) => uris.iter().map(ToString::to_string).collect(),
+                DagTrigger::Manual | DagTrigger::Timetable(_) => Vec::new(),
+            },
+            outputs: plan
+                .tasks
+                .iter()
+                .flat_map(|task| {
+                    task.outputs.iter().map(|uri| AssetOutput {
+                        task_id: task.id.to_string(),
+                        uri: uri.to_string(),
+                    })
+                })
+                .collect(),
         };
         let record = DagVersionRecord {
             dag_id: dag_id.to_string(),
@@ -712,9 +987,17 @@ impl Scheduler {
             .ops
             .push(Op::put(keys::dag(&dag_id), meta.encode_to_vec()));
         plan.version = version;
-        self.parts.plans.set_latest(Arc::new(plan));
+        let plan = Arc::new(plan);
+        self.parts.plans.set_latest(Arc::clone(&plan));
         info!(%dag_id, version, "dag version registered");
-        self.dags.insert(dag_id, meta.clone());
+        self.dags.insert(dag_id.clone(), meta.clone());
+        self.index_dag_triggers(&meta, Some(&plan));
+        self.follow_schedule(
+            &dag_id,
+            &plan,
+            timestamp_opt_to_micros(meta.created_at.as_ref()),
+            None,
+        );
         Ok(Registered {
             meta,
             version,
@@ -743,16 +1026,11 @@ impl Scheduler {
                     self.push_ready(item);
                 }
             }
-            let queued: Vec<RunId> = self
-                .runs
-                .values()
-                .filter(|entry| &entry.dag_id == dag_id && entry.state == RunState::Queued)
-                .map(|entry| entry.run_id)
-                .collect();
-            for run_id in queued {
-                self.start_run(run_id);
-            }
+            self.start_queued(dag_id);
         }
+        // Paused: its schedule stops; unpaused: it goes on (with catchup,
+        // from where it stopped; without, from the latest interval).
+        self.evaluate_schedule(dag_id);
         Ok(meta)
     }
 
@@ -768,16 +1046,32 @@ impl Scheduler {
             + self
                 .pending_creates
                 .keys()
-                .filter(|(dag, _)| dag == dag_id)
+                .filter(|key| key.dag_id() == Some(dag_id))
                 .count();
         if active > 0 {
             return Err(ApiError::FailedPrecondition(format!(
                 "dag `{dag_id}` has {active} active run(s); cancel them or wait for them to finish before deleting it"
             )));
         }
+        if let Some(backfill) = self.backfill_by_dag.get(dag_id) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "dag `{dag_id}` has backfill {backfill} running; cancel it before deleting the dag"
+            )));
+        }
         self.dags.remove(dag_id);
         self.parked.remove(dag_id);
         self.parts.plans.forget_latest(dag_id);
+        self.schedules.remove(dag_id);
+        self.wall_timers
+            .remove(&deadlines::WallTimer::Schedule(dag_id.clone()));
+        self.unindex_dag_triggers(dag_id);
+        self.asset_queues.remove(dag_id);
+        self.pending
+            .ops
+            .push(Op::delete_prefix(keys::intervals(dag_id)));
+        self.pending
+            .ops
+            .push(Op::delete_prefix(keys::asset_queue(dag_id)));
         self.pending.ops.push(Op::delete(keys::dag(dag_id)));
         self.pending
             .ops
@@ -840,79 +1134,93 @@ impl Scheduler {
             RunId::generate(),
             plan,
             Arc::from(params_json),
-            logical_date,
-            idempotency_key.clone(),
+            RunOrigin::manual(logical_date, idempotency_key),
             now,
         );
+        self.create_run(entry, Some(reply));
+    }
+
+    /// Stores and starts a new run. A run with an idempotency key, or one
+    /// that owns a data interval, is created only if nothing holds that
+    /// claim yet (a conditional write); otherwise `reply` gets the run that
+    /// holds it, with `created: false`.
+    pub(super) fn create_run(
+        &mut self,
+        entry: RunEntry,
+        reply: Option<super::Reply<(RunRecord, bool)>>,
+    ) {
+        let dag_id = entry.dag_id.clone();
         let run_id = entry.run_id;
-        match idempotency_key {
-            None => {
-                self.pending
-                    .ops
-                    .push(Op::put(keys::dag_run(&dag_id, &run_id), Vec::new()));
-                self.pending
-                    .ops
-                    .push(Op::put(keys::active(&run_id), Vec::new()));
-                self.install_run(entry, None);
-                self.start_run(run_id);
-                info!(%dag_id, %run_id, "run created");
+        let Some(claim) = RunClaim::of(&entry) else {
+            self.pending
+                .ops
+                .push(Op::put(keys::dag_run(&dag_id, &run_id), Vec::new()));
+            self.pending
+                .ops
+                .push(Op::put(keys::active(&run_id), Vec::new()));
+            self.install_run(entry, None);
+            self.start_run(run_id);
+            info!(%dag_id, %run_id, "run created");
+            if let Some(reply) = reply {
                 let record = run_record(&self.runs[&run_id]);
                 self.reply_after_commit(reply, Ok((record, true)));
             }
-            Some(key) => {
-                let create_key = (dag_id.clone(), key.clone());
-                if let Some(existing) = self.active_keys.get(&create_key) {
-                    let record = run_record(&self.runs[existing]);
-                    self.reply_after_commit(reply, Ok((record, false)));
-                    return;
-                }
-                if let Some(pending) = self.pending_creates.get_mut(&create_key) {
-                    pending.waiters.push(reply);
-                    return;
-                }
-                let idempotency = IdempotencyRecord {
-                    run_id: run_id.to_string(),
-                    idempotency_key: key.clone(),
-                };
-                let idem_key = keys::idempotency(&dag_id, &key);
-                let conditional = Conditional {
-                    preconditions: vec![Precondition::DoesNotExist(idem_key.clone())],
-                    ops: vec![
-                        Op::put(idem_key, idempotency.encode_to_vec()),
-                        Op::put(
-                            keys::run(&run_id),
-                            RunRecord {
-                                leader_term: self.parts.term,
-                                ..run_record(&entry)
-                            }
-                            .encode_to_vec(),
-                        ),
-                        Op::put(keys::dag_run(&dag_id, &run_id), Vec::new()),
-                        Op::put(keys::active(&run_id), Vec::new()),
-                    ],
-                };
-                self.pending
-                    .conditionals
-                    .push((conditional, create_key.clone()));
-                self.pending_creates.insert(
-                    create_key,
-                    PendingCreate {
-                        entry,
-                        waiters: vec![reply],
-                    },
-                );
+            return;
+        };
+        if let Some(existing) = self.active_keys.get(&claim.create_key()) {
+            if let Some(reply) = reply {
+                let record = run_record(&self.runs[existing]);
+                self.reply_after_commit(reply, Ok((record, false)));
             }
+            return;
         }
+        if let Some(pending) = self.pending_creates.get_mut(&claim.create_key()) {
+            pending.waiters.extend(reply);
+            return;
+        }
+        let (claim_key, claim_value) = claim.record(&entry);
+        let conditional = Conditional {
+            preconditions: vec![Precondition::DoesNotExist(claim_key.clone())],
+            ops: vec![
+                Op::put(claim_key, claim_value),
+                Op::put(
+                    keys::run(&run_id),
+                    RunRecord {
+                        leader_term: self.parts.term,
+                        ..run_record(&entry)
+                    }
+                    .encode_to_vec(),
+                ),
+                Op::put(keys::dag_run(&dag_id, &run_id), Vec::new()),
+                Op::put(keys::active(&run_id), Vec::new()),
+            ],
+        };
+        let claim = claim.create_key();
+        self.note_creating(&dag_id, true);
+        self.pending.conditionals.push((conditional, claim.clone()));
+        self.pending_creates.insert(
+            claim,
+            PendingCreate {
+                entry,
+                waiters: reply.into_iter().collect(),
+            },
+        );
     }
 
-    /// Finishes a keyed run creation once its conditional write returned.
+    /// Finishes a conditional run creation once its write returned.
     fn finish_create(&mut self, key: CreateKey, applied: bool) {
+        if matches!(key, CreateKey::Event(..)) {
+            self.finish_event(key, applied);
+            return;
+        }
         let Some(PendingCreate { entry, waiters }) = self.pending_creates.remove(&key) else {
             return;
         };
+        self.note_creating(&entry.dag_id, false);
+        let origin = entry.origin.clone();
         if applied {
             let run_id = entry.run_id;
-            info!(dag_id = %key.0, %run_id, "run created with idempotency key");
+            info!(dag_id = %entry.dag_id, %run_id, trigger = ?origin.trigger, "run created");
             self.install_run(entry, None);
             if let Some(installed) = self.runs.get_mut(&run_id) {
                 installed.dirty = false;
@@ -925,7 +1233,14 @@ impl Scheduler {
             }
             return;
         }
-        // The key was used before: answer with the run it created.
+        // The claim was taken before: whoever asked learns which run holds it.
+        if let CreateKey::Interval(dag_id, start) = &key {
+            info!(%dag_id, interval_start = *start, "the interval already has a run");
+            self.on_interval_taken(dag_id.clone(), *start, &origin);
+        }
+        if waiters.is_empty() {
+            return;
+        }
         let store = Arc::clone(&self.parts.store);
         tokio::spawn(async move {
             let result = existing_run_for_key(store.as_ref(), &key).await;
@@ -941,18 +1256,26 @@ impl Scheduler {
         let run_id = entry.run_id;
         let lost_at = grace_deadline
             .unwrap_or_else(|| Instant::now() + self.parts.config.worker_lost_timeout);
-        if let Some(key) = &entry.idempotency_key {
-            self.active_keys
-                .insert((entry.dag_id.clone(), key.clone()), run_id);
+        if let Some(claim) = RunClaim::of(&entry) {
+            self.active_keys.insert(claim.create_key(), run_id);
         }
         let mut ready = Vec::new();
         let mut retries = Vec::new();
         let mut pending = Vec::new();
+        let mut controller_sensors = Vec::new();
         for (index, slot) in entry.tasks.iter().enumerate() {
             let index = index as TaskIndex;
             match slot.state {
                 TaskState::Ready => ready.push(index),
-                TaskState::UpForRetry => retries.push((index, slot.attempt, slot.next_attempt_at)),
+                TaskState::UpForRetry | TaskState::UpForReschedule => {
+                    retries.push((index, slot.attempt, slot.next_attempt_at))
+                }
+                TaskState::Running
+                    if slot.worker.is_none()
+                        && sensors::runs_on_controller(&entry.plan.task(index).kind) =>
+                {
+                    controller_sensors.push(index)
+                }
                 TaskState::Pending
                     if slot.waiting == 0 || entry.plan.upstream[index as usize].is_empty() =>
                 {
@@ -979,9 +1302,18 @@ impl Scheduler {
         }
         let running = entry.state == RunState::Running;
         let final_run = baton_common::states::run_state_is_final(entry.state);
+        let (dag_id, logical_date, state) =
+            (entry.dag_id.clone(), entry.logical_date(), entry.state);
         self.runs.insert(run_id, entry);
         if final_run {
             return;
+        }
+        self.track_run_state(&dag_id, run_id, logical_date, RunState::Unspecified, state);
+        if running {
+            self.arm_deadlines(run_id);
+        }
+        for index in controller_sensors {
+            self.resume_controller_sensor(run_id, index);
         }
         for index in ready {
             self.queue_ready(run_id, index);
@@ -997,29 +1329,6 @@ impl Scheduler {
             }
             self.check_run_done(run_id);
         }
-    }
-
-    /// Starts a queued run unless its DAG is paused.
-    fn start_run(&mut self, run_id: RunId) {
-        let Some(entry) = self.runs.get_mut(&run_id) else {
-            return;
-        };
-        if entry.state != RunState::Queued
-            || self.dags.get(&entry.dag_id).is_some_and(|meta| meta.paused)
-        {
-            self.touch(run_id);
-            return;
-        }
-        entry.set_run_state(RunState::Running);
-        entry.started_at = now_micros();
-        let roots: Vec<TaskIndex> = (0..entry.plan.len() as TaskIndex)
-            .filter(|&index| entry.plan.upstream[index as usize].is_empty())
-            .collect();
-        self.touch(run_id);
-        for index in roots {
-            self.evaluate_pending(run_id, index);
-        }
-        self.check_run_done(run_id);
     }
 
     fn cancel_run(&mut self, run_id: RunId, reason: &str) -> Result<RunRecord, ApiError> {
@@ -1081,31 +1390,15 @@ impl Scheduler {
         };
         if !self.runs.contains_key(&run_id) {
             // A finished run: read it back first; commands for it wait.
-            if let Some(waiting) = self.loading.get_mut(&run_id) {
-                waiting.push(Command::RetryTask {
-                    run_id,
-                    task_id,
-                    include_downstream,
-                    reply,
-                });
-                return;
-            }
-            self.loading.insert(
+            self.load_run_then(
                 run_id,
-                vec![Command::RetryTask {
+                Command::RetryTask {
                     run_id,
                     task_id,
                     include_downstream,
                     reply,
-                }],
+                },
             );
-            let store = Arc::clone(&self.parts.store);
-            let plans = Arc::clone(&self.parts.plans);
-            let sender = self.self_sender.clone();
-            tokio::spawn(async move {
-                let result = recovery::load_run(store.as_ref(), &plans, run_id).await;
-                let _ = sender.send(Command::RunLoaded { run_id, result }).await;
-            });
             return;
         }
         let result = self.clear_tasks(run_id, &task_id, include_downstream);
@@ -1138,6 +1431,10 @@ impl Scheduler {
             match (&error, command) {
                 (Some(error), Command::RetryTask { reply, .. }) => {
                     let _ = reply.send(Err(error.clone()));
+                }
+                (Some(error), Command::ClearForBackfill { run_id }) => {
+                    warn!(%run_id, %error, "cannot read back a run the backfill reruns");
+                    self.on_backfill_run_ended(run_id);
                 }
                 (Some(_), _) => {}
                 (None, command) => self.handle(command),
@@ -1199,6 +1496,7 @@ impl Scheduler {
             slot.outcome = AttemptOutcome::Unspecified;
             slot.error = None;
             slot.output = None;
+            slot.sensor_deadline = 0;
             if was_success {
                 // Keep `waiting` exact for pending tasks outside the cleared set.
                 for &down in &plan.downstream[index as usize] {
@@ -1216,15 +1514,19 @@ impl Scheduler {
             entry.tasks[index as usize].waiting = waiting as u32;
         }
         if baton_common::states::run_state_is_final(entry.state) {
+            let from = entry.state;
             entry.set_run_state(RunState::Running);
             entry.ended_at = 0;
             entry.reason = None;
             if entry.started_at == 0 {
                 entry.started_at = now_micros();
             }
+            let (dag_id, logical_date) = (entry.dag_id.clone(), entry.logical_date());
             self.pending
                 .ops
                 .push(Op::put(keys::active(&run_id), Vec::new()));
+            self.track_run_state(&dag_id, run_id, logical_date, from, RunState::Running);
+            self.arm_deadlines(run_id);
         }
         self.touch(run_id);
         for &index in &cleared {
@@ -1354,6 +1656,7 @@ impl Scheduler {
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
+        let from = entry.state;
         if !entry.set_run_state(state) {
             return;
         }
@@ -1361,9 +1664,27 @@ impl Scheduler {
         entry.reason = reason;
         let duration_ms = (entry.ended_at - entry.started_at.max(entry.created_at)) / 1_000;
         info!(dag_id = %entry.dag_id, %run_id, state = baton_common::states::run_state_name(state), duration_ms, "run finished");
+        let (dag_id, logical_date) = (entry.dag_id.clone(), entry.logical_date());
         self.pending.ops.push(Op::delete(keys::active(&run_id)));
         self.touch(run_id);
         self.pending.effects.push(Effect::DropRun(run_id));
+        self.track_run_state(&dag_id, run_id, logical_date, from, state);
+        self.on_run_ended(&dag_id, run_id);
+    }
+
+    /// A task of the run reached a final state: sensors watching the run
+    /// may be satisfied now.
+    fn on_task_ended(&mut self, run_id: RunId) {
+        self.on_external_run_changed(run_id);
+    }
+
+    /// A task succeeded (its state is set): its outputs are recorded, its
+    /// downstream moves on, and the run may be done.
+    fn task_succeeded(&mut self, run_id: RunId, index: TaskIndex) {
+        self.record_task_outputs(run_id, index);
+        self.on_success(run_id, index);
+        self.on_task_ended(run_id);
+        self.check_run_done(run_id);
     }
 
     // ----- Dispatch -----
@@ -1373,6 +1694,10 @@ impl Scheduler {
             return;
         };
         let task = entry.plan.task(index);
+        if sensors::runs_on_controller(&task.kind) {
+            self.start_controller_sensor(run_id, index);
+            return;
+        }
         self.ready_seq += 1;
         let item = ReadyItem {
             priority: task.priority,
@@ -1478,10 +1803,30 @@ impl Scheduler {
     }
 
     fn lease(&mut self, run_id: RunId, index: TaskIndex, worker_id: &Arc<str>) {
-        let Some(worker) = self.workers.get_mut(worker_id) else {
+        let Some(sender) = self
+            .workers
+            .get(worker_id)
+            .and_then(|worker| worker.sender().cloned())
+        else {
             return;
         };
-        let Some(sender) = worker.sender().cloned() else {
+        let Some(entry) = self.runs.get(&run_id) else {
+            return;
+        };
+        let attempt = entry.slot(index).attempt + 1;
+        let sensor_deadline = if sensors::sensor_of(&entry.plan.task(index).kind).is_some() {
+            self.sensor_deadline_for(run_id, index)
+        } else {
+            0
+        };
+        let kind = match self.assignment_kind(run_id, index, attempt, sensor_deadline) {
+            Ok(kind) => kind,
+            Err(error) => {
+                self.fail_unassignable(run_id, index, error);
+                return;
+            }
+        };
+        let Some(worker) = self.workers.get_mut(worker_id) else {
             return;
         };
         let Some(entry) = self.runs.get_mut(&run_id) else {
@@ -1491,7 +1836,7 @@ impl Scheduler {
         let now = now_micros();
         entry.set_state(index, TaskState::Leased);
         let slot = entry.slot_mut(index);
-        slot.attempt += 1;
+        slot.attempt = attempt;
         slot.attempt_id = Some(attempt_id);
         slot.worker = Some(Arc::clone(worker_id));
         slot.leased_at = now;
@@ -1502,7 +1847,6 @@ impl Scheduler {
         slot.outcome = AttemptOutcome::Unspecified;
         slot.error = None;
         slot.output = None;
-        let attempt = slot.attempt;
         let task = entry.plan.task(index);
         worker.hold(attempt_id, task.resources);
         self.limits.acquire(attempt_id, &entry.dag_id, task);
@@ -1514,52 +1858,13 @@ impl Scheduler {
             run_id: run_id.to_string(),
             task_id: task.id.to_string(),
             attempt,
-            logical_date: micros_to_timestamp_opt(entry.logical_date),
+            logical_date: micros_to_timestamp_opt(entry.origin.logical_date),
             params_json: entry.params_json.to_string(),
-            kind: Some(match &task.kind {
-                TaskKind::Command(command) => api::assign::Kind::Command(api::CommandTask {
-                    argv: command.argv.clone(),
-                    env: command
-                        .env
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    cwd: command.cwd.clone().unwrap_or_default(),
-                }),
-                TaskKind::Noop => api::assign::Kind::Noop(api::NoopTask {}),
-                TaskKind::Custom(custom) => api::assign::Kind::Custom(api::CustomTask {
-                    handler: custom.handler.to_string(),
-                    payload_json: custom.payload_json.clone(),
-                }),
-                TaskKind::Sensor(sensor) => api::assign::Kind::Sensor(api::SensorTask {
-                    condition: match &sensor.condition {
-                        SensorCondition::File { path } => {
-                            Some(api::sensor_task::Condition::File(api::FileCondition {
-                                path: path.clone(),
-                            }))
-                        }
-                        SensorCondition::Http {
-                            url,
-                            method,
-                            statuses,
-                            request_timeout,
-                        } => Some(api::sensor_task::Condition::Http(api::HttpCondition {
-                            url: url.clone(),
-                            method: method.clone(),
-                            statuses: statuses.iter().map(|status| u32::from(*status)).collect(),
-                            request_timeout: Some(duration_to_proto(*request_timeout)),
-                        })),
-                        _ => None,
-                    },
-                    poke_interval: Some(duration_to_proto(sensor.poke_interval)),
-                    reschedule: sensor.mode == SensorMode::Reschedule,
-                    deadline: None,
-                }),
-            }),
+            kind: Some(kind),
             timeout: task.timeout.map(duration_to_proto),
             max_output_bytes: self.parts.config.limits.max_output_bytes as u32,
-            data_interval_start: micros_to_timestamp_opt(entry.logical_date),
-            data_interval_end: micros_to_timestamp_opt(entry.logical_date),
+            data_interval_start: micros_to_timestamp_opt(entry.origin.data_interval_start),
+            data_interval_end: micros_to_timestamp_opt(entry.origin.data_interval_end),
         };
         let log_key = LogKey {
             run_id,
@@ -1672,6 +1977,7 @@ impl Scheduler {
             entry.set_state(index, TaskState::Failed);
             info!(%run_id, task_id = %entry.plan.task(index).id, attempt, "task failed");
             self.propagate_failure(run_id, index);
+            self.on_task_ended(run_id);
         }
         self.touch(run_id);
         self.check_run_done(run_id);
@@ -1682,8 +1988,10 @@ impl Scheduler {
             return;
         };
         let slot = entry.slot(index);
-        if slot.state != TaskState::UpForRetry
-            || slot.attempt != attempt
+        if !matches!(
+            slot.state,
+            TaskState::UpForRetry | TaskState::UpForReschedule
+        ) || slot.attempt != attempt
             || entry.state != RunState::Running
         {
             return;
@@ -1762,6 +2070,7 @@ impl Scheduler {
             })
             .unwrap_or_default();
         worker.runs_commands = register.runs_commands;
+        worker.runs_sensors = register.runs_sensors;
         worker.handlers = register
             .handlers
             .iter()
@@ -2005,6 +2314,14 @@ impl Scheduler {
             outcome = AttemptOutcome::Error;
             error = "the worker reported no outcome".into();
         }
+        if outcome == AttemptOutcome::Rescheduled
+            && !sensors::reschedules(&entry.plan.task(index).kind)
+        {
+            outcome = AttemptOutcome::Error;
+            error =
+                "the worker reported `rescheduled` for a task that is not a reschedule-mode sensor"
+                    .into();
+        }
         let now = now_micros();
         let slot = entry.slot_mut(index);
         let started_at = timestamp_opt_to_micros(result.started_at.as_ref());
@@ -2044,8 +2361,11 @@ impl Scheduler {
             let entry = self.runs.get_mut(&run_id).expect("checked above");
             entry.set_state(index, TaskState::Success);
             debug!("task succeeded");
-            self.on_success(run_id, index);
-            self.check_run_done(run_id);
+            self.task_succeeded(run_id, index);
+        } else if outcome == AttemptOutcome::Rescheduled {
+            self.reschedule_sensor(run_id, index);
+        } else if outcome == AttemptOutcome::TimedOut && self.is_sensor_deadline(run_id, index) {
+            self.sensor_timed_out(run_id, index);
         } else {
             debug!(outcome = ?outcome, "attempt failed");
             self.after_failed_attempt(run_id, index);
@@ -2059,7 +2379,7 @@ impl Scheduler {
         if self.in_flight.is_some() {
             return;
         }
-        if !self.pending.has_writes() {
+        if !self.pending.has_writes() && self.dirty_backfills.is_empty() {
             // Nothing to store and nothing in flight: the state is durable,
             // so effects and new watchers can be served now.
             let effects = std::mem::take(&mut self.pending.effects);
@@ -2070,6 +2390,7 @@ impl Scheduler {
             return;
         }
         let mut ops = std::mem::take(&mut self.pending.ops);
+        ops.extend(self.backfill_ops());
         let mut watch_effects = Vec::new();
         let term = self.parts.term;
         let dirty_runs = std::mem::take(&mut self.pending.dirty_runs);
@@ -2237,9 +2558,9 @@ impl Scheduler {
                         && entry.dirty_tasks.is_empty()
                 });
                 if finished && let Some(entry) = self.runs.remove(&run_id) {
-                    if let Some(key) = &entry.idempotency_key {
-                        self.active_keys
-                            .remove(&(entry.dag_id.clone(), key.clone()));
+                    self.disarm_deadlines(run_id, &entry.plan.sla_tasks);
+                    if let Some(claim) = RunClaim::of(&entry) {
+                        self.active_keys.remove(&claim.create_key());
                     }
                     for slot in &entry.tasks {
                         if let Some(attempt_id) = slot.attempt_id {
@@ -2260,6 +2581,15 @@ impl Scheduler {
     }
 }
 
+fn trigger_kind(trigger: &DagTrigger) -> DagTriggerKind {
+    match trigger {
+        DagTrigger::Manual => DagTriggerKind::Manual,
+        DagTrigger::Timetable(_) => DagTriggerKind::Timetable,
+        DagTrigger::Events(_) => DagTriggerKind::Events,
+        DagTrigger::Assets(_) => DagTriggerKind::Assets,
+    }
+}
+
 /// Checks a task's output: JSON, within the size limit.
 fn validate_output(output: &str, max_bytes: usize) -> Result<(), String> {
     if output.len() > max_bytes {
@@ -2273,17 +2603,81 @@ fn validate_output(output: &str, max_bytes: usize) -> Result<(), String> {
         .map_err(|error| format!("output is not valid JSON: {error}"))
 }
 
+/// What a new run must claim before it exists: its idempotency key, or the
+/// data interval it runs.
+enum RunClaim {
+    Idempotency(DagId, String),
+    Interval(DagId, Micros),
+}
+
+impl RunClaim {
+    fn of(entry: &RunEntry) -> Option<RunClaim> {
+        if let Some(key) = &entry.origin.idempotency_key {
+            return Some(RunClaim::Idempotency(entry.dag_id.clone(), key.clone()));
+        }
+        entry
+            .origin
+            .claims_interval()
+            .then(|| RunClaim::Interval(entry.dag_id.clone(), entry.origin.data_interval_start))
+    }
+
+    fn create_key(&self) -> CreateKey {
+        match self {
+            RunClaim::Idempotency(dag_id, key) => {
+                CreateKey::Idempotency(dag_id.clone(), key.clone())
+            }
+            RunClaim::Interval(dag_id, start) => CreateKey::Interval(dag_id.clone(), *start),
+        }
+    }
+
+    /// The key that holds the claim and its value, naming `entry`.
+    fn record(&self, entry: &RunEntry) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            RunClaim::Idempotency(dag_id, key) => (
+                keys::idempotency(dag_id, key),
+                IdempotencyRecord {
+                    run_id: entry.run_id.to_string(),
+                    idempotency_key: key.clone(),
+                }
+                .encode_to_vec(),
+            ),
+            RunClaim::Interval(dag_id, start) => (
+                keys::interval(dag_id, *start),
+                IntervalRecord {
+                    run_id: entry.run_id.to_string(),
+                    data_interval_end: micros_to_timestamp_opt(entry.origin.data_interval_end),
+                }
+                .encode_to_vec(),
+            ),
+        }
+    }
+}
+
 async fn existing_run_for_key(
     store: &dyn crate::store::Store,
     key: &CreateKey,
 ) -> Result<RunRecord, ApiError> {
     let internal = |error: StoreError| ApiError::Internal(error.to_string());
-    let idempotency: IdempotencyRecord = get_record(store, &keys::idempotency(&key.0, &key.1))
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::Internal("idempotency key vanished".into()))?;
-    let run_id: RunId = idempotency
-        .run_id
+    let run_id = match key {
+        CreateKey::Idempotency(dag_id, key) => {
+            let record: IdempotencyRecord = get_record(store, &keys::idempotency(dag_id, key))
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| ApiError::Internal("idempotency key vanished".into()))?;
+            record.run_id
+        }
+        CreateKey::Interval(dag_id, start) => {
+            let record: IntervalRecord = get_record(store, &keys::interval(dag_id, *start))
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| ApiError::Internal("interval record vanished".into()))?;
+            record.run_id
+        }
+        CreateKey::Event(..) => {
+            return Err(ApiError::Internal("an event key names no run".into()));
+        }
+    };
+    let run_id: RunId = run_id
         .parse()
         .map_err(|error: baton_common::ids::IdError| ApiError::Internal(error.reason))?;
     get_record(store, &keys::run(&run_id))

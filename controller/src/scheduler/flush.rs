@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use baton_common::ids::{DagId, RunId};
 use baton_common::pb::api::{ControllerMessage, WatchRunResponse};
+use baton_common::time::Micros;
 use tokio::sync::oneshot;
 
 use super::WatchSender;
@@ -44,8 +45,25 @@ pub enum Effect {
     DropRun(RunId),
 }
 
-/// Identifies a run creation that is conditional on an idempotency key.
-pub type CreateKey = (DagId, String);
+/// What a conditional write claims: at most one run per idempotency key or
+/// per data interval of a DAG, at most one event per event key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CreateKey {
+    Idempotency(DagId, String),
+    /// A DAG and the start of a data interval (microseconds).
+    Interval(DagId, Micros),
+    /// An event name and its idempotency key.
+    Event(String, String),
+}
+
+impl CreateKey {
+    pub fn dag_id(&self) -> Option<&DagId> {
+        match self {
+            CreateKey::Idempotency(dag_id, _) | CreateKey::Interval(dag_id, _) => Some(dag_id),
+            CreateKey::Event(..) => None,
+        }
+    }
+}
 
 /// Everything collected since the last cut.
 #[derive(Default)]

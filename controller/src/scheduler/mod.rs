@@ -19,6 +19,7 @@
 //! - `actor`: the event loop and the handling of every command.
 //! - `flush`: turning dirty state into a batch, and effects.
 //! - `recovery`: rebuilding active runs from the store.
+//! - `timers`: the wall-clock timer queue (schedules, SLAs, time sensors).
 //! - `views`: records and API views of the scheduler's state.
 
 mod actor;
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod recovery;
 pub mod routing;
 pub mod state;
+mod timers;
 pub mod views;
 mod workers;
 
@@ -34,13 +36,16 @@ use std::sync::Arc;
 
 use baton_common::error::{ApiError, ApiResult};
 use baton_common::ids::{DagId, PoolName, RunId, TaskId};
-use baton_common::pb::api::{ControllerMessage, PoolInfo, Register, worker_message};
+use baton_common::pb::api::{
+    self as api, AssetUpdate, Backfill, ControllerMessage, Event, PoolInfo, Register,
+    worker_message,
+};
 use baton_common::pb::records::{DagMetaRecord, RunRecord};
 use baton_common::time::Micros;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-pub use actor::Scheduler;
+pub use actor::{DEFAULT_MAX_ACTIVE_RUNS, ExternalObservation, Scheduler, next_scheduled_interval};
 pub use state::WatchSender;
 
 use crate::plan::{DagPlan, PlanRef};
@@ -49,7 +54,7 @@ use crate::store::StoreError;
 /// The outbound half of a worker's stream.
 pub type WorkerSender = mpsc::UnboundedSender<Result<ControllerMessage, Status>>;
 
-type Reply<T> = oneshot::Sender<ApiResult<T>>;
+pub(crate) type Reply<T> = oneshot::Sender<ApiResult<T>>;
 
 /// A validated DAG version, ready to be stored.
 pub struct NewDagVersion {
@@ -149,6 +154,44 @@ pub enum Command {
     RunLoaded {
         run_id: RunId,
         result: Result<Option<recovery::LoadedRun>, ApiError>,
+    },
+    EmitEvent {
+        name: String,
+        payload: serde_json::Map<String, serde_json::Value>,
+        idempotency_key: Option<String>,
+        reply: Reply<(Event, bool)>,
+    },
+    RecordAssetUpdate {
+        uri: String,
+        reply: Reply<AssetUpdate>,
+    },
+    /// A backfill planned by the API (intervals and their actions).
+    CreateBackfill {
+        backfill: Box<Backfill>,
+        params_json: String,
+        plan: PlanRef,
+        reply: Reply<Backfill>,
+    },
+    CancelBackfill {
+        backfill_id: String,
+        reply: Reply<Backfill>,
+    },
+    /// Internal: what a store read found for an external-task sensor.
+    ExternalObserved {
+        run_id: RunId,
+        index: crate::plan::TaskIndex,
+        attempt: u32,
+        observation: Result<ExternalObservation, String>,
+    },
+    /// Internal: the finished run an interval a backfill wanted already had.
+    BackfillIntervalFound {
+        backfill_id: Arc<str>,
+        position: usize,
+        found: Option<(RunId, api::RunState)>,
+    },
+    /// Internal: a backfill reruns a failed run (read back first if needed).
+    ClearForBackfill {
+        run_id: RunId,
     },
 }
 
@@ -322,6 +365,46 @@ impl SchedulerHandle {
             .await
             .map_err(|_| gone())?;
         receiver.await.map_err(|_| gone())
+    }
+
+    pub async fn emit_event(
+        &self,
+        name: String,
+        payload: serde_json::Map<String, serde_json::Value>,
+        idempotency_key: Option<String>,
+    ) -> ApiResult<(Event, bool)> {
+        self.ask(|reply| Command::EmitEvent {
+            name,
+            payload,
+            idempotency_key,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn record_asset_update(&self, uri: String) -> ApiResult<AssetUpdate> {
+        self.ask(|reply| Command::RecordAssetUpdate { uri, reply })
+            .await
+    }
+
+    pub async fn create_backfill(
+        &self,
+        backfill: Backfill,
+        params_json: String,
+        plan: PlanRef,
+    ) -> ApiResult<Backfill> {
+        self.ask(|reply| Command::CreateBackfill {
+            backfill: Box::new(backfill),
+            params_json,
+            plan,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn cancel_backfill(&self, backfill_id: String) -> ApiResult<Backfill> {
+        self.ask(|reply| Command::CancelBackfill { backfill_id, reply })
+            .await
     }
 
     /// Registers a watcher; false when the run is not active (the caller

@@ -10,11 +10,14 @@ use std::sync::Arc;
 
 use baton_common::error::ApiError;
 use baton_common::ids::{AttemptId, DagId, RunId};
-use baton_common::pb::api::{AttemptOutcome, RunState, TaskState};
-use baton_common::pb::records::{DagMetaRecord, PoolRecord, RunRecord, TaskRecord};
+use baton_common::pb::api::{AttemptOutcome, RunState, RunTrigger, TaskState};
+use baton_common::pb::records::{
+    AssetQueueRecord, AssetRecord, BackfillRecord, DagMetaRecord, IntervalRecord, PoolRecord,
+    RunRecord, TaskRecord,
+};
 use baton_common::states::task_state_is_final;
 
-use super::state::RunEntry;
+use super::state::{RunEntry, RunOrigin};
 use super::views::{micros, record_run_state, record_task_state};
 use crate::plan::PlanCache;
 use crate::store::{Scan, Store, StoreError, StoreResult, decode, get_record, keys};
@@ -72,14 +75,34 @@ pub async fn load_run(
         .scan(Scan::prefix(keys::tasks(&run_id)))
         .await
         .map_err(internal)?;
+    let logical_date = micros(record.logical_date.as_ref());
+    let interval_or_logical = |timestamp: Option<&prost_types::Timestamp>| match micros(timestamp) {
+        0 => logical_date,
+        value => value,
+    };
+    let origin = RunOrigin {
+        logical_date,
+        data_interval_start: interval_or_logical(record.data_interval_start.as_ref()),
+        data_interval_end: interval_or_logical(record.data_interval_end.as_ref()),
+        trigger: match RunTrigger::try_from(record.trigger) {
+            Ok(RunTrigger::Unspecified) | Err(_) => RunTrigger::Manual,
+            Ok(trigger) => trigger,
+        },
+        trigger_detail: (!record.trigger_detail.is_empty())
+            .then(|| record.trigger_detail.clone().into_boxed_str()),
+        backfill_id: (!record.backfill_id.is_empty())
+            .then(|| Arc::from(record.backfill_id.as_str())),
+        idempotency_key: (!record.idempotency_key.is_empty())
+            .then(|| record.idempotency_key.clone()),
+    };
     let mut entry = RunEntry::new(
         run_id,
         Arc::clone(&plan),
         Arc::from(record.params_json.as_str()),
-        micros(record.logical_date.as_ref()),
-        (!record.idempotency_key.is_empty()).then(|| record.idempotency_key.clone()),
+        origin,
         micros(record.created_at.as_ref()),
     );
+    entry.sla_misses = record.sla_misses.clone();
     entry.state = record_run_state(&record);
     entry.started_at = micros(record.started_at.as_ref());
     entry.ended_at = micros(record.ended_at.as_ref());
@@ -136,4 +159,68 @@ fn restore_slot(entry: &mut RunEntry, index: u32, record: &TaskRecord) {
     slot.error = (!record.error.is_empty()).then(|| record.error.clone().into_boxed_str());
     slot.output =
         (!record.output_json.is_empty()).then(|| record.output_json.clone().into_boxed_str());
+    slot.sensor_deadline = micros(record.sensor_deadline.as_ref());
+}
+
+/// End of the latest data interval of a DAG that has a run, if any.
+pub async fn last_interval_end(store: &dyn Store, dag_id: &DagId) -> StoreResult<Option<i64>> {
+    let entries = store
+        .scan(Scan::prefix(keys::intervals(dag_id)).reverse().limit(1))
+        .await?;
+    let Some((key, value)) = entries.first() else {
+        return Ok(None);
+    };
+    let record: IntervalRecord = decode(key, value)?;
+    Ok(Some(micros(record.data_interval_end.as_ref())))
+}
+
+/// Every asset that was updated.
+pub async fn load_assets(store: &dyn Store) -> StoreResult<Vec<AssetRecord>> {
+    let entries = store.scan(Scan::prefix(keys::ASSETS)).await?;
+    entries
+        .iter()
+        .map(|(key, value)| decode::<AssetRecord>(key, value))
+        .collect()
+}
+
+/// Asset updates queued for the DAGs consuming them: (DAG, URI, first
+/// update).
+pub async fn load_asset_queues(store: &dyn Store) -> StoreResult<Vec<(DagId, String, i64)>> {
+    let entries = store.scan(Scan::prefix(keys::ASSET_QUEUE)).await?;
+    let mut queued = Vec::with_capacity(entries.len());
+    for (key, value) in &entries {
+        let record: AssetQueueRecord = decode(key, value)?;
+        let Some(dag_id) = keys::parse_asset_queue_dag(key) else {
+            continue;
+        };
+        queued.push((dag_id, record.uri, micros(record.first_updated_at.as_ref())));
+    }
+    Ok(queued)
+}
+
+/// The records of backfills that have not ended.
+pub async fn load_active_backfills(store: &dyn Store) -> StoreResult<Vec<BackfillRecord>> {
+    let entries = store.scan(Scan::prefix(keys::ACTIVE_BACKFILLS)).await?;
+    let mut records = Vec::with_capacity(entries.len());
+    for (key, _) in &entries {
+        let id = keys::last_segment(key).to_string();
+        if let Some(record) = get_record::<BackfillRecord>(store, &keys::backfill(&id)).await? {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// How the given runs ended (those that exist and have a state).
+pub async fn load_run_states(
+    store: &dyn Store,
+    run_ids: impl IntoIterator<Item = RunId>,
+) -> StoreResult<std::collections::HashMap<RunId, RunState>> {
+    let mut states = std::collections::HashMap::new();
+    for run_id in run_ids {
+        if let Some(record) = get_record::<RunRecord>(store, &keys::run(&run_id)).await? {
+            states.insert(run_id, record_run_state(&record));
+        }
+    }
+    Ok(states)
 }

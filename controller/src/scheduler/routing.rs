@@ -53,6 +53,9 @@ pub struct Route {
     pub handler: Option<HandlerName>,
     /// A `command` task: only workers that run processes take it.
     pub command: bool,
+    /// A sensor a worker pokes (a file or an HTTP endpoint): only workers
+    /// that run sensors take it.
+    pub sensor: bool,
     pub resources: Resources,
 }
 
@@ -69,11 +72,14 @@ impl Route {
             _ => None,
         };
         let command = matches!(task.kind, TaskKind::Command(_));
+        let sensor =
+            matches!(&task.kind, TaskKind::Sensor(sensor) if sensor.condition.runs_on_worker());
         let mut hasher = DefaultHasher::new();
         task.queue.hash(&mut hasher);
         task.labels.hash(&mut hasher);
         handler.hash(&mut hasher);
         command.hash(&mut hasher);
+        sensor.hash(&mut hasher);
         task.resources.cpu_millis.hash(&mut hasher);
         task.resources.memory_bytes.hash(&mut hasher);
         Self {
@@ -82,6 +88,7 @@ impl Route {
             labels: task.labels.clone(),
             handler,
             command,
+            sensor,
             resources: task.resources,
         }
     }
@@ -91,6 +98,7 @@ impl Route {
     pub fn matches(&self, worker: &WorkerEntry) -> bool {
         worker.serves(&self.queue)
             && (!self.command || worker.runs_commands)
+            && (!self.sensor || worker.runs_sensors)
             && self
                 .labels
                 .iter()
@@ -218,6 +226,7 @@ mod tests {
         };
         entry.labels.insert("zone".into(), format!("{id}-zone"));
         entry.runs_commands = true;
+        entry.runs_sensors = true;
         workers.attach(
             id,
             Connection {

@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use baton_common::ids::{AttemptId, DagId, RunId};
-use baton_common::pb::api::{AttemptOutcome, RunState, TaskState, WatchRunResponse};
+use baton_common::pb::api::{
+    AttemptOutcome, RunState, RunTrigger, SlaMiss, TaskState, WatchRunResponse,
+};
 use baton_common::states::task_state_is_final;
 use baton_common::time::Micros;
 use tokio::sync::mpsc;
@@ -27,14 +29,21 @@ pub fn task_transition_allowed(from: TaskState, to: TaskState) -> bool {
     }
     match from {
         Pending => matches!(to, Ready | UpstreamFailed | Skipped | Cancelled),
-        Ready => matches!(to, Leased | Cancelled),
+        // Running: a sensor the controller evaluates starts without a
+        // worker. Failed: its assignment could not be made (a template).
+        Ready => matches!(to, Leased | Running | Failed | Cancelled),
         // Back to ready: the lease was never taken up (the worker never got it).
+        // Up for reschedule: a sensor's condition did not hold yet.
+        // Skipped: a `soft_fail` sensor timed out.
         Leased => matches!(
             to,
-            Ready | Running | Success | Failed | UpForRetry | Cancelled
+            Ready | Running | Success | Failed | UpForRetry | UpForReschedule | Skipped | Cancelled
         ),
         // Back to ready: the worker drained before the attempt finished.
-        Running => matches!(to, Ready | Success | Failed | UpForRetry | Cancelled),
+        Running => matches!(
+            to,
+            Ready | Success | Failed | UpForRetry | UpForReschedule | Skipped | Cancelled
+        ),
         UpForRetry => matches!(to, Ready | Cancelled),
         UpForReschedule => matches!(to, Ready | Cancelled),
         Success | Failed | UpstreamFailed | Skipped | Cancelled | Unspecified => false,
@@ -75,6 +84,9 @@ pub struct TaskSlot {
     pub outcome: AttemptOutcome,
     pub error: Option<Box<str>>,
     pub output: Option<Box<str>>,
+    /// Sensors: when the sensor gives up; set at its first poke, kept
+    /// across reschedules and retries until the task is cleared.
+    pub sensor_deadline: Micros,
 }
 
 impl TaskSlot {
@@ -95,6 +107,7 @@ impl TaskSlot {
             outcome: AttemptOutcome::Unspecified,
             error: None,
             output: None,
+            sensor_deadline: 0,
         }
     }
 
@@ -106,6 +119,54 @@ impl TaskSlot {
 
 pub type WatchSender = mpsc::Sender<Result<WatchRunResponse, tonic::Status>>;
 
+/// Where a run comes from: what triggered it and the data interval it
+/// covers. Fixed when the run is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOrigin {
+    pub logical_date: Micros,
+    pub data_interval_start: Micros,
+    pub data_interval_end: Micros,
+    pub trigger: RunTrigger,
+    /// The event id (events), the asset URIs (assets).
+    pub trigger_detail: Option<Box<str>>,
+    pub backfill_id: Option<Arc<str>>,
+    pub idempotency_key: Option<String>,
+}
+
+impl RunOrigin {
+    /// A run triggered by hand (or an API client) at `logical_date`.
+    pub fn manual(logical_date: Micros, idempotency_key: Option<String>) -> Self {
+        Self {
+            logical_date,
+            data_interval_start: logical_date,
+            data_interval_end: logical_date,
+            trigger: RunTrigger::Manual,
+            trigger_detail: None,
+            backfill_id: None,
+            idempotency_key,
+        }
+    }
+
+    /// The run of one data interval of the DAG's schedule.
+    pub fn interval(start: Micros, end: Micros, trigger: RunTrigger) -> Self {
+        Self {
+            logical_date: start,
+            data_interval_start: start,
+            data_interval_end: end,
+            trigger,
+            trigger_detail: None,
+            backfill_id: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Runs of a schedule or a backfill own their interval: at most one run
+    /// per DAG and interval.
+    pub fn claims_interval(&self) -> bool {
+        matches!(self.trigger, RunTrigger::Scheduled | RunTrigger::Backfill)
+    }
+}
+
 /// An active run: everything the scheduler needs to move it forward.
 pub struct RunEntry {
     pub run_id: RunId,
@@ -113,8 +174,7 @@ pub struct RunEntry {
     pub plan: PlanRef,
     pub state: RunState,
     pub params_json: Arc<str>,
-    pub logical_date: Micros,
-    pub idempotency_key: Option<String>,
+    pub origin: RunOrigin,
     pub created_at: Micros,
     pub started_at: Micros,
     pub ended_at: Micros,
@@ -128,6 +188,8 @@ pub struct RunEntry {
     pub dirty: bool,
     pub dirty_tasks: Vec<TaskIndex>,
     pub watchers: Vec<WatchSender>,
+    /// Deadlines the run or its tasks missed, in the order noticed.
+    pub sla_misses: Vec<SlaMiss>,
 }
 
 impl RunEntry {
@@ -136,8 +198,7 @@ impl RunEntry {
         run_id: RunId,
         plan: PlanRef,
         params_json: Arc<str>,
-        logical_date: Micros,
-        idempotency_key: Option<String>,
+        origin: RunOrigin,
         now: Micros,
     ) -> Self {
         let tasks: Vec<TaskSlot> = plan
@@ -154,8 +215,7 @@ impl RunEntry {
             plan,
             state: RunState::Queued,
             params_json,
-            logical_date,
-            idempotency_key,
+            origin,
             created_at: now,
             started_at: 0,
             ended_at: 0,
@@ -165,7 +225,12 @@ impl RunEntry {
             dirty: true,
             dirty_tasks: Vec::new(),
             watchers: Vec::new(),
+            sla_misses: Vec::new(),
         }
+    }
+
+    pub fn logical_date(&self) -> Micros {
+        self.origin.logical_date
     }
 
     pub fn slot(&self, index: TaskIndex) -> &TaskSlot {
@@ -248,6 +313,9 @@ mod tests {
             (Running, Success),
             (Running, UpForRetry),
             (UpForRetry, Ready),
+            (Running, UpForReschedule),
+            (UpForReschedule, Ready),
+            (Running, Skipped),
             (Pending, UpstreamFailed),
             (Success, Pending),
             (Failed, Pending),
@@ -258,6 +326,8 @@ mod tests {
             (Pending, Running),
             (Pending, Success),
             (Ready, Success),
+            (UpForReschedule, Running),
+            (Pending, UpForReschedule),
             (Success, Failed),
             (Failed, Ready),
             (Cancelled, Running),

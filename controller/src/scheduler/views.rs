@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use baton_common::pb::api::{
-    Attempt, AttemptOutcome, Dag, Run, RunState, TaskInstance, TaskState, TaskSummary,
+    Attempt, AttemptOutcome, Dag, Run, RunState, RunTrigger, TaskInstance, TaskState, TaskSummary,
 };
 use baton_common::pb::records::{AttemptRecord, DagMetaRecord, RunRecord, TaskRecord};
 use baton_common::spec::ResolvedTask;
@@ -46,8 +46,8 @@ pub fn run_record(entry: &RunEntry) -> RunRecord {
         dag_version: entry.plan.version,
         state: entry.state as i32,
         params_json: entry.params_json.to_string(),
-        logical_date: micros_to_timestamp_opt(entry.logical_date),
-        idempotency_key: entry.idempotency_key.clone().unwrap_or_default(),
+        logical_date: micros_to_timestamp_opt(entry.origin.logical_date),
+        idempotency_key: entry.origin.idempotency_key.clone().unwrap_or_default(),
         created_at: micros_to_timestamp_opt(entry.created_at),
         started_at: micros_to_timestamp_opt(entry.started_at),
         ended_at: micros_to_timestamp_opt(entry.ended_at),
@@ -56,7 +56,22 @@ pub fn run_record(entry: &RunEntry) -> RunRecord {
         task_total: entry.tasks.len() as u32,
         // Stamped by the scheduler when it writes the record.
         leader_term: 0,
-        ..RunRecord::default()
+        data_interval_start: micros_to_timestamp_opt(entry.origin.data_interval_start),
+        data_interval_end: micros_to_timestamp_opt(entry.origin.data_interval_end),
+        trigger: entry.origin.trigger as i32,
+        trigger_detail: entry
+            .origin
+            .trigger_detail
+            .as_deref()
+            .unwrap_or_default()
+            .to_string(),
+        backfill_id: entry
+            .origin
+            .backfill_id
+            .as_deref()
+            .unwrap_or_default()
+            .to_string(),
+        sla_misses: entry.sla_misses.clone(),
     }
 }
 
@@ -75,7 +90,17 @@ pub fn run_view(record: &RunRecord) -> Run {
         task_counts: record.task_counts.clone(),
         task_total: record.task_total,
         reason: record.reason.clone(),
-        ..Run::default()
+        data_interval_start: record.data_interval_start.or(record.logical_date),
+        data_interval_end: record.data_interval_end.or(record.logical_date),
+        // Runs recorded before triggers were recorded were manual.
+        trigger: if record.trigger == 0 {
+            RunTrigger::Manual as i32
+        } else {
+            record.trigger
+        },
+        trigger_detail: record.trigger_detail.clone(),
+        backfill_id: record.backfill_id.clone(),
+        sla_misses: record.sla_misses.clone(),
     }
 }
 
@@ -99,7 +124,7 @@ pub fn task_record(entry: &RunEntry, index: TaskIndex) -> TaskRecord {
         output_json: slot.output.as_deref().unwrap_or_default().to_string(),
         attempt_base: slot.attempt_base,
         leader_term: 0,
-        sensor_deadline: None,
+        sensor_deadline: micros_to_timestamp_opt(slot.sensor_deadline),
     }
 }
 
@@ -198,7 +223,20 @@ pub fn dag_view(meta: &DagMetaRecord) -> Dag {
         task_count: meta.task_count,
         created_at: meta.created_at,
         updated_at: meta.updated_at,
-        ..Dag::default()
+        timezone: if meta.timezone.is_empty() {
+            "UTC".to_string()
+        } else {
+            meta.timezone.clone()
+        },
+        catchup: meta.catchup,
+        max_active_runs: if meta.max_active_runs == 0 {
+            crate::scheduler::DEFAULT_MAX_ACTIVE_RUNS
+        } else {
+            meta.max_active_runs
+        },
+        // Filled by the API for scheduled DAGs (it reads the store).
+        next_data_interval_start: None,
+        next_data_interval_end: None,
     }
 }
 
@@ -215,7 +253,7 @@ pub fn task_summary(plan: &DagPlan, task: &ResolvedTask) -> TaskSummary {
         priority: task.priority,
         retries: task.retries,
         timeout: task.timeout.map(duration_to_proto),
-        outputs: Vec::new(),
+        outputs: task.outputs.iter().map(ToString::to_string).collect(),
     }
 }
 

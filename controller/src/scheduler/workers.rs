@@ -42,6 +42,8 @@ pub struct WorkerEntry {
     pub handlers: Vec<HandlerName>,
     /// Whether it runs `command` tasks (SDK workers do not).
     pub runs_commands: bool,
+    /// Whether it pokes `sensor` tasks (SDK workers do not).
+    pub runs_sensors: bool,
     /// Attempts leased to this worker whose end the worker has not
     /// reported, with the resources each holds.
     pub leased: HashMap<AttemptId, Resources>,
@@ -161,6 +163,7 @@ impl Workers {
                     resources: Resources::default(),
                     handlers: Vec::new(),
                     runs_commands: false,
+                    runs_sensors: false,
                     leased: HashMap::new(),
                     used: Resources::default(),
                     lost_at,

@@ -15,6 +15,14 @@
 //! | `attempts/<run>/<task>/<attempt:05>` | `AttemptRecord` | an attempt ended |
 //! | `idem/<dag>/<sha256(key)>` | `IdempotencyRecord` | run created with a key |
 //! | `pools/<pool>` | `PoolRecord` | pool created, resized, deleted |
+//! | `intervals/<dag>/<start µs:020>` | `IntervalRecord` | run of a data interval created (scheduled, backfill) |
+//! | `backfills/<backfill>` | `BackfillRecord` | backfill created, progressed, ended |
+//! | `active_backfills/<backfill>` | empty | backfill created; deleted when it ends |
+//! | `events/<event>` | `EventRecord` | event emitted |
+//! | `event_keys/<name>/<sha256(key)>` | `EventKeyRecord` | event emitted with an idempotency key |
+//! | `assets/<sha256(uri)>` | `AssetRecord` | asset updated |
+//! | `asset_updates/<sha256(uri)>/<update>` | `AssetUpdateRecord` | asset updated |
+//! | `asset_queue/<dag>/<sha256(uri)>` | `AssetQueueRecord` | an asset a DAG consumes updated; deleted when the DAG's run is created |
 //! | `leader/<lease>` | leader's id and address (JSON) | etcd election (cluster mode) |
 //! | `controllers/<id>` | a controller's id, address, start (JSON) | each controller, under its own lease |
 //!
@@ -26,11 +34,17 @@
 //! not one per task.
 
 use baton_common::ids::{DagId, PoolName, RunId, TaskId};
+use baton_common::time::Micros;
 use sha2::{Digest, Sha256};
 
 pub const DAGS: &str = "dags/";
 pub const POOLS: &str = "pools/";
 pub const RUNS: &str = "runs/";
+pub const BACKFILLS: &str = "backfills/";
+pub const ACTIVE_BACKFILLS: &str = "active_backfills/";
+pub const EVENTS: &str = "events/";
+pub const ASSETS: &str = "assets/";
+pub const ASSET_QUEUE: &str = "asset_queue/";
 pub const ACTIVE: &str = "active/";
 /// Cluster mode: one key per running controller (`controllers/<id>`, JSON),
 /// bound to that controller's lease; the election lives under `leader/`.
@@ -104,6 +118,71 @@ pub fn idempotency(dag_id: &DagId, idempotency_key: &str) -> Vec<u8> {
     format!("idem/{dag_id}/{}", hex::encode(digest)).into_bytes()
 }
 
+/// Interval starts are microseconds since the epoch, zero-padded so that
+/// keys sort by time (negative starts, before 1970, are not schedulable).
+pub fn interval(dag_id: &DagId, start: Micros) -> Vec<u8> {
+    format!("intervals/{dag_id}/{:020}", start.max(0)).into_bytes()
+}
+
+pub fn intervals(dag_id: &DagId) -> Vec<u8> {
+    format!("intervals/{dag_id}/").into_bytes()
+}
+
+/// The interval start of an `intervals/<dag>/<start>` key.
+pub fn parse_interval_start(key: &[u8]) -> Option<Micros> {
+    last_segment(key).parse().ok()
+}
+
+pub fn backfill(backfill_id: &str) -> Vec<u8> {
+    format!("{BACKFILLS}{backfill_id}").into_bytes()
+}
+
+pub fn active_backfill(backfill_id: &str) -> Vec<u8> {
+    format!("{ACTIVE_BACKFILLS}{backfill_id}").into_bytes()
+}
+
+pub fn event(event_id: &str) -> Vec<u8> {
+    format!("{EVENTS}{event_id}").into_bytes()
+}
+
+/// Like idempotency keys, event keys are user text and hashed.
+pub fn event_key(name: &str, idempotency_key: &str) -> Vec<u8> {
+    let digest = Sha256::digest(idempotency_key.as_bytes());
+    format!("event_keys/{name}/{}", hex::encode(digest)).into_bytes()
+}
+
+/// URIs hold `/`, `:` and any other character, so they are hashed into keys.
+pub fn asset_hash(uri: &str) -> String {
+    hex::encode(Sha256::digest(uri.as_bytes()))
+}
+
+pub fn asset(uri: &str) -> Vec<u8> {
+    format!("{ASSETS}{}", asset_hash(uri)).into_bytes()
+}
+
+pub fn asset_updates(uri: &str) -> Vec<u8> {
+    format!("asset_updates/{}/", asset_hash(uri)).into_bytes()
+}
+
+pub fn asset_update(uri: &str, update_id: &str) -> Vec<u8> {
+    format!("asset_updates/{}/{update_id}", asset_hash(uri)).into_bytes()
+}
+
+pub fn asset_queue(dag_id: &DagId) -> Vec<u8> {
+    format!("{ASSET_QUEUE}{dag_id}/").into_bytes()
+}
+
+pub fn asset_queue_entry(dag_id: &DagId, uri: &str) -> Vec<u8> {
+    format!("{ASSET_QUEUE}{dag_id}/{}", asset_hash(uri)).into_bytes()
+}
+
+/// The DAG of an `asset_queue/<dag>/<hash>` key.
+pub fn parse_asset_queue_dag(key: &[u8]) -> Option<DagId> {
+    let text = std::str::from_utf8(key).ok()?;
+    let rest = text.strip_prefix(ASSET_QUEUE)?;
+    DagId::new(rest.split('/').next()?).ok()
+}
+
 /// The last path segment of a key, as text.
 pub fn last_segment(key: &[u8]) -> &str {
     let text = std::str::from_utf8(key).unwrap_or("");
@@ -142,6 +221,16 @@ mod tests {
         );
         assert_eq!(dag_version(&dag_id, 7), b"dag_versions/etl/0000000007");
         assert!(attempt(&run_id, "load", 3).ends_with(b"/load/00003"));
+    }
+
+    #[test]
+    fn intervals_sort_by_time_and_parse_back() {
+        let dag_id = DagId::new("d").unwrap();
+        let early = interval(&dag_id, 999_999);
+        let late = interval(&dag_id, 1_000_000);
+        assert!(early < late);
+        assert!(late.starts_with(&intervals(&dag_id)));
+        assert_eq!(parse_interval_start(&late), Some(1_000_000));
     }
 
     #[test]
