@@ -679,3 +679,52 @@ tasks:
         assert!(micros(miss.detected_at.as_ref()) >= micros(miss.deadline.as_ref()));
     }
 }
+
+#[tokio::test]
+async fn the_scheduled_example_registers_and_plans_one_run_per_berlin_morning() {
+    let mut sandbox = Sandbox::new("example-schedule");
+    let _dev = sandbox.start_dev(&[]).await;
+    let mut api = sandbox.api().await;
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/daily-sales.yaml");
+    let spec = std::fs::read_to_string(&example).expect("examples/daily-sales.yaml");
+    let dag = api.register(&spec).await.dag.unwrap();
+    assert_eq!(dag.timezone, "Europe/Berlin");
+    assert_eq!(dag.max_active_runs, 3);
+    assert!(dag.next_data_interval_end.is_some(), "{dag:?}");
+    // 06:00 in Berlin is 05:00 UTC in winter: one interval per morning.
+    let plan = api
+        .client
+        .backfills
+        .create_backfill(CreateBackfillRequest {
+            dag_id: "daily-sales".into(),
+            from: Some(timestamp("2026-11-02T00:00:00Z")),
+            to: Some(timestamp("2026-11-04T23:00:00Z")),
+            dry_run: true,
+            ..CreateBackfillRequest::default()
+        })
+        .await
+        .expect("dry run")
+        .into_inner()
+        .backfill
+        .unwrap();
+    let starts: Vec<String> = plan
+        .intervals
+        .iter()
+        .map(|interval| rfc3339(micros(interval.data_interval_start.as_ref())))
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            "2026-11-02T05:00:00Z",
+            "2026-11-03T05:00:00Z",
+            "2026-11-04T05:00:00Z"
+        ]
+    );
+    assert!(plan.backfill_id.is_empty(), "a dry run stores nothing");
+    assert!(
+        plan.intervals
+            .iter()
+            .all(|interval| interval.action() == BackfillAction::Create)
+    );
+}

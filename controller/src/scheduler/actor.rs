@@ -930,18 +930,44 @@ impl Scheduler {
             ));
         }
         let now = now_micros();
-        if let Some(meta) = self.dags.get(&dag_id)
+        let previous = self.dags.get(&dag_id);
+        if let Some(meta) = previous
             && meta.latest_digest == digest
         {
+            // The same version. A record written before it said what its
+            // schedule listens to gets that now, so the DAG is scheduled.
+            let mut refreshed = meta.clone();
+            set_scheduling_fields(&mut refreshed, &plan);
+            if refreshed == *meta {
+                return Ok(Registered {
+                    meta: meta.clone(),
+                    version: meta.latest_version,
+                    created: false,
+                });
+            }
+            plan.version = meta.latest_version;
+            let plan = Arc::new(plan);
+            self.parts.plans.set_latest(Arc::clone(&plan));
+            self.pending
+                .ops
+                .push(Op::put(keys::dag(&dag_id), refreshed.encode_to_vec()));
+            info!(%dag_id, version = refreshed.latest_version, "dag record brought up to date");
+            self.dags.insert(dag_id.clone(), refreshed.clone());
+            self.index_dag_triggers(&refreshed, Some(&plan));
+            self.follow_schedule(
+                &dag_id,
+                &plan,
+                timestamp_opt_to_micros(refreshed.created_at.as_ref()),
+                None,
+            );
             return Ok(Registered {
-                meta: meta.clone(),
-                version: meta.latest_version,
+                version: refreshed.latest_version,
+                meta: refreshed,
                 created: false,
             });
         }
-        let previous = self.dags.get(&dag_id);
         let version = previous.map_or(1, |meta| meta.latest_version + 1);
-        let meta = DagMetaRecord {
+        let mut meta = DagMetaRecord {
             dag_id: dag_id.to_string(),
             latest_version: version,
             paused: previous.is_some_and(|meta| meta.paused),
@@ -952,26 +978,9 @@ impl Scheduler {
             schedule: schedule.unwrap_or_default(),
             task_count: plan.len() as u32,
             latest_digest: digest.clone(),
-            max_active_runs: plan.settings.max_active_runs,
-            timezone: plan.settings.timezone.name().to_string(),
-            catchup: plan.settings.catchup,
-            trigger_kind: trigger_kind(&plan.settings.trigger) as i32,
-            trigger_names: match &plan.settings.trigger {
-                DagTrigger::Events(names) => names.iter().map(ToString::to_string).collect(),
-                DagTrigger::Assets(uris) => uris.iter().map(ToString::to_string).collect(),
-                DagTrigger::Manual | DagTrigger::Timetable(_) => Vec::new(),
-            },
-            outputs: plan
-                .tasks
-                .iter()
-                .flat_map(|task| {
-                    task.outputs.iter().map(|uri| AssetOutput {
-                        task_id: task.id.to_string(),
-                        uri: uri.to_string(),
-                    })
-                })
-                .collect(),
+            ..DagMetaRecord::default()
         };
+        set_scheduling_fields(&mut meta, &plan);
         let record = DagVersionRecord {
             dag_id: dag_id.to_string(),
             version,
@@ -1309,9 +1318,8 @@ impl Scheduler {
             return;
         }
         self.track_run_state(&dag_id, run_id, logical_date, RunState::Unspecified, state);
-        if running {
-            self.arm_deadlines(run_id);
-        }
+        // A queued run can miss its SLA too.
+        self.arm_deadlines(run_id);
         for index in controller_sensors {
             self.resume_controller_sensor(run_id, index);
         }
@@ -1694,10 +1702,6 @@ impl Scheduler {
             return;
         };
         let task = entry.plan.task(index);
-        if sensors::runs_on_controller(&task.kind) {
-            self.start_controller_sensor(run_id, index);
-            return;
-        }
         self.ready_seq += 1;
         let item = ReadyItem {
             priority: task.priority,
@@ -1713,6 +1717,19 @@ impl Scheduler {
         let Some(entry) = self.runs.get(&item.run_id) else {
             return;
         };
+        if sensors::runs_on_controller(&entry.plan.task(item.index).kind) {
+            // No worker and no slot: it starts now, unless its DAG is
+            // paused (then with the DAG's other parked tasks).
+            if self.dags.get(&entry.dag_id).is_some_and(|meta| meta.paused) {
+                self.parked
+                    .entry(entry.dag_id.clone())
+                    .or_default()
+                    .push(item);
+            } else {
+                self.start_controller_sensor(item.run_id, item.index);
+            }
+            return;
+        }
         let route = &entry.plan.routes[item.index as usize];
         self.ready.push(route, item);
         self.dispatch_needed = true;
@@ -2579,6 +2596,30 @@ impl Scheduler {
                 .retain(|existing| !existing.same_channel(watcher));
         }
     }
+}
+
+/// The fields of a DAG's record copied from its latest version's schedule,
+/// so that a new leader knows them without parsing every spec.
+fn set_scheduling_fields(meta: &mut DagMetaRecord, plan: &crate::plan::DagPlan) {
+    meta.max_active_runs = plan.settings.max_active_runs;
+    meta.timezone = plan.settings.timezone.name().to_string();
+    meta.catchup = plan.settings.catchup;
+    meta.trigger_kind = trigger_kind(&plan.settings.trigger) as i32;
+    meta.trigger_names = match &plan.settings.trigger {
+        DagTrigger::Events(names) => names.iter().map(ToString::to_string).collect(),
+        DagTrigger::Assets(uris) => uris.iter().map(ToString::to_string).collect(),
+        DagTrigger::Manual | DagTrigger::Timetable(_) => Vec::new(),
+    };
+    meta.outputs = plan
+        .tasks
+        .iter()
+        .flat_map(|task| {
+            task.outputs.iter().map(|uri| AssetOutput {
+                task_id: task.id.to_string(),
+                uri: uri.to_string(),
+            })
+        })
+        .collect();
 }
 
 fn trigger_kind(trigger: &DagTrigger) -> DagTriggerKind {

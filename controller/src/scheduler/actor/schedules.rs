@@ -142,7 +142,14 @@ impl Scheduler {
                 self.wall_timers.remove(&timer);
                 return;
             }
-            self.create_interval_run(&plan, interval, RunTrigger::Scheduled, None);
+            if self
+                .create_interval_run(&plan, interval, RunTrigger::Scheduled, None)
+                .is_none()
+            {
+                // Its params have no defaults (registration refuses that).
+                self.wall_timers.remove(&timer);
+                return;
+            }
         }
         // More due than one evaluation creates: go on at the next turn.
         self.wall_timers

@@ -496,8 +496,9 @@ async fn observe_stored(
     else {
         return Ok(ExternalObservation::Waiting);
     };
+    let run_state = record_run_state(&run);
     match task_id {
-        None => Ok(observe_run_state(dag_id, record_run_state(&run))),
+        None => Ok(observe_run_state(dag_id, run_state)),
         Some(task_id) => {
             let task: Option<TaskRecord> =
                 get_record(store, &keys::task(&run_id, task_id.as_str()))
@@ -505,6 +506,14 @@ async fn observe_stored(
                     .map_err(text)?;
             Ok(match task {
                 Some(task) => observe_task_state(dag_id, &task_id, record_task_state(&task)),
+                // A task without a record never ran: in a finished run it
+                // never will.
+                None if baton_common::states::run_state_is_final(run_state) => {
+                    ExternalObservation::Failed(format!(
+                        "task `{task_id}` of the watched run of dag `{dag_id}` never ran (the run ended {})",
+                        run_state_name(run_state)
+                    ))
+                }
                 None => ExternalObservation::Waiting,
             })
         }
