@@ -9,10 +9,10 @@
 //!   unique id, queue `default` and its slots;
 //! - on `Registered` it heartbeats at once, then every
 //!   `Registered.heartbeat_interval` (free slots and the attempts it holds);
-//! - on `Assign` of a noop it sends `TaskStarted`, then `TaskResult`
-//!   (`SUCCEEDED`, `log_bytes` 0) at once, or after holding the attempt for
-//!   the fleet's current hold time (to keep slots busy); any other kind is
-//!   answered `FAILED`;
+//! - on `Assign` of a noop it sends `TaskResult` (`SUCCEEDED`, `log_bytes`
+//!   0) at once, as `baton worker` does (no `TaskStarted`), or `TaskStarted`
+//!   and the result after holding the attempt for the fleet's current hold
+//!   time (to keep slots busy); any other kind is answered `FAILED`;
 //! - on `Cancel` of an attempt it holds it answers `CANCELLED`;
 //! - acknowledgements are counted and otherwise ignored (nothing is kept
 //!   for a resend: a simulated worker never reconnects).
@@ -440,15 +440,21 @@ impl SimWorker {
     ) {
         let counters = &self.shared.counters;
         let started_at = now_micros();
-        send(
-            outbound,
-            worker_message::Message::TaskStarted(api::TaskStarted {
-                attempt_id: assign.attempt_id.clone(),
-                started_at: Some(micros_to_timestamp(started_at)),
-                pid: 0,
-            }),
-        );
-        if !matches!(assign.kind, Some(api::assign::Kind::Noop(_))) {
+        let hold = Duration::from_millis(self.shared.hold_ms.load(Ordering::Relaxed));
+        let noop = matches!(assign.kind, Some(api::assign::Kind::Noop(_)));
+        // Like `baton worker`, an instant noop is answered with its result
+        // alone (the result carries the start).
+        if !(noop && hold.is_zero()) {
+            send(
+                outbound,
+                worker_message::Message::TaskStarted(api::TaskStarted {
+                    attempt_id: assign.attempt_id.clone(),
+                    started_at: Some(micros_to_timestamp(started_at)),
+                    pid: 0,
+                }),
+            );
+        }
+        if !noop {
             let error = "a simulated worker runs only noop tasks";
             send_result(
                 outbound,
@@ -460,7 +466,6 @@ impl SimWorker {
             );
             return;
         }
-        let hold = Duration::from_millis(self.shared.hold_ms.load(Ordering::Relaxed));
         if hold.is_zero() {
             send_result(
                 outbound,

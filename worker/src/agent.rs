@@ -37,6 +37,7 @@ use crate::config::WorkerConfig;
 use crate::connection::{Link, LinkEvent};
 use crate::executor::{
     self, AttemptContext, AttemptEvent, AttemptResult, AttemptSpec, SHUTDOWN_REASON, StopSignal,
+    TaskKind,
 };
 use crate::outbox::{AckEffect, Outbox};
 use crate::sensor::HttpClient;
@@ -343,6 +344,7 @@ impl Agent {
                 let Some(attempt_id) = parse_attempt_id(&ack.attempt_id, "ack") else {
                     return;
                 };
+                let spooled = self.outbox.is_spooled(attempt_id);
                 match self.outbox.on_ack(&ack, attempt_id) {
                     AckEffect::Unknown => {
                         debug!(%attempt_id, "ack for an unknown attempt; ignored")
@@ -354,11 +356,15 @@ impl Agent {
                     }
                     AckEffect::Forgotten => {
                         debug!(%attempt_id, "attempt fully acknowledged");
-                        self.remove_spool(attempt_id);
+                        if spooled {
+                            self.remove_spool(attempt_id);
+                        }
                     }
                     AckEffect::Stale => {
                         info!(%attempt_id, reason = %ack.reason, "attempt is stale; stopped and forgotten");
-                        self.remove_spool(attempt_id);
+                        if spooled {
+                            self.remove_spool(attempt_id);
+                        }
                     }
                 }
                 self.pump();
@@ -398,6 +404,10 @@ impl Agent {
         };
         let attempt_id = spec.attempt_id;
         let stop = StopSignal::default();
+        if matches!(spec.kind, TaskKind::Noop) {
+            self.run_noop(attempt_id, stop);
+            return;
+        }
         let log_path = spool::log_path(&self.config.work_dir, attempt_id);
         if !self.outbox.insert(attempt_id, stop.clone(), Some(log_path)) {
             debug!(%attempt_id, "duplicate assignment ignored");
@@ -510,6 +520,32 @@ impl Agent {
         for message in self.outbox.ready_results() {
             self.link.send(message);
         }
+    }
+
+    /// A noop succeeds at once and is kept in memory only: no spool, no
+    /// process, and no `TaskStarted` (the result carries its start). Should
+    /// the worker die before the controller acknowledges the result, the
+    /// controller never saw the attempt start, so it gives the task back
+    /// without using a retry; a noop is cheap to run again.
+    fn run_noop(&mut self, attempt_id: AttemptId, stop: StopSignal) {
+        if !self.outbox.insert(attempt_id, stop, None) {
+            debug!(%attempt_id, "duplicate assignment ignored");
+            return;
+        }
+        let now = std::time::SystemTime::now();
+        self.outbox.on_finished(
+            attempt_id,
+            AttemptResult {
+                outcome: api::AttemptOutcome::Succeeded,
+                exit_code: None,
+                error: String::new(),
+                output_json: String::new(),
+                started_at: now,
+                ended_at: now,
+                log_bytes: 0,
+            },
+        );
+        self.pump();
     }
 
     /// Removes a forgotten attempt's spool, off the loop.

@@ -497,6 +497,58 @@ async fn unacknowledged_results_are_resent_after_reconnecting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noop_is_answered_with_its_result_alone_and_spools_nothing() {
+    let mut controller = Controller::start().await;
+    let work_dir = tempfile::tempdir().expect("temp dir");
+    let (config, shutdown, worker) = start_worker(&controller.addr, work_dir.path(), |_| {});
+    let mut session = controller.accept().await;
+    session.expect_register().await;
+    session.register_ok();
+    session.recv_heartbeat().await;
+
+    let attempt_id = AttemptId::generate();
+    session.send(ToWorker::Assign(assign_kind(
+        attempt_id,
+        api::assign::Kind::Noop(api::NoopTask {}),
+    )));
+    match session.recv_work().await {
+        FromWorker::TaskResult(result) => {
+            assert_eq!(result.attempt_id, attempt_id.to_string());
+            assert_eq!(result.outcome, AttemptOutcome::Succeeded as i32);
+            assert!(result.started_at.is_some(), "the result carries the start");
+            assert_eq!(result.log_bytes, 0);
+        }
+        other => panic!("a noop answers with its result alone, not {other:?}"),
+    }
+    let spool = work_dir
+        .path()
+        .join("workers")
+        .join(config.worker_id.as_str())
+        .join("spool");
+    let spooled = spool.read_dir().map(|entries| entries.count()).unwrap_or(0);
+    assert_eq!(spooled, 0, "a noop writes nothing to the spool");
+    // Not acknowledged: after a reconnect it is announced and resent.
+    drop(session);
+    let mut session = controller.accept().await;
+    let register = session.expect_register().await;
+    assert_eq!(register.attempt_ids, [attempt_id.to_string()]);
+    session.register_ok();
+    let (_, started, result) = session.recv_until_result(attempt_id, 0).await;
+    assert!(started.is_none());
+    assert_eq!(result.outcome, AttemptOutcome::Succeeded as i32);
+    session.send(ack(attempt_id, 0, true));
+    session
+        .expect_only_heartbeats(Duration::from_millis(300))
+        .await;
+    shutdown.cancel();
+    session.recv_draining_heartbeat().await;
+    session.expect_end().await;
+    drop(session);
+    join_worker(worker).await;
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stale_and_drain_stop_running_attempts() {
     let mut controller = Controller::start().await;
     let work_dir = tempfile::tempdir().expect("temp dir");
