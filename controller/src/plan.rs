@@ -48,6 +48,8 @@ pub struct DagPlan {
     pub template_reads: Vec<Vec<TaskIndex>>,
     /// Tasks with an `sla`.
     pub sla_tasks: Vec<TaskIndex>,
+    /// Sensors the controller evaluates itself (time, delta, external).
+    pub controller_sensor_tasks: Vec<TaskIndex>,
     by_id: HashMap<TaskId, TaskIndex>,
 }
 
@@ -102,6 +104,15 @@ impl DagPlan {
                 sla: dag.sla,
             },
             template_reads,
+            controller_sensor_tasks: dag
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, task)| {
+                    matches!(&task.kind, TaskKind::Sensor(sensor) if !sensor.condition.runs_on_worker())
+                })
+                .map(|(index, _)| index as TaskIndex)
+                .collect(),
             sla_tasks: dag
                 .tasks
                 .iter()

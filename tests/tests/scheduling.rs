@@ -221,6 +221,10 @@ start_date: 2026-01-01
 catchup: false
 max_active_runs: 16
 tasks:
+  # Listed before its upstream: a rerun clears both at once.
+  - id: report
+    kind: noop
+    depends_on: work
   - id: work
     # 7 and 21 January fail on their first attempt only.
     command: 'sleep 0.3; if [ "$BATON_ATTEMPT" = 1 ] && { [ "{{ ds }}" = 2026-01-07 ] || [ "{{ ds }}" = 2026-01-21 ]; }; then exit 1; fi'
@@ -340,7 +344,67 @@ async fn a_backfill_keeps_to_max_active_skips_what_ran_and_reruns_only_failed_in
         let attempts = api.attempts(&now.run_id, "work").await.len();
         let was_failed = before.state == RunState::Failed as i32;
         assert_eq!(attempts, if was_failed { 2 } else { 1 }, "{now:?}");
+        assert_eq!(api.attempts(&now.run_id, "report").await.len(), 1);
     }
+
+    // Cancelling a backfill as a whole: its unfinished runs are cancelled,
+    // nothing more is created, and it ends CANCELLED.
+    api.register(
+        &DAILY
+            .replace("id: daily", "id: slow-daily")
+            .replace("sleep 0.3", "sleep 30"),
+    )
+    .await;
+    let started = api
+        .client
+        .backfills
+        .create_backfill(CreateBackfillRequest {
+            dag_id: "slow-daily".into(),
+            from: Some(timestamp("2026-01-01T00:00:00Z")),
+            to: Some(timestamp("2026-01-10T00:00:00Z")),
+            max_active: 2,
+            ..CreateBackfillRequest::default()
+        })
+        .await
+        .expect("backfill")
+        .into_inner()
+        .backfill
+        .unwrap();
+    let cancelled = api
+        .client
+        .backfills
+        .cancel_backfill(baton_tests::pb::CancelBackfillRequest {
+            backfill_id: started.backfill_id.clone(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner()
+        .backfill
+        .unwrap();
+    assert_eq!(cancelled.state(), BackfillState::Cancelled, "{cancelled:?}");
+    let runs: Vec<Run> = runs_of(&mut api, "slow-daily")
+        .await
+        .into_iter()
+        .filter(|run| run.backfill_id == started.backfill_id)
+        .collect();
+    assert_eq!(runs.len(), 2, "max_active runs were created, no more");
+    for run in &runs {
+        let view = api.wait_for_run(&run.run_id, WAIT).await;
+        assert_eq!(view.state(), RunState::Cancelled, "{}", view.describe());
+    }
+    let stored = api
+        .client
+        .backfills
+        .get_backfill(GetBackfillRequest {
+            backfill_id: started.backfill_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .backfill
+        .unwrap();
+    assert_eq!(stored.state(), BackfillState::Cancelled);
+    assert_eq!(stored.intervals.len(), 10);
 
     // A range without intervals, and one beyond the limit, are refused.
     let status = api

@@ -45,7 +45,7 @@ pub(crate) async fn dag_with_schedule(
     let Some(timetable) = plan.settings.timetable() else {
         return Ok(dag);
     };
-    let last_end = recovery::last_interval_end(store, &dag_id)
+    let last_end = recovery::schedule_position(store, &dag_id)
         .await
         .map_err(store_error)?;
     let to_datetime = |micros: i64| {
@@ -157,8 +157,17 @@ impl DagApi {
             .scheduler
             .register_dag(version)
             .await?;
+        // Stored already: a failed read of the next interval must not turn
+        // the answer into an error.
+        let dag = match dag_with_schedule(&self.context, &registered.meta).await {
+            Ok(dag) => dag,
+            Err(error) => {
+                tracing::warn!(dag_id = %registered.meta.dag_id, %error, "cannot compute the next interval of a registered dag");
+                dag_view(&registered.meta)
+            }
+        };
         Ok(RegisterDagResponse {
-            dag: Some(dag_with_schedule(&self.context, &registered.meta).await?),
+            dag: Some(dag),
             version: registered.version,
             created: registered.created,
         })

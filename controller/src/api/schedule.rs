@@ -28,6 +28,7 @@ use tracing::instrument;
 
 use super::run::{parse_json_object, resolve_params};
 use super::{ApiContextRef, GrpcResult, grpc, page_size, parse_id, store_error};
+use crate::scheduler::recovery;
 use crate::scheduler::views::record_run_state;
 use crate::store::{Scan, Store, decode, get_record, keys};
 
@@ -131,14 +132,18 @@ impl ScheduleApi {
                 "dag `{dag_id}` has no cron or `every` schedule, so it has no intervals to backfill"
             )));
         };
-        let intervals = timetable
-            .intervals_starting_in(from, to, MAX_BACKFILL_INTERVALS)
+        // Only intervals that have ended: later ones are the schedule's, and
+        // their data may not exist yet.
+        let now = self.context.config.clock.now();
+        let mut intervals = timetable
+            .intervals_starting_in(from, to.min(now), MAX_BACKFILL_INTERVALS)
             .map_err(|reason| ApiError::invalid("to", reason))?;
+        intervals.retain(|interval| interval.end <= now);
         if intervals.is_empty() {
             return Err(ApiError::invalid(
                 "from",
                 format!(
-                    "no interval of dag `{dag_id}`'s schedule starts between {} and {} (within its start and end dates)",
+                    "no interval of dag `{dag_id}`'s schedule that has ended starts between {} and {} (within its start and end dates)",
                     from.to_rfc3339(),
                     to.to_rfc3339()
                 ),
@@ -266,9 +271,13 @@ impl ScheduleApi {
     }
 
     async fn get_backfill(&self, request: GetBackfillRequest) -> ApiResult<GetBackfillResponse> {
-        let backfill = self.backfill_record(&request.backfill_id).await?;
+        let record = self.backfill_record(&request.backfill_id).await?;
+        let mut backfill = record.backfill.unwrap_or_default();
+        backfill.intervals = recovery::load_backfill_intervals(self.store(), &request.backfill_id)
+            .await
+            .map_err(store_error)?;
         Ok(GetBackfillResponse {
-            backfill: backfill.backfill,
+            backfill: Some(backfill),
         })
     }
 

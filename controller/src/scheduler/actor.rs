@@ -88,6 +88,15 @@ struct PendingCreate {
     waiters: Vec<super::Reply<(RunRecord, bool)>>,
 }
 
+/// Work a handler leaves for after it returns, so that reactions to a run's
+/// end do not nest (a run that ends as soon as it starts would otherwise
+/// start the next queued run from inside the first one's end, and so on).
+pub(super) enum Deferred {
+    /// Start the DAG's queued runs and evaluate its schedule.
+    Admit(DagId),
+    AdvanceBackfill(Arc<str>),
+}
+
 /// An event with an idempotency key waiting for its conditional write,
 /// with the runs it creates.
 struct PendingEvent {
@@ -128,6 +137,8 @@ pub struct Scheduler {
     creating: HashMap<DagId, u32>,
     /// DAGs with a cron or `every` schedule.
     schedules: HashMap<DagId, schedules::ScheduleState>,
+    /// Per DAG: the end of its schedule's latest interval with a run.
+    schedule_positions: HashMap<DagId, Micros>,
     /// What happens at a wall-clock instant, earliest first.
     wall_timers: WallTimers<deadlines::WallTimer>,
     /// The sleep for the earliest wall timer, and that timer's instant.
@@ -156,6 +167,7 @@ pub struct Scheduler {
     /// watch.
     external_waiters: HashMap<(DagId, Micros), Vec<sensors::ExternalWaiter>>,
     renderer: baton_common::template::Renderer,
+    deferred: std::collections::VecDeque<Deferred>,
 }
 
 type CommitResult = StoreResult<BatchOutcome>;
@@ -244,6 +256,7 @@ impl Scheduler {
             dag_runs: HashMap::new(),
             creating: HashMap::new(),
             schedules: HashMap::new(),
+            schedule_positions: HashMap::new(),
             wall_timers: WallTimers::default(),
             wall_sleep: None,
             trigger_plans: HashMap::new(),
@@ -260,6 +273,7 @@ impl Scheduler {
             ended_backfills: HashMap::new(),
             external_waiters: HashMap::new(),
             renderer: baton_common::template::Renderer::new(),
+            deferred: std::collections::VecDeque::new(),
         };
         scheduler.recover().await?;
         let handle = tokio::spawn(async move {
@@ -304,14 +318,14 @@ impl Scheduler {
                     .map_err(|error| SchedulerError::Recovery(error.to_string()))?;
                 self.parts.plans.set_latest(Arc::clone(&plan));
                 if kind == DagTriggerKind::Timetable {
-                    let last_end = recovery::last_interval_end(store.as_ref(), &dag_id).await?;
                     let registered_at = timestamp_opt_to_micros(meta.created_at.as_ref());
-                    schedules.push((dag_id.clone(), plan.clone(), registered_at, last_end));
+                    schedules.push((dag_id.clone(), plan.clone(), registered_at));
                 }
                 self.index_dag_triggers(&meta, Some(&plan));
             }
             self.dags.insert(dag_id, meta);
         }
+        self.schedule_positions = recovery::load_schedule_positions(store.as_ref()).await?;
         for record in recovery::load_assets(store.as_ref()).await? {
             self.assets.insert(record.uri.clone(), record);
         }
@@ -340,11 +354,10 @@ impl Scheduler {
                 .count();
             self.install_run(entry, Some(grace_deadline));
         }
-        // Queued runs start where their DAG has room.
+        // Queued runs start where their DAG has room, once every run is in.
         let with_runs: Vec<DagId> = self.dag_runs.keys().cloned().collect();
-        for dag_id in with_runs {
-            self.start_queued(&dag_id);
-        }
+        self.deferred
+            .extend(with_runs.into_iter().map(Deferred::Admit));
         let backfills = recovery::load_active_backfills(store.as_ref()).await?;
         for record in backfills {
             let Some(backfill) = &record.backfill else {
@@ -362,19 +375,21 @@ impl Scheduler {
                 .get(store.as_ref(), &dag_id, meta.latest_version)
                 .await
                 .map_err(|error| SchedulerError::Recovery(error.to_string()))?;
-            let referenced: Vec<RunId> = backfill
-                .intervals
+            let intervals =
+                recovery::load_backfill_intervals(store.as_ref(), &backfill.backfill_id).await?;
+            let referenced: Vec<RunId> = intervals
                 .iter()
                 .filter_map(|interval| interval.run_id.parse().ok())
                 .filter(|run_id| !self.runs.contains_key(run_id))
                 .collect();
             let finished = recovery::load_run_states(store.as_ref(), referenced).await?;
-            self.resume_backfill(record, plan, &finished);
+            self.resume_backfill(record, intervals, plan, &finished);
         }
         let scheduled = schedules.len();
-        for (dag_id, plan, registered_at, last_end) in schedules {
-            self.follow_schedule(&dag_id, &plan, registered_at, last_end);
+        for (dag_id, plan, registered_at) in schedules {
+            self.follow_schedule(&dag_id, &plan, registered_at);
         }
+        self.drain_deferred();
         info!(
             dags = self.dags.len(),
             scheduled,
@@ -429,6 +444,7 @@ impl Scheduler {
                 }
                 _ = liveness.tick() => self.check_liveness(),
             }
+            self.drain_deferred();
             self.dispatch();
             self.flush();
         }
@@ -448,6 +464,20 @@ impl Scheduler {
         }
         info!("scheduler stopped");
         Ok(())
+    }
+
+    /// Runs the work handlers left for after them, including what that work
+    /// leaves in turn.
+    fn drain_deferred(&mut self) {
+        while let Some(work) = self.deferred.pop_front() {
+            match work {
+                Deferred::Admit(dag_id) => {
+                    self.start_queued(&dag_id);
+                    self.evaluate_schedule(&dag_id);
+                }
+                Deferred::AdvanceBackfill(id) => self.advance_backfill(&id),
+            }
+        }
     }
 
     /// Keeps the sleep of the loop on the earliest wall timer.
@@ -958,8 +988,9 @@ impl Scheduler {
                 &dag_id,
                 &plan,
                 timestamp_opt_to_micros(refreshed.created_at.as_ref()),
-                None,
             );
+            // `max_active_runs` may have grown.
+            self.deferred.push_back(Deferred::Admit(dag_id.clone()));
             return Ok(Registered {
                 version: refreshed.latest_version,
                 meta: refreshed,
@@ -1005,8 +1036,9 @@ impl Scheduler {
             &dag_id,
             &plan,
             timestamp_opt_to_micros(meta.created_at.as_ref()),
-            None,
         );
+        // `max_active_runs` may have grown.
+        self.deferred.push_back(Deferred::Admit(dag_id.clone()));
         Ok(Registered {
             meta,
             version,
@@ -1062,6 +1094,15 @@ impl Scheduler {
                 "dag `{dag_id}` has {active} active run(s); cancel them or wait for them to finish before deleting it"
             )));
         }
+        let events_in_flight = self
+            .pending_events
+            .values()
+            .any(|pending| pending.entries.iter().any(|entry| &entry.dag_id == dag_id));
+        if events_in_flight {
+            return Err(ApiError::Unavailable(format!(
+                "an event is creating a run of dag `{dag_id}`; try again"
+            )));
+        }
         if let Some(backfill) = self.backfill_by_dag.get(dag_id) {
             return Err(ApiError::FailedPrecondition(format!(
                 "dag `{dag_id}` has backfill {backfill} running; cancel it before deleting the dag"
@@ -1074,13 +1115,23 @@ impl Scheduler {
         self.wall_timers
             .remove(&deadlines::WallTimer::Schedule(dag_id.clone()));
         self.unindex_dag_triggers(dag_id);
-        self.asset_queues.remove(dag_id);
+        for uri in self
+            .asset_queues
+            .remove(dag_id)
+            .unwrap_or_default()
+            .into_keys()
+        {
+            self.pending
+                .ops
+                .push(Op::delete(keys::asset_queue_entry(dag_id, &uri)));
+        }
+        self.schedule_positions.remove(dag_id);
+        self.pending
+            .ops
+            .push(Op::delete(keys::schedule_position(dag_id)));
         self.pending
             .ops
             .push(Op::delete_prefix(keys::intervals(dag_id)));
-        self.pending
-            .ops
-            .push(Op::delete_prefix(keys::asset_queue(dag_id)));
         self.pending.ops.push(Op::delete(keys::dag(dag_id)));
         self.pending
             .ops
@@ -1153,11 +1204,13 @@ impl Scheduler {
     /// that owns a data interval, is created only if nothing holds that
     /// claim yet (a conditional write); otherwise `reply` gets the run that
     /// holds it, with `created: false`.
+    /// Returns the run that holds the claim (this one, or the one that
+    /// already held it or is being created for it).
     pub(super) fn create_run(
         &mut self,
         entry: RunEntry,
         reply: Option<super::Reply<(RunRecord, bool)>>,
-    ) {
+    ) -> RunId {
         let dag_id = entry.dag_id.clone();
         let run_id = entry.run_id;
         let Some(claim) = RunClaim::of(&entry) else {
@@ -1174,18 +1227,18 @@ impl Scheduler {
                 let record = run_record(&self.runs[&run_id]);
                 self.reply_after_commit(reply, Ok((record, true)));
             }
-            return;
+            return run_id;
         };
-        if let Some(existing) = self.active_keys.get(&claim.create_key()) {
+        if let Some(&existing) = self.active_keys.get(&claim.create_key()) {
             if let Some(reply) = reply {
-                let record = run_record(&self.runs[existing]);
+                let record = run_record(&self.runs[&existing]);
                 self.reply_after_commit(reply, Ok((record, false)));
             }
-            return;
+            return existing;
         }
         if let Some(pending) = self.pending_creates.get_mut(&claim.create_key()) {
             pending.waiters.extend(reply);
-            return;
+            return pending.entry.run_id;
         }
         let (claim_key, claim_value) = claim.record(&entry);
         let conditional = Conditional {
@@ -1214,6 +1267,7 @@ impl Scheduler {
                 waiters: reply.into_iter().collect(),
             },
         );
+        run_id
     }
 
     /// Finishes a conditional run creation once its write returned.
@@ -1227,6 +1281,7 @@ impl Scheduler {
         };
         self.note_creating(&entry.dag_id, false);
         let origin = entry.origin.clone();
+        let entry_run_id = entry.run_id;
         if applied {
             let run_id = entry.run_id;
             info!(dag_id = %entry.dag_id, %run_id, trigger = ?origin.trigger, "run created");
@@ -1235,6 +1290,7 @@ impl Scheduler {
                 installed.dirty = false;
             }
             self.start_run(run_id);
+            self.cancel_if_backfill_cancelled(run_id);
             let record = run_record(&self.runs[&run_id]);
             for (index, waiter) in waiters.into_iter().enumerate() {
                 let record = record.clone();
@@ -1245,7 +1301,12 @@ impl Scheduler {
         // The claim was taken before: whoever asked learns which run holds it.
         if let CreateKey::Interval(dag_id, start) = &key {
             info!(%dag_id, interval_start = *start, "the interval already has a run");
-            self.on_interval_taken(dag_id.clone(), *start, &origin);
+            self.on_interval_taken(dag_id.clone(), &origin);
+            // A backfill that counted on this run follows the one that
+            // holds the interval.
+            if let Some((backfill_id, _)) = self.backfill_runs.get(&entry_run_id).cloned() {
+                self.on_backfill_interval_taken(&backfill_id, dag_id.clone(), *start);
+            }
         }
         if waiters.is_empty() {
             return;
@@ -1476,6 +1537,21 @@ impl Scheduler {
         } else {
             vec![start]
         };
+        let names = self.clear_set(run_id, &cleared);
+        info!(%run_id, %task_id, cleared = cleared.len(), "tasks cleared");
+        Ok((run_record(&self.runs[&run_id]), names))
+    }
+
+    /// Clears a set of tasks of a run at once (in index order) so they run
+    /// again, reopening the run if it finished; returns their ids. Cleared
+    /// together, a task's cleared upstream is pending when it is evaluated,
+    /// whatever the order of the file.
+    pub(super) fn clear_set(&mut self, run_id: RunId, cleared: &[TaskIndex]) -> Vec<String> {
+        let Some(entry) = self.runs.get(&run_id) else {
+            return Vec::new();
+        };
+        let plan = Arc::clone(&entry.plan);
+        let cleared = cleared.to_vec();
         let in_set: HashSet<TaskIndex> = cleared.iter().copied().collect();
         for &index in &cleared {
             if is_open(self.runs[&run_id].slot(index).state) {
@@ -1488,7 +1564,9 @@ impl Scheduler {
                 );
             }
         }
-        let entry = self.runs.get_mut(&run_id).expect("checked above");
+        let Some(entry) = self.runs.get_mut(&run_id) else {
+            return Vec::new();
+        };
         for &index in &cleared {
             let was_success = entry.slot(index).state == TaskState::Success;
             entry.set_state(index, TaskState::Pending);
@@ -1541,12 +1619,10 @@ impl Scheduler {
             self.evaluate_pending(run_id, index);
         }
         self.check_run_done(run_id);
-        let names = cleared
+        cleared
             .iter()
             .map(|&index| plan.task(index).id.to_string())
-            .collect();
-        info!(%run_id, %task_id, cleared = cleared.len(), "tasks cleared");
-        Ok((run_record(&self.runs[&run_id]), names))
+            .collect()
     }
 
     /// Moves a pending task on if it can: `upstream_failed` (or `skipped`)
@@ -1718,6 +1794,11 @@ impl Scheduler {
             return;
         };
         if sensors::runs_on_controller(&entry.plan.task(item.index).kind) {
+            if entry.slot(item.index).state != TaskState::Ready || entry.state != RunState::Running
+            {
+                // Cleared, cancelled or started meanwhile (parked twice).
+                return;
+            }
             // No worker and no slot: it starts now, unless its DAG is
             // paused (then with the DAG's other parked tasks).
             if self.dags.get(&entry.dag_id).is_some_and(|meta| meta.paused) {
@@ -2576,6 +2657,7 @@ impl Scheduler {
                 });
                 if finished && let Some(entry) = self.runs.remove(&run_id) {
                     self.disarm_deadlines(run_id, &entry.plan.sla_tasks);
+                    self.disarm_controller_sensors(&entry);
                     if let Some(claim) = RunClaim::of(&entry) {
                         self.active_keys.remove(&claim.create_key());
                     }

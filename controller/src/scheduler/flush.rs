@@ -89,11 +89,16 @@ pub struct InFlight {
 }
 
 /// Keeps the last operation on each key: a key may appear only once in a
-/// batch, and the last write is the state to keep.
+/// batch, and the last write is the state to keep. An operation on a key
+/// that a later `DeletePrefix` covers is dropped (the delete supersedes it).
+/// The scheduler never puts a key after deleting its prefix in the same
+/// batch (etcd refuses a transaction with such an overlap); debug builds
+/// check that.
 pub fn dedupe_ops(ops: Vec<Op>) -> Vec<Op> {
     if ops.len() < 2 {
         return ops;
     }
+    let ops = drop_superseded_by_prefixes(ops);
     let mut last: HashMap<Vec<u8>, usize> = HashMap::with_capacity(ops.len());
     for (index, op) in ops.iter().enumerate() {
         let key = match op {
@@ -113,6 +118,43 @@ pub fn dedupe_ops(ops: Vec<Op>) -> Vec<Op> {
                 Op::DeletePrefix { prefix } => prefix,
             };
             last.get(key) == Some(index)
+        })
+        .map(|(_, op)| op)
+        .collect()
+}
+
+/// Drops operations whose key a later `DeletePrefix` of the batch covers.
+fn drop_superseded_by_prefixes(ops: Vec<Op>) -> Vec<Op> {
+    let prefixes: Vec<(usize, Vec<u8>)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(index, op)| match op {
+            Op::DeletePrefix { prefix } => Some((index, prefix.clone())),
+            _ => None,
+        })
+        .collect();
+    if prefixes.is_empty() {
+        return ops;
+    }
+    ops.into_iter()
+        .enumerate()
+        .filter(|(index, op)| {
+            let key = match op {
+                Op::Put { key, .. } | Op::Delete { key } => key,
+                Op::DeletePrefix { .. } => return true,
+            };
+            let covered_later = prefixes
+                .iter()
+                .any(|(at, prefix)| at > index && key.starts_with(prefix));
+            let covered_earlier = prefixes
+                .iter()
+                .any(|(at, prefix)| at < index && key.starts_with(prefix));
+            debug_assert!(
+                !covered_earlier || covered_later,
+                "key {:?} written after a prefix delete that covers it in one batch",
+                String::from_utf8_lossy(key)
+            );
+            !covered_later
         })
         .map(|(_, op)| op)
         .collect()
@@ -150,21 +192,13 @@ async fn commit_in_batches(
         return store.commit(Batch { ops, conditionals }).await;
     }
     // Consecutive batches, in order, each within both bounds (an operation
-    // larger than the byte bound goes alone). Plain operations first, as in
-    // one batch.
+    // larger than the byte bound goes alone). Conditionals (run creations)
+    // first: a plain operation that follows from one (a schedule's position
+    // after its run) must never be stored without it, should the
+    // controller stop between two batches.
     let mut batch = Batch::default();
     let (mut batch_ops, mut batch_bytes) = (0, 0);
     let mut applied = Vec::with_capacity(conditionals.len());
-    for op in ops {
-        let size = op.size();
-        if batch_ops > 0 && (batch_ops + 1 > max_ops || batch_bytes + size > max_bytes) {
-            store.commit(std::mem::take(&mut batch)).await?;
-            (batch_ops, batch_bytes) = (0, 0);
-        }
-        batch_ops += 1;
-        batch_bytes += size;
-        batch.ops.push(op);
-    }
     for conditional in conditionals {
         let (ops, bytes) = (
             conditional_ops(&conditional),
@@ -177,6 +211,16 @@ async fn commit_in_batches(
         batch_ops += ops;
         batch_bytes += bytes;
         batch.conditionals.push(conditional);
+    }
+    for op in ops {
+        let size = op.size();
+        if batch_ops > 0 && (batch_ops + 1 > max_ops || batch_bytes + size > max_bytes) {
+            applied.extend(store.commit(std::mem::take(&mut batch)).await?.applied);
+            (batch_ops, batch_bytes) = (0, 0);
+        }
+        batch_ops += 1;
+        batch_bytes += size;
+        batch.ops.push(op);
     }
     if !batch.is_empty() {
         applied.extend(store.commit(batch).await?.applied);
@@ -285,6 +329,22 @@ mod tests {
         );
         assert!(store.get(b"free-made").await.unwrap().is_some());
         assert!(store.get(b"taken-made").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_later_prefix_delete_supersedes_the_writes_it_covers() {
+        let ops = vec![
+            Op::put(b"queue/a/1".to_vec(), b"1".to_vec()),
+            Op::put(b"other".to_vec(), b"1".to_vec()),
+            Op::delete_prefix(b"queue/a/".to_vec()),
+        ];
+        assert_eq!(
+            dedupe_ops(ops),
+            vec![
+                Op::put(b"other".to_vec(), b"1".to_vec()),
+                Op::delete_prefix(b"queue/a/".to_vec())
+            ]
+        );
     }
 
     #[test]

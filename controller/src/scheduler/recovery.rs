@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use baton_common::error::ApiError;
 use baton_common::ids::{AttemptId, DagId, RunId};
-use baton_common::pb::api::{AttemptOutcome, RunState, RunTrigger, TaskState};
+use baton_common::pb::api::{AttemptOutcome, BackfillInterval, RunState, RunTrigger, TaskState};
 use baton_common::pb::records::{
-    AssetQueueRecord, AssetRecord, BackfillRecord, DagMetaRecord, IntervalRecord, PoolRecord,
-    RunRecord, TaskRecord,
+    AssetQueueRecord, AssetRecord, BackfillRecord, DagMetaRecord, PoolRecord, RunRecord,
+    SchedulePositionRecord, TaskRecord,
 };
 use baton_common::states::task_state_is_final;
 
@@ -162,16 +162,27 @@ fn restore_slot(entry: &mut RunEntry, index: u32, record: &TaskRecord) {
     slot.sensor_deadline = micros(record.sensor_deadline.as_ref());
 }
 
-/// End of the latest data interval of a DAG that has a run, if any.
-pub async fn last_interval_end(store: &dyn Store, dag_id: &DagId) -> StoreResult<Option<i64>> {
-    let entries = store
-        .scan(Scan::prefix(keys::intervals(dag_id)).reverse().limit(1))
-        .await?;
-    let Some((key, value)) = entries.first() else {
-        return Ok(None);
-    };
-    let record: IntervalRecord = decode(key, value)?;
-    Ok(Some(micros(record.data_interval_end.as_ref())))
+/// Where each DAG's schedule stands: the end of its latest scheduled
+/// interval with a run.
+pub async fn load_schedule_positions(
+    store: &dyn Store,
+) -> StoreResult<std::collections::HashMap<DagId, i64>> {
+    let entries = store.scan(Scan::prefix(keys::SCHEDULE_POSITIONS)).await?;
+    let mut positions = std::collections::HashMap::with_capacity(entries.len());
+    for (key, value) in &entries {
+        let record: SchedulePositionRecord = decode(key, value)?;
+        if let Some(dag_id) = keys::parse_dag_id(key) {
+            positions.insert(dag_id, micros(record.last_interval_end.as_ref()));
+        }
+    }
+    Ok(positions)
+}
+
+/// Where one DAG's schedule stands.
+pub async fn schedule_position(store: &dyn Store, dag_id: &DagId) -> StoreResult<Option<i64>> {
+    let record: Option<SchedulePositionRecord> =
+        get_record(store, &keys::schedule_position(dag_id)).await?;
+    Ok(record.map(|record| micros(record.last_interval_end.as_ref())))
 }
 
 /// Every asset that was updated.
@@ -209,6 +220,20 @@ pub async fn load_active_backfills(store: &dyn Store) -> StoreResult<Vec<Backfil
         }
     }
     Ok(records)
+}
+
+/// The intervals of a backfill, in position order.
+pub async fn load_backfill_intervals(
+    store: &dyn Store,
+    backfill_id: &str,
+) -> StoreResult<Vec<BackfillInterval>> {
+    let entries = store
+        .scan(Scan::prefix(keys::backfill_intervals(backfill_id)))
+        .await?;
+    entries
+        .iter()
+        .map(|(key, value)| decode::<BackfillInterval>(key, value))
+        .collect()
 }
 
 /// How the given runs ended (those that exist and have a state).

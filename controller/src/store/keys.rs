@@ -16,7 +16,9 @@
 //! | `idem/<dag>/<sha256(key)>` | `IdempotencyRecord` | run created with a key |
 //! | `pools/<pool>` | `PoolRecord` | pool created, resized, deleted |
 //! | `intervals/<dag>/<start µs:020>` | `IntervalRecord` | run of a data interval created (scheduled, backfill) |
-//! | `backfills/<backfill>` | `BackfillRecord` | backfill created, progressed, ended |
+//! | `schedule_positions/<dag>` | `SchedulePositionRecord` | a scheduled run created (or found taken) |
+//! | `backfills/<backfill>` | `BackfillRecord` (counts, cursor) | backfill created, progressed, ended |
+//! | `backfill_intervals/<backfill>/<position:06>` | `BackfillInterval` | an interval of a backfill planned or changed |
 //! | `active_backfills/<backfill>` | empty | backfill created; deleted when it ends |
 //! | `events/<event>` | `EventRecord` | event emitted |
 //! | `event_keys/<name>/<sha256(key)>` | `EventKeyRecord` | event emitted with an idempotency key |
@@ -41,6 +43,8 @@ pub const DAGS: &str = "dags/";
 pub const POOLS: &str = "pools/";
 pub const RUNS: &str = "runs/";
 pub const BACKFILLS: &str = "backfills/";
+pub const BACKFILL_INTERVALS: &str = "backfill_intervals/";
+pub const SCHEDULE_POSITIONS: &str = "schedule_positions/";
 pub const ACTIVE_BACKFILLS: &str = "active_backfills/";
 pub const EVENTS: &str = "events/";
 pub const ASSETS: &str = "assets/";
@@ -133,8 +137,21 @@ pub fn parse_interval_start(key: &[u8]) -> Option<Micros> {
     last_segment(key).parse().ok()
 }
 
+/// Where a DAG's schedule stands: the end of its latest scheduled interval.
+pub fn schedule_position(dag_id: &DagId) -> Vec<u8> {
+    format!("{SCHEDULE_POSITIONS}{dag_id}").into_bytes()
+}
+
 pub fn backfill(backfill_id: &str) -> Vec<u8> {
     format!("{BACKFILLS}{backfill_id}").into_bytes()
+}
+
+pub fn backfill_intervals(backfill_id: &str) -> Vec<u8> {
+    format!("{BACKFILL_INTERVALS}{backfill_id}/").into_bytes()
+}
+
+pub fn backfill_interval(backfill_id: &str, position: usize) -> Vec<u8> {
+    format!("{BACKFILL_INTERVALS}{backfill_id}/{position:06}").into_bytes()
 }
 
 pub fn active_backfill(backfill_id: &str) -> Vec<u8> {
@@ -166,10 +183,6 @@ pub fn asset_updates(uri: &str) -> Vec<u8> {
 
 pub fn asset_update(uri: &str, update_id: &str) -> Vec<u8> {
     format!("asset_updates/{}/{update_id}", asset_hash(uri)).into_bytes()
-}
-
-pub fn asset_queue(dag_id: &DagId) -> Vec<u8> {
-    format!("{ASSET_QUEUE}{dag_id}/").into_bytes()
 }
 
 pub fn asset_queue_entry(dag_id: &DagId, uri: &str) -> Vec<u8> {

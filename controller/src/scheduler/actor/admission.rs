@@ -166,8 +166,8 @@ impl Scheduler {
     /// A run of `dag_id` reached a final state: room for queued runs, for
     /// the schedule's next run, and for the backfill it belongs to.
     pub(super) fn on_run_ended(&mut self, dag_id: &DagId, run_id: RunId) {
-        self.start_queued(dag_id);
-        self.evaluate_schedule(dag_id);
+        self.deferred
+            .push_back(super::Deferred::Admit(dag_id.clone()));
         self.on_backfill_run_ended(run_id);
         self.on_external_run_changed(run_id);
     }

@@ -3,17 +3,21 @@
 //!
 //! The API plans a backfill (which intervals need a run, which have one,
 //! which failed runs to rerun) from the store; the scheduler stores it and
-//! drives it: it creates runs as earlier ones end, reacting to each run's
-//! end, and records progress in the backfill's record at most once per
-//! batch. Interval runs are claimed like scheduled ones, so an interval
-//! that got a run meanwhile is skipped, never run twice.
+//! drives it: it takes up intervals in order as earlier runs end, reacting
+//! to each run's end. The backfill's record holds its counts and the
+//! position of the next interval to take up; each interval has a key of its
+//! own, written when it changes, so progress costs O(1) per run however
+//! long the range. Interval runs are claimed like scheduled ones, so an
+//! interval that got a run meanwhile is followed, never run twice.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use baton_common::error::ApiError;
-use baton_common::ids::{DagId, RunId, TaskId};
+use baton_common::ids::{DagId, RunId};
 use baton_common::pb::api::{
-    Backfill, BackfillAction, BackfillState as BackfillStatus, RunState, RunTrigger, TaskState,
+    Backfill, BackfillAction, BackfillInterval, BackfillState as BackfillStatus, RunState,
+    RunTrigger, TaskState,
 };
 use baton_common::pb::records::BackfillRecord;
 use baton_common::states::run_state_is_final;
@@ -25,7 +29,7 @@ use uuid::Uuid;
 
 use super::Scheduler;
 use super::schedules::to_datetime;
-use crate::plan::PlanRef;
+use crate::plan::{PlanRef, TaskIndex};
 use crate::scheduler::flush::{CreateKey, Effect};
 use crate::scheduler::{Command, Reply};
 use crate::store::{Op, get_record, keys};
@@ -33,35 +37,46 @@ use crate::store::{Op, get_record, keys};
 /// A running backfill.
 pub(super) struct BackfillState {
     pub id: Arc<str>,
+    /// With its intervals, in the order they are taken up.
     pub backfill: Backfill,
     pub params_json: Arc<str>,
     /// The plan runs are created with (the DAG's latest version when the
-    /// backfill was created or recovered).
+    /// backfill was created or resumed).
     pub plan: PlanRef,
-    /// Index of the next interval to look at.
+    /// Position of the next interval to take up.
     pub next: usize,
+    /// Intervals changed since the last batch.
+    pub dirty_intervals: BTreeSet<usize>,
 }
 
 impl BackfillState {
-    /// Where a recovered backfill goes on: the first interval not yet taken
-    /// up (a run to create, or a failed run not yet rerun).
-    pub fn first_untaken(backfill: &Backfill) -> usize {
-        backfill
-            .intervals
-            .iter()
-            .position(|interval| match interval.action() {
-                BackfillAction::Create => interval.run_id.is_empty(),
-                BackfillAction::Rerun => interval.run_state() == RunState::Failed,
-                _ => false,
-            })
-            .unwrap_or(backfill.intervals.len())
-    }
-
+    /// The record: the backfill without its intervals, and the cursor.
     pub fn record(&self) -> BackfillRecord {
         BackfillRecord {
-            backfill: Some(self.backfill.clone()),
+            backfill: Some(Backfill {
+                intervals: Vec::new(),
+                ..self.backfill.clone()
+            }),
             params_json: self.params_json.to_string(),
+            next: self.next as u32,
         }
+    }
+
+    /// The record and every changed interval, as operations.
+    fn ops(&mut self) -> Vec<Op> {
+        let mut ops = vec![Op::put(
+            keys::backfill(&self.id),
+            self.record().encode_to_vec(),
+        )];
+        for position in std::mem::take(&mut self.dirty_intervals) {
+            if let Some(interval) = self.backfill.intervals.get(position) {
+                ops.push(Op::put(
+                    keys::backfill_interval(&self.id, position),
+                    interval.encode_to_vec(),
+                ));
+            }
+        }
+        ops
     }
 }
 
@@ -75,25 +90,19 @@ impl Scheduler {
         reply: Reply<Backfill>,
     ) {
         let dag_id = plan.dag_id.clone();
-        let result = (|| {
-            let meta = self
-                .dags
-                .get(&dag_id)
-                .ok_or_else(|| ApiError::not_found("dag", &dag_id))?;
-            if meta.latest_version != plan.version {
-                return Err(ApiError::Unavailable(format!(
-                    "dag `{dag_id}` changed to version {} while the backfill was planned; try again",
-                    meta.latest_version
-                )));
-            }
-            if let Some(running) = self.backfill_by_dag.get(&dag_id) {
-                return Err(ApiError::FailedPrecondition(format!(
+        let refused = match self.dags.get(&dag_id) {
+            None => Some(ApiError::not_found("dag", &dag_id)),
+            Some(meta) if meta.latest_version != plan.version => Some(ApiError::Unavailable(format!(
+                "dag `{dag_id}` changed to version {} while the backfill was planned; try again",
+                meta.latest_version
+            ))),
+            Some(_) => self.backfill_by_dag.get(&dag_id).map(|running| {
+                ApiError::FailedPrecondition(format!(
                     "dag `{dag_id}` already has backfill {running} running; cancel it (`baton backfill cancel {running}`) or wait for it to end"
-                )));
-            }
-            Ok(())
-        })();
-        if let Err(error) = result {
+                ))
+            }),
+        };
+        if let Some(error) = refused {
             let _ = reply.send(Err(error));
             return;
         }
@@ -102,13 +111,18 @@ impl Scheduler {
         backfill.state = BackfillStatus::Running as i32;
         backfill.created_at = micros_to_timestamp_opt(now_micros());
         backfill.total = backfill.intervals.len() as u32;
-        backfill.skipped = count_action(&backfill, BackfillAction::Skip);
+        backfill.skipped = backfill
+            .intervals
+            .iter()
+            .filter(|interval| interval.action() == BackfillAction::Skip)
+            .count() as u32;
         backfill.to_run = backfill.total - backfill.skipped;
         info!(%dag_id, backfill_id = %id, intervals = backfill.total, to_run = backfill.to_run, "backfill created");
         self.pending
             .ops
             .push(Op::put(keys::active_backfill(&id), Vec::new()));
         self.backfill_by_dag.insert(dag_id, id.clone());
+        let dirty_intervals = (0..backfill.intervals.len()).collect();
         self.backfills.insert(
             id.clone(),
             BackfillState {
@@ -117,6 +131,7 @@ impl Scheduler {
                 params_json: Arc::from(params_json),
                 plan,
                 next: 0,
+                dirty_intervals,
             },
         );
         self.dirty_backfills.insert(id.clone());
@@ -126,6 +141,13 @@ impl Scheduler {
             None => self.ended_backfills.get(&id).cloned().unwrap_or_default(),
         };
         self.reply_after_commit(reply, Ok(view));
+    }
+
+    /// Whether the backfill runs (not cancelled, not ended).
+    fn backfill_running(&self, id: &str) -> bool {
+        self.backfills
+            .get(id)
+            .is_some_and(|state| state.backfill.state() == BackfillStatus::Running)
     }
 
     /// Takes up intervals while the backfill has room, then ends it if
@@ -143,6 +165,7 @@ impl Scheduler {
             }
             let position = state.next;
             state.next += 1;
+            self.dirty_backfills.insert(id.clone());
             let interval = &state.backfill.intervals[position];
             match interval.action() {
                 BackfillAction::Create => {
@@ -155,13 +178,13 @@ impl Scheduler {
                         )),
                     };
                     let (plan, params) = (state.plan.clone(), state.params_json.clone());
-                    let created = self.create_interval_run(
+                    let holder = self.create_interval_run(
                         &plan,
                         window,
                         RunTrigger::Backfill,
                         Some((id, &params)),
                     );
-                    let Some(run_id) = created else { continue };
+                    let Some(run_id) = holder else { continue };
                     self.track_backfill_run(id, position, run_id, RunState::Queued);
                 }
                 BackfillAction::Rerun => {
@@ -190,12 +213,14 @@ impl Scheduler {
         let interval = &mut state.backfill.intervals[position];
         interval.run_id = run_id.to_string();
         interval.run_state = run_state as i32;
+        state.dirty_intervals.insert(position);
         state.backfill.active += 1;
         self.backfill_runs.insert(run_id, (id.clone(), position));
         self.dirty_backfills.insert(id.clone());
     }
 
-    /// A run of a backfill ended: count it and take up the next interval.
+    /// A run reached a final state: if a backfill waits for it, count it
+    /// and take up the next interval.
     pub(super) fn on_backfill_run_ended(&mut self, run_id: RunId) {
         let Some((id, position)) = self.backfill_runs.remove(&run_id) else {
             return;
@@ -205,7 +230,8 @@ impl Scheduler {
             .get(&run_id)
             .map_or(RunState::Unspecified, |entry| entry.state);
         self.count_backfill_run(&id, position, run_state);
-        self.advance_backfill(&id);
+        self.deferred
+            .push_back(super::Deferred::AdvanceBackfill(id));
     }
 
     fn count_backfill_run(&mut self, id: &Arc<str>, position: usize, run_state: RunState) {
@@ -214,6 +240,7 @@ impl Scheduler {
         };
         let backfill = &mut state.backfill;
         backfill.intervals[position].run_state = run_state as i32;
+        state.dirty_intervals.insert(position);
         backfill.active = backfill.active.saturating_sub(1);
         if run_state == RunState::Success {
             backfill.succeeded += 1;
@@ -223,9 +250,9 @@ impl Scheduler {
         self.dirty_backfills.insert(id.clone());
     }
 
-    /// An interval the backfill created a run for already had one (made
-    /// meanwhile by the schedule or another leader): follow that run
-    /// instead.
+    /// The interval a backfill's run was being created for already had a
+    /// run (made meanwhile by the schedule or another leader): follow that
+    /// run instead.
     pub(super) fn on_backfill_interval_taken(
         &mut self,
         backfill_id: &Arc<str>,
@@ -240,8 +267,8 @@ impl Scheduler {
         }) else {
             return;
         };
-        if let Ok(optimistic) = state.backfill.intervals[position].run_id.parse::<RunId>() {
-            self.backfill_runs.remove(&optimistic);
+        if let Ok(taken) = state.backfill.intervals[position].run_id.parse::<RunId>() {
+            self.backfill_runs.remove(&taken);
         }
         if let Some(&existing) = self
             .active_keys
@@ -249,9 +276,8 @@ impl Scheduler {
         {
             // Still running: its end counts for the backfill.
             if let Some(state) = self.backfills.get_mut(backfill_id) {
-                let interval = &mut state.backfill.intervals[position];
-                interval.run_id = existing.to_string();
-                interval.action = BackfillAction::Skip as i32;
+                state.backfill.intervals[position].run_id = existing.to_string();
+                state.dirty_intervals.insert(position);
             }
             self.backfill_runs
                 .insert(existing, (backfill_id.clone(), position));
@@ -286,7 +312,8 @@ impl Scheduler {
         });
     }
 
-    /// The finished run an interval already had was read back.
+    /// The finished run an interval already had was read back: it counts
+    /// as skipped.
     pub(super) fn on_backfill_interval_found(
         &mut self,
         backfill_id: Arc<str>,
@@ -296,19 +323,19 @@ impl Scheduler {
         let Some(state) = self.backfills.get_mut(&backfill_id) else {
             return;
         };
-        let Some(interval) = state.backfill.intervals.get_mut(position) else {
+        let backfill = &mut state.backfill;
+        let Some(interval) = backfill.intervals.get_mut(position) else {
             return;
         };
         interval.action = BackfillAction::Skip as i32;
-        let backfill = &mut state.backfill;
         match found {
             Some((run_id, run_state)) => {
-                let interval = &mut backfill.intervals[position];
                 interval.run_id = run_id.to_string();
                 interval.run_state = run_state as i32;
             }
             None => warn!(%backfill_id, position, "cannot read the run an interval already had"),
         }
+        state.dirty_intervals.insert(position);
         backfill.active = backfill.active.saturating_sub(1);
         backfill.to_run = backfill.to_run.saturating_sub(1);
         backfill.skipped += 1;
@@ -316,16 +343,24 @@ impl Scheduler {
         self.advance_backfill(&backfill_id);
     }
 
-    /// `RERUN`: clears the tasks of a failed run that did not succeed.
+    /// `RERUN`: clears, all at once, the tasks of a failed run that did not
+    /// succeed. Nothing happens for a run no running backfill waits for (a
+    /// cancelled one).
     pub(super) fn clear_unsuccessful(&mut self, run_id: RunId) {
+        let waited_for = self
+            .backfill_runs
+            .get(&run_id)
+            .is_some_and(|(id, _)| self.backfill_running(id));
         let Some(entry) = self.runs.get(&run_id) else {
             return;
         };
-        if !run_state_is_final(entry.state) {
+        if !waited_for || !run_state_is_final(entry.state) {
+            if !waited_for && run_state_is_final(entry.state) {
+                self.pending.effects.push(Effect::DropRun(run_id));
+            }
             return;
         }
-        let plan = entry.plan.clone();
-        let unsuccessful: Vec<TaskId> = (0..plan.len() as u32)
+        let unsuccessful: Vec<TaskIndex> = (0..entry.plan.len() as TaskIndex)
             .filter(|&index| {
                 matches!(
                     entry.slot(index).state,
@@ -335,27 +370,19 @@ impl Scheduler {
                         | TaskState::Skipped
                 )
             })
-            .map(|index| plan.task(index).id.clone())
             .collect();
         info!(%run_id, tasks = unsuccessful.len(), "backfill reruns a failed run");
-        for task_id in unsuccessful {
-            if let Err(error) = self.clear_tasks(run_id, &task_id, false) {
-                warn!(%run_id, %task_id, %error, "cannot clear a task for the backfill");
-            }
-        }
-        if self
-            .runs
-            .get(&run_id)
-            .is_some_and(|entry| run_state_is_final(entry.state))
-        {
+        if unsuccessful.is_empty() {
             // Nothing to rerun after all: it counts as it ended.
             self.on_backfill_run_ended(run_id);
             self.pending.effects.push(Effect::DropRun(run_id));
+            return;
         }
+        self.clear_set(run_id, &unsuccessful);
     }
 
-    /// Cancels a running backfill: no more runs, its unfinished runs
-    /// cancelled.
+    /// Cancels a running backfill: no more runs; its unfinished runs are
+    /// cancelled (queued ones first, so none starts in their place).
     pub(super) fn cancel_backfill(&mut self, id: &str) -> Result<Backfill, ApiError> {
         let Some(state) = self.backfills.get_mut(id) else {
             return Err(ApiError::FailedPrecondition(format!(
@@ -364,14 +391,21 @@ impl Scheduler {
         };
         let id = state.id.clone();
         state.backfill.state = BackfillStatus::Cancelled as i32;
-        let runs: Vec<RunId> = self
+        let mut runs: Vec<(bool, RunId)> = self
             .backfill_runs
             .iter()
             .filter(|(_, (backfill, _))| *backfill == id)
-            .map(|(run_id, _)| *run_id)
+            .map(|(run_id, _)| {
+                let running = self
+                    .runs
+                    .get(run_id)
+                    .is_some_and(|entry| entry.state == RunState::Running);
+                (running, *run_id)
+            })
             .collect();
+        runs.sort();
         info!(backfill_id = %id, runs = runs.len(), "backfill cancelled");
-        for run_id in runs {
+        for (_, run_id) in runs {
             if self.run_is_active(&run_id) {
                 let _ = self.cancel_run(run_id, &format!("backfill {id} cancelled"));
             }
@@ -380,9 +414,25 @@ impl Scheduler {
         Ok(self.ended_backfills.get(&id).cloned().unwrap_or_default())
     }
 
+    /// A run of a cancelled backfill whose creation was in flight: it is
+    /// cancelled as soon as it exists.
+    pub(super) fn cancel_if_backfill_cancelled(&mut self, run_id: RunId) {
+        let Some(entry) = self.runs.get(&run_id) else {
+            return;
+        };
+        let Some(backfill_id) = entry.origin.backfill_id.clone() else {
+            return;
+        };
+        if !self.backfill_running(&backfill_id) && self.run_is_active(&run_id) {
+            let _ = self.cancel_run(run_id, &format!("backfill {backfill_id} cancelled"));
+        }
+    }
+
     fn end_backfill_if_done(&mut self, id: &Arc<str>) {
         let done = self.backfills.get(id).is_some_and(|state| {
-            state.next >= state.backfill.intervals.len() && state.backfill.active == 0
+            state.backfill.state() == BackfillStatus::Running
+                && state.next >= state.backfill.intervals.len()
+                && state.backfill.active == 0
         });
         if done {
             if let Some(state) = self.backfills.get_mut(id) {
@@ -404,42 +454,47 @@ impl Scheduler {
             self.backfill_by_dag.remove(&dag_id);
         }
         info!(backfill_id = %id, state = ?state.backfill.state(), succeeded = state.backfill.succeeded, failed = state.backfill.failed, "backfill ended");
-        self.pending
-            .ops
-            .push(Op::put(keys::backfill(id), state.record().encode_to_vec()));
+        self.pending.ops.extend(state.ops());
         self.pending.ops.push(Op::delete(keys::active_backfill(id)));
         // Kept until the reply that shows it went out.
         self.ended_backfills.insert(id.clone(), state.backfill);
     }
 
-    /// The records of the backfills that changed since the last batch.
+    /// The records and intervals of the backfills that changed since the
+    /// last batch.
     pub(super) fn backfill_ops(&mut self) -> Vec<Op> {
         let dirty = std::mem::take(&mut self.dirty_backfills);
         self.ended_backfills.clear();
-        dirty
-            .iter()
-            .filter_map(|id| self.backfills.get(id))
-            .map(|state| Op::put(keys::backfill(&state.id), state.record().encode_to_vec()))
-            .collect()
+        let mut ops = Vec::new();
+        for id in dirty {
+            if let Some(state) = self.backfills.get_mut(&id) {
+                ops.extend(state.ops());
+            }
+        }
+        ops
     }
 
     /// After a restart or failover: a running backfill goes on from its
-    /// record. `finished` says how its runs that are no longer active ended.
+    /// record and intervals. `finished` says how its runs that are not in
+    /// memory ended.
     pub(super) fn resume_backfill(
         &mut self,
         record: BackfillRecord,
+        intervals: Vec<BackfillInterval>,
         plan: PlanRef,
-        finished: &std::collections::HashMap<RunId, RunState>,
+        finished: &HashMap<RunId, RunState>,
     ) {
         let Some(mut backfill) = record.backfill else {
             return;
         };
+        backfill.intervals = intervals;
         let id: Arc<str> = Arc::from(backfill.backfill_id.as_str());
         let Ok(dag_id) = DagId::new(backfill.dag_id.clone()) else {
             return;
         };
-        let next = BackfillState::first_untaken(&backfill);
+        let next = (record.next as usize).min(backfill.intervals.len());
         let mut tracked = Vec::new();
+        let mut dirty_intervals = BTreeSet::new();
         backfill.active = 0;
         for (position, interval) in backfill.intervals.iter_mut().enumerate().take(next) {
             let Ok(run_id) = interval.run_id.parse::<RunId>() else {
@@ -449,11 +504,19 @@ impl Scheduler {
             {
                 continue;
             }
-            if self.run_is_active(&run_id) {
-                tracked.push((run_id, position));
-                backfill.active += 1;
-            } else if let Some(&state) = finished.get(&run_id) {
+            let state = match self.runs.get(&run_id) {
+                Some(entry) if !run_state_is_final(entry.state) => {
+                    tracked.push((run_id, position));
+                    backfill.active += 1;
+                    continue;
+                }
+                // Ended while this leader recovered.
+                Some(entry) => Some(entry.state),
+                None => finished.get(&run_id).copied(),
+            };
+            if let Some(state) = state {
                 interval.run_state = state as i32;
+                dirty_intervals.insert(position);
                 if state == RunState::Success {
                     backfill.succeeded += 1;
                 } else {
@@ -474,17 +537,11 @@ impl Scheduler {
                 params_json: Arc::from(record.params_json),
                 plan,
                 next,
+                dirty_intervals,
             },
         );
         self.dirty_backfills.insert(id.clone());
-        self.advance_backfill(&id);
+        self.deferred
+            .push_back(super::Deferred::AdvanceBackfill(id));
     }
-}
-
-fn count_action(backfill: &Backfill, action: BackfillAction) -> u32 {
-    backfill
-        .intervals
-        .iter()
-        .filter(|interval| interval.action() == action)
-        .count() as u32
 }

@@ -50,7 +50,10 @@ impl Scheduler {
         let Some(entry) = self.runs.get(&run_id) else {
             return;
         };
-        if run_state_is_final(entry.state) {
+        // A backfill reruns the past: its deadlines passed long ago.
+        if run_state_is_final(entry.state)
+            || entry.origin.trigger == baton_common::pb::api::RunTrigger::Backfill
+        {
             return;
         }
         let plan = entry.plan.clone();

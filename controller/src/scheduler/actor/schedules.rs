@@ -5,20 +5,24 @@
 //! end of the next interval to run; nothing polls. A run owns its interval
 //! (`intervals/<dag>/<start>`, created only if absent), so an interval has
 //! one run whoever creates it: this leader, a leader that took over at the
-//! fire time, or a backfill. Where the schedule stands is the latest
-//! interval that has a run, read back from that index by a new leader.
+//! fire time, or a backfill. Where the schedule stands (the end of its
+//! latest scheduled interval) is kept per DAG in `schedule_positions/`,
+//! written after the run it follows from; backfills do not move it.
 
 use baton_common::ids::{DagId, RunId};
 use baton_common::pb::api::RunTrigger;
-use baton_common::time::Micros;
+use baton_common::pb::records::SchedulePositionRecord;
+use baton_common::time::{Micros, micros_to_timestamp_opt};
 use baton_common::timetable::{Interval, Timetable};
 use chrono::{DateTime, Utc};
+use prost::Message;
 use tracing::{info, warn};
 
 use super::Scheduler;
 use super::deadlines::WallTimer;
 use crate::plan::PlanRef;
 use crate::scheduler::state::{RunEntry, RunOrigin};
+use crate::store::{Op, keys};
 
 /// Most runs one evaluation creates (catching up after a long pause is
 /// bounded by `max_active_runs` first; this bounds a DAG allowing more).
@@ -32,8 +36,6 @@ pub(super) struct ScheduleState {
     /// When the DAG was first registered: without a `start_date`, the
     /// schedule starts with the first interval after this.
     pub registered_at: Micros,
-    /// End of the latest interval that has a run (of any trigger).
-    pub last_end: Option<Micros>,
 }
 
 pub(super) fn to_datetime(micros: Micros) -> DateTime<Utc> {
@@ -76,7 +78,6 @@ impl Scheduler {
         dag_id: &DagId,
         plan: &PlanRef,
         registered_at: Micros,
-        last_end: Option<Micros>,
     ) {
         if plan.settings.timetable().is_none() {
             self.schedules.remove(dag_id);
@@ -84,17 +85,31 @@ impl Scheduler {
                 .remove(&WallTimer::Schedule(dag_id.clone()));
             return;
         }
-        let last_end =
-            last_end.or_else(|| self.schedules.get(dag_id).and_then(|state| state.last_end));
         self.schedules.insert(
             dag_id.clone(),
             ScheduleState {
                 plan: plan.clone(),
                 registered_at,
-                last_end,
             },
         );
         self.evaluate_schedule(dag_id);
+    }
+
+    /// Moves a schedule's position forward to `end` (never back); stored
+    /// in this batch, after its run (see `commit_in_batches`).
+    fn advance_position(&mut self, dag_id: &DagId, end: Micros) {
+        let position = self.schedule_positions.entry(dag_id.clone()).or_insert(end);
+        if *position > end {
+            return;
+        }
+        *position = end;
+        self.pending.ops.push(Op::put(
+            keys::schedule_position(dag_id),
+            SchedulePositionRecord {
+                last_interval_end: micros_to_timestamp_opt(end),
+            }
+            .encode_to_vec(),
+        ));
     }
 
     /// Creates the runs of the DAG's schedule that are due, as far as
@@ -124,7 +139,10 @@ impl Scheduler {
             let next = next_scheduled_interval(
                 timetable,
                 plan.settings.catchup,
-                state.last_end.map(to_datetime),
+                self.schedule_positions
+                    .get(dag_id)
+                    .copied()
+                    .map(to_datetime),
                 to_datetime(state.registered_at),
                 now,
             );
@@ -158,7 +176,9 @@ impl Scheduler {
 
     /// Creates the run of one data interval (scheduled or backfill), with
     /// the params' defaults (or `params_json`, already validated). Returns
-    /// its id, or `None` when the params cannot be resolved.
+    /// the run that holds (or will hold) the interval: the new one, or the
+    /// one already created or being created for it; `None` when the params
+    /// cannot be resolved.
     pub(super) fn create_interval_run(
         &mut self,
         plan: &PlanRef,
@@ -190,23 +210,20 @@ impl Scheduler {
             origin,
             baton_common::time::now_micros(),
         );
-        let run_id = entry.run_id;
-        if let Some(state) = self.schedules.get_mut(&dag_id) {
-            state.last_end = Some(state.last_end.map_or(end, |last| last.max(end)));
+        info!(%dag_id, run_id = %entry.run_id, interval_start = %interval.start, interval_end = %interval.end, ?trigger, "creating the run of a data interval");
+        let holder = self.create_run(entry, None);
+        if trigger == RunTrigger::Scheduled {
+            self.advance_position(&dag_id, end);
         }
-        info!(%dag_id, %run_id, interval_start = %interval.start, interval_end = %interval.end, ?trigger, "creating the run of a data interval");
-        self.create_run(entry, None);
-        Some(run_id)
+        Some(holder)
     }
 
     /// The interval a run was being created for already had a run.
-    pub(super) fn on_interval_taken(&mut self, dag_id: DagId, start: Micros, origin: &RunOrigin) {
-        if let Some(state) = self.schedules.get_mut(&dag_id) {
-            let end = origin.data_interval_end;
-            state.last_end = Some(state.last_end.map_or(end, |last| last.max(end)));
-        }
-        if let Some(backfill_id) = &origin.backfill_id {
-            self.on_backfill_interval_taken(backfill_id, dag_id, start);
+    pub(super) fn on_interval_taken(&mut self, dag_id: DagId, origin: &RunOrigin) {
+        if origin.trigger == RunTrigger::Scheduled {
+            self.advance_position(&dag_id, origin.data_interval_end);
+            // Its place is free again: the next interval may be due.
+            self.evaluate_schedule(&dag_id);
         }
     }
 }

@@ -238,10 +238,12 @@ impl Scheduler {
                 );
                 let task_id = task_id.clone();
                 if now >= deadline {
-                    self.external_waiters
-                        .entry(watched.clone())
-                        .or_default()
-                        .retain(|waiter| *waiter != (run_id, index, attempt));
+                    if let Some(waiters) = self.external_waiters.get_mut(&watched) {
+                        waiters.retain(|waiter| *waiter != (run_id, index, attempt));
+                        if waiters.is_empty() {
+                            self.external_waiters.remove(&watched);
+                        }
+                    }
                     self.end_controller_sensor(
                         run_id,
                         index,
@@ -393,6 +395,29 @@ impl Scheduler {
             });
             if waiters.is_empty() {
                 self.external_waiters.remove(&watched);
+            }
+        }
+    }
+
+    /// Forgets the timers and waiters of the controller sensors of a run
+    /// that leaves memory.
+    pub(super) fn disarm_controller_sensors(&mut self, entry: &crate::scheduler::state::RunEntry) {
+        for &index in &entry.plan.controller_sensor_tasks {
+            let attempt = entry.slot(index).attempt;
+            self.wall_timers
+                .remove(&WallTimer::Sensor(entry.run_id, index, attempt));
+            let watched = match sensor_of(&entry.plan.task(index).kind).map(|s| &s.condition) {
+                Some(SensorCondition::ExternalTask { dag_id, delta, .. }) => (
+                    dag_id.clone(),
+                    entry.origin.logical_date.saturating_sub(micros_of(*delta)),
+                ),
+                _ => continue,
+            };
+            if let Some(waiters) = self.external_waiters.get_mut(&watched) {
+                waiters.retain(|(run_id, _, _)| *run_id != entry.run_id);
+                if waiters.is_empty() {
+                    self.external_waiters.remove(&watched);
+                }
             }
         }
     }

@@ -129,6 +129,17 @@ impl Scheduler {
             .get(&name)
             .map(|dags| dags.iter().cloned().collect())
             .unwrap_or_default();
+        // A keyed event and its runs are one conditional write, which must
+        // fit in one store transaction (etcd: 128 operations).
+        let max_ops = self.parts.store.max_batch_ops();
+        let most_runs = max_ops.saturating_sub(4) / 3;
+        if idempotency_key.is_some() && listeners.len() > most_runs {
+            let _ = reply.send(Err(ApiError::FailedPrecondition(format!(
+                "event `{name}` is listened to by {} dags; an event with an idempotency key can trigger at most {most_runs} (one store transaction); emit it without a key",
+                listeners.len()
+            ))));
+            return;
+        }
         let mut violations = Vec::new();
         let mut entries = Vec::new();
         for dag_id in &listeners {
@@ -369,10 +380,18 @@ impl Scheduler {
                 return None;
             }
         };
-        self.asset_queues.remove(dag_id);
-        self.pending
-            .ops
-            .push(Op::delete_prefix(keys::asset_queue(dag_id)));
+        // One delete per entry, not the DAG's prefix: the entry that
+        // completed the queue may be put in this same batch.
+        for uri in self
+            .asset_queues
+            .remove(dag_id)
+            .unwrap_or_default()
+            .into_keys()
+        {
+            self.pending
+                .ops
+                .push(Op::delete(keys::asset_queue_entry(dag_id, &uri)));
+        }
         let origin = RunOrigin {
             logical_date: now,
             data_interval_start: first,
