@@ -70,20 +70,22 @@ pub fn validate_name(what: &str, value: &str) -> Result<(), IdError> {
     Ok(())
 }
 
-macro_rules! name_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+/// A string newtype whose values pass `$validate` (a function or closure
+/// from `&str` to `Result<(), IdError>`).
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $validate:expr) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
-            /// What this id is called in error messages.
+            /// What this name is called in error messages.
             pub const WHAT: &'static str = $what;
 
             pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
-                validate_name($what, &value)?;
+                ($validate)(&value)?;
                 Ok(Self(value))
             }
 
@@ -104,8 +106,8 @@ macro_rules! name_id {
         }
 
         impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
+            fn from(name: $name) -> String {
+                name.0
             }
         }
 
@@ -133,6 +135,18 @@ macro_rules! name_id {
                 &self.0
             }
         }
+    };
+}
+
+/// An id that follows the id rules ([`validate_name`]).
+macro_rules! name_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        checked_string!(
+            $(#[$doc])*
+            $name,
+            $what,
+            |value: &str| validate_name($what, value)
+        );
     };
 }
 
@@ -232,73 +246,6 @@ pub fn validate_asset_uri(value: &str) -> Result<(), IdError> {
         });
     }
     Ok(())
-}
-
-/// A string newtype whose values pass `$validate`.
-macro_rules! checked_string {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $validate:path) => {
-        $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            /// What this name is called in error messages.
-            pub const WHAT: &'static str = $what;
-
-            pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
-                let value = value.into();
-                $validate(&value)?;
-                Ok(Self(value))
-            }
-
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-
-            pub fn into_string(self) -> String {
-                self.0
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = IdError;
-            fn try_from(value: String) -> Result<Self, IdError> {
-                Self::new(value)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(name: $name) -> String {
-                name.0
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = IdError;
-            fn from_str(value: &str) -> Result<Self, IdError> {
-                Self::new(value)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl std::borrow::Borrow<str> for $name {
-            fn borrow(&self) -> &str {
-                &self.0
-            }
-        }
-    };
 }
 
 checked_string!(

@@ -1270,6 +1270,17 @@ impl Scheduler {
         run_id
     }
 
+    /// Installs and starts a run whose conditional creation was stored (its
+    /// record was in that write, so it is not dirty until it changes).
+    pub(super) fn install_created(&mut self, entry: RunEntry) {
+        let run_id = entry.run_id;
+        self.install_run(entry, None);
+        if let Some(installed) = self.runs.get_mut(&run_id) {
+            installed.dirty = false;
+        }
+        self.start_run(run_id);
+    }
+
     /// Finishes a conditional run creation once its write returned.
     fn finish_create(&mut self, key: CreateKey, applied: bool) {
         if matches!(key, CreateKey::Event(..)) {
@@ -1285,11 +1296,7 @@ impl Scheduler {
         if applied {
             let run_id = entry.run_id;
             info!(dag_id = %entry.dag_id, %run_id, trigger = ?origin.trigger, "run created");
-            self.install_run(entry, None);
-            if let Some(installed) = self.runs.get_mut(&run_id) {
-                installed.dirty = false;
-            }
-            self.start_run(run_id);
+            self.install_created(entry);
             self.cancel_if_backfill_cancelled(run_id);
             let record = run_record(&self.runs[&run_id]);
             for (index, waiter) in waiters.into_iter().enumerate() {
@@ -1933,18 +1940,9 @@ impl Scheduler {
         let attempt_id = AttemptId::generate();
         let now = now_micros();
         entry.set_state(index, TaskState::Leased);
-        let slot = entry.slot_mut(index);
-        slot.attempt = attempt;
-        slot.attempt_id = Some(attempt_id);
-        slot.worker = Some(Arc::clone(worker_id));
-        slot.leased_at = now;
-        slot.started_at = 0;
-        slot.ended_at = 0;
-        slot.next_attempt_at = 0;
-        slot.exit_code = None;
-        slot.outcome = AttemptOutcome::Unspecified;
-        slot.error = None;
-        slot.output = None;
+        entry
+            .slot_mut(index)
+            .begin_attempt(attempt_id, Some(Arc::clone(worker_id)), now);
         let task = entry.plan.task(index);
         worker.hold(attempt_id, task.resources);
         self.limits.acquire(attempt_id, &entry.dag_id, task);

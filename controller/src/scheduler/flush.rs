@@ -101,24 +101,14 @@ pub fn dedupe_ops(ops: Vec<Op>) -> Vec<Op> {
     let ops = drop_superseded_by_prefixes(ops);
     let mut last: HashMap<Vec<u8>, usize> = HashMap::with_capacity(ops.len());
     for (index, op) in ops.iter().enumerate() {
-        let key = match op {
-            Op::Put { key, .. } | Op::Delete { key } => key,
-            Op::DeletePrefix { prefix } => prefix,
-        };
-        last.insert(key.clone(), index);
+        last.insert(op.target().to_vec(), index);
     }
     if last.len() == ops.len() {
         return ops;
     }
     ops.into_iter()
         .enumerate()
-        .filter(|(index, op)| {
-            let key = match op {
-                Op::Put { key, .. } | Op::Delete { key } => key,
-                Op::DeletePrefix { prefix } => prefix,
-            };
-            last.get(key) == Some(index)
-        })
+        .filter(|(index, op)| last.get(op.target()) == Some(index))
         .map(|(_, op)| op)
         .collect()
 }
@@ -139,10 +129,10 @@ fn drop_superseded_by_prefixes(ops: Vec<Op>) -> Vec<Op> {
     ops.into_iter()
         .enumerate()
         .filter(|(index, op)| {
-            let key = match op {
-                Op::Put { key, .. } | Op::Delete { key } => key,
-                Op::DeletePrefix { .. } => return true,
-            };
+            if matches!(op, Op::DeletePrefix { .. }) {
+                return true;
+            }
+            let key = op.target();
             let covered_later = prefixes
                 .iter()
                 .any(|(at, prefix)| at > index && key.starts_with(prefix));

@@ -111,6 +111,29 @@ impl TaskSlot {
         }
     }
 
+    /// Starts the task's next attempt: its number grows, it gets `attempt_id`
+    /// and `worker` (none for what the controller runs itself), and what
+    /// described the previous attempt is cleared. Returns the number.
+    pub fn begin_attempt(
+        &mut self,
+        attempt_id: AttemptId,
+        worker: Option<Arc<str>>,
+        now: Micros,
+    ) -> u32 {
+        self.attempt += 1;
+        self.attempt_id = Some(attempt_id);
+        self.worker = worker;
+        self.leased_at = now;
+        self.started_at = 0;
+        self.ended_at = 0;
+        self.next_attempt_at = 0;
+        self.exit_code = None;
+        self.outcome = AttemptOutcome::Unspecified;
+        self.error = None;
+        self.output = None;
+        self.attempt
+    }
+
     /// Attempts allowed since the last clear.
     pub fn max_attempts(&self, retries: u32) -> u32 {
         self.attempt_base + retries + 1

@@ -52,6 +52,14 @@ impl Op {
         }
     }
 
+    /// The key it writes, or the prefix it deletes.
+    pub fn target(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+            Op::DeletePrefix { prefix } => prefix,
+        }
+    }
+
     /// Bytes this operation adds to a request, for bounding batch size.
     pub fn size(&self) -> usize {
         match self {

@@ -171,15 +171,10 @@ impl Scheduler {
         let now = now_micros();
         let task_id = entry.plan.task(index).id.clone();
         let slot = entry.slot_mut(index);
-        slot.attempt += 1;
-        slot.attempt_id = Some(AttemptId::generate());
-        slot.worker = None;
-        slot.leased_at = now;
+        slot.begin_attempt(AttemptId::generate(), None, now);
         slot.started_at = now;
         slot.ended_at = now;
-        slot.exit_code = None;
         slot.outcome = AttemptOutcome::Error;
-        slot.output = None;
         slot.error = Some(error.clone().into_boxed_str());
         info!(%run_id, %task_id, %error, "task failed: its assignment could not be made");
         self.record_attempt_end(run_id, index, 0);

@@ -150,18 +150,8 @@ impl Scheduler {
         }
         let now = now_micros();
         let slot = entry.slot_mut(index);
-        slot.attempt += 1;
-        slot.attempt_id = Some(AttemptId::generate());
-        slot.worker = None;
-        slot.leased_at = now;
+        let attempt = slot.begin_attempt(AttemptId::generate(), None, now);
         slot.started_at = now;
-        slot.ended_at = 0;
-        slot.next_attempt_at = 0;
-        slot.exit_code = None;
-        slot.outcome = AttemptOutcome::Unspecified;
-        slot.error = None;
-        slot.output = None;
-        let attempt = slot.attempt;
         debug!(%run_id, task_id = %entry.plan.task(index).id, attempt, "sensor started on the controller");
         self.touch(run_id);
         self.wall_timers

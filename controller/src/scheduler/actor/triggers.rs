@@ -256,12 +256,7 @@ impl Scheduler {
         };
         if applied {
             for entry in entries {
-                let run_id = entry.run_id;
-                self.install_run(entry, None);
-                if let Some(installed) = self.runs.get_mut(&run_id) {
-                    installed.dirty = false;
-                }
-                self.start_run(run_id);
+                self.install_created(entry);
             }
             for (index, waiter) in waiters.into_iter().enumerate() {
                 self.reply_after_commit(waiter, Ok((event.clone(), index == 0)));
