@@ -343,6 +343,7 @@ fn assign_kind(attempt_id: AttemptId, kind: api::assign::Kind) -> api::Assign {
         max_output_bytes: 0,
         data_interval_start: day(1_704_067_200),
         data_interval_end: day(1_704_153_600),
+        map_index: None,
     }
 }
 

@@ -590,6 +590,15 @@ impl RunService for RunApi {
         grpc(self.retry(request.into_inner()).await)
     }
 
+    #[instrument(skip_all, fields(run_id = %request.get_ref().run_id, task_id = %request.get_ref().task_id))]
+    async fn mark_task(
+        &self,
+        request: Request<baton_common::pb::api::MarkTaskRequest>,
+    ) -> GrpcResult<baton_common::pb::api::MarkTaskResponse> {
+        let _ = request;
+        Err(Status::unimplemented("MarkTask is being built"))
+    }
+
     #[instrument(skip_all, fields(run_id = %request.get_ref().run_id))]
     async fn watch_run(
         &self,

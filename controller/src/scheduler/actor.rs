@@ -1961,6 +1961,7 @@ impl Scheduler {
             max_output_bytes: self.parts.config.limits.max_output_bytes as u32,
             data_interval_start: micros_to_timestamp_opt(entry.origin.data_interval_start),
             data_interval_end: micros_to_timestamp_opt(entry.origin.data_interval_end),
+            map_index: None,
         };
         let log_key = LogKey {
             run_id,

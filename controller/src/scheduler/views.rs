@@ -125,6 +125,8 @@ pub fn task_record(entry: &RunEntry, index: TaskIndex) -> TaskRecord {
         attempt_base: slot.attempt_base,
         leader_term: 0,
         sensor_deadline: micros_to_timestamp_opt(slot.sensor_deadline),
+        map_index: None,
+        map_length: None,
     }
 }
 
@@ -144,6 +146,8 @@ pub fn task_view(record: TaskRecord) -> TaskInstance {
         next_attempt_at: record.next_attempt_at,
         output_json: record.output_json,
         sensor_deadline: record.sensor_deadline,
+        map_index: record.map_index,
+        map_length: record.map_length,
     }
 }
 
@@ -254,6 +258,7 @@ pub fn task_summary(plan: &DagPlan, task: &ResolvedTask) -> TaskSummary {
         retries: task.retries,
         timeout: task.timeout.map(duration_to_proto),
         outputs: task.outputs.iter().map(ToString::to_string).collect(),
+        ..TaskSummary::default()
     }
 }
 
