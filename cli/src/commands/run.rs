@@ -251,6 +251,7 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
                     run_id: run_id.clone(),
                     task_id,
                     exclude_downstream: no_downstream,
+                    include_upstream: false,
                 })
                 .await?
                 .into_inner();
