@@ -1370,6 +1370,7 @@ mod tests {
             max_output_bytes: 0,
             data_interval_start: None,
             data_interval_end: None,
+            map_index: None,
         };
         let spec = AttemptSpec::from_assign(assign.clone()).unwrap();
         assert_eq!(spec.params_json, "{}");
