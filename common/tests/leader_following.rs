@@ -132,6 +132,13 @@ impl RunService for TestRuns {
         Err(Status::unimplemented("not in this test"))
     }
 
+    async fn mark_task(
+        &self,
+        _: Request<baton_common::pb::api::MarkTaskRequest>,
+    ) -> Result<Response<baton_common::pb::api::MarkTaskResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
     async fn watch_run(
         &self,
         _: Request<WatchRunRequest>,

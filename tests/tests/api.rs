@@ -175,6 +175,7 @@ tasks:
             run_id: run.run_id.clone(),
             task_id: "gate".to_string(),
             exclude_downstream: false,
+            include_upstream: false,
         })
         .await
         .expect("RetryTask")
@@ -518,6 +519,7 @@ async fn refused_retry_task_leaves_the_finished_run_alone() {
             run_id: run.run_id.clone(),
             task_id: "no_such_task".to_string(),
             exclude_downstream: false,
+            include_upstream: false,
         })
         .await
         .expect_err("an unknown task cannot be retried");
