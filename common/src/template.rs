@@ -16,6 +16,13 @@
 //! A template runs in the controller, so it is bounded: a render may run at
 //! most [`MAX_RENDER_STEPS`] instructions (minijinja's fuel) and produce at
 //! most [`MAX_RENDERED_BYTES`].
+//!
+//! Expressions (a task's `run_if` and `map_over`) are the same language
+//! without the braces: [`check_expression`] checks one at registration and
+//! [`Renderer::evaluate`] evaluates one to a JSON value, with the same
+//! variables (but `attempt`, `item` and `map_index`), the same strictness
+//! about undefined names and the same bound on steps. [`is_truthy`] says
+//! whether a result holds, by minijinja's rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -24,7 +31,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 
 /// The variables a template may read.
@@ -40,6 +47,27 @@ pub const VARIABLES: &[&str] = &[
     "dag_id",
     "task_id",
     "attempt",
+    "params",
+    "tasks",
+];
+
+/// The variables only the instances of a task with `map_over` have: the
+/// element of the list (`item`) and its position (`map_index`).
+pub const MAPPED_VARIABLES: &[&str] = &["item", "map_index"];
+
+/// The variables an expression (`run_if`, `map_over`) may read: those of
+/// templates but `attempt`, since it is evaluated before any attempt.
+pub const EXPRESSION_VARIABLES: &[&str] = &[
+    "ds",
+    "ds_nodash",
+    "ts",
+    "ts_nodash",
+    "logical_date",
+    "data_interval_start",
+    "data_interval_end",
+    "run_id",
+    "dag_id",
+    "task_id",
     "params",
     "tasks",
 ];
@@ -69,8 +97,15 @@ pub struct TemplateContext<'a> {
     pub timezone: chrono_tz::Tz,
     pub params: &'a serde_json::Map<String, serde_json::Value>,
     /// Output JSON text of tasks of the run, by task id (only succeeded
-    /// tasks with an output; others absent).
+    /// tasks with an output; others absent). A mapped task's output is the
+    /// JSON array of its instances' outputs.
     pub task_outputs: &'a BTreeMap<String, String>,
+    /// A mapped instance: the element of the list it was expanded from.
+    /// `None` leaves `item` undefined.
+    pub item: Option<&'a serde_json::Value>,
+    /// A mapped instance: its position in that list. `None` leaves
+    /// `map_index` undefined.
+    pub map_index: Option<u32>,
 }
 
 /// Why a field could not be rendered; the message starts with the field.
@@ -110,7 +145,7 @@ pub fn check(source: &str) -> Result<TemplateRefs, String> {
     environment.set_syntax(syntax());
     let template = environment
         .template_from_str(source)
-        .map_err(|error| describe_error(&error))?;
+        .map_err(|error| describe_error(&error, "invalid template"))?;
     let variables: BTreeSet<String> = template
         .undeclared_variables(false)
         .into_iter()
@@ -136,6 +171,53 @@ pub fn check(source: &str) -> Result<TemplateRefs, String> {
     Ok(refs)
 }
 
+/// Syntax check and what an expression (`run_if`, `map_over`) reads, for
+/// validation at registration. The error is `invalid expression: <what>`.
+pub fn check_expression(source: &str) -> Result<TemplateRefs, String> {
+    let mut environment = Environment::empty();
+    environment.set_syntax(syntax());
+    let expression = environment
+        .compile_expression(source)
+        .map_err(|error| describe_error(&error, "invalid expression"))?;
+    let variables: BTreeSet<String> = expression
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| !GLOBALS.contains(name.as_str()))
+        .collect();
+    let mut refs = TemplateRefs::default();
+    let mut scan = ScannedReferences::default();
+    scan_expression(source, 0, None, &mut scan);
+    if variables.contains("tasks") {
+        for key in scan.tasks {
+            match key {
+                Some(task) => {
+                    refs.task_outputs.insert(task);
+                }
+                None => refs.reads_any_task = true,
+            }
+        }
+    }
+    if variables.contains("params") {
+        refs.params = scan.params.into_iter().flatten().collect();
+    }
+    refs.variables = variables;
+    Ok(refs)
+}
+
+/// Whether a value holds, by minijinja's rules (what `{% if %}` and `and`
+/// use): `false`, `null`, zero, `""`, `[]` and `{}` do not; anything else
+/// does.
+pub fn is_truthy(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => false,
+        serde_json::Value::Bool(flag) => *flag,
+        serde_json::Value::Number(number) => number.as_f64().is_some_and(|number| number != 0.0),
+        serde_json::Value::String(text) => !text.is_empty(),
+        serde_json::Value::Array(items) => !items.is_empty(),
+        serde_json::Value::Object(map) => !map.is_empty(),
+    }
+}
+
 /// Names minijinja defines itself (`range`, `dict`, `namespace`, …): a
 /// template may call them; they are not run variables.
 static GLOBALS: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
@@ -153,15 +235,108 @@ fn syntax() -> SyntaxConfig {
         .unwrap_or_default()
 }
 
-/// `invalid template: unexpected end of input (line 1)`.
-fn describe_error(error: &minijinja::Error) -> String {
+/// `invalid template: unexpected end of input (line 1)`, with `prefix`
+/// first.
+fn describe_error(error: &minijinja::Error, prefix: &str) -> String {
     let what = error
         .detail()
         .map_or_else(|| error.kind().to_string(), ToString::to_string);
     match error.line() {
-        Some(line) => format!("invalid template: {what} (line {line})"),
-        None => format!("invalid template: {what}"),
+        Some(line) => format!("{prefix}: {what} (line {line})"),
+        None => format!("{prefix}: {what}"),
     }
+}
+
+/// Why a render or an evaluation failed at run time. `what` is "template"
+/// or "expression", `verb` "render" or "evaluate".
+fn describe_failure(failure: &minijinja::Error, what: &str, verb: &str) -> String {
+    match failure.kind() {
+        ErrorKind::UndefinedError => describe_undefined(failure.detail()),
+        ErrorKind::OutOfFuel => {
+            format!("the {what} ran for more than {MAX_RENDER_STEPS} steps; simplify it")
+        }
+        _ => describe_error(failure, &format!("cannot {verb}")),
+    }
+}
+
+/// Deepest nesting of lists and objects an expression's result may have.
+const MAX_RESULT_DEPTH: usize = 128;
+
+/// An expression's result as JSON. Values read from params and outputs are
+/// copied as they are; values the expression built are converted.
+fn to_json(value: &Value, depth: usize) -> Result<serde_json::Value, String> {
+    if let Some(node) = value.downcast_object_ref::<JsonNode>() {
+        return Ok(node.node().clone());
+    }
+    if depth > MAX_RESULT_DEPTH {
+        return Err(format!(
+            "the result is nested more than {MAX_RESULT_DEPTH} levels deep"
+        ));
+    }
+    let convert_error = |what: String| format!("the result cannot be converted to JSON: {what}");
+    Ok(match value.kind() {
+        ValueKind::Undefined => {
+            return Err("the expression is undefined".to_string());
+        }
+        ValueKind::None => serde_json::Value::Null,
+        ValueKind::Bool => serde_json::Value::Bool(value.is_true()),
+        ValueKind::Number => {
+            let integer = value
+                .is_integer()
+                .then(|| {
+                    i64::try_from(value.clone())
+                        .map(serde_json::Value::from)
+                        .or_else(|_| u64::try_from(value.clone()).map(serde_json::Value::from))
+                        .ok()
+                })
+                .flatten();
+            match integer {
+                Some(integer) => integer,
+                None => {
+                    let float = f64::try_from(value.clone())
+                        .map_err(|error| convert_error(error.to_string()))?;
+                    serde_json::Number::from_f64(float)
+                        .map(serde_json::Value::Number)
+                        .ok_or_else(|| convert_error(format!("{float} is not a finite number")))?
+                }
+            }
+        }
+        ValueKind::String => serde_json::Value::String(value.as_str().unwrap_or_default().into()),
+        ValueKind::Bytes => serde_json::Value::String(
+            String::from_utf8_lossy(value.as_bytes().unwrap_or_default()).into_owned(),
+        ),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items = value
+                .try_iter()
+                .map_err(|error| convert_error(error.to_string()))?;
+            let mut array = Vec::with_capacity(value.len().unwrap_or(0).min(4096));
+            for item in items {
+                array.push(to_json(&item, depth + 1)?);
+            }
+            serde_json::Value::Array(array)
+        }
+        ValueKind::Map => {
+            let keys = value
+                .try_iter()
+                .map_err(|error| convert_error(error.to_string()))?;
+            let mut map = serde_json::Map::new();
+            for key in keys {
+                let item = value
+                    .get_item(&key)
+                    .map_err(|error| convert_error(error.to_string()))?;
+                let name = match key.as_str() {
+                    Some(name) => name.to_string(),
+                    None => key.to_string(),
+                };
+                map.insert(name, to_json(&item, depth + 1)?);
+            }
+            serde_json::Value::Object(map)
+        }
+        ValueKind::Plain | ValueKind::Invalid => {
+            return Err(convert_error(format!("a {} value", value.kind())));
+        }
+        _ => return Err(convert_error(format!("a {} value", value.kind()))),
+    })
 }
 
 /// Renders templated fields, reusing compiled templates.
@@ -213,17 +388,11 @@ impl Renderer {
         let environment = self.environment();
         let template = environment
             .get_template(source)
-            .map_err(|failure| error(describe_error(&failure)))?;
-        let root = Value::from_object(RunContext::new(context, source));
-        let rendered = template.render(root).map_err(|failure| {
-            error(match failure.kind() {
-                ErrorKind::UndefinedError => describe_undefined(failure.detail()),
-                ErrorKind::OutOfFuel => {
-                    format!("the template ran for more than {MAX_RENDER_STEPS} steps; simplify it")
-                }
-                _ => describe_error(&failure).replacen("invalid template", "cannot render", 1),
-            })
-        })?;
+            .map_err(|failure| error(describe_error(&failure, "invalid template")))?;
+        let root = Value::from_object(RunContext::new(context, scan_references(source)));
+        let rendered = template
+            .render(root)
+            .map_err(|failure| error(describe_failure(&failure, "template", "render")))?;
         if rendered.len() > MAX_RENDERED_BYTES {
             return Err(error(format!(
                 "the rendered value is {} bytes; the limit is {MAX_RENDERED_BYTES}",
@@ -231,6 +400,48 @@ impl Renderer {
             )));
         }
         Ok(rendered)
+    }
+
+    /// Evaluates an expression (a task's `run_if` or `map_over`) to a JSON
+    /// value. `field` is its path for messages ("run_if"). An undefined
+    /// name is an error naming it, as in [`Renderer::render`]: "run_if:
+    /// undefined variable `params.full`"; so is a result that is undefined.
+    /// Values read from params and outputs come back as they are (numbers
+    /// keep their JSON form); others are converted (a whole number stays
+    /// one).
+    pub fn evaluate(
+        &self,
+        field: &str,
+        expression: &str,
+        context: &TemplateContext<'_>,
+    ) -> Result<serde_json::Value, TemplateError> {
+        let error = |message: String| TemplateError {
+            message: format!("{field}: {message}"),
+        };
+        let environment = self.environment();
+        let compiled = environment
+            .compile_expression(expression)
+            .map_err(|failure| error(describe_error(&failure, "invalid expression")))?;
+        let mut scan = ScannedReferences::default();
+        scan_expression(expression, 0, None, &mut scan);
+        let root = Value::from_object(RunContext::new(context, scan));
+        let value = compiled
+            .eval(root.clone())
+            .map_err(|failure| error(describe_failure(&failure, "expression", "evaluate")))?;
+        if value.is_undefined() {
+            // minijinja returns an undefined result as a value; printing it
+            // in strict mode is what names the path that was missing.
+            let printed = environment
+                .template_from_str(&format!("{{{{ ({expression}) }}}}"))
+                .and_then(|template| template.render(root));
+            return Err(error(match printed {
+                Err(failure) if failure.kind() == ErrorKind::UndefinedError => {
+                    describe_undefined(failure.detail())
+                }
+                _ => "the expression is undefined".to_string(),
+            }));
+        }
+        to_json(&value, 0).map_err(error)
     }
 
     /// The current environment, started over when it has cached too many
@@ -266,6 +477,10 @@ fn describe_undefined(detail: Option<&str>) -> String {
             if one_step {
                 format!(
                     "undefined variable `{path}`: that task has no output in this run (it has not succeeded, or wrote none)"
+                )
+            } else if MAPPED_VARIABLES.contains(&path) {
+                format!(
+                    "undefined variable `{path}`: only the instances of a task with `map_over` have it"
                 )
             } else {
                 format!("undefined variable `{path}`")
@@ -309,6 +524,9 @@ struct RunContext {
     attempt: Value,
     params: Value,
     tasks: Value,
+    /// Undefined (absent) unless the task is a mapped instance.
+    item: Option<Value>,
+    map_index: Option<Value>,
 }
 
 /// Airflow's `ts` format: RFC 3339 in UTC with `+00:00`, a fraction only
@@ -318,7 +536,9 @@ fn airflow_timestamp(instant: DateTime<Utc>) -> String {
 }
 
 impl RunContext {
-    fn new(context: &TemplateContext<'_>, source: &str) -> RunContext {
+    /// The context of one render or evaluation; `refs` is what its source
+    /// reads of `tasks`, so only those outputs are parsed.
+    fn new(context: &TemplateContext<'_>, refs: ScannedReferences) -> RunContext {
         let local_date = context
             .logical_date
             .with_timezone(&context.timezone)
@@ -326,7 +546,6 @@ impl RunContext {
         let params = JsonNode::root(serde_json::Value::Object(context.params.clone()));
         // Only the outputs the template names are parsed, unless it reads
         // `tasks` by a computed name.
-        let refs = scan_references(source);
         let mut outputs = BTreeMap::new();
         let mut add = |task: &str, text: &String| {
             let value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
@@ -362,6 +581,10 @@ impl RunContext {
                     .map(|(task, value)| (task, Arc::new(value)))
                     .collect(),
             }),
+            item: context
+                .item
+                .map(|item| json_value(&Arc::new(item.clone()), item, String::new())),
+            map_index: context.map_index.map(Value::from),
         }
     }
 }
@@ -383,6 +606,8 @@ impl Object for RunContext {
             "attempt" => &self.attempt,
             "params" => &self.params,
             "tasks" => &self.tasks,
+            "item" => self.item.as_ref()?,
+            "map_index" => self.map_index.as_ref()?,
             _ => return None,
         };
         Some(value.clone())
@@ -564,7 +789,7 @@ fn scan_references(source: &str) -> ScannedReferences {
             }
             Some(b'{') | Some(b'%') => {
                 let closing = if bytes[start + 1] == b'{' { "}}" } else { "%}" };
-                let end = scan_expression(source, start + 2, closing, &mut found);
+                let end = scan_expression(source, start + 2, Some(closing), &mut found);
                 if bytes[start + 1] == b'%' && is_raw_block(&source[start + 2..end]) {
                     position = find_endraw(source, end);
                 } else {
@@ -603,11 +828,12 @@ fn find_endraw(source: &str, from: usize) -> usize {
 
 /// Scans one `{{ … }}` or `{% … %}` from `from` (just past its opening),
 /// noting uses of `tasks` and `params`; returns the position past its
-/// closing.
+/// closing. Without `closing`, scans `source` to its end: a bare
+/// expression.
 fn scan_expression(
     source: &str,
     from: usize,
-    closing: &str,
+    closing: Option<&str>,
     found: &mut ScannedReferences,
 ) -> usize {
     let bytes = source.as_bytes();
@@ -615,7 +841,9 @@ fn scan_expression(
     // The previous token was `.`: a name after it is an attribute, not a variable.
     let mut after_dot = false;
     while position < bytes.len() {
-        if source[position..].starts_with(closing) {
+        if let Some(closing) = closing
+            && source[position..].starts_with(closing)
+        {
             return position + closing.len();
         }
         let byte = bytes[position];
@@ -763,6 +991,8 @@ mod tests {
                 timezone: chrono_tz::Europe::Berlin,
                 params: &self.params,
                 task_outputs: &self.outputs,
+                item: None,
+                map_index: None,
             }
         }
     }
@@ -964,6 +1194,250 @@ mod tests {
         assert!(error.starts_with("invalid template: "), "{error}");
         let error = check("{% if x %}").unwrap_err();
         assert!(error.starts_with("invalid template: "), "{error}");
+    }
+
+    fn evaluate(expression: &str) -> Result<serde_json::Value, TemplateError> {
+        let fixture = Fixture::new();
+        Renderer::new().evaluate("run_if", expression, &fixture.context())
+    }
+
+    #[test]
+    fn expressions_evaluate_to_json() {
+        use serde_json::json;
+        let cases = [
+            ("params.limit > 5 and tasks.count.output > 3", json!(true)),
+            ("params.mode == 'incremental'", json!(false)),
+            ("params.limit", json!(100)),
+            ("params.tags", json!(["a", "b"])),
+            ("params.nested", json!({"deep": true})),
+            (
+                "tasks['extract-orders'].output.files",
+                json!(["a.csv", "b.csv"]),
+            ),
+            ("tasks['extract-orders'].output.rows * 2", json!(84)),
+            (
+                "[1, 2.5, 'a', none, true]",
+                json!([1, 2.5, "a", null, true]),
+            ),
+            ("range(3) | list", json!([0, 1, 2])),
+            ("{'a': [1, 2]}", json!({"a": [1, 2]})),
+            ("params.tags | length", json!(2)),
+            ("ds", json!("2026-01-01")),
+            ("params.missing | default('x')", json!("x")),
+            ("params.missing is defined", json!(false)),
+            ("none", json!(null)),
+        ];
+        for (expression, expected) in cases {
+            assert_eq!(evaluate(expression), Ok(expected), "{expression}");
+        }
+    }
+
+    #[test]
+    fn expression_errors_name_what_failed() {
+        let cases = [
+            (
+                "params.missing",
+                "run_if: undefined variable `params.missing`",
+            ),
+            (
+                "params.missing and true",
+                "run_if: undefined variable `params.missing`",
+            ),
+            (
+                "tasks.count.output.rows > 0",
+                "run_if: undefined variable `tasks.count.output.rows`",
+            ),
+            (
+                "tasks.load.output",
+                "run_if: undefined variable `tasks.load`: that task has no output in this run (it has not succeeded, or wrote none)",
+            ),
+            (
+                "item",
+                "run_if: undefined variable `item`: only the instances of a task with `map_over` have it",
+            ),
+            (
+                "('x' * 100000000) | length",
+                "run_if: the expression ran for more than 1000000 steps; simplify it",
+            ),
+        ];
+        for (expression, expected) in cases {
+            let error = evaluate(expression).unwrap_err();
+            assert_eq!(error.message, expected, "{expression}");
+        }
+        let error = evaluate("params.limit >").unwrap_err();
+        assert!(
+            error.message.starts_with("run_if: invalid expression: "),
+            "{}",
+            error.message
+        );
+        let error = evaluate("params.tags | sum").unwrap_err();
+        assert!(
+            error.message.starts_with("run_if: cannot evaluate: "),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn truthiness_is_minijinjas() {
+        use serde_json::json;
+        let renderer = Renderer::new();
+        for value in [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(0),
+            json!(0.0),
+            json!(-1),
+            json!(0.5),
+            json!(""),
+            json!("0"),
+            json!("false"),
+            json!([]),
+            json!([0]),
+            json!({}),
+            json!({"a": null}),
+        ] {
+            let params = json!({ "value": value }).as_object().unwrap().clone();
+            let outputs = BTreeMap::new();
+            let fixture = Fixture::new();
+            let context = TemplateContext {
+                params: &params,
+                task_outputs: &outputs,
+                ..fixture.context()
+            };
+            let held = renderer
+                .evaluate("run_if", "true if params.value else false", &context)
+                .unwrap();
+            assert_eq!(json!(is_truthy(&value)), held, "{value}");
+            let literal = renderer
+                .evaluate(
+                    "run_if",
+                    &value.to_string().replace("null", "none"),
+                    &context,
+                )
+                .unwrap();
+            assert_eq!(is_truthy(&literal), is_truthy(&value), "{value}");
+        }
+    }
+
+    #[test]
+    fn mapped_instances_read_item_and_map_index() {
+        use serde_json::json;
+        let fixture = Fixture::new();
+        let renderer = Renderer::new();
+        let cases = [
+            (json!("a.csv"), "{{ item }}", "a.csv"),
+            (json!(7), "{{ item }} {{ map_index }}", "7 3"),
+            (json!(1.5), "{{ item }}", "1.5"),
+            (
+                json!({"path": "a", "n": 2}),
+                "{{ item }}",
+                r#"{"path":"a","n":2}"#,
+            ),
+            (
+                json!({"path": "a", "n": 2}),
+                "{{ item.path }}-{{ item['n'] }}",
+                "a-2",
+            ),
+            (json!([1, "x"]), "{{ item }}", r#"[1,"x"]"#),
+            (json!(true), "{{ item | tojson }}", "true"),
+            (json!("a b"), "--name={{ item | upper }}", "--name=A B"),
+            (json!(5), "{{ map_index + 1 }}/{{ params.limit }}", "4/100"),
+        ];
+        for (item, source, expected) in cases {
+            let context = TemplateContext {
+                item: Some(&item),
+                map_index: Some(3),
+                ..fixture.context()
+            };
+            assert_eq!(
+                renderer.render("command[1]", source, &context).as_deref(),
+                Ok(expected),
+                "{source} with {item}"
+            );
+        }
+        for source in ["{{ item }}", "{{ map_index }}"] {
+            let error = renderer
+                .render("command[1]", source, &fixture.context())
+                .unwrap_err();
+            assert!(
+                error
+                    .message
+                    .ends_with("only the instances of a task with `map_over` have it"),
+                "{}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_mapped_tasks_output_is_a_list_downstream() {
+        let fixture = Fixture::new();
+        let mut outputs = fixture.outputs.clone();
+        outputs.insert("per-file".to_string(), "[3, 4, null, 5]".to_string());
+        let context = TemplateContext {
+            task_outputs: &outputs,
+            ..fixture.context()
+        };
+        let renderer = Renderer::new();
+        for (source, expected) in [
+            ("{{ tasks['per-file'].output | select | sum }}", "12"),
+            ("{{ tasks['per-file'].output | length }}", "4"),
+            ("{{ tasks['per-file'].output[1] }}", "4"),
+            ("{{ tasks['per-file'].output }}", "[3,4,null,5]"),
+        ] {
+            assert_eq!(
+                renderer.render("command[1]", source, &context).as_deref(),
+                Ok(expected),
+                "{source}"
+            );
+        }
+        assert_eq!(
+            renderer.evaluate(
+                "map_over",
+                "tasks['per-file'].output | select | list",
+                &context
+            ),
+            Ok(serde_json::json!([3, 4, 5]))
+        );
+    }
+
+    #[test]
+    fn check_expression_reports_syntax_and_reads() {
+        let refs = check_expression(
+            r#"params.full and tasks.count.output.rows > 0 and tasks["extract-orders"].output | length > ds | length"#,
+        )
+        .unwrap();
+        assert_eq!(
+            refs.variables,
+            ["ds", "params", "tasks"].map(String::from).into()
+        );
+        assert_eq!(
+            refs.task_outputs,
+            ["count", "extract-orders"].map(String::from).into()
+        );
+        assert_eq!(refs.params, ["full"].map(String::from).into());
+        assert!(!refs.reads_any_task);
+
+        let refs = check_expression("item + map_index + range(3) | length").unwrap();
+        assert_eq!(
+            refs.variables,
+            ["item", "map_index"].map(String::from).into()
+        );
+        let refs = check_expression("tasks[params.which].output").unwrap();
+        assert!(refs.reads_any_task);
+        let refs = check_expression("'tasks.a' ~ x.tasks").unwrap();
+        assert!(refs.task_outputs.is_empty(), "{refs:?}");
+        assert_eq!(refs.variables, ["x"].map(String::from).into());
+
+        for source in ["", "a b", "{{ x }}", "params.x >", "x if"] {
+            let error = check_expression(source).unwrap_err();
+            assert!(
+                error.starts_with("invalid expression: "),
+                "{source}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -912,6 +912,8 @@ fn the_reference_quotes_the_template_errors_exactly() {
         timezone: dag.timezone,
         params: &no_params,
         task_outputs: &outputs,
+        item: None,
+        map_index: None,
     };
     let mut lines = String::new();
     for (field, source) in [

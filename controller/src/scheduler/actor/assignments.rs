@@ -144,6 +144,8 @@ impl Scheduler {
             timezone: plan.settings.timezone,
             params: &params,
             task_outputs: &task_outputs,
+            item: None,
+            map_index: None,
         };
         let mut rendered = BTreeMap::new();
         for (path, source) in templated_fields(task) {
