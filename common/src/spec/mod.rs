@@ -17,9 +17,13 @@
 //! - `params`: typed run parameters ([`ParamsSpec`]): their declarations
 //!   and the check of a run's params against them.
 //! - `sensor`: sensor tasks' conditions and settings ([`SensorTask`]).
-//! - `templates`: the registration-time check of templated fields (syntax,
-//!   variables, params and task outputs read).
+//! - `flow`: dependency semantics: trigger rules ([`TriggerRule`]),
+//!   branches, `run_if` conditions and `map_over` expansion ([`MapOver`]).
+//! - `templates`: the registration-time check of templated fields and of
+//!   the `run_if` and `map_over` expressions (syntax, variables, params
+//!   and task outputs read).
 
+mod flow;
 mod model;
 mod params;
 mod parse;
@@ -31,6 +35,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use flow::{DEFAULT_MAX_MAP_LENGTH, MAX_MAP_LENGTH_LIMIT, MapOver, TriggerRule};
 pub use model::{
     CommandSpec, DagSpec, ExternalTaskSensorSpec, HttpSensorSpec, ParamDeclarationSpec, ParamSpec,
     Quantity, ResourcesSpec, ScheduleDetail, ScheduleSpec, SensorModeSpec, SensorSpec,
@@ -182,6 +187,17 @@ pub struct ResolvedTask {
     /// True when any templated field of the task contains a template ("{{"
     /// or "{%"); false lets the controller skip rendering.
     pub templated: bool,
+    /// When the task may run, given its direct upstream tasks' states.
+    pub trigger_rule: TriggerRule,
+    /// The task's output (a task id or a list of them) names the direct
+    /// downstream tasks that run; the others are skipped. Only command and
+    /// custom tasks with a downstream task.
+    pub branch: bool,
+    /// An expression (its source, without braces) evaluated when the task
+    /// would become ready: the task is skipped unless it holds.
+    pub run_if: Option<String>,
+    /// The task runs once per element of this expression's list.
+    pub map_over: Option<MapOver>,
 }
 
 /// Compute in the units the scheduler counts.
@@ -391,6 +407,8 @@ impl From<SpecErrors> for ApiError {
     }
 }
 
+#[cfg(test)]
+mod flow_tests;
 #[cfg(test)]
 mod scheduling_tests;
 

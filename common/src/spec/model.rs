@@ -117,6 +117,10 @@ pub struct TaskDefaults {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// The trigger rule of every task that does not set one (`all_success`
+    /// when not written), as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_rule: Option<String>,
 }
 
 impl TaskDefaults {
@@ -154,6 +158,33 @@ pub struct TaskSpec {
         deserialize_with = "one_or_many"
     )]
     pub depends_on: Vec<String>,
+    /// When the task may run given its upstream tasks' states
+    /// (`all_success` when not written), as written: checked against the
+    /// rule names by `validate`, which suggests the closest one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_rule: Option<String>,
+    /// The task's output names the direct downstream tasks that run (the
+    /// others are skipped). `kind: branch` is the same on a command task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<bool>,
+    /// An expression that must hold for the task to run; it is skipped
+    /// otherwise.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "run_if_expression"
+    )]
+    pub run_if: Option<String>,
+    /// An expression giving a list: the task runs once per element.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "map_over_expression"
+    )]
+    pub map_over: Option<String>,
+    /// Most elements `map_over` may give (10,000 when not written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_map_length: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -562,6 +593,10 @@ pub enum TaskKindSpec {
     Custom,
     /// Waits for the condition of its `sensor`.
     Sensor,
+    /// A command task whose output names the direct downstream tasks that
+    /// run: `kind: command` with `branch: true`. Kept as written in the
+    /// canonical form.
+    Branch,
 }
 
 impl TaskKindSpec {
@@ -571,6 +606,15 @@ impl TaskKindSpec {
             TaskKindSpec::Noop => "noop",
             TaskKindSpec::Custom => "custom",
             TaskKindSpec::Sensor => "sensor",
+            TaskKindSpec::Branch => "branch",
+        }
+    }
+
+    /// The kind that runs: `branch` runs as `command`.
+    pub fn runs_as(self) -> TaskKindSpec {
+        match self {
+            TaskKindSpec::Branch => TaskKindSpec::Command,
+            other => other,
         }
     }
 }
@@ -677,6 +721,54 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
     }
 
     deserializer.deserialize_any(OneOrMany)
+}
+
+/// An expression field: a string. Other values are refused with an example
+/// of the field, since YAML reads `run_if: false` as a boolean and
+/// `map_over: [1, 2]` as a list.
+fn expression<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    example: &'static str,
+) -> Result<Option<String>, D::Error> {
+    struct ExpressionVisitor(&'static str);
+
+    impl Visitor<'_> for ExpressionVisitor {
+        type Value = String;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(formatter, "an expression in a string, such as {}", self.0)
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<String, E> {
+            Ok(value.to_string())
+        }
+
+        fn visit_string<E: de::Error>(self, value: String) -> Result<String, E> {
+            Ok(value)
+        }
+    }
+
+    deserializer
+        .deserialize_any(ExpressionVisitor(example))
+        .map(Some)
+}
+
+fn run_if_expression<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    expression(
+        deserializer,
+        "\"params.full\" or \"tasks.count.output.rows > 0\"",
+    )
+}
+
+fn map_over_expression<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    expression(
+        deserializer,
+        "\"tasks.list.output.files\", \"params.items\" or \"[1, 2, 3]\"",
+    )
 }
 
 /// `events: a` is `events: [a]`, in a field that distinguishes absent

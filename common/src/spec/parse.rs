@@ -745,6 +745,16 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("outlets", "outputs"),
     ("produces", "outputs"),
     ("interval", "every"),
+    ("trigger", "trigger_rule"),
+    ("when", "run_if"),
+    ("if", "run_if"),
+    ("condition", "run_if"),
+    ("expand", "map_over"),
+    ("for_each", "map_over"),
+    ("foreach", "map_over"),
+    ("with_items", "map_over"),
+    ("withItems", "map_over"),
+    ("withParam", "map_over"),
     ("url_template", "url"),
 ];
 

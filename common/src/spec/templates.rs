@@ -1,17 +1,21 @@
 //! The registration-time check of templated fields: each `command`
 //! argument (or the shell string), `env` values, `cwd`, and a sensor's
-//! `file` and `http.url`.
+//! `file` and `http.url`; and of the expressions of `run_if` and
+//! `map_over`.
 //!
-//! A field with a template (`{{` or `{%`) must parse, read only known
-//! variables, only declared params (when the DAG declares any: a run's
-//! params are then exactly those), and only the outputs of tasks upstream
-//! of its task, directly or transitively: the others may not have run when
-//! it is dispatched.
+//! A field with a template (`{{` or `{%`), and every expression, must
+//! parse, read only known variables, only declared params (when the DAG
+//! declares any: a run's params are then exactly those), and only the
+//! outputs of tasks upstream of its task, directly or transitively: the
+//! others may not have run when it is dispatched. `item` and `map_index`
+//! exist only in the templated fields of a task with `map_over`;
+//! expressions are evaluated before any attempt and before the task is
+//! expanded, so they read neither those nor `attempt`.
 //!
 //! `default_args.env` and `default_args.cwd` are checked once for syntax
-//! and variables; the outputs they read are checked for each task that
-//! inherits them, and reported at the `default_args` field, naming the
-//! task.
+//! and variables; the outputs they read, and `item` or `map_index`, are
+//! checked for each task that inherits them, and reported at the
+//! `default_args` field, naming the task.
 //!
 //! Properties kept for large DAGs: the same template text is parsed once
 //! (a fan-out of 100,000 tasks usually repeats a handful of texts); "is
@@ -19,24 +23,75 @@
 //! else from the set of tasks downstream of the one read, computed once
 //! per task read.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::ParamsSpec;
+use super::flow::is_checkable_expression;
 use super::model::{CommandSpec, TaskKindSpec, TaskSpec};
 use super::validate::{Parsed, Report, did_you_mean};
-use crate::template::{TemplateRefs, VARIABLES, check, is_templated};
+use crate::template::{
+    EXPRESSION_VARIABLES, MAPPED_VARIABLES, TemplateRefs, VARIABLES, check, check_expression,
+    is_templated,
+};
 
-/// One templated field of one task.
+/// What a field holds, which decides how it is parsed and what it may
+/// read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// A templated field of a task; `mapped` when the task has `map_over`
+    /// (its instances have `item` and `map_index`).
+    Template { mapped: bool },
+    /// A templated field of `default_args`: whether its tasks are mapped is
+    /// checked per task.
+    DefaultTemplate,
+    /// `run_if` or `map_over`.
+    Expression { run_if: bool },
+}
+
+impl Reader {
+    /// The word messages use for the field.
+    fn noun(self) -> &'static str {
+        match self {
+            Reader::Expression { .. } => "expression",
+            _ => "template",
+        }
+    }
+}
+
+/// One templated field, or expression, of one task.
 struct Field<'a> {
     path: String,
     text: &'a str,
     /// Inherited from `default_args`: syntax and variables are checked
     /// there, once.
     inherited: bool,
+    reader: Reader,
 }
 
-/// Checks every templated field of the document. `dependencies` are the
-/// resolved `depends_on` of each task (by position).
+/// Templates and expressions checked so far, by text: each is parsed once.
+#[derive(Default)]
+struct Checked<'a> {
+    templates: HashMap<&'a str, Result<TemplateRefs, String>>,
+    expressions: HashMap<&'a str, Result<TemplateRefs, String>>,
+}
+
+impl<'a> Checked<'a> {
+    fn refs(&mut self, field: &Field<'a>) -> &Result<TemplateRefs, String> {
+        match field.reader {
+            Reader::Expression { .. } => self
+                .expressions
+                .entry(field.text)
+                .or_insert_with(|| check_expression(field.text)),
+            _ => self
+                .templates
+                .entry(field.text)
+                .or_insert_with(|| check(field.text)),
+        }
+    }
+}
+
+/// Checks every templated field and expression of the document.
+/// `dependencies` are the resolved `depends_on` of each task (by position).
 pub(super) fn check_templates(
     parsed: &Parsed,
     dependencies: &[Vec<usize>],
@@ -45,10 +100,13 @@ pub(super) fn check_templates(
     report: &mut Report,
 ) {
     let spec = &parsed.spec;
-    let mut checked: HashMap<&str, Result<TemplateRefs, String>> = HashMap::new();
+    let mut checked = Checked::default();
     let mut reachability = Reachability::new(dependencies);
     // Built when a template first reads an output.
     let mut index: Option<HashMap<&str, usize>> = None;
+    // `default_args` fields already reported for `item` in a task that is
+    // not mapped: once each is enough.
+    let mut unmapped_reported: HashSet<String> = HashSet::new();
 
     let defaults = &spec.default_args;
     let mut default_fields: Vec<Field<'_>> = defaults
@@ -58,6 +116,7 @@ pub(super) fn check_templates(
             path: format!("default_args.env.{name}"),
             text: value.as_str(),
             inherited: false,
+            reader: Reader::DefaultTemplate,
         })
         .collect();
     if let Some(cwd) = &defaults.cwd {
@@ -65,13 +124,12 @@ pub(super) fn check_templates(
             path: "default_args.cwd".to_string(),
             text: cwd,
             inherited: false,
+            reader: Reader::DefaultTemplate,
         });
     }
     for field in &default_fields {
         if is_templated(field.text) {
-            let refs = checked
-                .entry(field.text)
-                .or_insert_with(|| check(field.text));
+            let refs = checked.refs(field);
             check_variables(field, refs, params, params_readable, report);
         }
     }
@@ -81,16 +139,30 @@ pub(super) fn check_templates(
         if unreadable.has("kind") || unreadable.has("id") {
             continue;
         }
-        for field in templated_fields(position, task, &default_fields) {
-            let refs = checked
-                .entry(field.text)
-                .or_insert_with(|| check(field.text));
+        let mapped = task.map_over.is_some();
+        for field in task_fields(position, task, &default_fields) {
+            let refs = checked.refs(&field);
             if !field.inherited {
                 check_variables(&field, refs, params, params_readable, report);
             }
             let Ok(refs) = refs else {
                 continue;
             };
+            if field.inherited
+                && !mapped
+                && let Some(variable) = MAPPED_VARIABLES
+                    .iter()
+                    .find(|variable| refs.variables.contains(**variable))
+                && unmapped_reported.insert(field.path.clone())
+            {
+                report.push(
+                    field.path.clone(),
+                    format!(
+                        "the template reads `{variable}`, which only tasks with `map_over` have, and `{}` inherits this value without one",
+                        task.id
+                    ),
+                );
+            }
             if refs.task_outputs.is_empty() {
                 continue;
             }
@@ -101,19 +173,20 @@ pub(super) fn check_templates(
                     .map(|(position, task)| (task.id.as_str(), position))
                     .collect()
             });
+            let noun = field.reader.noun();
             for read in &refs.task_outputs {
                 let reason = match index.get(read.as_str()) {
                     None => Some(match did_you_mean(read, index.keys().copied()) {
                         Some(close) => format!(
-                            "the template reads the output of `{read}`, which is not a task of this DAG; did you mean `{close}`?"
+                            "the {noun} reads the output of `{read}`, which is not a task of this DAG; did you mean `{close}`?"
                         ),
                         None => format!(
-                            "the template reads the output of `{read}`, which is not a task of this DAG"
+                            "the {noun} reads the output of `{read}`, which is not a task of this DAG"
                         ),
                     }),
                     Some(&upstream) if !reachability.is_upstream(upstream, position) => {
                         Some(format!(
-                            "the template reads the output of `{read}`, which is not upstream of `{}`",
+                            "the {noun} reads the output of `{read}`, which is not upstream of `{}`",
                             task.id
                         ))
                     }
@@ -132,6 +205,28 @@ pub(super) fn check_templates(
     }
 }
 
+/// Why a field may not read `variable`, one of the names templates know
+/// (`None` when it may).
+fn refused_known_variable(reader: Reader, variable: &str) -> Option<String> {
+    let mapped_only = MAPPED_VARIABLES.contains(&variable);
+    match reader {
+        Reader::Template { mapped: false } if mapped_only => Some(format!(
+            "the template reads `{variable}`, which only tasks with `map_over` have"
+        )),
+        Reader::Expression { .. } if variable == "attempt" => Some(
+            "the expression reads `attempt`, which it cannot: it is evaluated before the task's first attempt"
+                .to_string(),
+        ),
+        Reader::Expression { run_if: true } if mapped_only => Some(format!(
+            "the expression reads `{variable}`, which it cannot: run_if is evaluated once for the whole task, before it is expanded"
+        )),
+        Reader::Expression { run_if: false } if mapped_only => Some(format!(
+            "the expression reads `{variable}`, which it cannot: map_over gives the list whose elements are `item`"
+        )),
+        _ => None,
+    }
+}
+
 /// Syntax, unknown variables and undeclared params of one field.
 fn check_variables(
     field: &Field<'_>,
@@ -147,17 +242,32 @@ fn check_variables(
             return;
         }
     };
+    let noun = field.reader.noun();
+    let known: Vec<&str> = match field.reader {
+        Reader::Expression { .. } => EXPRESSION_VARIABLES.to_vec(),
+        Reader::Template { mapped: false } => VARIABLES.to_vec(),
+        Reader::Template { mapped: true } | Reader::DefaultTemplate => {
+            VARIABLES.iter().chain(MAPPED_VARIABLES).copied().collect()
+        }
+    };
     for variable in &refs.variables {
-        if VARIABLES.contains(&variable.as_str()) {
+        if VARIABLES.contains(&variable.as_str()) || MAPPED_VARIABLES.contains(&variable.as_str()) {
+            if let Some(reason) = refused_known_variable(field.reader, variable) {
+                report.push(field.path.clone(), reason);
+            }
             continue;
         }
-        let reason = match did_you_mean(variable, VARIABLES.iter().copied()) {
+        let what = match field.reader {
+            Reader::Expression { .. } => "a variable expressions can read",
+            _ => "a template variable",
+        };
+        let reason = match did_you_mean(variable, known.iter().copied()) {
             Some(close) => format!(
-                "the template reads `{variable}`, which is not a template variable; did you mean `{close}`?"
+                "the {noun} reads `{variable}`, which is not {what}; did you mean `{close}`?"
             ),
             None => format!(
-                "the template reads `{variable}`, which is not a template variable; the variables are {}",
-                VARIABLES.join(", ")
+                "the {noun} reads `{variable}`, which is not {what}; the variables are {}",
+                known.join(", ")
             ),
         };
         report.push(field.path.clone(), reason);
@@ -172,10 +282,10 @@ fn check_variables(
         let names: Vec<&str> = params.names().collect();
         let reason = match did_you_mean(param, names.iter().copied()) {
             Some(close) => format!(
-                "the template reads `params.{param}`, which the DAG does not declare; did you mean `{close}`?"
+                "the {noun} reads `params.{param}`, which the DAG does not declare; did you mean `{close}`?"
             ),
             None => format!(
-                "the template reads `params.{param}`, which the DAG does not declare; it declares {}",
+                "the {noun} reads `params.{param}`, which the DAG does not declare; it declares {}",
                 names.join(", ")
             ),
         };
@@ -184,24 +294,25 @@ fn check_variables(
 }
 
 /// The fields of a task that hold a template, its own and those it
-/// inherits. Paths are built only for those: most fields hold none.
-fn templated_fields<'a>(
-    position: usize,
-    task: &'a TaskSpec,
-    defaults: &[Field<'a>],
-) -> Vec<Field<'a>> {
+/// inherits, then its expressions. Paths are built only for those: most
+/// fields hold none.
+fn task_fields<'a>(position: usize, task: &'a TaskSpec, defaults: &[Field<'a>]) -> Vec<Field<'a>> {
     let mut fields = Vec::new();
+    let reader = Reader::Template {
+        mapped: task.map_over.is_some(),
+    };
     let mut own = |name: &dyn Fn() -> String, text: &'a str| {
         if is_templated(text) {
             fields.push(Field {
                 path: format!("tasks[{position}].{}", name()),
                 text,
                 inherited: false,
+                reader,
             });
         }
     };
-    match task.kind.unwrap_or(TaskKindSpec::Command) {
-        TaskKindSpec::Command => {
+    match task.kind.unwrap_or(TaskKindSpec::Command).runs_as() {
+        TaskKindSpec::Command | TaskKindSpec::Branch => {
             match &task.command {
                 Some(CommandSpec::Shell(script)) => own(&|| "command".to_string(), script),
                 Some(CommandSpec::Argv(argv)) => {
@@ -227,6 +338,7 @@ fn templated_fields<'a>(
                         path: inherited.path.clone(),
                         text: inherited.text,
                         inherited: true,
+                        reader,
                     });
                 }
             }
@@ -242,6 +354,20 @@ fn templated_fields<'a>(
             }
         }
         TaskKindSpec::Noop | TaskKindSpec::Custom => {}
+    }
+    for (name, expression) in [("run_if", &task.run_if), ("map_over", &task.map_over)] {
+        if let Some(text) = expression
+            && is_checkable_expression(text)
+        {
+            fields.push(Field {
+                path: format!("tasks[{position}].{name}"),
+                text,
+                inherited: false,
+                reader: Reader::Expression {
+                    run_if: name == "run_if",
+                },
+            });
+        }
     }
     fields
 }

@@ -22,6 +22,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use sha2::{Digest, Sha256};
 
+use super::flow::{
+    DEFAULT_MAX_MAP_LENGTH, MapOver, TriggerRule, check_branches, check_default_trigger_rule,
+    check_task_flow, check_task_trigger_rule, is_branch,
+};
 use super::model::{
     CommandSpec, DagSpec, ResourcesSpec, SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec,
 };
@@ -251,12 +255,14 @@ pub(super) fn validate(
 
     let defaults = Settings::of_defaults(&spec.default_args);
     check_settings(Place::Defaults, &defaults, true, &mut report);
+    check_default_trigger_rule(&parsed, &mut report);
 
     let (index, any_id_unreadable) = check_task_ids(&parsed, &mut report);
 
     let mut pair_reported_on_defaults = false;
     for (position, task) in spec.tasks.iter().enumerate() {
         let unreadable = parsed.task(position);
+        check_task_trigger_rule(position, task, &mut report);
         if unreadable.has("kind") {
             // Which fields are allowed depends on the kind; skip rather than guess.
             check_settings(
@@ -271,11 +277,12 @@ pub(super) fn validate(
         check_settings(
             Place::Task(position),
             &Settings::of_task(task),
-            kind == TaskKindSpec::Command,
+            kind.runs_as() == TaskKindSpec::Command,
             &mut report,
         );
         check_kind(position, task, kind, unreadable, &mut report);
         check_sensor(Place::Task(position), task, kind, unreadable, &mut report);
+        check_task_flow(position, task, kind.runs_as(), &mut report);
         for (entry, output) in task.outputs.iter().enumerate() {
             if let Err(error) = AssetUri::new(output.clone()) {
                 report.push(
@@ -312,6 +319,7 @@ pub(super) fn validate(
     let dependencies =
         resolve_dependencies(&parsed, &index, any_id_unreadable, limits, &mut report);
     report_cycles(&spec.tasks, &dependencies, &mut report);
+    check_branches(&parsed, &dependencies, &mut report);
     check_templates(
         &parsed,
         &dependencies,
@@ -567,22 +575,24 @@ fn check_labels(place: Place, labels: &BTreeMap<String, String>, report: &mut Re
     }
 }
 
-/// What a task's kind requires or refuses.
+/// What a task's kind requires or refuses. `written` is the kind as
+/// written: `branch` is checked as `command`, and named as written.
 fn check_kind(
     position: usize,
     task: &TaskSpec,
-    kind: TaskKindSpec,
+    written: TaskKindSpec,
     unreadable: &Unreadable,
     report: &mut Report,
 ) {
     let place = Place::Task(position);
+    let kind = written.runs_as();
     if kind != TaskKindSpec::Custom {
         if task.handler.is_some() {
             report.push(
                 place.field("handler"),
                 format!(
                     "only custom tasks take `handler` (this one is `kind: {}`); add `kind: custom`",
-                    kind.name()
+                    written.name()
                 ),
             );
         }
@@ -591,7 +601,7 @@ fn check_kind(
                 place.field("payload"),
                 format!(
                     "only custom tasks take `payload` (this one is `kind: {}`)",
-                    kind.name()
+                    written.name()
                 ),
             );
         }
@@ -628,6 +638,11 @@ fn check_kind(
                 return;
             }
             match &task.command {
+                None if written == TaskKindSpec::Branch => report.push(
+                    place.field("command"),
+                    "missing; a branch task needs a `command` that writes the ids of the downstream \
+                     tasks to run to $BATON_OUTPUT",
+                ),
                 None => report.push(
                     place.field("command"),
                     "missing; a command task needs a `command` (a list of arguments or a shell string), \
@@ -661,6 +676,8 @@ fn check_kind(
         }
         // The sensor's own checks are in `sensor`.
         TaskKindSpec::Sensor => {}
+        // Read as `command` above.
+        TaskKindSpec::Branch => {}
         TaskKindSpec::Noop => {
             if task.command.is_some() {
                 report.push(
@@ -1044,8 +1061,23 @@ fn resolve(
     let default_queue = QueueName::new(defaults.queue.as_deref().unwrap_or(DEFAULT_QUEUE))
         .map_err(|error| internal(error.reason))?;
     let mut tasks = Vec::with_capacity(task_specs.len());
+    let default_trigger_rule = match defaults.trigger_rule.as_deref() {
+        Some(rule) => TriggerRule::parse(rule)
+            .ok_or_else(|| internal(format!("unknown trigger rule `{rule}`")))?,
+        None => TriggerRule::default(),
+    };
     for (task, depends_on) in task_specs.into_iter().zip(dependencies) {
-        let kind = match task.kind.unwrap_or(TaskKindSpec::Command) {
+        let trigger_rule = match task.trigger_rule.as_deref() {
+            Some(rule) => TriggerRule::parse(rule)
+                .ok_or_else(|| internal(format!("unknown trigger rule `{rule}`")))?,
+            None => default_trigger_rule,
+        };
+        let branch = is_branch(&task);
+        let map_over = task.map_over.map(|expression| MapOver {
+            expression,
+            max_length: task.max_map_length.unwrap_or(DEFAULT_MAX_MAP_LENGTH),
+        });
+        let kind = match task.kind.unwrap_or(TaskKindSpec::Command).runs_as() {
             TaskKindSpec::Noop => TaskKind::Noop,
             TaskKindSpec::Sensor => TaskKind::Sensor(
                 resolve_sensor(&task.sensor.clone().unwrap_or_default()).map_err(internal)?,
@@ -1058,7 +1090,7 @@ fn resolve(
                     .as_ref()
                     .map_or_else(|| "null".to_string(), ToString::to_string),
             }),
-            TaskKindSpec::Command => {
+            TaskKindSpec::Command | TaskKindSpec::Branch => {
                 let env = if defaults.env.is_empty() {
                     task.env
                 } else {
@@ -1154,6 +1186,10 @@ fn resolve(
             outputs,
             sla: task.sla.map(SpecDuration::as_duration),
             templated,
+            trigger_rule,
+            branch,
+            run_if: task.run_if,
+            map_over,
         });
     }
 
