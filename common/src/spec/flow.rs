@@ -8,6 +8,10 @@
 //! task's kind and with the graph: a branch needs a downstream task to
 //! choose, a mapped task cannot be a branch nor a sensor the controller
 //! evaluates, `max_map_length` needs `map_over`.
+//!
+//! What the controller needs at run time lives here too, so that every
+//! reader agrees: [`branch_choice`] reads a branch's output, and
+//! [`TaskRef`] names a task or one mapped instance of it (`load[3]`).
 
 use std::fmt;
 
@@ -107,6 +111,103 @@ pub struct MapOver {
     pub expression: String,
     /// Most elements the list may have; a longer one fails the task.
     pub max_length: u32,
+}
+
+/// A task, or one mapped instance of it, as the API and the CLI name them:
+/// `load`, `load[3]`. Task ids cannot contain `[`, so the two never clash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskRef<'a> {
+    pub task_id: &'a str,
+    /// The instance's position in its task's list; `None` for the task
+    /// itself.
+    pub map_index: Option<u32>,
+}
+
+impl<'a> TaskRef<'a> {
+    /// Reads `task` or `task[N]` (N a whole number, no sign or spaces);
+    /// the error is a sentence naming the text.
+    pub fn parse(text: &'a str) -> Result<TaskRef<'a>, String> {
+        let (task_id, map_index) = match text.split_once('[') {
+            None => (text, None),
+            Some((task_id, rest)) => {
+                let index = rest
+                    .strip_suffix(']')
+                    .filter(|digits| {
+                        !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
+                    })
+                    .and_then(|digits| digits.parse::<u32>().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "`{text}` is not a task or a mapped instance; write `task` or `task[3]`"
+                        )
+                    })?;
+                (task_id, Some(index))
+            }
+        };
+        crate::ids::validate_name(crate::ids::TaskId::WHAT, task_id)
+            .map_err(|error| error.reason)?;
+        Ok(TaskRef { task_id, map_index })
+    }
+}
+
+impl fmt::Display for TaskRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.map_index {
+            Some(index) => write!(f, "{}[{index}]", self.task_id),
+            None => f.write_str(self.task_id),
+        }
+    }
+}
+
+/// Which of a branch's direct downstream tasks its output chooses: one
+/// flag per entry of `downstream` (their ids), in that order.
+///
+/// The output (`output_json`, the JSON the task wrote to `$BATON_OUTPUT`)
+/// is a task id or a list of them. No output, `null` and `[]` choose none.
+/// Anything else, or an id that is not one of `downstream`, is an error
+/// naming it: the branch did not say what to do.
+pub fn branch_choice(output_json: Option<&str>, downstream: &[&str]) -> Result<Vec<bool>, String> {
+    let mut chosen = vec![false; downstream.len()];
+    let Some(text) = output_json else {
+        return Ok(chosen);
+    };
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|error| format!("a branch's output must be JSON: {error}"))?;
+    let ids: Vec<&str> = match &value {
+        serde_json::Value::Null => Vec::new(),
+        serde_json::Value::String(id) => vec![id.as_str()],
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                item.as_str().ok_or_else(|| {
+                    format!("a branch's output must be a task id or a list of task ids; the list holds {item}")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(format!(
+                "a branch's output must be a task id or a list of task ids; got {other}"
+            ));
+        }
+    };
+    for id in ids {
+        match downstream.iter().position(|candidate| *candidate == id) {
+            Some(position) => chosen[position] = true,
+            None => {
+                let reason = match did_you_mean(id, downstream.iter().copied()) {
+                    Some(close) => format!(
+                        "the branch chose `{id}`, which is not one of its direct downstream tasks; did you mean `{close}`?"
+                    ),
+                    None => format!(
+                        "the branch chose `{id}`, which is not one of its direct downstream tasks: {}",
+                        downstream.join(", ")
+                    ),
+                };
+                return Err(reason);
+            }
+        }
+    }
+    Ok(chosen)
 }
 
 /// The trigger rule of `default_args`, reported there when unknown.
@@ -314,5 +415,91 @@ mod tests {
         assert_eq!(TriggerRule::default(), TriggerRule::AllSuccess);
         assert_eq!(TriggerRule::parse("ALL_SUCCESS"), None);
         assert_eq!(TriggerRule::parse("dummy"), None);
+    }
+
+    #[test]
+    fn task_refs_name_tasks_and_instances() {
+        for (text, task_id, map_index) in [
+            ("load", "load", None),
+            ("load[0]", "load", Some(0)),
+            ("per-file[9999]", "per-file", Some(9_999)),
+            ("a.b_c[4294967295]", "a.b_c", Some(u32::MAX)),
+        ] {
+            let parsed = TaskRef::parse(text).unwrap();
+            assert_eq!(parsed, TaskRef { task_id, map_index }, "{text}");
+            assert_eq!(parsed.to_string(), text);
+        }
+        for text in [
+            "load[]",
+            "load[x]",
+            "load[-1]",
+            "load[+1]",
+            "load[1",
+            "load[1]x",
+            "load[ 1]",
+            "load[4294967296]",
+            "[1]",
+        ] {
+            let error = TaskRef::parse(text).unwrap_err();
+            assert!(!error.is_empty(), "{text}");
+        }
+        assert_eq!(
+            TaskRef::parse("lo ad").unwrap_err(),
+            "task id `lo ad` contains ' '; only letters, digits, `_`, `.` and `-` are allowed"
+        );
+        assert_eq!(
+            TaskRef::parse("load[x]").unwrap_err(),
+            "`load[x]` is not a task or a mapped instance; write `task` or `task[3]`"
+        );
+    }
+
+    #[test]
+    fn a_branch_output_chooses_among_its_downstream_tasks() {
+        let downstream = ["weekday", "weekend", "holiday"];
+        for (output, expected) in [
+            (None, [false, false, false]),
+            (Some("null"), [false, false, false]),
+            (Some("[]"), [false, false, false]),
+            (Some("\"weekday\""), [true, false, false]),
+            (
+                Some("[\"holiday\", \"weekend\", \"holiday\"]"),
+                [false, true, true],
+            ),
+        ] {
+            assert_eq!(
+                branch_choice(output, &downstream),
+                Ok(expected.to_vec()),
+                "{output:?}"
+            );
+        }
+        for (output, expected) in [
+            (
+                "\"wekday\"",
+                "the branch chose `wekday`, which is not one of its direct downstream tasks; did you mean `weekday`?",
+            ),
+            (
+                "[\"zzz\"]",
+                "the branch chose `zzz`, which is not one of its direct downstream tasks: weekday, weekend, holiday",
+            ),
+            (
+                "3",
+                "a branch's output must be a task id or a list of task ids; got 3",
+            ),
+            (
+                "[\"weekday\", 1]",
+                "a branch's output must be a task id or a list of task ids; the list holds 1",
+            ),
+        ] {
+            assert_eq!(
+                branch_choice(Some(output), &downstream),
+                Err(expected.to_string()),
+                "{output}"
+            );
+        }
+        assert!(
+            branch_choice(Some("{not json"), &downstream)
+                .unwrap_err()
+                .starts_with("a branch's output must be JSON")
+        );
     }
 }

@@ -35,7 +35,9 @@ mod validate;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use flow::{DEFAULT_MAX_MAP_LENGTH, MAX_MAP_LENGTH_LIMIT, MapOver, TriggerRule};
+pub use flow::{
+    DEFAULT_MAX_MAP_LENGTH, MAX_MAP_LENGTH_LIMIT, MapOver, TaskRef, TriggerRule, branch_choice,
+};
 pub use model::{
     CommandSpec, DagSpec, ExternalTaskSensorSpec, HttpSensorSpec, ParamDeclarationSpec, ParamSpec,
     Quantity, ResourcesSpec, ScheduleDetail, ScheduleSpec, SensorModeSpec, SensorSpec,
