@@ -4,9 +4,10 @@
 //! # Layout
 //! - `main.rs`: arguments, logging, the runtime, exit codes.
 //! - `commands/server.rs`: `dev`, `controller`, `worker`, signal handling.
-//! - `commands/dag.rs`, `commands/run.rs`, `commands/logs.rs`,
-//!   `commands/pool.rs`, `commands/cluster.rs`: the client of DAGs, runs,
-//!   logs, pools and the cluster.
+//! - `commands/dag.rs`, `commands/run.rs`, `commands/task.rs`,
+//!   `commands/logs.rs`, `commands/pool.rs`, `commands/cluster.rs`: the
+//!   client of DAGs, runs, task states set by hand, logs, pools and the
+//!   cluster.
 //! - `commands/backfill.rs`, `commands/event.rs`, `commands/asset.rs`: the
 //!   client of scheduling beyond a DAG's own schedule: backfills, events,
 //!   assets.
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::commands::{asset, backfill, cluster, dag, event, logs, pool, run, server};
+use crate::commands::{asset, backfill, cluster, dag, event, logs, pool, run, server, task};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,6 +76,9 @@ enum Command {
     /// Trigger, follow, cancel and retry runs.
     #[command(subcommand)]
     Run(run::RunCommand),
+    /// Set a task's state by hand (mark it success, failed or skipped).
+    #[command(subcommand)]
+    Task(task::TaskCommand),
     /// Run a DAG's schedule over a past date range (one run per data
     /// interval); list, show and cancel backfills.
     ///
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
             Command::Worker(args) => server::worker(args, &context).await,
             Command::Dag(command) => dag::run(command, &context).await,
             Command::Run(command) => run::run(command, &context).await,
+            Command::Task(command) => task::run(command, &context).await,
             Command::Backfill(args) => backfill::run(args, &context).await,
             Command::Event(command) => event::run(command, &context).await,
             Command::Asset(command) => asset::run(command, &context).await,
@@ -180,6 +185,12 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::{Cli, Command, OutputFormat};
+    use crate::commands::run::RunCommand;
+    use crate::commands::task::{MarkState, TaskCommand};
+
+    fn parse(argv: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(argv)
+    }
 
     /// Every subcommand's arguments are consistent (clap checks names,
     /// conflicts and defaults only when a command is built).
@@ -222,6 +233,96 @@ mod tests {
             let cli = Cli::try_parse_from(argv).unwrap_or_else(|error| panic!("{argv:?}: {error}"));
             assert_eq!(cli.output, OutputFormat::Json, "{argv:?}");
             assert!(matches!(cli.command, Command::Backfill(_)), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn task_mark_takes_a_state_and_a_reason() {
+        let cli = parse(&[
+            "baton",
+            "task",
+            "mark",
+            "RUN",
+            "per-file[3]",
+            "--state",
+            "success",
+            "--reason",
+            "fixed upstream",
+        ])
+        .unwrap();
+        let Command::Task(TaskCommand::Mark {
+            run_id,
+            task,
+            state,
+            reason,
+        }) = cli.command
+        else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!(run_id, "RUN");
+        assert_eq!(task, "per-file[3]");
+        assert_eq!(state, MarkState::Success);
+        assert_eq!(reason.as_deref(), Some("fixed upstream"));
+        for state in ["failed", "skipped"] {
+            parse(&["baton", "task", "mark", "RUN", "load", "--state", state]).unwrap();
+        }
+        for argv in [
+            ["baton", "task", "mark", "RUN", "load", "--state", "running"].as_slice(),
+            &["baton", "task", "mark", "RUN", "load"],
+            &[
+                "baton", "task", "mark", "RUN", "load[x]", "--state", "failed",
+            ],
+        ] {
+            assert!(parse(argv).is_err(), "{argv:?}");
+        }
+        let error = parse(&["baton", "task", "mark", "RUN", "load", "--state", "done"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("success, failed, skipped"), "{error}");
+    }
+
+    #[test]
+    fn run_retry_clears_upstream_and_downstream_on_request() {
+        let retry = |argv: &[&str]| match parse(argv).unwrap().command {
+            Command::Run(RunCommand::Retry {
+                task_id,
+                no_downstream,
+                upstream,
+                ..
+            }) => (task_id, no_downstream, upstream),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            retry(&["baton", "run", "retry", "RUN", "load"]),
+            ("load".to_string(), false, false)
+        );
+        assert_eq!(
+            retry(&[
+                "baton",
+                "run",
+                "retry",
+                "RUN",
+                "load[2]",
+                "--upstream",
+                "--no-downstream"
+            ]),
+            ("load[2]".to_string(), true, true)
+        );
+        assert!(parse(&["baton", "run", "retry", "RUN", "load[]"]).is_err());
+    }
+
+    #[test]
+    fn run_show_lists_every_instance_on_request() {
+        for (argv, expected) in [
+            (["baton", "run", "show", "RUN"].as_slice(), false),
+            (&["baton", "run", "show", "RUN", "--instances"], true),
+        ] {
+            match parse(argv).unwrap().command {
+                Command::Run(RunCommand::Show { instances, .. }) => {
+                    assert_eq!(instances, expected, "{argv:?}")
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 }

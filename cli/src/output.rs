@@ -2,6 +2,7 @@
 //! scripts (`-o json`). JSON uses state names and RFC 3339 times, the same
 //! words the tables use.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use baton_common::pb::api::{
@@ -138,7 +139,34 @@ pub fn task_summary_json(task: &TaskSummary) -> Value {
         "retries": task.retries,
         "timeout": task.timeout.as_ref().map(|d| humantime::format_duration(baton_common::time::duration_from_proto(d)).to_string()),
         "outputs": task.outputs,
+        "trigger_rule": if task.trigger_rule.is_empty() { DEFAULT_TRIGGER_RULE } else { task.trigger_rule.as_str() },
+        "branch": task.branch,
+        "run_if": text_or_null(&task.run_if),
+        "map_over": text_or_null(&task.map_over),
     })
+}
+
+/// The trigger rule of tasks that do not set one.
+const DEFAULT_TRIGGER_RULE: &str = "all_success";
+
+/// What `dag show` says about when a task runs: its trigger rule unless
+/// `all_success`, `branch`, `if RUN_IF`, `map over MAP_OVER`; empty for a
+/// task with none of those.
+pub fn flow_text(task: &TaskSummary) -> String {
+    let mut parts = Vec::new();
+    if !task.trigger_rule.is_empty() && task.trigger_rule != DEFAULT_TRIGGER_RULE {
+        parts.push(task.trigger_rule.clone());
+    }
+    if task.branch {
+        parts.push("branch".to_string());
+    }
+    if !task.run_if.is_empty() {
+        parts.push(format!("if {}", task.run_if));
+    }
+    if !task.map_over.is_empty() {
+        parts.push(format!("map over {}", task.map_over));
+    }
+    parts.join("; ")
 }
 
 pub fn run_json(run: &Run) -> Value {
@@ -192,6 +220,8 @@ pub fn task_json(task: &TaskInstance) -> Value {
         "next_attempt_at": time_json(task.next_attempt_at.as_ref()),
         "output": if task.output_json.is_empty() { Value::Null } else { params(&task.output_json) },
         "sensor_deadline": time_json(task.sensor_deadline.as_ref()),
+        "map_index": task.map_index,
+        "map_length": task.map_length,
     })
 }
 
@@ -263,22 +293,24 @@ pub fn run_summary(run: &Run) -> String {
     line
 }
 
+/// Task states in the order counts are listed: finished first.
+const STATE_ORDER: [&str; 11] = [
+    "success",
+    "failed",
+    "upstream_failed",
+    "cancelled",
+    "skipped",
+    "running",
+    "leased",
+    "ready",
+    "up_for_retry",
+    "up_for_reschedule",
+    "pending",
+];
+
 /// Counts as `3 success, 1 running, 4 pending`, in life-cycle order.
 pub fn counts_line(run: &Run) -> String {
-    const ORDER: [&str; 11] = [
-        "success",
-        "failed",
-        "upstream_failed",
-        "cancelled",
-        "skipped",
-        "running",
-        "leased",
-        "ready",
-        "up_for_retry",
-        "up_for_reschedule",
-        "pending",
-    ];
-    let parts: Vec<String> = ORDER
+    let parts: Vec<String> = STATE_ORDER
         .iter()
         .filter_map(|state| {
             run.task_counts
@@ -389,4 +421,262 @@ pub fn task_row(task: &TaskInstance) -> Vec<String> {
         elapsed(task.started_at.as_ref(), task.ended_at.as_ref()),
         detail,
     ]
+}
+
+/// Mapped instances `run show` lists under their task unless asked for all:
+/// at most this many, of those that need a look (failed, retrying).
+pub const LISTED_INSTANCES: usize = 20;
+
+/// The rows of `run show`'s task table, and how many mapped instances
+/// they leave out.
+pub struct TaskListing {
+    pub rows: Vec<Vec<String>>,
+    pub hidden_instances: usize,
+}
+
+/// A run's tasks as `run show` lists them: each task in the order given,
+/// then its mapped instances (`task[3]`) by index. A mapped task's row
+/// sums up its instances' states. With `all_instances`, every instance has
+/// a row; otherwise only the failed and retrying ones, at most
+/// [`LISTED_INSTANCES`] per task, so a fan-out of 10,000 stays readable.
+pub fn task_listing(tasks: &[TaskInstance], all_instances: bool) -> TaskListing {
+    let mut instances: HashMap<&str, Vec<&TaskInstance>> = HashMap::new();
+    for task in tasks.iter().filter(|task| task.map_index.is_some()) {
+        instances
+            .entry(parent_id(&task.task_id))
+            .or_default()
+            .push(task);
+    }
+    let mut listing = TaskListing {
+        rows: Vec::with_capacity(tasks.len().min(1_024)),
+        hidden_instances: 0,
+    };
+    let add_instances = |listing: &mut TaskListing, mut group: Vec<&TaskInstance>| {
+        group.sort_by_key(|instance| instance.map_index);
+        let mut listed = 0;
+        for instance in group {
+            let wanted =
+                all_instances || (listed < LISTED_INSTANCES && needs_a_look(task_state(instance)));
+            if wanted {
+                listed += 1;
+                listing.rows.push(task_row(instance));
+            } else {
+                listing.hidden_instances += 1;
+            }
+        }
+    };
+    for task in tasks.iter().filter(|task| task.map_index.is_none()) {
+        let mut row = task_row(task);
+        let group = instances.remove(task.task_id.as_str()).unwrap_or_default();
+        if task.map_length.is_some() || !group.is_empty() {
+            let summary = instances_summary(task.map_length, &group);
+            row[5] = if row[5].is_empty() {
+                summary
+            } else {
+                format!("{summary}; {}", row[5])
+            };
+        }
+        listing.rows.push(row);
+        add_instances(&mut listing, group);
+    }
+    // Instances whose task was not listed: after the others, in the order
+    // their tasks first appear.
+    let mut orphans: Vec<(&str, Vec<&TaskInstance>)> = instances.into_iter().collect();
+    orphans.sort_by_key(|(parent, _)| {
+        tasks
+            .iter()
+            .position(|task| parent_id(&task.task_id) == *parent)
+    });
+    for (_, group) in orphans {
+        add_instances(&mut listing, group);
+    }
+    listing
+}
+
+/// The task a mapped instance belongs to: `load` for `load[3]`.
+fn parent_id(task_id: &str) -> &str {
+    task_id.split('[').next().unwrap_or(task_id)
+}
+
+/// Failed or retrying: what a user looks at first in a large fan-out.
+fn needs_a_look(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::Failed | TaskState::UpstreamFailed | TaskState::UpForRetry
+    )
+}
+
+/// `3 instances: 2 success, 1 failed`; `no instances (empty list)`.
+fn instances_summary(map_length: Option<u32>, instances: &[&TaskInstance]) -> String {
+    let total = map_length.map_or(instances.len(), |length| length as usize);
+    if total == 0 {
+        return "no instances (empty list)".to_string();
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for instance in instances {
+        *counts
+            .entry(task_state_name(task_state(instance)))
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = STATE_ORDER
+        .iter()
+        .filter_map(|state| counts.get(state).map(|count| format!("{count} {state}")))
+        .collect();
+    let noun = if total == 1 { "instance" } else { "instances" };
+    if parts.is_empty() {
+        format!("{total} {noun}")
+    } else {
+        format!("{total} {noun}: {}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(trigger_rule: &str, branch: bool, run_if: &str, map_over: &str) -> TaskSummary {
+        TaskSummary {
+            task_id: "t".into(),
+            trigger_rule: trigger_rule.into(),
+            branch,
+            run_if: run_if.into(),
+            map_over: map_over.into(),
+            ..TaskSummary::default()
+        }
+    }
+
+    #[test]
+    fn flow_text_says_what_is_not_the_default() {
+        assert_eq!(flow_text(&summary("", false, "", "")), "");
+        assert_eq!(flow_text(&summary("all_success", false, "", "")), "");
+        assert_eq!(
+            flow_text(&summary("one_failed", false, "", "")),
+            "one_failed"
+        );
+        assert_eq!(
+            flow_text(&summary(
+                "all_done",
+                true,
+                "params.full",
+                "tasks.list.output.files"
+            )),
+            "all_done; branch; if params.full; map over tasks.list.output.files"
+        );
+        let json = task_summary_json(&summary("", false, "", "[1, 2]"));
+        assert_eq!(json["trigger_rule"], "all_success");
+        assert_eq!(json["branch"], false);
+        assert_eq!(json["run_if"], Value::Null);
+        assert_eq!(json["map_over"], "[1, 2]");
+    }
+
+    fn instance(task_id: &str, state: TaskState, map_index: Option<u32>) -> TaskInstance {
+        TaskInstance {
+            task_id: task_id.into(),
+            state: state as i32,
+            map_index,
+            ..TaskInstance::default()
+        }
+    }
+
+    fn mapped(task_id: &str, length: u32) -> TaskInstance {
+        TaskInstance {
+            map_length: Some(length),
+            ..instance(task_id, TaskState::Running, None)
+        }
+    }
+
+    fn ids(listing: &TaskListing) -> Vec<&str> {
+        listing.rows.iter().map(|row| row[0].as_str()).collect()
+    }
+
+    #[test]
+    fn instances_follow_their_task_by_index() {
+        let tasks = vec![
+            instance("list", TaskState::Success, None),
+            instance("per-file[2]", TaskState::Failed, Some(2)),
+            mapped("per-file", 4),
+            instance("per-file[10]", TaskState::Success, Some(10)),
+            instance("per-file[0]", TaskState::Success, Some(0)),
+            instance("per-file[1]", TaskState::UpForRetry, Some(1)),
+            instance("total", TaskState::Pending, None),
+        ];
+        let all = task_listing(&tasks, true);
+        assert_eq!(
+            ids(&all),
+            [
+                "list",
+                "per-file",
+                "per-file[0]",
+                "per-file[1]",
+                "per-file[2]",
+                "per-file[10]",
+                "total"
+            ]
+        );
+        assert_eq!(all.hidden_instances, 0);
+        assert_eq!(
+            all.rows[1][5],
+            "4 instances: 2 success, 1 failed, 1 up_for_retry"
+        );
+
+        let default = task_listing(&tasks, false);
+        assert_eq!(
+            ids(&default),
+            ["list", "per-file", "per-file[1]", "per-file[2]", "total"],
+            "failed and retrying instances only"
+        );
+        assert_eq!(default.hidden_instances, 2);
+        assert_eq!(
+            default.rows[1][5], all.rows[1][5],
+            "the summary counts every instance"
+        );
+    }
+
+    #[test]
+    fn ten_thousand_instances_stay_readable() {
+        let mut tasks = vec![mapped("fan", 10_000)];
+        for index in 0..10_000u32 {
+            let state = if index % 100 == 7 {
+                TaskState::Failed
+            } else {
+                TaskState::Success
+            };
+            tasks.push(instance(&format!("fan[{index}]"), state, Some(index)));
+        }
+        let listing = task_listing(&tasks, false);
+        assert_eq!(listing.rows.len(), 1 + LISTED_INSTANCES);
+        assert_eq!(listing.hidden_instances, 10_000 - LISTED_INSTANCES);
+        assert_eq!(
+            listing.rows[0][5],
+            "10000 instances: 9900 success, 100 failed"
+        );
+        assert_eq!(listing.rows[1][0], "fan[7]");
+        assert_eq!(task_listing(&tasks, true).rows.len(), 10_001);
+    }
+
+    #[test]
+    fn mapped_tasks_without_instances_and_instances_without_their_task() {
+        let tasks = vec![
+            mapped("empty", 0),
+            mapped("waiting", 3),
+            instance("gone[1]", TaskState::Failed, Some(1)),
+            instance("gone[0]", TaskState::Success, Some(0)),
+        ];
+        let listing = task_listing(&tasks, true);
+        assert_eq!(ids(&listing), ["empty", "waiting", "gone[0]", "gone[1]"]);
+        assert_eq!(listing.rows[0][5], "no instances (empty list)");
+        assert_eq!(listing.rows[1][5], "3 instances");
+        let one = task_listing(&[mapped("one", 1)], false);
+        assert_eq!(one.rows[0][5], "1 instance");
+    }
+
+    #[test]
+    fn task_json_has_the_map_fields() {
+        let json = task_json(&instance("fan[3]", TaskState::Success, Some(3)));
+        assert_eq!(json["map_index"], 3);
+        assert_eq!(json["map_length"], Value::Null);
+        let json = task_json(&mapped("fan", 5));
+        assert_eq!(json["map_index"], Value::Null);
+        assert_eq!(json["map_length"], 5);
+    }
 }

@@ -14,7 +14,9 @@ use serde_json::json;
 use super::dates::zone_or_utc;
 use super::{Context, describe_status};
 use crate::Outcome;
-use crate::output::{dag_json, print_json, print_line, table, task_summary_json, zoned_time_text};
+use crate::output::{
+    dag_json, flow_text, print_json, print_line, table, task_summary_json, zoned_time_text,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum DagCommand {
@@ -49,7 +51,8 @@ pub enum DagCommand {
         page_token: Option<String>,
     },
     /// Show a DAG (schedule, time zone, catchup, next data interval, active
-    /// runs) and the tasks of one of its versions (kind, outputs).
+    /// runs) and the tasks of one of its versions (kind, outputs, and under
+    /// FLOW: trigger rule, branch, run_if, map_over).
     Show {
         dag_id: String,
         /// Version to show (the latest by default).
@@ -189,7 +192,11 @@ pub async fn run(command: DagCommand, context: &Context) -> anyhow::Result<Outco
                 for line in schedule_lines(&dag) {
                     print_line(line);
                 }
-                let mut out = table(&[
+                // The FLOW column (trigger rule, branch, run_if, map_over)
+                // only when some task has one.
+                let flows: Vec<String> = version.tasks.iter().map(flow_text).collect();
+                let with_flow = flows.iter().any(|flow| !flow.is_empty());
+                let mut headers = vec![
                     "TASK",
                     "KIND",
                     "DEPENDS ON",
@@ -198,9 +205,13 @@ pub async fn run(command: DagCommand, context: &Context) -> anyhow::Result<Outco
                     "RETRIES",
                     "TIMEOUT",
                     "OUTPUTS",
-                ]);
-                for task in &version.tasks {
-                    out.add_row(vec![
+                ];
+                if with_flow {
+                    headers.push("FLOW");
+                }
+                let mut out = table(&headers);
+                for (task, flow) in version.tasks.iter().zip(flows) {
+                    let mut row = vec![
                         task.task_id.clone(),
                         task.kind.clone(),
                         task.depends_on.join(", "),
@@ -217,7 +228,11 @@ pub async fn run(command: DagCommand, context: &Context) -> anyhow::Result<Outco
                             })
                             .unwrap_or_else(|| "-".into()),
                         task.outputs.join(", "),
-                    ]);
+                    ];
+                    if with_flow {
+                        row.push(flow);
+                    }
+                    out.add_row(row);
                 }
                 print_line(out);
             }

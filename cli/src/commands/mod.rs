@@ -12,6 +12,7 @@ mod params;
 pub mod pool;
 pub mod run;
 pub mod server;
+pub mod task;
 
 use anyhow::Context as _;
 use baton_common::client::BatonClient;

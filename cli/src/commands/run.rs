@@ -1,5 +1,6 @@
-//! `baton run`: trigger runs, list and show them, follow them live, cancel
-//! them, retry tasks, list attempts.
+//! `baton run`: trigger runs, list and show them (mapped instances under
+//! their task), follow them live, cancel them, clear tasks (with their
+//! downstream and/or upstream), list attempts.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,11 +18,13 @@ use serde_json::{Map, Value, json};
 use tonic::Code;
 
 use super::params::{merge, parse_json_object, parse_param};
+use super::task::parse_task;
 use super::{Context, describe_status};
 use crate::Outcome;
 use crate::output::{
     attempt_json, counts_line, elapsed, final_count, print_json, print_line, run_detail_lines,
-    run_json, run_row, run_state, run_summary, table, task_json, task_row, task_state,
+    run_json, run_row, run_state, run_summary, table, task_json, task_listing, task_row,
+    task_state,
 };
 
 #[derive(Debug, Subcommand)]
@@ -62,8 +65,16 @@ pub enum RunCommand {
         page_token: Option<String>,
     },
     /// Show a run (data interval, trigger, missed SLAs) and its tasks
-    /// (sensors waiting for their next poke show when it is).
-    Show { run_id: String },
+    /// (sensors waiting for their next poke show when it is). A mapped task
+    /// sums up its instances' states; its failed and retrying instances
+    /// (`task[3]`) are listed under it.
+    Show {
+        run_id: String,
+        /// List every mapped instance, not only the failed and retrying
+        /// ones (`-o json` always has them all).
+        #[arg(long)]
+        instances: bool,
+    },
     /// Follow a run live until it ends; exit non-zero unless it succeeds.
     Watch { run_id: String },
     /// Cancel a run: stop its running tasks and cancel the rest.
@@ -72,20 +83,32 @@ pub enum RunCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Clear a task and its downstream tasks so they run again.
+    /// Clear a task and its downstream tasks so they run again (Airflow's
+    /// "Clear"); the scheduler takes them up at once.
     Retry {
         run_id: String,
+        /// The task, or one mapped instance of it as `task[3]`.
+        #[arg(value_parser = parse_task)]
         task_id: String,
         /// Clear only this task, not its downstream tasks.
         #[arg(long)]
         no_downstream: bool,
+        /// Also clear every task upstream of it, transitively, so they run
+        /// again first.
+        #[arg(long)]
+        upstream: bool,
         /// Follow the run until it ends.
         #[arg(long)]
         wait: bool,
     },
     /// List a task's attempts (a sensor's pokes that found its condition
     /// unmet show as `rescheduled`).
-    Attempts { run_id: String, task_id: String },
+    Attempts {
+        run_id: String,
+        /// The task, or one mapped instance of it as `task[3]`.
+        #[arg(value_parser = parse_task)]
+        task_id: String,
+    },
 }
 
 pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outcome> {
@@ -197,7 +220,7 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
             }
             Ok(Outcome::Success)
         }
-        RunCommand::Show { run_id } => {
+        RunCommand::Show { run_id, instances } => {
             let response = client
                 .runs
                 .get_run(GetRunRequest {
@@ -216,7 +239,14 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
                 for line in run_detail_lines(&run) {
                     print_line(line);
                 }
-                print_tasks(&response.tasks);
+                let listing = task_listing(&response.tasks, instances);
+                print_rows(listing.rows);
+                if listing.hidden_instances > 0 {
+                    print_line(format_args!(
+                        "{} mapped instances not listed; --instances lists them all",
+                        listing.hidden_instances
+                    ));
+                }
             }
             Ok(Outcome::Success)
         }
@@ -243,6 +273,7 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
             run_id,
             task_id,
             no_downstream,
+            upstream,
             wait,
         } => {
             let response = client
@@ -251,7 +282,7 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
                     run_id: run_id.clone(),
                     task_id,
                     exclude_downstream: no_downstream,
-                    include_upstream: false,
+                    include_upstream: upstream,
                 })
                 .await?
                 .into_inner();
@@ -310,9 +341,13 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
 }
 
 fn print_tasks(tasks: &[TaskInstance]) {
+    print_rows(tasks.iter().map(task_row).collect());
+}
+
+fn print_rows(rows: Vec<Vec<String>>) {
     let mut out = table(&["TASK", "STATE", "ATTEMPT", "STARTED", "DURATION", "DETAIL"]);
-    for task in tasks {
-        out.add_row(task_row(task));
+    for row in rows {
+        out.add_row(row);
     }
     print_line(out);
 }
