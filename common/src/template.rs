@@ -1376,6 +1376,10 @@ mod tests {
         let fixture = Fixture::new();
         let mut outputs = fixture.outputs.clone();
         outputs.insert("per-file".to_string(), "[3, 4, null, 5]".to_string());
+        outputs.insert(
+            "process".to_string(),
+            r#"[{"rows": 2}, {"rows": 5}]"#.to_string(),
+        );
         let context = TemplateContext {
             task_outputs: &outputs,
             ..fixture.context()
@@ -1386,6 +1390,10 @@ mod tests {
             ("{{ tasks['per-file'].output | length }}", "4"),
             ("{{ tasks['per-file'].output[1] }}", "4"),
             ("{{ tasks['per-file'].output }}", "[3,4,null,5]"),
+            (
+                "{{ tasks.process.output | map(attribute='rows') | sum }}",
+                "7",
+            ),
         ] {
             assert_eq!(
                 renderer.render("command[1]", source, &context).as_deref(),

@@ -414,3 +414,65 @@ fn unknown_fields_suggest_the_flow_fields() {
         ]
     );
 }
+
+const REFERENCE: &str = include_str!("../../../docs/dag-reference.md");
+
+/// The fenced block that follows `<!-- example: NAME -->` in the reference.
+fn reference_block(name: &str) -> &'static str {
+    let marker = format!("<!-- example: {name} -->\n");
+    let start = REFERENCE
+        .find(&marker)
+        .expect("marker in docs/dag-reference.md")
+        + marker.len();
+    let fenced = &REFERENCE[start..];
+    let body = &fenced[fenced.find('\n').expect("fence line") + 1..];
+    &body[..body.find("```").expect("closing fence")]
+}
+
+#[test]
+fn the_reference_examples_of_flow_are_valid() {
+    let branching = valid(reference_block("branching"));
+    assert!(task(&branching, "pick").branch);
+    assert!(task(&branching, "choose-model").branch);
+    assert_eq!(
+        task(&branching, "report").trigger_rule,
+        TriggerRule::NoneFailedMinOneSuccess
+    );
+
+    let mapping = valid(reference_block("mapping"));
+    let process = task(&mapping, "process");
+    assert_eq!(
+        process.map_over,
+        Some(MapOver {
+            expression: "tasks.list.output".to_string(),
+            max_length: 5_000,
+        })
+    );
+    assert_eq!(
+        task(&mapping, "per-region")
+            .map_over
+            .as_ref()
+            .map(|map| map.max_length),
+        Some(DEFAULT_MAX_MAP_LENGTH)
+    );
+    assert!(task(&mapping, "total").map_over.is_none());
+}
+
+#[test]
+fn the_reference_lists_every_trigger_rule_and_quotes_the_branch_error() {
+    let table = &REFERENCE[REFERENCE
+        .find("| rule | runs when | becomes instead |")
+        .unwrap()..];
+    let listed: Vec<&str> = table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| line.split('`').nth(1).expect("a rule in backquotes"))
+        .collect();
+    assert_eq!(listed, TriggerRule::ALL.map(TriggerRule::name));
+
+    let error = branch_choice(Some("\"wekday\""), &["weekday", "weekend"]).unwrap_err();
+    let quoted = error.replace(' ', "");
+    let flat: String = REFERENCE.split_whitespace().collect();
+    assert!(flat.contains(&quoted), "{error}");
+}

@@ -1927,7 +1927,7 @@ tasks:
     #[test]
     fn the_reference_examples_are_accurate() {
         let complete = valid(reference_example("complete"));
-        assert_eq!(complete.tasks.len(), 6);
+        assert_eq!(complete.tasks.len(), 7);
         assert_eq!(complete.schedule.as_deref(), Some("0 3 * * *"));
         assert_eq!(complete.timezone, chrono_tz::Europe::Berlin);
         assert!(complete.catchup);
@@ -1960,7 +1960,16 @@ tasks:
         );
         assert!(wait.templated);
         let templated: Vec<bool> = complete.tasks.iter().map(|task| task.templated).collect();
-        assert_eq!(templated, [true, true, true, false, true, false]);
+        assert_eq!(templated, [true, true, true, false, true, false, true]);
+        let alert = &complete.tasks[6];
+        assert_eq!(alert.trigger_rule, crate::spec::TriggerRule::OneFailed);
+        assert_eq!(alert.depends_on, [1, 2, 3, 4]);
+        assert_eq!(alert.retries, 0);
+        assert!(
+            complete.tasks[..6]
+                .iter()
+                .all(|task| task.trigger_rule == crate::spec::TriggerRule::AllSuccess)
+        );
         let join = &complete.tasks[3];
         assert_eq!(join.queue.as_str(), "etl-large");
         assert_eq!(join.timeout, Some(Duration::from_secs(7_200)));
