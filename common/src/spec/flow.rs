@@ -16,7 +16,7 @@
 use std::fmt;
 
 use super::model::{SensorSpec, TaskKindSpec, TaskSpec};
-use super::validate::{Parsed, Place, Report, did_you_mean};
+use super::validate::{Parsed, Place, Report, Unreadable, did_you_mean};
 
 /// Instances a mapped task may expand to unless it says otherwise.
 pub const DEFAULT_MAX_MAP_LENGTH: u32 = 10_000;
@@ -251,6 +251,7 @@ pub(super) fn check_task_flow(
     position: usize,
     task: &TaskSpec,
     kind: TaskKindSpec,
+    unreadable: &Unreadable,
     report: &mut Report,
 ) {
     let place = Place::Task(position);
@@ -305,7 +306,7 @@ pub(super) fn check_task_flow(
             }
         }
         None => {
-            if task.max_map_length.is_some() {
+            if task.max_map_length.is_some() && !unreadable.has("map_over") {
                 report.push(
                     place.field("max_map_length"),
                     "max_map_length needs `map_over`: it caps the list a mapped task expands over",

@@ -300,7 +300,9 @@ fn mapped_tasks_are_checked() {
         );
     }
     assert_eq!(
-        only_violation("id: x\ntasks:\n  - {id: a, command: \"true\", map_over: [1, 2]}\n"),
+        only_violation(
+            "id: x\ntasks:\n  - {id: a, command: \"true\", map_over: [1, 2], max_map_length: 2}\n"
+        ),
         "tasks[0].map_over: invalid type: sequence, expected an expression in a string, such as \"tasks.list.output.files\", \"params.items\" or \"[1, 2, 3]\""
     );
 }

@@ -282,7 +282,7 @@ pub(super) fn validate(
         );
         check_kind(position, task, kind, unreadable, &mut report);
         check_sensor(Place::Task(position), task, kind, unreadable, &mut report);
-        check_task_flow(position, task, kind.runs_as(), &mut report);
+        check_task_flow(position, task, kind.runs_as(), unreadable, &mut report);
         for (entry, output) in task.outputs.iter().enumerate() {
             if let Err(error) = AssetUri::new(output.clone()) {
                 report.push(
