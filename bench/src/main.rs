@@ -4,7 +4,7 @@
 //! the stores' own cost measured in the same invocation.
 //!
 //! ```text
-//! cargo run --release -p baton-bench -- <fanout|chain|memory|fleet|reference|all> \
+//! cargo run --release -p baton-bench -- <fanout|chain|map|memory|fleet|reference|all> \
 //!     [--repeat 5] [--slots 256] [--json PATH]
 //! ```
 //!
@@ -20,6 +20,7 @@ mod etcd;
 mod failover;
 mod fanout;
 mod fleet;
+mod map;
 mod memory;
 mod procs;
 mod reference;
@@ -39,6 +40,7 @@ use crate::report::{Machine, Report};
 const DEFAULT_FANOUT_WIDTH: usize = 10_000;
 const DEFAULT_CHAIN_LENGTH: usize = 1_000;
 const DEFAULT_MEMORY_WIDTH: usize = 100_000;
+const DEFAULT_MAP_WIDTH: usize = map::MAX_WIDTH;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -46,6 +48,9 @@ enum Scenario {
     Fanout,
     /// Hop latency along a 1,000-noop chain on `baton dev`.
     Chain,
+    /// Dynamic fan-out on `baton dev`: a list output of 10,000 items mapped
+    /// into 10,000 noop instances, list ended → all dispatched.
+    Map,
     /// Peak RSS of a controller running a 1 → 100,000 → 1 noop run.
     Memory,
     /// 1,000 simulated workers on one controller: idle CPU at 5 s
@@ -65,7 +70,7 @@ enum Scenario {
     Failover,
     /// cluster-fanout, cluster-chain, failover.
     Cluster,
-    /// reference, fanout, chain, memory, fleet, cluster-fanout,
+    /// reference, fanout, chain, map, memory, fleet, cluster-fanout,
     /// cluster-chain, failover, then one summary.
     All,
 }
@@ -106,6 +111,10 @@ struct Args {
     /// only).
     #[arg(long, default_value_t = DEFAULT_CHAIN_LENGTH, value_parser = clap::value_parser!(u64).range(2..=100_000).map(|v| v as usize))]
     chain_length: usize,
+    /// Items of `map`'s list, so mapped instances (targets apply to the
+    /// default only; 10,000 is the default `max_map_length`).
+    #[arg(long, default_value_t = DEFAULT_MAP_WIDTH, value_parser = clap::value_parser!(u64).range(1..=map::MAX_WIDTH as u64).map(|v| v as usize))]
+    map_width: usize,
     /// Parallel noops of `memory` (targets apply to the default only).
     #[arg(long, default_value_t = DEFAULT_MEMORY_WIDTH, value_parser = clap::value_parser!(u64).range(1..=199_998).map(|v| v as usize))]
     memory_width: usize,
@@ -304,6 +313,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             failures.push(format!("chain: {error:#}"));
         }
     }
+    if wanted(Scenario::Map) {
+        println!();
+        let outcome = map::run(
+            &binary,
+            &work,
+            repeat,
+            args.slots,
+            args.map_width,
+            &mut report,
+        )
+        .await;
+        if let Err(error) = outcome {
+            failures.push(format!("{}: {error:#}", map::SCENARIO));
+        }
+    }
     if wanted(Scenario::Memory) {
         println!();
         let outcome = memory::run(
@@ -349,6 +373,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut sized: Vec<(&str, bool)> = vec![
         (fanout::SCENARIO, args.fanout_width != DEFAULT_FANOUT_WIDTH),
         (chain::SCENARIO, args.chain_length != DEFAULT_CHAIN_LENGTH),
+        (map::SCENARIO, args.map_width != DEFAULT_MAP_WIDTH),
         (memory::SCENARIO, args.memory_width != DEFAULT_MEMORY_WIDTH),
         (
             fleet::SCENARIO,
@@ -409,6 +434,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let mut document = report.to_json(&machine, &command);
         document["repeat"] = repeat.into();
         document["slots"] = args.slots.into();
+        document["map_width"] = args.map_width.into();
         document["worker_slots"] = args.worker_slots.into();
         document["etcd_members"] = args.etcd_members.into();
         document["fleet_workers"] = args.fleet_workers.into();

@@ -9,10 +9,11 @@ use std::time::Duration;
 use baton_common::client::{BatonClient, endpoint};
 use baton_common::pb::api::{
     Attempt, AttemptOutcome, GetDagRequest, GetDagResponse, GetRunRequest, ListTaskAttemptsRequest,
-    RegisterDagRequest, RegisterDagResponse, Run, RunState, TaskInstance, TaskState,
-    TriggerRunRequest, TriggerRunResponse,
+    MarkTaskRequest, MarkTaskResponse, RegisterDagRequest, RegisterDagResponse, RetryTaskRequest,
+    RetryTaskResponse, Run, RunState, TaskInstance, TaskState, TriggerRunRequest,
+    TriggerRunResponse,
 };
-use baton_common::states::run_state_is_final;
+use baton_common::states::{run_state_is_final, task_state_is_final};
 use baton_common::time::timestamp_opt_to_micros;
 use tonic::Status;
 
@@ -220,6 +221,78 @@ impl Api {
             run_state_is_final(view.state())
         })
         .await
+    }
+
+    /// Waits until the run is SUCCESS, FAILED or CANCELLED and every task of
+    /// it is in a final state too (a run that ended with tasks left pending
+    /// times out here, showing them).
+    pub async fn wait_for_settled_run(&mut self, run_id: &str, timeout: Duration) -> RunView {
+        self.wait_until(
+            run_id,
+            "a final run state with every task final",
+            timeout,
+            |view| {
+                run_state_is_final(view.state())
+                    && view
+                        .tasks
+                        .iter()
+                        .all(|task| task_state_is_final(task_state(task)))
+            },
+        )
+        .await
+    }
+
+    /// Triggers a run of `dag_id` with these params (a JSON object).
+    pub async fn trigger_with_params(&mut self, dag_id: &str, params_json: &str) -> Run {
+        let request = TriggerRunRequest {
+            dag_id: dag_id.to_string(),
+            params_json: params_json.to_string(),
+            ..Default::default()
+        };
+        match self.try_trigger(request).await {
+            Ok(response) => response.run.expect("TriggerRun answers a run"),
+            Err(status) => self.fail(&format!("TriggerRun({dag_id}, {params_json})"), &status),
+        }
+    }
+
+    /// Sets a task's state by hand (`RunService.MarkTask`).
+    pub async fn try_mark_task(
+        &mut self,
+        run_id: &str,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+    ) -> Result<MarkTaskResponse, Status> {
+        bounded(self.client.runs.mark_task(MarkTaskRequest {
+            run_id: run_id.to_string(),
+            task_id: task_id.to_string(),
+            state: state as i32,
+            reason: reason.to_string(),
+        }))
+        .await
+    }
+
+    /// Sets a task's state by hand; panics unless it is accepted.
+    pub async fn mark_task(
+        &mut self,
+        run_id: &str,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+    ) -> MarkTaskResponse {
+        match self.try_mark_task(run_id, task_id, state, reason).await {
+            Ok(response) => response,
+            Err(status) => self.fail(&format!("MarkTask({task_id}, {state:?})"), &status),
+        }
+    }
+
+    /// Clears a task (`RunService.RetryTask`); panics unless it is accepted.
+    pub async fn retry_task(&mut self, request: RetryTaskRequest) -> RetryTaskResponse {
+        let what = format!("RetryTask({})", request.task_id);
+        match bounded(self.client.runs.retry_task(request)).await {
+            Ok(response) => response,
+            Err(status) => self.fail(&what, &status),
+        }
     }
 
     /// Every attempt of a task, oldest first.
@@ -436,6 +509,16 @@ impl RunView {
 
     pub fn task_state(&self, task_id: &str) -> TaskState {
         task_state(self.task(task_id))
+    }
+
+    /// The JSON output of a task; panics if it has none or it is not JSON.
+    pub fn output(&self, task_id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.task(task_id).output_json).unwrap_or_else(|error| {
+            panic!(
+                "the output of `{task_id}` is not JSON: {error}\n{}",
+                self.describe()
+            )
+        })
     }
 
     /// Run state and one line per task, for failure messages.

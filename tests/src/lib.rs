@@ -47,6 +47,9 @@
 //! - [`history`]: [`StoreHistory`], the store's history read back from
 //!   etcd: every record put with its leader term, every election key.
 //! - [`poll`]: the one bounded polling loop every wait goes through.
+//! - [`reference_model`]: how trigger rules, branches and the run's outcome
+//!   decide every task's final state, written independently of the
+//!   controller so that tests can compare the real scheduler against it.
 
 pub mod api;
 pub mod binary;
@@ -58,6 +61,7 @@ pub mod poll;
 pub mod process;
 pub mod proxy;
 pub mod python;
+pub mod reference_model;
 pub mod sandbox;
 
 pub use api::{
