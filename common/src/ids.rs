@@ -155,11 +155,56 @@ name_id!(
     DagId,
     "dag id"
 );
-name_id!(
-    /// Identifies a task within a DAG.
+checked_string!(
+    /// Identifies a task within a DAG, or one mapped instance of a task
+    /// expanded at run time (`map_over`): `task[3]`. DAG files name tasks
+    /// with the plain id rules ([`validate_name`]); the instance form
+    /// appears in runs, the API and the worker protocol.
     TaskId,
-    "task id"
+    "task id",
+    validate_task_id
 );
+
+impl TaskId {
+    /// The id of instance `index` of this (mapped) task: `task[index]`.
+    pub fn instance(&self, index: u32) -> TaskId {
+        TaskId(format!("{}[{index}]", self.0))
+    }
+
+    /// The task an id names and, for a mapped instance, its index.
+    pub fn split_instance(&self) -> (&str, Option<u32>) {
+        match split_instance(&self.0) {
+            Some((task, index)) => (task, Some(index)),
+            None => (&self.0, None),
+        }
+    }
+}
+
+/// `task[3]` → (`task`, 3); `None` for anything else.
+fn split_instance(value: &str) -> Option<(&str, u32)> {
+    let inner = value.strip_suffix(']')?;
+    let (task, index) = inner.rsplit_once('[')?;
+    let canonical = !index.is_empty()
+        && index.bytes().all(|byte| byte.is_ascii_digit())
+        && (index == "0" || !index.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    Some((task, index.parse().ok()?))
+}
+
+/// A task id, or a mapped instance `task[i]` of one.
+pub fn validate_task_id(value: &str) -> Result<(), IdError> {
+    match split_instance(value) {
+        Some((task, _)) => validate_name(TaskId::WHAT, task),
+        None if value.contains('[') => Err(IdError {
+            reason: format!(
+                "`{value}` is not a task or a mapped instance; write `task` or `task[3]`"
+            ),
+        }),
+        None => validate_name(TaskId::WHAT, value),
+    }
+}
 name_id!(
     /// Identifies a worker across its reconnects.
     WorkerId,
@@ -322,6 +367,24 @@ mod tests {
     fn names_follow_the_rule() {
         assert!(DagId::new("etl_daily-v2.1").is_ok());
         assert!(TaskId::new("0start").is_ok());
+        let instance = TaskId::new("load").unwrap().instance(12);
+        assert_eq!(instance.as_str(), "load[12]");
+        assert_eq!(instance.split_instance(), ("load", Some(12)));
+        assert_eq!(TaskId::new("load[12]").unwrap(), instance);
+        assert_eq!(
+            TaskId::new("load").unwrap().split_instance(),
+            ("load", None)
+        );
+        for refused in [
+            "load[]",
+            "load[01]",
+            "load[x]",
+            "[3]",
+            "a[1][2]",
+            "load[99999999999]",
+        ] {
+            assert!(TaskId::new(refused).is_err(), "{refused}");
+        }
         let err = TaskId::new("-x").unwrap_err();
         assert!(
             err.reason.contains("must start with a letter or digit"),

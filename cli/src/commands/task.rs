@@ -2,8 +2,8 @@
 //! "Mark failed"), and the reading of task names shared with `baton run`
 //! (`load`, or one mapped instance `load[3]`).
 
+use baton_common::ids::TaskId;
 use baton_common::pb::api::{MarkTaskRequest, TaskState};
-use baton_common::spec::TaskRef;
 use baton_common::states::task_state_name;
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
@@ -55,7 +55,9 @@ impl MarkState {
 
 /// A task id, or a mapped instance `task[3]`, checked before it is sent.
 pub fn parse_task(text: &str) -> Result<String, String> {
-    TaskRef::parse(text).map(|task| task.to_string())
+    TaskId::new(text)
+        .map(|task| task.to_string())
+        .map_err(|error| error.reason)
 }
 
 fn parse_reason(text: &str) -> Result<String, String> {

@@ -10,8 +10,8 @@
 //! evaluates, `max_map_length` needs `map_over`.
 //!
 //! What the controller needs at run time lives here too, so that every
-//! reader agrees: [`branch_choice`] reads a branch's output, and
-//! [`TaskRef`] names a task or one mapped instance of it (`load[3]`).
+//! reader agrees: [`branch_choice`] reads a branch's output. A mapped
+//! instance's name (`load[3]`) is a [`crate::ids::TaskId`].
 
 use std::fmt;
 
@@ -111,52 +111,6 @@ pub struct MapOver {
     pub expression: String,
     /// Most elements the list may have; a longer one fails the task.
     pub max_length: u32,
-}
-
-/// A task, or one mapped instance of it, as the API and the CLI name them:
-/// `load`, `load[3]`. Task ids cannot contain `[`, so the two never clash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TaskRef<'a> {
-    pub task_id: &'a str,
-    /// The instance's position in its task's list; `None` for the task
-    /// itself.
-    pub map_index: Option<u32>,
-}
-
-impl<'a> TaskRef<'a> {
-    /// Reads `task` or `task[N]` (N a whole number, no sign or spaces);
-    /// the error is a sentence naming the text.
-    pub fn parse(text: &'a str) -> Result<TaskRef<'a>, String> {
-        let (task_id, map_index) = match text.split_once('[') {
-            None => (text, None),
-            Some((task_id, rest)) => {
-                let index = rest
-                    .strip_suffix(']')
-                    .filter(|digits| {
-                        !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
-                    })
-                    .and_then(|digits| digits.parse::<u32>().ok())
-                    .ok_or_else(|| {
-                        format!(
-                            "`{text}` is not a task or a mapped instance; write `task` or `task[3]`"
-                        )
-                    })?;
-                (task_id, Some(index))
-            }
-        };
-        crate::ids::validate_name(crate::ids::TaskId::WHAT, task_id)
-            .map_err(|error| error.reason)?;
-        Ok(TaskRef { task_id, map_index })
-    }
-}
-
-impl fmt::Display for TaskRef<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.map_index {
-            Some(index) => write!(f, "{}[{index}]", self.task_id),
-            None => f.write_str(self.task_id),
-        }
-    }
 }
 
 /// Which of a branch's direct downstream tasks its output chooses: one
@@ -416,42 +370,6 @@ mod tests {
         assert_eq!(TriggerRule::default(), TriggerRule::AllSuccess);
         assert_eq!(TriggerRule::parse("ALL_SUCCESS"), None);
         assert_eq!(TriggerRule::parse("dummy"), None);
-    }
-
-    #[test]
-    fn task_refs_name_tasks_and_instances() {
-        for (text, task_id, map_index) in [
-            ("load", "load", None),
-            ("load[0]", "load", Some(0)),
-            ("per-file[9999]", "per-file", Some(9_999)),
-            ("a.b_c[4294967295]", "a.b_c", Some(u32::MAX)),
-        ] {
-            let parsed = TaskRef::parse(text).unwrap();
-            assert_eq!(parsed, TaskRef { task_id, map_index }, "{text}");
-            assert_eq!(parsed.to_string(), text);
-        }
-        for text in [
-            "load[]",
-            "load[x]",
-            "load[-1]",
-            "load[+1]",
-            "load[1",
-            "load[1]x",
-            "load[ 1]",
-            "load[4294967296]",
-            "[1]",
-        ] {
-            let error = TaskRef::parse(text).unwrap_err();
-            assert!(!error.is_empty(), "{text}");
-        }
-        assert_eq!(
-            TaskRef::parse("lo ad").unwrap_err(),
-            "task id `lo ad` contains ' '; only letters, digits, `_`, `.` and `-` are allowed"
-        );
-        assert_eq!(
-            TaskRef::parse("load[x]").unwrap_err(),
-            "`load[x]` is not a task or a mapped instance; write `task` or `task[3]`"
-        );
     }
 
     #[test]

@@ -35,9 +35,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use flow::{
-    DEFAULT_MAX_MAP_LENGTH, MAX_MAP_LENGTH_LIMIT, MapOver, TaskRef, TriggerRule, branch_choice,
-};
+pub use flow::{DEFAULT_MAX_MAP_LENGTH, MAX_MAP_LENGTH_LIMIT, MapOver, TriggerRule, branch_choice};
 pub use model::{
     CommandSpec, DagSpec, ExternalTaskSensorSpec, HttpSensorSpec, ParamDeclarationSpec, ParamSpec,
     Quantity, ResourcesSpec, ScheduleDetail, ScheduleSpec, SensorModeSpec, SensorSpec,
