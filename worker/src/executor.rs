@@ -535,7 +535,8 @@ async fn run_process(
         .envs(&command.env)
         .env("BATON_DAG_ID", spec.dag_id.as_str())
         .env("BATON_RUN_ID", spec.run_id.to_string())
-        .env("BATON_TASK_ID", spec.task_id.as_str())
+        // A mapped instance `task[3]` runs as its task, with its index.
+        .env("BATON_TASK_ID", spec.task_id.split_instance().0)
         .env("BATON_ATTEMPT", spec.attempt.to_string())
         .env("BATON_ATTEMPT_ID", spec.attempt_id.to_string())
         .env("BATON_PARAMS", &spec.params_json)
@@ -547,6 +548,9 @@ async fn run_process(
         .kill_on_drop(true);
     if let Some(micros) = spec.logical_date {
         process.env("BATON_LOGICAL_DATE", format_logical_date(micros));
+    }
+    if let (_, Some(map_index)) = spec.task_id.split_instance() {
+        process.env("BATON_MAP_INDEX", map_index.to_string());
     }
     if let Some((start, end)) = spec.data_interval {
         process
