@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use baton_common::spec::{
     self, DagTrigger, ParamsSpec, ResolvedTask, SensorCondition, SpecFormat, SpecLimits, TaskKind,
-    ValidatedDag,
+    TriggerRule, ValidatedDag,
 };
 use baton_common::template;
 use baton_common::timetable::Timetable;
@@ -50,6 +50,9 @@ pub struct DagPlan {
     pub sla_tasks: Vec<TaskIndex>,
     /// Sensors the controller evaluates itself (time, delta, external).
     pub controller_sensor_tasks: Vec<TaskIndex>,
+    /// Tasks that decide when a run starts: those without upstream, and
+    /// those whose trigger rule is `always`.
+    pub starters: Vec<TaskIndex>,
     by_id: HashMap<TaskId, TaskIndex>,
 }
 
@@ -104,6 +107,15 @@ impl DagPlan {
                 sla: dag.sla,
             },
             template_reads,
+            starters: dag
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, task)| {
+                    task.depends_on.is_empty() || task.trigger_rule == TriggerRule::Always
+                })
+                .map(|(index, _)| index as TaskIndex)
+                .collect(),
             controller_sensor_tasks: dag
                 .tasks
                 .iter()
@@ -143,6 +155,21 @@ impl DagPlan {
         &self.tasks[index as usize]
     }
 
+    /// Every task upstream of `start`, directly or not, each once, in index
+    /// order (without `start`).
+    pub fn upstream_closure(&self, start: TaskIndex) -> Vec<TaskIndex> {
+        let mut seen = vec![false; self.len()];
+        let mut stack = self.upstream[start as usize].clone();
+        while let Some(index) = stack.pop() {
+            if !std::mem::replace(&mut seen[index as usize], true) {
+                stack.extend(self.upstream[index as usize].iter().copied());
+            }
+        }
+        (0..self.len() as TaskIndex)
+            .filter(|&i| seen[i as usize])
+            .collect()
+    }
+
     /// `start` and every task downstream of it, each once, in index order.
     pub fn downstream_closure(&self, start: TaskIndex) -> Vec<TaskIndex> {
         let mut seen = vec![false; self.len()];
@@ -162,9 +189,9 @@ impl DagPlan {
     }
 }
 
-/// For each task, the tasks whose outputs its templates read: those it
-/// names, or every task upstream of it when a template picks one by a
-/// computed name.
+/// For each task, the tasks whose outputs its templates and expressions
+/// (`run_if`, `map_over`) read: those they name, or every task upstream of
+/// it when one picks a task by a computed name.
 fn template_reads(tasks: &[ResolvedTask]) -> Vec<Vec<TaskIndex>> {
     let by_id: HashMap<&str, TaskIndex> = tasks
         .iter()
@@ -174,15 +201,22 @@ fn template_reads(tasks: &[ResolvedTask]) -> Vec<Vec<TaskIndex>> {
     tasks
         .iter()
         .map(|task| {
-            if !task.templated {
-                return Vec::new();
-            }
+            let expressions = task
+                .run_if
+                .iter()
+                .chain(task.map_over.as_ref().map(|map| &map.expression))
+                .filter_map(|expression| template::check_expression(expression).ok());
+            let fields = if task.templated {
+                templated_fields(task)
+            } else {
+                Vec::new()
+            };
+            let fields = fields
+                .into_iter()
+                .filter_map(|(_, source)| template::check(source).ok());
             let mut reads = Vec::new();
             let mut any = false;
-            for refs in templated_fields(task)
-                .into_iter()
-                .filter_map(|(_, source)| template::check(source).ok())
-            {
+            for refs in fields.chain(expressions) {
                 any |= refs.reads_any_task;
                 reads.extend(
                     refs.task_outputs

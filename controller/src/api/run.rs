@@ -281,11 +281,51 @@ impl RunApi {
             .context
             .leader()?
             .scheduler
-            .retry_task(run_id, task_id, !request.exclude_downstream)
+            .retry_task(
+                run_id,
+                task_id,
+                !request.exclude_downstream,
+                request.include_upstream,
+            )
             .await?;
         Ok(RetryTaskResponse {
             run: Some(run_view(&record)),
             cleared_task_ids: cleared,
+        })
+    }
+
+    async fn mark(
+        &self,
+        request: baton_common::pb::api::MarkTaskRequest,
+    ) -> ApiResult<baton_common::pb::api::MarkTaskResponse> {
+        self.context.leader()?;
+        let run_id = parse_id::<RunId>("run_id", &request.run_id)?;
+        let task_id = parse_id::<TaskId>("task_id", &request.task_id)?;
+        let state = TaskState::try_from(request.state)
+            .ok()
+            .filter(|state| {
+                matches!(
+                    state,
+                    TaskState::Success | TaskState::Failed | TaskState::Skipped
+                )
+            })
+            .ok_or_else(|| ApiError::invalid("state", "must be SUCCESS, FAILED or SKIPPED"))?;
+        if request.reason.chars().count() > 1000 {
+            return Err(ApiError::invalid(
+                "reason",
+                "is longer than 1000 characters",
+            ));
+        }
+        self.run_record(&run_id).await?;
+        let (record, task) = self
+            .context
+            .leader()?
+            .scheduler
+            .mark_task(run_id, task_id, state, request.reason)
+            .await?;
+        Ok(baton_common::pb::api::MarkTaskResponse {
+            run: Some(run_view(&record)),
+            task: Some(task),
         })
     }
 
@@ -325,7 +365,7 @@ impl RunApi {
         let task_id = parse_id::<TaskId>("task_id", &request.task_id)?;
         let record = self.run_record(&run_id).await?;
         let plan = self.plan_of(&record).await?;
-        if plan.index_of(task_id.as_str()).is_none() {
+        if plan.index_of(task_id.split_instance().0).is_none() {
             return Err(ApiError::not_found_in(
                 "task",
                 &task_id,
@@ -375,7 +415,7 @@ impl RunApi {
         let task_id = parse_id::<TaskId>("task_id", &request.task_id)?;
         let record = self.run_record(&run_id).await?;
         let plan = self.plan_of(&record).await?;
-        if plan.index_of(task_id.as_str()).is_none() {
+        if plan.index_of(task_id.split_instance().0).is_none() {
             return Err(ApiError::not_found_in(
                 "task",
                 &task_id,
@@ -595,8 +635,7 @@ impl RunService for RunApi {
         &self,
         request: Request<baton_common::pb::api::MarkTaskRequest>,
     ) -> GrpcResult<baton_common::pb::api::MarkTaskResponse> {
-        let _ = request;
-        Err(Status::unimplemented("MarkTask is being built"))
+        grpc(self.mark(request.into_inner()).await)
     }
 
     #[instrument(skip_all, fields(run_id = %request.get_ref().run_id))]

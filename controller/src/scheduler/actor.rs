@@ -17,11 +17,17 @@
 //! - `sensors`: sensor outcomes, and the sensors the controller evaluates.
 //! - `deadlines`: the wall-clock timers and SLA deadlines.
 //! - `assignments`: a task's `Assign`, with its templates rendered.
+//! - `dependencies`: trigger rules, branches, `run_if`, the run's outcome.
+//! - `mapping`: `map_over` expansion and the expressions tasks evaluate.
+//! - `marking`: tasks set succeeded, failed or skipped by hand.
 
 mod admission;
 mod assignments;
 mod backfills;
 mod deadlines;
+mod dependencies;
+mod mapping;
+mod marking;
 mod schedules;
 mod sensors;
 mod triggers;
@@ -62,7 +68,7 @@ use super::flush::{CreateKey, Effect, InFlight, Pending, dedupe_ops, spawn_commi
 use super::limits::{LimitKey, Limits};
 use super::recovery::{self, LoadedRun};
 use super::routing::{ReadyItem, ReadyQueues};
-use super::state::{RunEntry, RunOrigin, WatchSender};
+use super::state::{Ended, RunEntry, RunOrigin, WatchSender};
 use super::timers::WallTimers;
 use super::views::{self, run_record, task_record};
 use super::workers::{Connection, Workers};
@@ -168,6 +174,9 @@ pub struct Scheduler {
     external_waiters: HashMap<(DagId, Micros), Vec<sensors::ExternalWaiter>>,
     renderer: baton_common::template::Renderer,
     deferred: std::collections::VecDeque<Deferred>,
+    /// The lists mapped tasks of active runs were expanded over, for
+    /// rendering `{{ item }}`.
+    map_items: HashMap<(RunId, TaskIndex), Arc<Vec<serde_json::Value>>>,
 }
 
 type CommitResult = StoreResult<BatchOutcome>;
@@ -205,7 +214,7 @@ fn stale_ack(attempt_id: &str, reason: &str) -> ControllerMessage {
     }))
 }
 
-fn is_open(state: TaskState) -> bool {
+pub(super) fn is_open(state: TaskState) -> bool {
     matches!(state, TaskState::Leased | TaskState::Running)
 }
 
@@ -274,6 +283,7 @@ impl Scheduler {
             external_waiters: HashMap::new(),
             renderer: baton_common::template::Renderer::new(),
             deferred: std::collections::VecDeque::new(),
+            map_items: HashMap::new(),
         };
         scheduler.recover().await?;
         let handle = tokio::spawn(async move {
@@ -533,6 +543,7 @@ impl Scheduler {
                 self.reply_after_commit(reply, result);
             }
             command @ Command::RetryTask { .. } => self.retry_task(command),
+            command @ Command::MarkTask { .. } => self.mark_task(command),
             Command::Watch {
                 run_id,
                 sender,
@@ -694,7 +705,7 @@ impl Scheduler {
             self.runs
                 .get(&item.run_id)
                 .filter(|entry| entry.slot(item.index).state == TaskState::Ready)
-                .map(|entry| entry.plan.task(item.index).queue.clone())
+                .map(|entry| entry.task(item.index).queue.clone())
         };
         for (_, heap) in self.ready.iter() {
             for item in heap.iter() {
@@ -724,9 +735,7 @@ impl Scheduler {
         }
         for &(run_id, index) in self.attempts.values() {
             if let Some(entry) = self.runs.get(&run_id) {
-                queue_of(&mut queues, &entry.plan.task(index).queue)
-                    .0
-                    .running += 1;
+                queue_of(&mut queues, &entry.task(index).queue).0.running += 1;
             }
         }
         for worker in self.workers.iter() {
@@ -1349,19 +1358,15 @@ impl Scheduler {
                 }
                 TaskState::Running
                     if slot.worker.is_none()
-                        && sensors::runs_on_controller(&entry.plan.task(index).kind) =>
+                        && sensors::runs_on_controller(&entry.task(index).kind) =>
                 {
                     controller_sensors.push(index)
                 }
-                TaskState::Pending
-                    if slot.waiting == 0 || entry.plan.upstream[index as usize].is_empty() =>
-                {
-                    pending.push(index)
-                }
+                TaskState::Pending => pending.push(index),
                 TaskState::Leased | TaskState::Running => {
                     if let (Some(attempt_id), Some(worker)) = (slot.attempt_id, &slot.worker) {
                         self.attempts.insert(attempt_id, (run_id, index));
-                        let task = entry.plan.task(index);
+                        let task = entry.task(index);
                         let worker = self.workers.entry(worker, lost_at);
                         worker.hold(attempt_id, task.resources);
                         // Counted before any new lease, so that a limit is
@@ -1369,7 +1374,7 @@ impl Scheduler {
                         self.limits.acquire(attempt_id, &entry.dag_id, task);
                         self.parts.logs.open_attempt(LogKey {
                             run_id,
-                            task_id: entry.plan.task(index).id.clone(),
+                            task_id: entry.task_id(index),
                             attempt: slot.attempt,
                         });
                     }
@@ -1400,10 +1405,13 @@ impl Scheduler {
             self.retry_timers.insert((run_id, index, attempt), delay);
         }
         if running {
-            for index in pending {
-                self.evaluate_pending(run_id, index);
-            }
-            self.check_run_done(run_id);
+            // Read back from the store: pending tasks decide on what their
+            // upstream did meanwhile.
+            let decided: Vec<TaskIndex> = pending
+                .into_iter()
+                .filter_map(|index| self.decide(run_id, index))
+                .collect();
+            self.tasks_ended(run_id, decided);
         }
     }
 
@@ -1424,7 +1432,7 @@ impl Scheduler {
         } else {
             reason.to_string()
         };
-        let count = entry.plan.len() as TaskIndex;
+        let count = entry.tasks.len() as TaskIndex;
         for index in 0..count {
             let state = self.runs[&run_id].slot(index).state;
             if baton_common::states::task_state_is_final(state) {
@@ -1459,6 +1467,7 @@ impl Scheduler {
             run_id,
             task_id,
             include_downstream,
+            include_upstream,
             reply,
         } = command
         else {
@@ -1472,12 +1481,13 @@ impl Scheduler {
                     run_id,
                     task_id,
                     include_downstream,
+                    include_upstream,
                     reply,
                 },
             );
             return;
         }
-        let result = self.clear_tasks(run_id, &task_id, include_downstream);
+        let result = self.clear_tasks(run_id, &task_id, include_downstream, include_upstream);
         if result.is_err()
             && self
                 .runs
@@ -1508,6 +1518,9 @@ impl Scheduler {
                 (Some(error), Command::RetryTask { reply, .. }) => {
                     let _ = reply.send(Err(error.clone()));
                 }
+                (Some(error), Command::MarkTask { reply, .. }) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
                 (Some(error), Command::ClearForBackfill { run_id }) => {
                     warn!(%run_id, %error, "cannot read back a run the backfill reruns");
                     self.on_backfill_run_ended(run_id);
@@ -1524,26 +1537,35 @@ impl Scheduler {
         run_id: RunId,
         task_id: &TaskId,
         include_downstream: bool,
+        include_upstream: bool,
     ) -> Result<(RunRecord, Vec<String>), ApiError> {
         let entry = self
             .runs
             .get(&run_id)
             .ok_or_else(|| ApiError::not_found("run", run_id))?;
         let plan = Arc::clone(&entry.plan);
-        let start = plan.index_of(task_id.as_str()).ok_or_else(|| {
-            ApiError::InvalidArgument(vec![FieldViolation::new(
-                "task_id",
-                format!(
-                    "dag `{}` version {} has no task `{task_id}`",
-                    plan.dag_id, plan.version
-                ),
-            )])
-        })?;
-        let cleared = if include_downstream {
+        let mut start = self.task_of_request(run_id, task_id)?;
+        if let Some(instance) = self.runs[&run_id].instance(start) {
+            if !include_upstream {
+                self.check_instance_expanded(run_id, instance, "clear")?;
+                let names = self.clear_instance(run_id, start, instance, include_downstream);
+                info!(%run_id, %task_id, cleared = names.len(), "tasks cleared");
+                return Ok((run_record(&self.runs[&run_id]), names));
+            }
+            // With its upstream cleared, the list is made again: the whole
+            // mapped task runs again.
+            start = instance.parent;
+        }
+        let mut cleared = if include_downstream {
             plan.downstream_closure(start)
         } else {
             vec![start]
         };
+        if include_upstream {
+            cleared.extend(plan.upstream_closure(start));
+            cleared.sort_unstable();
+            cleared.dedup();
+        }
         let names = self.clear_set(run_id, &cleared);
         info!(%run_id, %task_id, cleared = cleared.len(), "tasks cleared");
         Ok((run_record(&self.runs[&run_id]), names))
@@ -1560,7 +1582,13 @@ impl Scheduler {
         let plan = Arc::clone(&entry.plan);
         let cleared = cleared.to_vec();
         let in_set: HashSet<TaskIndex> = cleared.iter().copied().collect();
-        for &index in &cleared {
+        // A cleared mapped task runs its instances again.
+        let instances: Vec<TaskIndex> = cleared
+            .iter()
+            .filter_map(|index| entry.mapped.get(index))
+            .flat_map(|group| group.first..group.first + group.len)
+            .collect();
+        for &index in cleared.iter().chain(&instances) {
             if is_open(self.runs[&run_id].slot(index).state) {
                 self.end_attempt_by_controller(
                     run_id,
@@ -1571,176 +1599,72 @@ impl Scheduler {
                 );
             }
         }
+        for &index in &cleared {
+            self.map_items.remove(&(run_id, index));
+        }
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return Vec::new();
         };
+        // Downstream tasks outside the set no longer count how a cleared
+        // task ended.
         for &index in &cleared {
-            let was_success = entry.slot(index).state == TaskState::Success;
-            entry.set_state(index, TaskState::Pending);
-            let slot = entry.slot_mut(index);
-            slot.attempt_base = slot.attempt;
-            slot.attempt_id = None;
-            slot.worker = None;
-            slot.leased_at = 0;
-            slot.started_at = 0;
-            slot.ended_at = 0;
-            slot.next_attempt_at = 0;
-            slot.exit_code = None;
-            slot.outcome = AttemptOutcome::Unspecified;
-            slot.error = None;
-            slot.output = None;
-            slot.sensor_deadline = 0;
-            if was_success {
-                // Keep `waiting` exact for pending tasks outside the cleared set.
+            if let Some(how) = Ended::of(entry.slot(index).state) {
                 for &down in &plan.downstream[index as usize] {
-                    if !in_set.contains(&down) && entry.slot(down).state == TaskState::Pending {
-                        entry.tasks[down as usize].waiting += 1;
+                    if !in_set.contains(&down) {
+                        entry.tasks[down as usize].count_upstream(how, false);
                     }
                 }
             }
         }
-        for &index in &cleared {
-            let waiting = plan.upstream[index as usize]
-                .iter()
-                .filter(|&&up| entry.slot(up).state != TaskState::Success)
-                .count();
-            entry.tasks[index as usize].waiting = waiting as u32;
+        for &index in cleared.iter().chain(&instances) {
+            entry.set_state(index, TaskState::Pending);
+            entry.slot_mut(index).reset_for_rerun();
         }
-        if baton_common::states::run_state_is_final(entry.state) {
-            let from = entry.state;
-            entry.set_run_state(RunState::Running);
-            entry.ended_at = 0;
-            entry.reason = None;
-            if entry.started_at == 0 {
-                entry.started_at = now_micros();
+        for &index in &cleared {
+            if let Some(group) = entry.mapped.get_mut(&index) {
+                group.unfinished = group.len;
+                group.failed = 0;
+                group.skipped = 0;
             }
-            let (dag_id, logical_date) = (entry.dag_id.clone(), entry.logical_date());
-            self.pending
-                .ops
-                .push(Op::put(keys::active(&run_id), Vec::new()));
-            self.track_run_state(&dag_id, run_id, logical_date, from, RunState::Running);
-            self.arm_deadlines(run_id);
         }
-        self.touch(run_id);
         for &index in &cleared {
-            self.evaluate_pending(run_id, index);
+            entry.recount_upstream(index);
         }
-        self.check_run_done(run_id);
+        self.reopen_run(run_id);
+        self.touch(run_id);
+        let decided: Vec<TaskIndex> = cleared
+            .iter()
+            .filter_map(|&index| self.decide(run_id, index))
+            .collect();
+        self.tasks_ended(run_id, decided);
         cleared
             .iter()
             .map(|&index| plan.task(index).id.to_string())
             .collect()
     }
 
-    /// Moves a pending task on if it can: `upstream_failed` (or `skipped`)
-    /// when an upstream can no longer succeed, `ready` when every upstream
-    /// succeeded. Only in running runs.
-    fn evaluate_pending(&mut self, run_id: RunId, index: TaskIndex) {
-        let Some(entry) = self.runs.get(&run_id) else {
-            return;
-        };
-        if entry.state != RunState::Running || entry.slot(index).state != TaskState::Pending {
-            return;
-        }
-        let mut blocked = None;
-        for &up in &entry.plan.upstream[index as usize] {
-            match entry.slot(up).state {
-                TaskState::Failed | TaskState::UpstreamFailed | TaskState::Cancelled => {
-                    blocked = Some(TaskState::UpstreamFailed);
-                    break;
-                }
-                TaskState::Skipped => blocked = Some(TaskState::Skipped),
-                _ => {}
-            }
-        }
-        match blocked {
-            Some(state) => self.block_downstream(run_id, index, state),
-            None if entry.slot(index).waiting == 0 => {
-                let entry = self.runs.get_mut(&run_id).expect("checked above");
-                entry.set_state(index, TaskState::Ready);
-                self.touch(run_id);
-                self.queue_ready(run_id, index);
-            }
-            None => {}
-        }
-    }
-
-    /// Marks `start` (pending) and every pending task downstream of it as
-    /// `state` (`upstream_failed` or `skipped`), iteratively.
-    fn block_downstream(&mut self, run_id: RunId, start: TaskIndex, state: TaskState) {
+    /// A finished run whose tasks were cleared or marked runs again.
+    pub(super) fn reopen_run(&mut self, run_id: RunId) {
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
-        let plan = Arc::clone(&entry.plan);
-        let now = now_micros();
-        let mut stack = vec![start];
-        while let Some(index) = stack.pop() {
-            if entry.slot(index).state != TaskState::Pending {
-                continue;
-            }
-            entry.set_state(index, state);
-            entry.slot_mut(index).ended_at = now;
-            stack.extend(plan.downstream[index as usize].iter().copied());
+        if !baton_common::states::run_state_is_final(entry.state) {
+            return;
         }
+        let from = entry.state;
+        entry.set_run_state(RunState::Running);
+        entry.ended_at = 0;
+        entry.reason = None;
+        if entry.started_at == 0 {
+            entry.started_at = now_micros();
+        }
+        let (dag_id, logical_date) = (entry.dag_id.clone(), entry.logical_date());
+        self.pending
+            .ops
+            .push(Op::put(keys::active(&run_id), Vec::new()));
+        self.track_run_state(&dag_id, run_id, logical_date, from, RunState::Running);
+        self.arm_deadlines(run_id);
         self.touch(run_id);
-    }
-
-    /// The failure of `index` makes its pending downstream unable to run.
-    fn propagate_failure(&mut self, run_id: RunId, index: TaskIndex) {
-        let Some(entry) = self.runs.get(&run_id) else {
-            return;
-        };
-        let downstream = entry.plan.downstream[index as usize].clone();
-        for down in downstream {
-            self.block_downstream(run_id, down, TaskState::UpstreamFailed);
-        }
-    }
-
-    fn on_success(&mut self, run_id: RunId, index: TaskIndex) {
-        let Some(entry) = self.runs.get_mut(&run_id) else {
-            return;
-        };
-        let plan = Arc::clone(&entry.plan);
-        let mut unblocked = Vec::new();
-        for &down in &plan.downstream[index as usize] {
-            let slot = &mut entry.tasks[down as usize];
-            if slot.state == TaskState::Pending {
-                slot.waiting = slot.waiting.saturating_sub(1);
-                if slot.waiting == 0 {
-                    unblocked.push(down);
-                }
-            }
-        }
-        for down in unblocked {
-            self.evaluate_pending(run_id, down);
-        }
-    }
-
-    fn check_run_done(&mut self, run_id: RunId) {
-        let Some(entry) = self.runs.get(&run_id) else {
-            return;
-        };
-        if entry.state != RunState::Running || entry.unfinished > 0 {
-            return;
-        }
-        if entry.has_failures() {
-            let failed: Vec<String> = entry
-                .tasks
-                .iter()
-                .enumerate()
-                .filter(|(_, slot)| slot.state == TaskState::Failed)
-                .map(|(index, _)| entry.plan.tasks[index].id.to_string())
-                .collect();
-            let reason = match failed.len() {
-                0 => "tasks could not run because their upstream failed".to_string(),
-                1 => format!("task `{}` failed", failed[0]),
-                n if n <= 3 => format!("tasks failed: {}", failed.join(", ")),
-                n => format!("{n} tasks failed, among them {}", failed[..3].join(", ")),
-            };
-            self.finish_run(run_id, RunState::Failed, Some(reason));
-        } else {
-            self.finish_run(run_id, RunState::Success, None);
-        }
     }
 
     fn finish_run(&mut self, run_id: RunId, state: RunState, reason: Option<String>) {
@@ -1769,13 +1693,11 @@ impl Scheduler {
         self.on_external_run_changed(run_id);
     }
 
-    /// A task succeeded (its state is set): its outputs are recorded, its
-    /// downstream moves on, and the run may be done.
+    /// A task succeeded (its state is set): its outputs are recorded and
+    /// its downstream move on.
     fn task_succeeded(&mut self, run_id: RunId, index: TaskIndex) {
         self.record_task_outputs(run_id, index);
-        self.on_success(run_id, index);
-        self.on_task_ended(run_id);
-        self.check_run_done(run_id);
+        self.task_ended(run_id, index);
     }
 
     // ----- Dispatch -----
@@ -1784,7 +1706,7 @@ impl Scheduler {
         let Some(entry) = self.runs.get(&run_id) else {
             return;
         };
-        let task = entry.plan.task(index);
+        let task = entry.task(index);
         self.ready_seq += 1;
         let item = ReadyItem {
             priority: task.priority,
@@ -1800,7 +1722,7 @@ impl Scheduler {
         let Some(entry) = self.runs.get(&item.run_id) else {
             return;
         };
-        if sensors::runs_on_controller(&entry.plan.task(item.index).kind) {
+        if sensors::runs_on_controller(&entry.task(item.index).kind) {
             if entry.slot(item.index).state != TaskState::Ready || entry.state != RunState::Running
             {
                 // Cleared, cancelled or started meanwhile (parked twice).
@@ -1818,7 +1740,7 @@ impl Scheduler {
             }
             return;
         }
-        let route = &entry.plan.routes[item.index as usize];
+        let route = &entry.plan.routes[entry.plan_index(item.index) as usize];
         self.ready.push(route, item);
         self.dispatch_needed = true;
     }
@@ -1879,7 +1801,7 @@ impl Scheduler {
                     .push(item);
                 continue;
             }
-            let task = entry.plan.task(item.index);
+            let task = entry.task(item.index);
             if let Some(limit) =
                 self.limits
                     .blocked_by(&entry.dag_id, task, entry.plan.max_active_tasks)
@@ -1919,7 +1841,7 @@ impl Scheduler {
             return;
         };
         let attempt = entry.slot(index).attempt + 1;
-        let sensor_deadline = if sensors::sensor_of(&entry.plan.task(index).kind).is_some() {
+        let sensor_deadline = if sensors::sensor_of(&entry.task(index).kind).is_some() {
             self.sensor_deadline_for(run_id, index)
         } else {
             0
@@ -1927,7 +1849,8 @@ impl Scheduler {
         let kind = match self.assignment_kind(run_id, index, attempt, sensor_deadline) {
             Ok(kind) => kind,
             Err(error) => {
-                self.fail_unassignable(run_id, index, error);
+                self.fail_before_start(run_id, index, error);
+                self.task_ended(run_id, index);
                 return;
             }
         };
@@ -1943,16 +1866,17 @@ impl Scheduler {
         entry
             .slot_mut(index)
             .begin_attempt(attempt_id, Some(Arc::clone(worker_id)), now);
-        let task = entry.plan.task(index);
+        let task = entry.task(index);
+        let task_id = entry.task_id(index);
         worker.hold(attempt_id, task.resources);
         self.limits.acquire(attempt_id, &entry.dag_id, task);
         self.attempts.insert(attempt_id, (run_id, index));
-        debug!(%run_id, task_id = %task.id, attempt, worker = %worker_id, "task leased");
+        debug!(%run_id, %task_id, attempt, worker = %worker_id, "task leased");
         let assign = api::Assign {
             attempt_id: attempt_id.to_string(),
             dag_id: entry.dag_id.to_string(),
             run_id: run_id.to_string(),
-            task_id: task.id.to_string(),
+            task_id: task_id.to_string(),
             attempt,
             logical_date: micros_to_timestamp_opt(entry.origin.logical_date),
             params_json: entry.params_json.to_string(),
@@ -1961,11 +1885,11 @@ impl Scheduler {
             max_output_bytes: self.parts.config.limits.max_output_bytes as u32,
             data_interval_start: micros_to_timestamp_opt(entry.origin.data_interval_start),
             data_interval_end: micros_to_timestamp_opt(entry.origin.data_interval_end),
-            map_index: None,
+            map_index: entry.instance(index).map(|instance| instance.map_index),
         };
         let log_key = LogKey {
             run_id,
-            task_id: task.id.clone(),
+            task_id,
             attempt,
         };
         self.touch(run_id);
@@ -2037,7 +1961,7 @@ impl Scheduler {
             return;
         };
         let attempt = entry.slot(index).attempt;
-        let task_id = entry.plan.task(index).id.clone();
+        let task_id = entry.task_id(index);
         let mut record = views::attempt_record(entry, index, log_bytes);
         record.leader_term = self.parts.term;
         self.pending.ops.push(Op::put(
@@ -2059,7 +1983,7 @@ impl Scheduler {
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
-        let task = entry.plan.task(index);
+        let task = entry.task(index);
         let retry = task.retry;
         let max_attempts = entry.slot(index).max_attempts(task.retries);
         let attempt = entry.slot(index).attempt;
@@ -2069,15 +1993,14 @@ impl Scheduler {
             entry.set_state(index, TaskState::UpForRetry);
             entry.slot_mut(index).next_attempt_at = now_micros() + delay.as_micros() as Micros;
             self.retry_timers.insert((run_id, index, attempt), delay);
-            info!(%run_id, task_id = %entry.plan.task(index).id, attempt, delay_ms = delay.as_millis() as u64, "task up for retry");
+            info!(%run_id, task_id = %entry.task(index).id, attempt, delay_ms = delay.as_millis() as u64, "task up for retry");
         } else {
             entry.set_state(index, TaskState::Failed);
-            info!(%run_id, task_id = %entry.plan.task(index).id, attempt, "task failed");
-            self.propagate_failure(run_id, index);
-            self.on_task_ended(run_id);
+            info!(%run_id, task_id = %entry.task_id(index), attempt, "task failed");
+            self.touch(run_id);
+            self.task_ended(run_id, index);
         }
         self.touch(run_id);
-        self.check_run_done(run_id);
     }
 
     fn on_retry_due(&mut self, run_id: RunId, index: TaskIndex, attempt: u32) {
@@ -2202,7 +2125,7 @@ impl Scheduler {
                     let slot = entry.slot(index);
                     (slot.attempt_id == Some(*attempt_id)
                         && slot.worker.as_deref() == Some(&*worker_id))
-                    .then(|| entry.plan.task(index).resources)
+                    .then(|| entry.task(index).resources)
                 })
             });
             if let Some(worker) = self.workers.get_mut(&worker_id) {
@@ -2353,7 +2276,7 @@ impl Scheduler {
         };
         let key = LogKey {
             run_id,
-            task_id: entry.plan.task(index).id.clone(),
+            task_id: entry.task_id(index),
             attempt: entry.slot(index).attempt,
         };
         let _ = self.log_writer.send(LogCommand::Append {
@@ -2393,7 +2316,7 @@ impl Scheduler {
         self.attempts.remove(&attempt_id);
         let max_output = self.parts.config.limits.max_output_bytes;
         let entry = self.runs.get_mut(&run_id).expect("checked above");
-        let task_id = entry.plan.task(index).id.clone();
+        let task_id = entry.task_id(index);
         let mut outcome =
             AttemptOutcome::try_from(result.outcome).unwrap_or(AttemptOutcome::Unspecified);
         let mut error = result.error;
@@ -2411,8 +2334,21 @@ impl Scheduler {
             outcome = AttemptOutcome::Error;
             error = "the worker reported no outcome".into();
         }
-        if outcome == AttemptOutcome::Rescheduled
-            && !sensors::reschedules(&entry.plan.task(index).kind)
+        // A branch's output must name direct downstream tasks; otherwise
+        // the attempt failed.
+        let mut chosen = None;
+        if outcome == AttemptOutcome::Succeeded && entry.task(index).branch {
+            let plan_index = entry.plan_index(index);
+            match self.branch_choice(run_id, plan_index, output.as_deref()) {
+                Ok(tasks) => chosen = Some(tasks),
+                Err(reason) => {
+                    outcome = AttemptOutcome::Error;
+                    error = reason;
+                }
+            }
+        }
+        let entry = self.runs.get_mut(&run_id).expect("checked above");
+        if outcome == AttemptOutcome::Rescheduled && !sensors::reschedules(&entry.task(index).kind)
         {
             outcome = AttemptOutcome::Error;
             error =
@@ -2458,7 +2394,13 @@ impl Scheduler {
             let entry = self.runs.get_mut(&run_id).expect("checked above");
             entry.set_state(index, TaskState::Success);
             debug!("task succeeded");
-            self.task_succeeded(run_id, index);
+            let mut ended = match chosen {
+                Some(chosen) => self.skip_unchosen(run_id, index, &chosen),
+                None => Vec::new(),
+            };
+            self.record_task_outputs(run_id, index);
+            ended.push(index);
+            self.tasks_ended(run_id, ended);
         } else if outcome == AttemptOutcome::Rescheduled {
             self.reschedule_sensor(run_id, index);
         } else if outcome == AttemptOutcome::TimedOut && self.is_sensor_deadline(run_id, index) {
@@ -2562,7 +2504,7 @@ impl Scheduler {
             let Some(entry) = self.runs.get(&run_id) else {
                 continue;
             };
-            let tasks = (0..entry.plan.len() as TaskIndex)
+            let tasks = (0..entry.tasks.len() as TaskIndex)
                 .map(|index| views::task_view(task_record(entry, index)))
                 .collect();
             let snapshot = RunSnapshot {
@@ -2657,6 +2599,9 @@ impl Scheduler {
                 if finished && let Some(entry) = self.runs.remove(&run_id) {
                     self.disarm_deadlines(run_id, &entry.plan.sla_tasks);
                     self.disarm_controller_sensors(&entry);
+                    for parent in entry.mapped.keys() {
+                        self.map_items.remove(&(run_id, *parent));
+                    }
                     if let Some(claim) = RunClaim::of(&entry) {
                         self.active_keys.remove(&claim.create_key());
                     }

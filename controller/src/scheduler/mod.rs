@@ -14,6 +14,7 @@
 //! - `state`: runs and task slots, and the declared state machines.
 //! - `workers`: connected workers, their slots and leased attempts.
 //! - `routing`: which worker may take a ready task, ready heaps by route.
+//! - `rules`: trigger rules as a pure function of the upstream's counts.
 //! - `limits`: pools, `max_active_tasks`, `max_active`, and the tasks they
 //!   hold back.
 //! - `actor`: the event loop and the handling of every command.
@@ -27,6 +28,7 @@ mod flush;
 pub mod limits;
 pub mod recovery;
 pub mod routing;
+pub mod rules;
 pub mod state;
 mod timers;
 pub mod views;
@@ -124,7 +126,16 @@ pub enum Command {
         run_id: RunId,
         task_id: TaskId,
         include_downstream: bool,
+        include_upstream: bool,
         reply: Reply<(RunRecord, Vec<String>)>,
+    },
+    /// Sets a task's state by hand (success, failed or skipped).
+    MarkTask {
+        run_id: RunId,
+        task_id: TaskId,
+        state: api::TaskState,
+        reason: String,
+        reply: Reply<(RunRecord, api::TaskInstance)>,
     },
     Watch {
         run_id: RunId,
@@ -319,11 +330,30 @@ impl SchedulerHandle {
         run_id: RunId,
         task_id: TaskId,
         include_downstream: bool,
+        include_upstream: bool,
     ) -> ApiResult<(RunRecord, Vec<String>)> {
         self.ask(|reply| Command::RetryTask {
             run_id,
             task_id,
             include_downstream,
+            include_upstream,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn mark_task(
+        &self,
+        run_id: RunId,
+        task_id: TaskId,
+        state: api::TaskState,
+        reason: String,
+    ) -> ApiResult<(RunRecord, api::TaskInstance)> {
+        self.ask(|reply| Command::MarkTask {
+            run_id,
+            task_id,
+            state,
+            reason,
             reply,
         })
         .await

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use baton_common::error::ApiError;
-use baton_common::ids::{AttemptId, DagId, RunId};
+use baton_common::ids::{AttemptId, DagId, RunId, TaskId};
 use baton_common::pb::api::{AttemptOutcome, BackfillInterval, RunState, RunTrigger, TaskState};
 use baton_common::pb::records::{
     AssetQueueRecord, AssetRecord, BackfillRecord, DagMetaRecord, PoolRecord, RunRecord,
@@ -108,23 +108,75 @@ pub async fn load_run(
     entry.ended_at = micros(record.ended_at.as_ref());
     entry.reason = (!record.reason.is_empty()).then(|| record.reason.clone());
     entry.dirty = false;
+    let mut instance_records = Vec::new();
     for (key, value) in &task_entries {
         let task: TaskRecord = decode(key, value).map_err(internal)?;
-        let Some(index) = plan.index_of(&task.task_id) else {
-            return Err(ApiError::Internal(format!(
+        let unknown = || {
+            ApiError::Internal(format!(
                 "run {run_id} has a record for unknown task `{}`",
+                task.task_id
+            ))
+        };
+        let id = TaskId::new(task.task_id.clone()).map_err(|_| unknown())?;
+        let (name, map_index) = id.split_instance();
+        let index = plan.index_of(name).ok_or_else(unknown)?;
+        match map_index {
+            Some(map_index) => instance_records.push((index, map_index, task)),
+            None => {
+                restore_slot(&mut entry, index, &task);
+                // An expanded mapped task: its instances come back too.
+                if let Some(len) = task.map_length {
+                    entry.add_instances(index, len);
+                }
+            }
+        }
+    }
+    for (parent, map_index, task) in &instance_records {
+        let Some(group) = entry.mapped.get(parent) else {
+            return Err(ApiError::Internal(format!(
+                "run {run_id} has a record for instance `{}` of a task that was not expanded",
                 task.task_id
             )));
         };
-        restore_slot(&mut entry, index, &task);
+        if *map_index >= group.len {
+            return Err(ApiError::Internal(format!(
+                "run {run_id} has a record for instance `{}` past its task's {} instances",
+                task.task_id, group.len
+            )));
+        }
+        let index = group.first + map_index;
+        restore_slot(&mut entry, index, task);
     }
-    // Waiting counts follow from the upstream states.
+    // Instances are made ready with their expansion; one whose record was
+    // not stored yet is ready too. The groups count what their instances did.
+    let parents: Vec<(u32, u32, u32)> = entry
+        .mapped
+        .iter()
+        .map(|(&parent, group)| (parent, group.first, group.len))
+        .collect();
+    for (parent, first, len) in parents {
+        let expanded = entry.slot(parent).state == TaskState::Running;
+        let (mut unfinished, mut failed, mut skipped) = (0, 0, 0);
+        for index in first..first + len {
+            if expanded && entry.slot(index).state == TaskState::Pending {
+                entry.set_state(index, TaskState::Ready);
+            }
+            match super::state::Ended::of(entry.slot(index).state) {
+                None => unfinished += 1,
+                Some(super::state::Ended::Failed) => failed += 1,
+                Some(super::state::Ended::Skipped) => skipped += 1,
+                Some(super::state::Ended::Succeeded) => {}
+            }
+        }
+        if let Some(group) = entry.mapped.get_mut(&parent) {
+            group.unfinished = unfinished;
+            group.failed = failed;
+            group.skipped = skipped;
+        }
+    }
+    // What each task's trigger rule decides on follows from its upstream.
     for index in 0..plan.len() as u32 {
-        let waiting = plan.upstream[index as usize]
-            .iter()
-            .filter(|&&up| entry.slot(up).state != TaskState::Success)
-            .count();
-        entry.tasks[index as usize].waiting = waiting as u32;
+        entry.recount_upstream(index);
     }
     entry.dirty_tasks.clear();
     for slot in &mut entry.tasks {

@@ -9,10 +9,11 @@
 
 use std::sync::Arc;
 
-use baton_common::ids::{AttemptId, DagId, RunId};
+use baton_common::ids::{AttemptId, DagId, RunId, TaskId};
 use baton_common::pb::api::{
     AttemptOutcome, RunState, RunTrigger, SlaMiss, TaskState, WatchRunResponse,
 };
+use baton_common::spec::ResolvedTask;
 use baton_common::states::task_state_is_final;
 use baton_common::time::Micros;
 use tokio::sync::mpsc;
@@ -50,6 +51,13 @@ pub fn task_transition_allowed(from: TaskState, to: TaskState) -> bool {
     }
 }
 
+/// Whether a user may mark a task in `from` as `to` (`MarkTask`): any task
+/// may be set succeeded, failed or skipped by hand, as if it had ended so.
+pub fn task_mark_allowed(from: TaskState, to: TaskState) -> bool {
+    use TaskState::*;
+    from != Unspecified && matches!(to, Success | Failed | Skipped)
+}
+
 /// Whether a run may move from `from` to `to`. A finished run becomes
 /// running again when one of its tasks is cleared.
 pub fn run_transition_allowed(from: RunState, to: RunState) -> bool {
@@ -72,8 +80,13 @@ pub struct TaskSlot {
     pub attempt: u32,
     /// Attempts made before the last clear.
     pub attempt_base: u32,
-    /// Upstream tasks that have not succeeded; meaningful while pending.
+    /// Direct upstream tasks that have not ended yet, and how the others
+    /// ended (a cancelled one counts as failed): what its trigger rule
+    /// decides on, kept up to date as each upstream ends or is cleared.
     pub waiting: u32,
+    pub up_succeeded: u32,
+    pub up_failed: u32,
+    pub up_skipped: u32,
     pub attempt_id: Option<AttemptId>,
     pub worker: Option<Arc<str>>,
     pub leased_at: Micros,
@@ -97,6 +110,9 @@ impl TaskSlot {
             attempt: 0,
             attempt_base: 0,
             waiting,
+            up_succeeded: 0,
+            up_failed: 0,
+            up_skipped: 0,
             attempt_id: None,
             worker: None,
             leased_at: 0,
@@ -109,6 +125,23 @@ impl TaskSlot {
             output: None,
             sensor_deadline: 0,
         }
+    }
+
+    /// Forgets the task's last attempt so it runs again (a clear): its
+    /// attempts so far stay counted in `attempt_base`.
+    pub fn reset_for_rerun(&mut self) {
+        self.attempt_base = self.attempt;
+        self.attempt_id = None;
+        self.worker = None;
+        self.leased_at = 0;
+        self.started_at = 0;
+        self.ended_at = 0;
+        self.next_attempt_at = 0;
+        self.exit_code = None;
+        self.outcome = AttemptOutcome::Unspecified;
+        self.error = None;
+        self.output = None;
+        self.sensor_deadline = 0;
     }
 
     /// Starts the task's next attempt: its number grows, it gets `attempt_id`
@@ -190,6 +223,109 @@ impl RunOrigin {
     }
 }
 
+/// How an ended task counts for the trigger rules of its downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Succeeded,
+    /// Failed, upstream_failed or cancelled.
+    Failed,
+    Skipped,
+}
+
+impl Ended {
+    pub fn of(state: TaskState) -> Option<Ended> {
+        match state {
+            TaskState::Success => Some(Ended::Succeeded),
+            TaskState::Failed | TaskState::UpstreamFailed | TaskState::Cancelled => {
+                Some(Ended::Failed)
+            }
+            TaskState::Skipped => Some(Ended::Skipped),
+            _ => None,
+        }
+    }
+}
+
+impl TaskSlot {
+    /// Counts an upstream task that ended (`add`) or was cleared (`!add`).
+    pub fn count_upstream(&mut self, ended: Ended, add: bool) {
+        let counter = match ended {
+            Ended::Succeeded => &mut self.up_succeeded,
+            Ended::Failed => &mut self.up_failed,
+            Ended::Skipped => &mut self.up_skipped,
+        };
+        if add {
+            *counter += 1;
+            self.waiting = self.waiting.saturating_sub(1);
+        } else {
+            *counter = counter.saturating_sub(1);
+            self.waiting += 1;
+        }
+    }
+}
+
+/// One instance of a task expanded at run time (`map_over`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    /// The mapped task, in the plan.
+    pub parent: TaskIndex,
+    pub map_index: u32,
+}
+
+/// A mapped task once expanded: its instances are the run's slots
+/// `first .. first + len`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedGroup {
+    pub first: TaskIndex,
+    pub len: u32,
+    /// Instances not in a final state.
+    pub unfinished: u32,
+    /// Instances that ended failed (or cancelled).
+    pub failed: u32,
+    /// Instances that ended skipped.
+    pub skipped: u32,
+}
+
+impl MappedGroup {
+    /// Counts an instance that ended (`add`) or no longer counts as ended
+    /// (`!add`: cleared, or marked otherwise).
+    pub fn count(&mut self, ended: Ended, add: bool) {
+        let counter = match ended {
+            Ended::Succeeded => None,
+            Ended::Failed => Some(&mut self.failed),
+            Ended::Skipped => Some(&mut self.skipped),
+        };
+        if add {
+            if let Some(counter) = counter {
+                *counter += 1;
+            }
+            self.unfinished = self.unfinished.saturating_sub(1);
+        } else {
+            if let Some(counter) = counter {
+                *counter = counter.saturating_sub(1);
+            }
+            self.unfinished += 1;
+        }
+    }
+
+    /// How the mapped task ends once every instance has: failed if any
+    /// failed, skipped if all were, success otherwise.
+    pub fn outcome(&self) -> TaskState {
+        if self.failed > 0 {
+            TaskState::Failed
+        } else if self.skipped == self.len {
+            TaskState::Skipped
+        } else {
+            TaskState::Success
+        }
+    }
+
+    /// The mapped task's error for that outcome.
+    pub fn error(&self) -> Option<Box<str>> {
+        (self.failed > 0)
+            .then(|| format!("{} of its instances failed", self.failed).into_boxed_str())
+    }
+}
+
 /// An active run: everything the scheduler needs to move it forward.
 pub struct RunEntry {
     pub run_id: RunId,
@@ -213,6 +349,10 @@ pub struct RunEntry {
     pub watchers: Vec<WatchSender>,
     /// Deadlines the run or its tasks missed, in the order noticed.
     pub sla_misses: Vec<SlaMiss>,
+    /// Slots past the plan's tasks: mapped instances, in the order made.
+    pub instances: Vec<Instance>,
+    /// Mapped tasks expanded in this run, by plan index.
+    pub mapped: std::collections::HashMap<TaskIndex, MappedGroup>,
 }
 
 impl RunEntry {
@@ -249,7 +389,75 @@ impl RunEntry {
             dirty_tasks: Vec::new(),
             watchers: Vec::new(),
             sla_misses: Vec::new(),
+            instances: Vec::new(),
+            mapped: std::collections::HashMap::new(),
         }
+    }
+
+    /// The plan index of a slot: itself for a plan task, its mapped task
+    /// for an instance.
+    pub fn plan_index(&self, index: TaskIndex) -> TaskIndex {
+        match index.checked_sub(self.plan.len() as TaskIndex) {
+            Some(offset) => self.instances[offset as usize].parent,
+            None => index,
+        }
+    }
+
+    /// The instance a slot is, if it is one.
+    pub fn instance(&self, index: TaskIndex) -> Option<Instance> {
+        index
+            .checked_sub(self.plan.len() as TaskIndex)
+            .map(|offset| self.instances[offset as usize])
+    }
+
+    /// The task a slot runs (an instance runs its mapped task).
+    pub fn task(&self, index: TaskIndex) -> &ResolvedTask {
+        self.plan.task(self.plan_index(index))
+    }
+
+    /// A slot's task id: the task's, or `task[i]` for an instance.
+    pub fn task_id(&self, index: TaskIndex) -> TaskId {
+        let task = &self.task(index).id;
+        match self.instance(index) {
+            Some(instance) => task.instance(instance.map_index),
+            None => task.clone(),
+        }
+    }
+
+    /// The slot a task id names (`task` or `task[i]`).
+    pub fn index_of(&self, task_id: &TaskId) -> Option<TaskIndex> {
+        let (task, map_index) = task_id.split_instance();
+        let index = self.plan.index_of(task)?;
+        match map_index {
+            None => Some(index),
+            Some(map_index) => {
+                let group = self.mapped.get(&index)?;
+                (map_index < group.len).then(|| group.first + map_index)
+            }
+        }
+    }
+
+    /// Appends `len` pending instances of `parent`; returns the first.
+    pub fn add_instances(&mut self, parent: TaskIndex, len: u32) -> TaskIndex {
+        let first = self.tasks.len() as TaskIndex;
+        for map_index in 0..len {
+            self.tasks.push(TaskSlot::new(0));
+            self.instances.push(Instance { parent, map_index });
+        }
+        self.counts[TaskState::Pending as usize] += len;
+        self.unfinished += len;
+        self.mapped.insert(
+            parent,
+            MappedGroup {
+                first,
+                len,
+                unfinished: len,
+                failed: 0,
+                skipped: 0,
+            },
+        );
+        self.dirty = true;
+        first
     }
 
     pub fn logical_date(&self) -> Micros {
@@ -281,7 +489,7 @@ impl RunEntry {
     pub fn set_state(&mut self, index: TaskIndex, to: TaskState) -> bool {
         let from = self.tasks[index as usize].state;
         if !task_transition_allowed(from, to) {
-            tracing::error!(run_id = %self.run_id, task_id = %self.plan.task(index).id, ?from, ?to, "refused task transition");
+            tracing::error!(run_id = %self.run_id, task_id = %self.task_id(index), ?from, ?to, "refused task transition");
             debug_assert!(false, "refused task transition {from:?} -> {to:?}");
             return false;
         }
@@ -299,6 +507,48 @@ impl RunEntry {
         self.mark_dirty(index);
         self.dirty = true;
         true
+    }
+
+    /// Sets a task's state by hand ([`task_mark_allowed`]), keeping the
+    /// counts in step like [`Self::set_state`].
+    pub fn set_state_marked(&mut self, index: TaskIndex, to: TaskState) -> bool {
+        let from = self.tasks[index as usize].state;
+        if !task_mark_allowed(from, to) {
+            return false;
+        }
+        if from == to {
+            return true;
+        }
+        self.counts[from as usize] -= 1;
+        self.counts[to as usize] += 1;
+        match (task_state_is_final(from), task_state_is_final(to)) {
+            (false, true) => self.unfinished -= 1,
+            (true, false) => self.unfinished += 1,
+            _ => {}
+        }
+        self.tasks[index as usize].state = to;
+        self.mark_dirty(index);
+        self.dirty = true;
+        true
+    }
+
+    /// Recounts a task's upstream from their current states (after states
+    /// changed by hand).
+    pub fn recount_upstream(&mut self, index: TaskIndex) {
+        let (mut waiting, mut succeeded, mut failed, mut skipped) = (0, 0, 0, 0);
+        for &up in &self.plan.upstream[index as usize] {
+            match Ended::of(self.tasks[up as usize].state) {
+                None => waiting += 1,
+                Some(Ended::Succeeded) => succeeded += 1,
+                Some(Ended::Failed) => failed += 1,
+                Some(Ended::Skipped) => skipped += 1,
+            }
+        }
+        let slot = &mut self.tasks[index as usize];
+        slot.waiting = waiting;
+        slot.up_succeeded = succeeded;
+        slot.up_failed = failed;
+        slot.up_skipped = skipped;
     }
 
     pub fn set_run_state(&mut self, to: RunState) -> bool {

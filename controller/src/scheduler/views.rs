@@ -106,9 +106,9 @@ pub fn run_view(record: &RunRecord) -> Run {
 
 pub fn task_record(entry: &RunEntry, index: TaskIndex) -> TaskRecord {
     let slot = entry.slot(index);
-    let task = entry.plan.task(index);
+    let task = entry.task(index);
     TaskRecord {
-        task_id: task.id.to_string(),
+        task_id: entry.task_id(index).to_string(),
         state: slot.state as i32,
         attempt: slot.attempt,
         max_attempts: slot.max_attempts(task.retries),
@@ -125,8 +125,8 @@ pub fn task_record(entry: &RunEntry, index: TaskIndex) -> TaskRecord {
         attempt_base: slot.attempt_base,
         leader_term: 0,
         sensor_deadline: micros_to_timestamp_opt(slot.sensor_deadline),
-        map_index: None,
-        map_length: None,
+        map_index: entry.instance(index).map(|instance| instance.map_index),
+        map_length: entry.mapped.get(&index).map(|group| group.len),
     }
 }
 
@@ -162,18 +162,34 @@ pub fn pending_task_view(task: &ResolvedTask) -> TaskInstance {
 }
 
 /// Every task of a run in plan order, from the records found in the store.
+/// Every task of a run in file order, each mapped task followed by its
+/// instances in index order.
 pub fn task_views(plan: &DagPlan, records: Vec<TaskRecord>) -> Vec<TaskInstance> {
     let mut views: Vec<Option<TaskInstance>> = vec![None; plan.len()];
+    let mut instances: HashMap<u32, Vec<TaskInstance>> = HashMap::new();
     for record in records {
-        if let Some(index) = plan.index_of(&record.task_id) {
-            views[index as usize] = Some(task_view(record));
+        let id = match baton_common::ids::TaskId::new(record.task_id.clone()) {
+            Ok(id) => id,
+            Err(_) => continue,
+        };
+        let (task, map_index) = id.split_instance();
+        let Some(index) = plan.index_of(task) else {
+            continue;
+        };
+        match map_index {
+            None => views[index as usize] = Some(task_view(record)),
+            Some(_) => instances.entry(index).or_default().push(task_view(record)),
         }
     }
-    views
-        .into_iter()
-        .enumerate()
-        .map(|(index, view)| view.unwrap_or_else(|| pending_task_view(&plan.tasks[index])))
-        .collect()
+    let mut all = Vec::with_capacity(plan.len());
+    for (index, view) in views.into_iter().enumerate() {
+        all.push(view.unwrap_or_else(|| pending_task_view(&plan.tasks[index])));
+        if let Some(mut mapped) = instances.remove(&(index as u32)) {
+            mapped.sort_by_key(|instance| instance.map_index);
+            all.extend(mapped);
+        }
+    }
+    all
 }
 
 /// The record of an attempt that ended, from the task's current state.
@@ -258,7 +274,14 @@ pub fn task_summary(plan: &DagPlan, task: &ResolvedTask) -> TaskSummary {
         retries: task.retries,
         timeout: task.timeout.map(duration_to_proto),
         outputs: task.outputs.iter().map(ToString::to_string).collect(),
-        ..TaskSummary::default()
+        trigger_rule: task.trigger_rule.name().to_string(),
+        branch: task.branch,
+        run_if: task.run_if.clone().unwrap_or_default(),
+        map_over: task
+            .map_over
+            .as_ref()
+            .map(|map| map.expression.clone())
+            .unwrap_or_default(),
     }
 }
 

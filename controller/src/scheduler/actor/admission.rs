@@ -115,9 +115,7 @@ impl Scheduler {
         let logical_date = entry.logical_date();
         entry.set_run_state(RunState::Running);
         entry.started_at = now_micros();
-        let roots: Vec<TaskIndex> = (0..entry.plan.len() as TaskIndex)
-            .filter(|&index| entry.plan.upstream[index as usize].is_empty())
-            .collect();
+        let plan = entry.plan.clone();
         self.track_run_state(
             &dag_id,
             run_id,
@@ -127,10 +125,13 @@ impl Scheduler {
         );
         self.touch(run_id);
         self.arm_deadlines(run_id);
-        for index in roots {
-            self.evaluate_pending(run_id, index);
-        }
-        self.check_run_done(run_id);
+        // Roots, and tasks whose rule is `always`, decide at once.
+        let decided: Vec<TaskIndex> = plan
+            .starters
+            .iter()
+            .filter_map(|&index| self.decide(run_id, index))
+            .collect();
+        self.tasks_ended(run_id, decided);
     }
 
     /// Starts the DAG's queued runs, oldest logical date first, while it

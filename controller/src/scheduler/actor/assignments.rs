@@ -24,19 +24,19 @@ impl Scheduler {
     /// The kind of the `Assign` for a task's next attempt.
     /// `sensor_deadline` is the deadline of a sensor's attempt.
     pub(super) fn assignment_kind(
-        &self,
+        &mut self,
         run_id: RunId,
         index: TaskIndex,
         attempt: u32,
         sensor_deadline: Micros,
     ) -> Result<api::assign::Kind, String> {
-        let entry = &self.runs[&run_id];
-        let task = entry.plan.task(index);
-        let rendered = if task.templated {
+        let rendered = if self.runs[&run_id].task(index).templated {
             Some(self.render_fields(run_id, index, attempt)?)
         } else {
             None
         };
+        let entry = &self.runs[&run_id];
+        let task = entry.task(index);
         let field = |path: &str, written: &str| -> String {
             rendered
                 .as_ref()
@@ -110,28 +110,30 @@ impl Scheduler {
 
     /// Every templated field of the task rendered, by its path.
     fn render_fields(
-        &self,
+        &mut self,
         run_id: RunId,
         index: TaskIndex,
         attempt: u32,
     ) -> Result<BTreeMap<String, String>, String> {
         let entry = &self.runs[&run_id];
+        let plan_index = entry.plan_index(index);
+        let instance = entry.instance(index);
+        let items = match instance {
+            Some(instance) => Some(self.map_items(run_id, instance.parent)?),
+            None => None,
+        };
+        let entry = &self.runs[&run_id];
         let plan = &entry.plan;
-        let task = plan.task(index);
+        let task = plan.task(plan_index);
         let params = match serde_json::from_str::<serde_json::Value>(&entry.params_json) {
             Ok(serde_json::Value::Object(params)) => params,
             _ => serde_json::Map::new(),
         };
-        let task_outputs: BTreeMap<String, String> = plan.template_reads[index as usize]
-            .iter()
-            .filter_map(|&read| {
-                let slot = entry.slot(read);
-                (slot.state == TaskState::Success)
-                    .then_some(slot.output.as_deref())
-                    .flatten()
-                    .map(|output| (plan.task(read).id.to_string(), output.to_string()))
-            })
-            .collect();
+        let task_outputs = self.upstream_outputs(run_id, &plan.template_reads[plan_index as usize]);
+        let item = match (instance, &items) {
+            (Some(instance), Some(items)) => items.get(instance.map_index as usize),
+            _ => None,
+        };
         let run_id_text = run_id.to_string();
         let context = TemplateContext {
             dag_id: entry.dag_id.as_str(),
@@ -144,8 +146,8 @@ impl Scheduler {
             timezone: plan.settings.timezone,
             params: &params,
             task_outputs: &task_outputs,
-            item: None,
-            map_index: None,
+            item,
+            map_index: instance.map(|instance| instance.map_index),
         };
         let mut rendered = BTreeMap::new();
         for (path, source) in templated_fields(task) {
@@ -161,29 +163,31 @@ impl Scheduler {
         Ok(rendered)
     }
 
-    /// Fails a ready task whose assignment cannot be made (a template that
-    /// does not render): one attempt, recorded with the error, no retry.
-    pub(super) fn fail_unassignable(&mut self, run_id: RunId, index: TaskIndex, error: String) {
+    /// Fails a task that cannot start (a template that does not render, a
+    /// condition or expansion that cannot be evaluated): one attempt,
+    /// recorded with the error, no retry, since it would fail the same
+    /// way. The caller tells its downstream (`task_ended`).
+    pub(super) fn fail_before_start(&mut self, run_id: RunId, index: TaskIndex, error: String) {
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
+        if entry.slot(index).state == TaskState::Pending {
+            entry.set_state(index, TaskState::Ready);
+        }
         if !entry.set_state(index, TaskState::Failed) {
             return;
         }
         let now = now_micros();
-        let task_id = entry.plan.task(index).id.clone();
+        let task_id = entry.task_id(index);
         let slot = entry.slot_mut(index);
         slot.begin_attempt(AttemptId::generate(), None, now);
         slot.started_at = now;
         slot.ended_at = now;
         slot.outcome = AttemptOutcome::Error;
         slot.error = Some(error.clone().into_boxed_str());
-        info!(%run_id, %task_id, %error, "task failed: its assignment could not be made");
+        info!(%run_id, %task_id, %error, "task failed before it started");
         self.record_attempt_end(run_id, index, 0);
         self.touch(run_id);
-        self.propagate_failure(run_id, index);
-        self.on_task_ended(run_id);
-        self.check_run_done(run_id);
     }
 }
 

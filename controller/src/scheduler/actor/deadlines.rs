@@ -100,7 +100,7 @@ impl Scheduler {
                 if task_state_is_final(entry.slot(index).state) {
                     return;
                 }
-                let task = entry.plan.task(index);
+                let task = entry.task(index);
                 (task.id.to_string(), task.sla)
             }
         };

@@ -67,7 +67,7 @@ impl Scheduler {
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return now;
         };
-        let Some(sensor) = sensor_of(&entry.plan.task(index).kind) else {
+        let Some(sensor) = sensor_of(&entry.task(index).kind) else {
             return 0;
         };
         let timeout = micros_of(sensor.timeout);
@@ -84,7 +84,7 @@ impl Scheduler {
         let Some(entry) = self.runs.get(&run_id) else {
             return false;
         };
-        if sensor_of(&entry.plan.task(index).kind).is_none() {
+        if sensor_of(&entry.task(index).kind).is_none() {
             return false;
         }
         let deadline = entry.slot(index).sensor_deadline;
@@ -98,7 +98,7 @@ impl Scheduler {
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
-        let Some(sensor) = sensor_of(&entry.plan.task(index).kind) else {
+        let Some(sensor) = sensor_of(&entry.task(index).kind) else {
             return;
         };
         let interval = sensor.poke_interval;
@@ -109,7 +109,7 @@ impl Scheduler {
         let attempt = entry.slot(index).attempt;
         entry.slot_mut(index).next_attempt_at = now_micros() + micros_of(interval);
         self.retry_timers.insert((run_id, index, attempt), interval);
-        debug!(%run_id, task_id = %entry.plan.task(index).id, attempt, "sensor rescheduled");
+        debug!(%run_id, task_id = %entry.task(index).id, attempt, "sensor rescheduled");
         self.touch(run_id);
     }
 
@@ -119,23 +119,17 @@ impl Scheduler {
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
-        let soft_fail = sensor_of(&entry.plan.task(index).kind).is_some_and(|s| s.soft_fail);
-        let task_id = entry.plan.task(index).id.clone();
+        let soft_fail = sensor_of(&entry.task(index).kind).is_some_and(|s| s.soft_fail);
+        let task_id = entry.task_id(index);
         if soft_fail {
             entry.set_state(index, TaskState::Skipped);
             info!(%run_id, %task_id, "sensor timed out; skipped (soft_fail)");
-            let downstream = entry.plan.downstream[index as usize].clone();
-            for down in downstream {
-                self.block_downstream(run_id, down, TaskState::Skipped);
-            }
         } else {
             entry.set_state(index, TaskState::Failed);
             info!(%run_id, %task_id, "sensor timed out; failed");
-            self.propagate_failure(run_id, index);
         }
         self.touch(run_id);
-        self.on_task_ended(run_id);
-        self.check_run_done(run_id);
+        self.task_ended(run_id, index);
     }
 
     /// A controller-evaluated sensor became ready: its attempt starts now,
@@ -152,7 +146,7 @@ impl Scheduler {
         let slot = entry.slot_mut(index);
         let attempt = slot.begin_attempt(AttemptId::generate(), None, now);
         slot.started_at = now;
-        debug!(%run_id, task_id = %entry.plan.task(index).id, attempt, "sensor started on the controller");
+        debug!(%run_id, task_id = %entry.task(index).id, attempt, "sensor started on the controller");
         self.touch(run_id);
         self.wall_timers
             .insert(WallTimer::Sensor(run_id, index, attempt), deadline);
@@ -194,7 +188,7 @@ impl Scheduler {
         }
         let now = self.parts.config.clock.now_micros();
         let entry = &self.runs[&run_id];
-        let Some(sensor) = sensor_of(&entry.plan.task(index).kind) else {
+        let Some(sensor) = sensor_of(&entry.task(index).kind) else {
             return;
         };
         let deadline = entry.slot(index).sensor_deadline;
@@ -294,7 +288,7 @@ impl Scheduler {
     fn time_sensor_target(&self, run_id: RunId, index: TaskIndex) -> Micros {
         let entry = &self.runs[&run_id];
         let end = entry.origin.data_interval_end;
-        match sensor_of(&entry.plan.task(index).kind).map(|sensor| &sensor.condition) {
+        match sensor_of(&entry.task(index).kind).map(|sensor| &sensor.condition) {
             Some(SensorCondition::Delta { after }) => end.saturating_add(micros_of(*after)),
             Some(SensorCondition::Time { at }) => {
                 let timezone = entry.plan.settings.timezone;
@@ -396,7 +390,7 @@ impl Scheduler {
             let attempt = entry.slot(index).attempt;
             self.wall_timers
                 .remove(&WallTimer::Sensor(entry.run_id, index, attempt));
-            let watched = match sensor_of(&entry.plan.task(index).kind).map(|s| &s.condition) {
+            let watched = match sensor_of(&entry.task(index).kind).map(|s| &s.condition) {
                 Some(SensorCondition::ExternalTask { dag_id, delta, .. }) => (
                     dag_id.clone(),
                     entry.origin.logical_date.saturating_sub(micros_of(*delta)),

@@ -280,7 +280,11 @@ impl Scheduler {
         let Some(entry) = self.runs.get(&run_id) else {
             return;
         };
-        let task = entry.plan.task(index);
+        // A mapped task updates its assets once, when it succeeds as a whole.
+        if entry.instance(index).is_some() {
+            return;
+        }
+        let task = entry.task(index);
         if task.outputs.is_empty() {
             return;
         }
