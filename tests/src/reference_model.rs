@@ -9,10 +9,12 @@
 //! (`s` succeeded, `f` failed or upstream_failed, `k` skipped, `d = s + f +
 //! k`, `n` upstream in all), are [`decide`]: one `match` that is the table
 //! of the DAG reference, row by row. A rule decides "as soon as" its
-//! condition holds on the upstream that ended so far, so for a few rules the
-//! decision depends on the order in which upstream tasks end: `all_success`
-//! with one failed and one skipped upstream becomes `upstream_failed` if the
-//! failure comes first and `skipped` otherwise. [`possible_decisions`]
+//! condition holds on the upstream that ended so far. The rules alone never
+//! depend on the order in which upstream tasks end (`all_success` is
+//! skipped only once every upstream ended, so a failure after a skip still
+//! makes it `upstream_failed`), but a branch can: a `one_success` task below
+//! a branch and another task runs if the other task succeeds before the
+//! branch ends without choosing it, and is skipped otherwise. [`possible_decisions`]
 //! therefore tries every order (over counts, not permutations, so it stays
 //! polynomial) and returns each decision some order leads to; where there
 //! are several, [`evaluate_with`] lets the caller say which one happened
@@ -186,7 +188,7 @@ pub fn decide(rule: TriggerRule, counts: &Counts) -> Option<Decision> {
     match rule {
         TriggerRule::AllSuccess if s == n => Some(Run),
         TriggerRule::AllSuccess if f > 0 => Some(UpstreamFailed),
-        TriggerRule::AllSuccess if k > 0 => Some(Skip),
+        TriggerRule::AllSuccess if all_done && k > 0 => Some(Skip),
         TriggerRule::AllFailed if f == n => Some(Run),
         TriggerRule::AllFailed if s + k > 0 => Some(Skip),
         TriggerRule::AllDone if all_done => Some(Run),
@@ -470,8 +472,13 @@ mod tests {
         );
         assert_eq!(
             decide(AllSuccess, &c(3, 0, 0, 1)),
+            None,
+            "a skip waits: a later failure decides"
+        );
+        assert_eq!(
+            decide(AllSuccess, &c(3, 2, 0, 1)),
             Some(Skip),
-            "as soon as k > 0"
+            "once every upstream ended"
         );
         assert_eq!(decide(AllSuccess, &c(3, 1, 1, 1)), Some(UpstreamFailed));
     }
@@ -677,8 +684,11 @@ mod tests {
     #[test]
     fn the_order_of_ends_matters_only_where_two_outcomes_race() {
         use UpstreamEnd::*;
-        let both = BTreeSet::from([Skip, UpstreamFailed]);
-        assert_eq!(possible_decisions(AllSuccess, &[Failed, Skipped]), both);
+        // all_success waits for every upstream before it skips.
+        assert_eq!(
+            possible_decisions(AllSuccess, &[Failed, Skipped]),
+            BTreeSet::from([UpstreamFailed])
+        );
         assert_eq!(
             possible_decisions(AllSuccess, &[Succeeded, Skipped]),
             BTreeSet::from([Skip])
@@ -896,29 +906,31 @@ mod tests {
 
     #[test]
     fn a_racing_task_takes_the_state_the_caller_saw() {
+        // `join` is below a failing task and a branch that does not
+        // choose it: upstream_failed if the failure comes first, skipped
+        // if the branch does.
         let model = dag(
             &[
                 ("bad", &[], AllSuccess, BAD),
                 ("pick", &[], AllSuccess, OK),
                 ("chosen", &["pick"], AllSuccess, OK),
-                ("other", &["pick"], AllSuccess, OK),
-                ("join", &["bad", "other"], AllSuccess, OK),
+                ("join", &["bad", "pick"], AllSuccess, OK),
                 ("after", &["join"], AllSkipped, OK),
             ],
             &[("pick", &["chosen"])],
         );
         let first = evaluate(&model);
-        assert_eq!(first.possible[4], [S::UpstreamFailed, S::Skipped]);
-        assert_eq!(first.states[4], S::UpstreamFailed);
-        assert_eq!(first.states[5], S::Skipped);
+        assert_eq!(first.possible[3], [S::UpstreamFailed, S::Skipped]);
+        assert_eq!(first.states[3], S::UpstreamFailed);
+        assert_eq!(first.states[4], S::Skipped);
         assert_eq!(first.outcome, RunOutcome::Success);
         let skipped = evaluate_with(&model, |index, possible| {
-            assert_eq!(index, 4);
+            assert_eq!(index, 3);
             assert_eq!(possible, [S::UpstreamFailed, S::Skipped]);
             S::Skipped
         });
-        assert_eq!(skipped.states[4], S::Skipped);
-        assert_eq!(skipped.states[5], S::Success, "all_skipped now runs");
+        assert_eq!(skipped.states[3], S::Skipped);
+        assert_eq!(skipped.states[4], S::Success, "all_skipped now runs");
     }
 
     #[test]

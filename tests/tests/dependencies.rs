@@ -19,6 +19,12 @@
 //! - `RetryTask` with `include_upstream` on a finished run: exactly the
 //!   cleared tasks run again (one more attempt each, the others unchanged);
 //!   with `exclude_downstream` only the task itself.
+//! - One mapped instance (`check[1]`) marked SUCCESS: its task succeeds
+//!   and the fan-in that had upstream_failed runs; one instance cleared
+//!   with its downstream: it and the fan-in run again, the other instances
+//!   keep their one attempt; instances that do not exist are refused.
+//! - A mapped task whose upstream is cleared and then fails does not expand
+//!   again: its earlier instances end with it and the run ends.
 
 use std::time::Duration;
 
@@ -45,7 +51,8 @@ async fn run(api: &mut Api, dag_id: &str, params_json: &str, timeout: Duration) 
 }
 
 /// Asserts the run's state and each listed task's; tasks that ran have one
-/// attempt, the others none.
+/// attempt, the others none. An expanded `map_over` task runs no attempt of
+/// its own (its instances do), so it has none either.
 fn assert_states(view: &RunView, expected: &[(&str, TaskState)], run_state: RunState) {
     let mut problems = Vec::new();
     if view.state() != run_state {
@@ -62,7 +69,8 @@ fn assert_states(view: &RunView, expected: &[(&str, TaskState)], run_state: RunS
                 task_state(task)
             ));
         }
-        let attempts = u32::from(matches!(state, Success | Failed));
+        let ran = matches!(state, Success | Failed) && task.map_length.is_none();
+        let attempts = u32::from(ran);
         if task.attempt != attempts {
             problems.push(format!(
                 "{task_id}: attempt {}, expected {attempts}",
@@ -336,26 +344,7 @@ async fn map_over_runs_one_instance_per_item_and_the_fan_in_sums_their_outputs()
 #[tokio::test]
 async fn a_failed_instance_fails_the_mapped_task_for_its_downstream() {
     let (_sandbox, _dev, mut api) = start("map-failure").await;
-    api.register(
-        r#"
-id: map-failure
-tasks:
-  - id: list
-    command: 'echo "[1, 2, 3]" > "$BATON_OUTPUT"'
-  - id: check
-    depends_on: list
-    map_over: "tasks.list.output"
-    command: "test {{ item }} -ne 2 && test {{ map_index }} -ne 1"
-  - id: total
-    depends_on: check
-    command: exit 0
-  - id: on_failure
-    trigger_rule: one_failed
-    depends_on: check
-    command: exit 0
-"#,
-    )
-    .await;
+    api.register(MAP_FAILURE).await;
     let view = run(&mut api, "map-failure", "", RUN_TIMEOUT).await;
     assert_states(
         &view,
@@ -372,6 +361,184 @@ tasks:
     );
     assert_eq!(view.task("check").map_length, Some(3));
     assert_eq!(view.task("check[1]").map_index, Some(1));
+}
+
+const MAP_FAILURE: &str = r#"
+id: map-failure
+tasks:
+  - id: list
+    command: 'echo "[1, 2, 3]" > "$BATON_OUTPUT"'
+  - id: check
+    depends_on: list
+    map_over: "tasks.list.output"
+    # Each instance sees its index, and its task's id, in the environment.
+    command: 'test "$BATON_MAP_INDEX" = {{ map_index }} && test "$BATON_TASK_ID" = check && test {{ item }} -ne 2'
+  - id: total
+    depends_on: check
+    command: exit 0
+  - id: on_failure
+    trigger_rule: one_failed
+    depends_on: check
+    command: exit 0
+"#;
+
+#[tokio::test]
+async fn one_mapped_instance_is_marked_and_cleared_on_its_own() {
+    let (_sandbox, _dev, mut api) = start("map-instance").await;
+    api.register(MAP_FAILURE).await;
+    let failed = run(&mut api, "map-failure", "", RUN_TIMEOUT).await;
+    assert_eq!(failed.state(), RunState::Failed, "{}", failed.describe());
+    let run_id = failed.run.run_id.clone();
+
+    // Instances the run does not have are refused, naming why; nothing
+    // changes.
+    for (task_id, reason) in [
+        ("check[3]", "has 3 instances"),
+        ("list[0]", "has no map_over"),
+        ("nope[0]", "has no task `nope`"),
+    ] {
+        let status = api
+            .try_mark_task(&run_id, task_id, Success, "")
+            .await
+            .expect_err(task_id);
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{task_id}: {status:?}"
+        );
+        assert!(status.message().contains(reason), "{task_id}: {status:?}");
+    }
+    assert_eq!(api.get_run(&run_id).await.state(), RunState::Failed);
+
+    // The failed instance marked success: its task succeeds, the fan-in
+    // that could not run runs; the one_failed task that ran keeps its run.
+    let marked = api
+        .mark_task(&run_id, "check[1]", Success, "checked by hand")
+        .await;
+    assert_eq!(
+        marked.task.map(|task| task.task_id),
+        Some("check[1]".into())
+    );
+    let view = api.wait_for_settled_run(&run_id, RUN_TIMEOUT).await;
+    assert_states(
+        &view,
+        &[
+            ("list", Success),
+            ("check", Success),
+            ("check[0]", Success),
+            ("check[2]", Success),
+            ("total", Success),
+            ("on_failure", Success),
+        ],
+        RunState::Success,
+    );
+    assert_eq!(view.task_state("check[1]"), Success);
+    assert_eq!(api.attempts(&run_id, "check[1]").await.len(), 1);
+    assert_eq!(
+        view.task("on_failure").attempt_id,
+        failed.task("on_failure").attempt_id
+    );
+
+    // One instance cleared with the downstream of its task: it and the
+    // fan-in run again; its siblings and the one_failed task do not.
+    let response = api
+        .retry_task(RetryTaskRequest {
+            run_id: run_id.clone(),
+            task_id: "check[2]".to_string(),
+            exclude_downstream: false,
+            include_upstream: false,
+        })
+        .await;
+    assert_eq!(
+        response.cleared_task_ids,
+        ["check[2]", "total", "on_failure"]
+    );
+    let view = api.wait_for_settled_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(view.state(), RunState::Success, "{}", view.describe());
+    for (task_id, attempts) in [
+        ("check[0]", 1),
+        ("check[1]", 1),
+        ("check[2]", 2),
+        ("total", 2),
+    ] {
+        assert_eq!(
+            view.task(task_id).attempt,
+            attempts,
+            "{task_id}\n{}",
+            view.describe()
+        );
+    }
+    // on_failure was cleared and, nothing failing now, is skipped.
+    assert_eq!(
+        view.task_state("on_failure"),
+        Skipped,
+        "{}",
+        view.describe()
+    );
+    assert_eq!(view.task_state("check"), Success);
+    assert!(
+        micros(view.task("total").started_at.as_ref())
+            >= micros(view.task("check[2]").ended_at.as_ref()),
+        "the fan-in ran again before the cleared instance ended\n{}",
+        view.describe()
+    );
+}
+
+#[tokio::test]
+async fn instances_of_a_task_that_does_not_expand_again_end_with_it() {
+    let (sandbox, _dev, mut api) = start("map-unexpanded").await;
+    // `list` succeeds the first time and fails once the marker exists.
+    let marker = sandbox.path().join("list-ran");
+    api.register(&format!(
+        r#"
+id: map-again
+tasks:
+  - id: list
+    command: 'test ! -e "{marker}" && touch "{marker}" && echo "[1, 2]" > "$BATON_OUTPUT"'
+  - id: each
+    depends_on: list
+    map_over: "tasks.list.output"
+    command: exit 0
+  - id: after
+    depends_on: each
+    command: exit 0
+"#,
+        marker = marker.display()
+    ))
+    .await;
+    let done = run(&mut api, "map-again", "", RUN_TIMEOUT).await;
+    assert_eq!(done.state(), RunState::Success, "{}", done.describe());
+    let run_id = done.run.run_id.clone();
+
+    let response = api
+        .retry_task(RetryTaskRequest {
+            run_id: run_id.clone(),
+            task_id: "list".to_string(),
+            exclude_downstream: false,
+            include_upstream: false,
+        })
+        .await;
+    assert_eq!(response.cleared_task_ids, ["list", "each", "after"]);
+    // Before, the earlier instances waited for an expansion that never
+    // came, and the run never ended.
+    let view = api.wait_for_settled_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(view.state(), RunState::Failed, "{}", view.describe());
+    for (task_id, state) in [
+        ("list", Failed),
+        ("each", UpstreamFailed),
+        ("each[0]", UpstreamFailed),
+        ("each[1]", UpstreamFailed),
+        ("after", UpstreamFailed),
+    ] {
+        assert_eq!(
+            view.task_state(task_id),
+            state,
+            "{task_id}\n{}",
+            view.describe()
+        );
+    }
+    // Their first attempts stay in their history.
+    assert_eq!(api.attempts(&run_id, "each[1]").await.len(), 1);
 }
 
 const MARK: &str = "
@@ -461,7 +628,9 @@ tasks:
         .try_mark_task(&run_id, "nope", Failed, "")
         .await
         .expect_err("no such task");
-    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    // As RetryTask: the request names a task the run's DAG does not have.
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("task_id"), "{status:?}");
     assert!(status.message().contains("nope"), "{status:?}");
     let unchanged = api.get_run(&run_id).await;
     assert_eq!(unchanged.state(), RunState::Success);
