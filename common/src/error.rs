@@ -5,6 +5,12 @@
 //! failure always reaches clients with the same gRPC code. Invalid input
 //! carries one field violation per problem (field path and reason), both in
 //! the status message and as a `google.rpc.BadRequest` detail.
+//!
+//! Both travel in HTTP/2 headers, which clients cap (16 KiB by default in
+//! hyper), so a document with hundreds of problems would otherwise reach
+//! the client as a protocol error instead of the list: the status lists
+//! the problems that fit in [`MAX_LISTED_BYTES`] and says how many more
+//! there are.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -115,8 +121,71 @@ fn join_violations(violations: &[FieldViolation]) -> String {
     lines.join("\n")
 }
 
+/// Most bytes of problems listed in the status message. The details carry
+/// the message again with the violations, so the headers hold about three
+/// times this, base64 included: well under the 16 KiB a client accepts.
+pub const MAX_LISTED_BYTES: usize = 2 * 1024;
+
+/// Most bytes of one violation's field path and of its reason; longer ones
+/// (quoting a huge input) are cut with `…`.
+const MAX_FIELD_BYTES: usize = 256;
+const MAX_REASON_BYTES: usize = 1024;
+
+/// The violations that fit in [`MAX_LISTED_BYTES`] (at least one) and the
+/// last one, with a violation without a field between them saying how many
+/// are not listed. The last is kept because a validator that lists only so
+/// many problems ends with its count of the others.
+fn listed_violations(mut violations: Vec<FieldViolation>) -> Vec<FieldViolation> {
+    let Some(last) = violations.last() else {
+        return violations;
+    };
+    let total = violations.len();
+    let mut bytes = entry_bytes(last);
+    let fitting = violations
+        .iter()
+        .position(|violation| {
+            bytes += entry_bytes(violation);
+            bytes > MAX_LISTED_BYTES
+        })
+        .unwrap_or(total)
+        .max(1);
+    if fitting + 1 < total {
+        let last = violations.pop();
+        violations.truncate(fitting);
+        violations.push(FieldViolation::new(
+            "",
+            format!("… and {} more problems not listed", total - fitting - 1),
+        ));
+        violations.extend(last);
+    }
+    for violation in &mut violations {
+        cut(&mut violation.field, MAX_FIELD_BYTES);
+        cut(&mut violation.reason, MAX_REASON_BYTES);
+    }
+    violations
+}
+
+/// The bytes a violation takes in the message and in a BadRequest entry.
+fn entry_bytes(violation: &FieldViolation) -> usize {
+    violation.field.len().min(MAX_FIELD_BYTES) + violation.reason.len().min(MAX_REASON_BYTES) + 8
+}
+
+fn cut(text: &mut String, max_bytes: usize) {
+    if text.len() > max_bytes {
+        let end = text.floor_char_boundary(max_bytes - '…'.len_utf8());
+        text.truncate(end);
+        text.push('…');
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
+        let error = match error {
+            ApiError::InvalidArgument(violations) => {
+                ApiError::InvalidArgument(listed_violations(violations))
+            }
+            other => other,
+        };
         let message = error.to_string();
         match error {
             ApiError::InvalidArgument(violations) => {
@@ -148,6 +217,63 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hundreds_of_violations_are_listed_within_the_header_budget() {
+        let violations: Vec<FieldViolation> = (0..1000)
+            .map(|n| {
+                FieldViolation::new(
+                    format!("spec.tasks[{n}].depends_on[0]"),
+                    format!("unknown task `missing-{n}`"),
+                )
+            })
+            .collect();
+        let status = Status::from(ApiError::InvalidArgument(violations));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().len() <= MAX_LISTED_BYTES + 200);
+        assert!(
+            status.message().starts_with(
+                "spec.tasks[0].depends_on[0]: unknown task `missing-0`\nspec.tasks[1]"
+            ),
+            "{}",
+            status.message()
+        );
+        // The first that fit, a count of the others, and the last.
+        let lines: Vec<&str> = status.message().lines().collect();
+        let listed = lines.len() - 2;
+        assert_eq!(
+            lines[listed],
+            format!("… and {} more problems not listed", 1000 - listed - 1)
+        );
+        assert_eq!(
+            lines[listed + 1],
+            "spec.tasks[999].depends_on[0]: unknown task `missing-999`"
+        );
+        let details = status
+            .get_details_bad_request()
+            .expect("bad request details");
+        let listed = details.field_violations.len();
+        assert!((20..1000).contains(&listed), "{listed} listed");
+        assert_eq!(details.field_violations[listed - 2].field, "");
+        assert!(
+            status.details().len() <= 2 * MAX_LISTED_BYTES + 512,
+            "{}",
+            status.details().len()
+        );
+    }
+
+    #[test]
+    fn one_huge_violation_is_still_listed() {
+        let status = Status::from(ApiError::invalid("spec", "x".repeat(10_000)));
+        assert_eq!(
+            status.message(),
+            format!("spec: {}…", "x".repeat(MAX_REASON_BYTES - 3))
+        );
+        let details = status
+            .get_details_bad_request()
+            .expect("bad request details");
+        assert_eq!(details.field_violations.len(), 1);
+    }
 
     #[test]
     fn invalid_argument_keeps_every_violation() {

@@ -3,8 +3,10 @@
 //! more tasks or bytes than the controller's configured limits) is refused
 //! by RegisterDag with INVALID_ARGUMENT naming the field and the problem,
 //! nothing is stored, and `baton dag validate` refuses the same file offline
-//! with the same text. TriggerRun refuses parameters that are not a JSON
-//! object, naming `params_json`, and creates no run.
+//! with the same text. A document with hundreds of problems gets the first
+//! ones listed and a count of the rest, not a transport error. TriggerRun
+//! refuses parameters that are not a JSON object, naming `params_json`, and
+//! creates no run.
 
 use std::time::Duration;
 
@@ -191,6 +193,52 @@ async fn invalid_dags_are_refused_with_the_problem_named_and_nothing_stored() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test]
+async fn hundreds_of_problems_are_listed_as_far_as_they_fit_and_counted() {
+    let mut sandbox = Sandbox::new("many-problems");
+    let _controller = sandbox.start_controller(&[]).await;
+    let mut api = sandbox.api().await;
+    let tasks: String = (0..400)
+        .map(|n| format!("  - id: t{n}\n    kind: noop\n    depends_on: [missing-{n}]\n"))
+        .collect();
+    let spec = format!("id: many\ntasks:\n{tasks}");
+
+    let status = api
+        .try_register(&spec)
+        .await
+        .expect_err("400 unknown dependencies");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let message = status.message();
+    assert!(
+        message.starts_with("spec.tasks[0].depends_on[0]: unknown task `missing-0`"),
+        "{message}"
+    );
+    // The validator lists 100 problems and counts the other 300; the
+    // status lists those that fit, counts the rest, and keeps that count.
+    let lines: Vec<&str> = message.lines().collect();
+    let listed = lines.len() - 2;
+    assert!(listed >= 20, "{listed} problems listed: {message}");
+    assert_eq!(
+        lines[listed],
+        format!("… and {} more problems not listed", 100 - listed),
+        "{message}"
+    );
+    assert_eq!(
+        lines[listed + 1],
+        "spec: 300 more problems not listed; fix the ones above and validate again",
+        "{message}"
+    );
+    let dags = api
+        .client
+        .dags
+        .list_dags(ListDagsRequest::default())
+        .await
+        .expect("ListDags")
+        .into_inner()
+        .dags;
+    assert!(dags.is_empty(), "nothing is stored: {dags:?}");
 }
 
 #[tokio::test]
