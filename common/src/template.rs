@@ -151,24 +151,8 @@ pub fn check(source: &str) -> Result<TemplateRefs, String> {
         .into_iter()
         .filter(|name| !GLOBALS.contains(name.as_str()))
         .collect();
-    let mut refs = TemplateRefs::default();
     // A template that assigns `tasks` or `params` itself reads its own.
-    let scan = scan_references(source);
-    if variables.contains("tasks") {
-        for key in scan.tasks {
-            match key {
-                Some(task) => {
-                    refs.task_outputs.insert(task);
-                }
-                None => refs.reads_any_task = true,
-            }
-        }
-    }
-    if variables.contains("params") {
-        refs.params = scan.params.into_iter().flatten().collect();
-    }
-    refs.variables = variables;
-    Ok(refs)
+    Ok(TemplateRefs::read(variables, scan_references(source)))
 }
 
 /// Syntax check and what an expression (`run_if`, `map_over`) reads, for
@@ -184,24 +168,33 @@ pub fn check_expression(source: &str) -> Result<TemplateRefs, String> {
         .into_iter()
         .filter(|name| !GLOBALS.contains(name.as_str()))
         .collect();
-    let mut refs = TemplateRefs::default();
     let mut scan = ScannedReferences::default();
     scan_expression(source, 0, None, &mut scan);
-    if variables.contains("tasks") {
-        for key in scan.tasks {
-            match key {
-                Some(task) => {
-                    refs.task_outputs.insert(task);
+    Ok(TemplateRefs::read(variables, scan))
+}
+
+impl TemplateRefs {
+    /// What a template or expression reads, from its undeclared variables
+    /// and the `tasks.<id>` and `params.<name>` keys found in its source:
+    /// the keys count only where the name is not assigned in the source.
+    fn read(variables: BTreeSet<String>, scan: ScannedReferences) -> Self {
+        let mut refs = TemplateRefs::default();
+        if variables.contains("tasks") {
+            for key in scan.tasks {
+                match key {
+                    Some(task) => {
+                        refs.task_outputs.insert(task);
+                    }
+                    None => refs.reads_any_task = true,
                 }
-                None => refs.reads_any_task = true,
             }
         }
+        if variables.contains("params") {
+            refs.params = scan.params.into_iter().flatten().collect();
+        }
+        refs.variables = variables;
+        refs
     }
-    if variables.contains("params") {
-        refs.params = scan.params.into_iter().flatten().collect();
-    }
-    refs.variables = variables;
-    Ok(refs)
 }
 
 /// Whether a value holds, by minijinja's rules (what `{% if %}` and `and`

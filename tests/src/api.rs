@@ -521,6 +521,61 @@ impl RunView {
         })
     }
 
+    /// Asserts the run's state and each listed task's, reporting every
+    /// difference at once. A task that ran (SUCCESS, FAILED) has one
+    /// attempt and the others none; an expanded `map_over` task runs no
+    /// attempt of its own (its instances do). With `complete`, a task of
+    /// the run that is not listed is a difference too.
+    pub fn assert_states(
+        &self,
+        expected: &[(&str, TaskState)],
+        run_state: RunState,
+        complete: bool,
+    ) {
+        let mut problems = Vec::new();
+        if self.state() != run_state {
+            problems.push(format!("run: {:?}, expected {run_state:?}", self.state()));
+        }
+        for (task_id, state) in expected {
+            let Some(task) = self.tasks.iter().find(|task| task.task_id == *task_id) else {
+                problems.push(format!("{task_id}: missing from GetRun"));
+                continue;
+            };
+            let actual = task_state(task);
+            if actual != *state {
+                problems.push(format!("{task_id}: {actual:?}, expected {state:?}"));
+            }
+            let ran = matches!(state, TaskState::Success | TaskState::Failed)
+                && task.map_length.is_none();
+            let expected_attempts = u32::from(ran);
+            if task.attempt != expected_attempts {
+                problems.push(format!(
+                    "{task_id}: attempt {}, expected {expected_attempts} ({})",
+                    task.attempt,
+                    if ran {
+                        "it ran once"
+                    } else {
+                        "it must not run"
+                    }
+                ));
+            }
+        }
+        if complete {
+            for task in &self.tasks {
+                if !expected.iter().any(|(task_id, _)| *task_id == task.task_id) {
+                    problems.push(format!("{}: not expected in the run", task.task_id));
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "{} differences:\n{}\n{}",
+            problems.len(),
+            problems.join("\n"),
+            self.describe()
+        );
+    }
+
     /// Run state and one line per task, for failure messages.
     pub fn describe(&self) -> String {
         let mut lines = vec![format!(

@@ -50,40 +50,9 @@ async fn run(api: &mut Api, dag_id: &str, params_json: &str, timeout: Duration) 
     api.wait_for_settled_run(&run.run_id, timeout).await
 }
 
-/// Asserts the run's state and each listed task's; tasks that ran have one
-/// attempt, the others none. An expanded `map_over` task runs no attempt of
-/// its own (its instances do), so it has none either.
+/// Asserts the run's state and each listed task's.
 fn assert_states(view: &RunView, expected: &[(&str, TaskState)], run_state: RunState) {
-    let mut problems = Vec::new();
-    if view.state() != run_state {
-        problems.push(format!("run: {:?}, expected {run_state:?}", view.state()));
-    }
-    for (task_id, state) in expected {
-        let Some(task) = view.tasks.iter().find(|task| task.task_id == *task_id) else {
-            problems.push(format!("{task_id}: missing from GetRun"));
-            continue;
-        };
-        if task_state(task) != *state {
-            problems.push(format!(
-                "{task_id}: {:?}, expected {state:?}",
-                task_state(task)
-            ));
-        }
-        let ran = matches!(state, Success | Failed) && task.map_length.is_none();
-        let attempts = u32::from(ran);
-        if task.attempt != attempts {
-            problems.push(format!(
-                "{task_id}: attempt {}, expected {attempts}",
-                task.attempt
-            ));
-        }
-    }
-    assert!(
-        problems.is_empty(),
-        "{}\n{}",
-        problems.join("\n"),
-        view.describe()
-    );
+    view.assert_states(expected, run_state, false);
 }
 
 const BRANCH: &str = r#"

@@ -1438,15 +1438,7 @@ impl Scheduler {
             if baton_common::states::task_state_is_final(state) {
                 continue;
             }
-            if is_open(state) {
-                self.end_attempt_by_controller(
-                    run_id,
-                    index,
-                    AttemptOutcome::Cancelled,
-                    &reason,
-                    true,
-                );
-            }
+            self.cancel_open_attempt(run_id, index, &reason);
             let entry = self.runs.get_mut(&run_id).expect("checked above");
             entry.set_state(index, TaskState::Cancelled);
             let slot = entry.slot_mut(index);
@@ -1589,15 +1581,7 @@ impl Scheduler {
             .flat_map(|group| group.first..group.first + group.len)
             .collect();
         for &index in cleared.iter().chain(&instances) {
-            if is_open(self.runs[&run_id].slot(index).state) {
-                self.end_attempt_by_controller(
-                    run_id,
-                    index,
-                    AttemptOutcome::Cancelled,
-                    "task cleared by user",
-                    true,
-                );
-            }
+            self.cancel_open_attempt(run_id, index, "task cleared by user");
         }
         for &index in &cleared {
             self.map_items.remove(&(run_id, index));
@@ -1906,6 +1890,18 @@ impl Scheduler {
     /// decision (cancel, clear, worker lost): records the attempt and, when
     /// `tell_worker`, asks the worker to kill it. The task's state is left to
     /// the caller.
+    /// Cancels the task's attempt if one is leased or running (the task is
+    /// being cancelled, cleared or marked); its worker is told to stop.
+    pub(super) fn cancel_open_attempt(&mut self, run_id: RunId, index: TaskIndex, reason: &str) {
+        if self
+            .runs
+            .get(&run_id)
+            .is_some_and(|entry| is_open(entry.slot(index).state))
+        {
+            self.end_attempt_by_controller(run_id, index, AttemptOutcome::Cancelled, reason, true);
+        }
+    }
+
     fn end_attempt_by_controller(
         &mut self,
         run_id: RunId,

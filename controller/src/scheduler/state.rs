@@ -493,19 +493,7 @@ impl RunEntry {
             debug_assert!(false, "refused task transition {from:?} -> {to:?}");
             return false;
         }
-        if from == to {
-            return true;
-        }
-        self.counts[from as usize] -= 1;
-        self.counts[to as usize] += 1;
-        match (task_state_is_final(from), task_state_is_final(to)) {
-            (false, true) => self.unfinished -= 1,
-            (true, false) => self.unfinished += 1,
-            _ => {}
-        }
-        self.tasks[index as usize].state = to;
-        self.mark_dirty(index);
-        self.dirty = true;
+        self.move_state(index, from, to);
         true
     }
 
@@ -516,8 +504,15 @@ impl RunEntry {
         if !task_mark_allowed(from, to) {
             return false;
         }
+        self.move_state(index, from, to);
+        true
+    }
+
+    /// Moves a task from `from` to `to`, keeping the counts and the dirty
+    /// lists in step; the caller checked the transition.
+    fn move_state(&mut self, index: TaskIndex, from: TaskState, to: TaskState) {
         if from == to {
-            return true;
+            return;
         }
         self.counts[from as usize] -= 1;
         self.counts[to as usize] += 1;
@@ -529,7 +524,6 @@ impl RunEntry {
         self.tasks[index as usize].state = to;
         self.mark_dirty(index);
         self.dirty = true;
-        true
     }
 
     /// Recounts a task's upstream from their current states (after states

@@ -12,12 +12,10 @@ use std::collections::BTreeMap;
 use baton_common::ids::{AttemptId, RunId};
 use baton_common::pb::api::{self, AttemptOutcome, TaskState};
 use baton_common::spec::{SensorCondition, SensorMode, TaskKind};
-use baton_common::template::TemplateContext;
 use baton_common::time::{Micros, duration_to_proto, micros_to_timestamp_opt, now_micros};
 use tracing::info;
 
 use super::Scheduler;
-use super::schedules::to_datetime;
 use crate::plan::{TaskIndex, templated_fields};
 
 impl Scheduler {
@@ -122,33 +120,14 @@ impl Scheduler {
             Some(instance) => Some(self.map_items(run_id, instance.parent)?),
             None => None,
         };
-        let entry = &self.runs[&run_id];
-        let plan = &entry.plan;
-        let task = plan.task(plan_index);
-        let params = match serde_json::from_str::<serde_json::Value>(&entry.params_json) {
-            Ok(serde_json::Value::Object(params)) => params,
-            _ => serde_json::Map::new(),
-        };
-        let task_outputs = self.upstream_outputs(run_id, &plan.template_reads[plan_index as usize]);
         let item = match (instance, &items) {
             (Some(instance), Some(items)) => items.get(instance.map_index as usize),
             _ => None,
         };
-        let run_id_text = run_id.to_string();
-        let context = TemplateContext {
-            dag_id: entry.dag_id.as_str(),
-            run_id: &run_id_text,
-            task_id: task.id.as_str(),
-            attempt,
-            logical_date: to_datetime(entry.origin.logical_date),
-            data_interval_start: to_datetime(entry.origin.data_interval_start),
-            data_interval_end: to_datetime(entry.origin.data_interval_end),
-            timezone: plan.settings.timezone,
-            params: &params,
-            task_outputs: &task_outputs,
-            item,
-            map_index: instance.map(|instance| instance.map_index),
-        };
+        let inputs = self.template_inputs(run_id, plan_index);
+        let entry = &self.runs[&run_id];
+        let task = entry.plan.task(plan_index);
+        let context = inputs.context(entry, index, attempt, item);
         let mut rendered = BTreeMap::new();
         for (path, source) in templated_fields(task) {
             if !baton_common::template::is_templated(source) {

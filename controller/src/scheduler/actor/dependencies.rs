@@ -47,13 +47,7 @@ impl Scheduler {
                 continue;
             }
             let plan = entry.plan.clone();
-            if entry
-                .mapped
-                .get(&index)
-                .is_some_and(|group| group.unfinished > 0)
-            {
-                self.settle_unexpanded(run_id, index);
-            }
+            self.settle_unexpanded(run_id, index);
             let Some(entry) = self.runs.get_mut(&run_id) else {
                 return;
             };

@@ -20,16 +20,16 @@ use std::sync::Arc;
 
 use baton_common::error::ApiError;
 use baton_common::ids::RunId;
-use baton_common::pb::api::{AttemptOutcome, TaskState};
+use baton_common::pb::api::TaskState;
 use baton_common::states::{task_state_is_final, task_state_name};
 use baton_common::template::TemplateContext;
 use baton_common::time::now_micros;
 use tracing::info;
 
+use super::Scheduler;
 use super::schedules::to_datetime;
-use super::{Scheduler, is_open};
 use crate::plan::TaskIndex;
-use crate::scheduler::state::{Ended, Instance};
+use crate::scheduler::state::{Ended, Instance, RunEntry};
 
 impl Scheduler {
     /// Evaluates a task's expression (`field` is `run_if` or `map_over`)
@@ -41,31 +41,29 @@ impl Scheduler {
         field: &str,
         expression: &str,
     ) -> Result<serde_json::Value, String> {
+        let inputs = self.template_inputs(run_id, index);
         let entry = &self.runs[&run_id];
-        let plan = &entry.plan;
+        let attempt = entry.slot(index).attempt + 1;
+        let context = inputs.context(entry, index, attempt, None);
+        self.renderer
+            .evaluate(field, expression, &context)
+            .map_err(|error| error.message)
+    }
+
+    /// What a plan task's templates and expressions read that must first
+    /// be computed: the run's params and the outputs the task reads.
+    pub(super) fn template_inputs(&self, run_id: RunId, plan_index: TaskIndex) -> TemplateInputs {
+        let entry = &self.runs[&run_id];
         let params = match serde_json::from_str::<serde_json::Value>(&entry.params_json) {
             Ok(serde_json::Value::Object(params)) => params,
             _ => serde_json::Map::new(),
         };
-        let task_outputs = self.upstream_outputs(run_id, &plan.template_reads[index as usize]);
-        let run_id_text = run_id.to_string();
-        let context = TemplateContext {
-            dag_id: entry.dag_id.as_str(),
-            run_id: &run_id_text,
-            task_id: plan.task(index).id.as_str(),
-            attempt: entry.slot(index).attempt + 1,
-            logical_date: to_datetime(entry.origin.logical_date),
-            data_interval_start: to_datetime(entry.origin.data_interval_start),
-            data_interval_end: to_datetime(entry.origin.data_interval_end),
-            timezone: plan.settings.timezone,
-            params: &params,
-            task_outputs: &task_outputs,
-            item: None,
-            map_index: None,
-        };
-        self.renderer
-            .evaluate(field, expression, &context)
-            .map_err(|error| error.message)
+        TemplateInputs {
+            params,
+            task_outputs: self
+                .upstream_outputs(run_id, &entry.plan.template_reads[plan_index as usize]),
+            run_id: run_id.to_string(),
+        }
     }
 
     /// The outputs of the given plan tasks of a run, as templates read
@@ -234,14 +232,19 @@ impl Scheduler {
 }
 
 impl Scheduler {
-    /// A mapped task ended without expanding (again): skipped, upstream
-    /// failed, or its list could not be made. Instances left pending from
-    /// an earlier expansion end with it, so nothing waits for them.
+    /// A task ended: if it is a mapped task that ended without expanding
+    /// (again) (skipped, upstream failed, marked, or its list could not be
+    /// made), instances left pending from an earlier expansion end with
+    /// it, so nothing waits for them.
     pub(super) fn settle_unexpanded(&mut self, run_id: RunId, parent: TaskIndex) {
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
-        let Some(group) = entry.mapped.get(&parent) else {
+        let Some(group) = entry
+            .mapped
+            .get(&parent)
+            .filter(|group| group.unfinished > 0)
+        else {
             return;
         };
         let (first, len) = (group.first, group.len);
@@ -305,19 +308,7 @@ impl Scheduler {
         include_downstream: bool,
     ) -> Vec<String> {
         let parent = instance.parent;
-        if self
-            .runs
-            .get(&run_id)
-            .is_some_and(|entry| is_open(entry.slot(index).state))
-        {
-            self.end_attempt_by_controller(
-                run_id,
-                index,
-                AttemptOutcome::Cancelled,
-                "task cleared by user",
-                true,
-            );
-        }
+        self.cancel_open_attempt(run_id, index, "task cleared by user");
         self.reopen_run(run_id);
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return Vec::new();
@@ -380,15 +371,11 @@ impl Scheduler {
         if from == to {
             return;
         }
-        if is_open(from) {
-            self.end_attempt_by_controller(
-                run_id,
-                index,
-                AttemptOutcome::Cancelled,
-                &format!("marked {} by user", task_state_name(to)),
-                true,
-            );
-        }
+        self.cancel_open_attempt(
+            run_id,
+            index,
+            &format!("marked {} by user", task_state_name(to)),
+        );
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
@@ -425,6 +412,41 @@ impl Scheduler {
         }
         if outcome == TaskState::Success {
             self.record_task_outputs(run_id, parent);
+        }
+    }
+}
+
+/// The run's params and the upstream outputs a task reads, computed once
+/// for rendering its fields or evaluating an expression.
+pub(super) struct TemplateInputs {
+    params: serde_json::Map<String, serde_json::Value>,
+    task_outputs: BTreeMap<String, String>,
+    run_id: String,
+}
+
+impl TemplateInputs {
+    /// The context of slot `index` (a task or a mapped instance, whose
+    /// `item` is given) for its attempt `attempt`.
+    pub(super) fn context<'a>(
+        &'a self,
+        entry: &'a RunEntry,
+        index: TaskIndex,
+        attempt: u32,
+        item: Option<&'a serde_json::Value>,
+    ) -> TemplateContext<'a> {
+        TemplateContext {
+            dag_id: entry.dag_id.as_str(),
+            run_id: &self.run_id,
+            task_id: entry.task(index).id.as_str(),
+            attempt,
+            logical_date: to_datetime(entry.origin.logical_date),
+            data_interval_start: to_datetime(entry.origin.data_interval_start),
+            data_interval_end: to_datetime(entry.origin.data_interval_end),
+            timezone: entry.plan.settings.timezone,
+            params: &self.params,
+            task_outputs: &self.task_outputs,
+            item,
+            map_index: entry.instance(index).map(|instance| instance.map_index),
         }
     }
 }

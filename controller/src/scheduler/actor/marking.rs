@@ -10,14 +10,14 @@
 
 use baton_common::error::{ApiError, FieldViolation};
 use baton_common::ids::{RunId, TaskId};
-use baton_common::pb::api::{AttemptOutcome, RunState, TaskInstance, TaskState};
+use baton_common::pb::api::{RunState, TaskInstance, TaskState};
 use baton_common::pb::records::RunRecord;
 use baton_common::states::{run_state_is_final, task_state_is_final, task_state_name};
 use baton_common::time::now_micros;
 use tracing::info;
 
 use super::mapping::marked_error;
-use super::{Command, Scheduler, is_open};
+use super::{Command, Scheduler};
 use crate::plan::TaskIndex;
 use crate::scheduler::flush::Effect;
 use crate::scheduler::views::{run_record, task_record, task_view};
@@ -139,15 +139,11 @@ impl Scheduler {
             )));
         }
         if from != to {
-            if is_open(from) {
-                self.end_attempt_by_controller(
-                    run_id,
-                    index,
-                    AttemptOutcome::Cancelled,
-                    &format!("marked {} by user", task_state_name(to)),
-                    true,
-                );
-            }
+            self.cancel_open_attempt(
+                run_id,
+                index,
+                &format!("marked {} by user", task_state_name(to)),
+            );
             self.apply_mark(run_id, index, to, reason);
         }
         let entry = &self.runs[&run_id];
@@ -187,13 +183,7 @@ impl Scheduler {
         let slot = entry.slot_mut(index);
         slot.ended_at = now_micros();
         slot.error = marked_error(to, reason);
-        if entry
-            .mapped
-            .get(&index)
-            .is_some_and(|group| group.unfinished > 0)
-        {
-            self.settle_unexpanded(run_id, index);
-        }
+        self.settle_unexpanded(run_id, index);
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
