@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use baton_common::pb::api::{
-    Attempt, AttemptOutcome, Dag, Run, RunState, RunTrigger, SlaMiss, TaskInstance, TaskState,
-    TaskSummary,
+    Attempt, AttemptOutcome, Dag, EventCause, Run, RunEvent, RunState, RunTrigger, SlaMiss,
+    TaskInstance, TaskState, TaskSummary,
 };
-use baton_common::states::{outcome_name, run_state_name, task_state_is_final, task_state_name};
+use baton_common::states::{
+    event_cause_name, outcome_name, run_state_name, task_state_is_final, task_state_name,
+};
 use baton_common::time::{
     format_duration, format_micros, micros_to_datetime, timestamp_opt_to_micros,
 };
@@ -238,6 +240,50 @@ pub fn attempt_json(attempt: &Attempt) -> Value {
         "error": if attempt.error.is_empty() { Value::Null } else { Value::String(attempt.error.clone()) },
         "log_bytes": attempt.log_bytes,
     })
+}
+
+/// One history event: what changed (`run` or the task), from and to, why
+/// and by whom.
+pub fn run_event_json(event: &RunEvent) -> Value {
+    let (from, to) = event_states(event);
+    json!({
+        "at": time_json(event.at.as_ref()),
+        "task_id": text_or_null(&event.task_id),
+        "attempt": event.attempt,
+        "from": from,
+        "to": to,
+        "cause": event_cause_name(EventCause::try_from(event.cause).unwrap_or(EventCause::Unspecified)),
+        "actor": event.actor,
+        "detail": text_or_null(&event.detail),
+    })
+}
+
+/// An event's states as names: the task's, or the run's; `-` where none
+/// (the run's creation has no `from`, an SLA miss changes nothing).
+pub fn event_states(event: &RunEvent) -> (&'static str, &'static str) {
+    let task = |state: i32| TaskState::try_from(state).unwrap_or(TaskState::Unspecified);
+    let run = |state: i32| RunState::try_from(state).unwrap_or(RunState::Unspecified);
+    let name = |text: &'static str| if text == "unspecified" { "-" } else { text };
+    if event.task_from != 0 || event.task_to != 0 {
+        (
+            name(task_state_name(task(event.task_from))),
+            name(task_state_name(task(event.task_to))),
+        )
+    } else {
+        (
+            name(run_state_name(run(event.run_from))),
+            name(run_state_name(run(event.run_to))),
+        )
+    }
+}
+
+/// A timestamp with milliseconds, which order a run's events.
+pub fn event_time_text(timestamp: Option<&prost_types::Timestamp>) -> String {
+    let micros = timestamp_opt_to_micros(timestamp);
+    if micros == 0 {
+        return "-".into();
+    }
+    micros_to_datetime(micros).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 pub fn print_json(value: &Value) {

@@ -1,7 +1,7 @@
 //! Names of run and task states as users type and read them (`success`,
 //! `up_for_retry`), and which states are final.
 
-use crate::pb::api::{AttemptOutcome, RunState, TaskState};
+use crate::pb::api::{AttemptOutcome, EventCause, RunState, TaskState};
 
 pub fn run_state_name(state: RunState) -> &'static str {
     match state {
@@ -72,6 +72,22 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::Error => "error",
         AttemptOutcome::WorkerDrained => "worker_drained",
         AttemptOutcome::Rescheduled => "rescheduled",
+    }
+}
+
+pub fn event_cause_name(cause: EventCause) -> &'static str {
+    match cause {
+        EventCause::Unspecified => "-",
+        EventCause::Scheduler => "scheduler",
+        EventCause::User => "user",
+        EventCause::Worker => "worker",
+        EventCause::WorkerLost => "worker_lost",
+        EventCause::Timeout => "timeout",
+        EventCause::Retry => "retry",
+        EventCause::Sensor => "sensor",
+        EventCause::SlaMiss => "sla_miss",
+        EventCause::WorkerDrained => "worker_drained",
+        EventCause::Trigger => "trigger",
     }
 }
 

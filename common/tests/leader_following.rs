@@ -10,10 +10,11 @@ use std::time::Duration;
 use baton_common::client::{BatonClient, LEADER_METADATA_KEY, LeaderFollowingChannel, MAX_TRIES};
 use baton_common::pb::api::run_service_server::{RunService, RunServiceServer};
 use baton_common::pb::api::{
-    CancelRunRequest, CancelRunResponse, GetRunRequest, GetRunResponse, ListRunsRequest,
-    ListRunsResponse, ListTaskAttemptsRequest, ListTaskAttemptsResponse, ReadTaskLogRequest,
-    ReadTaskLogResponse, RetryTaskRequest, RetryTaskResponse, Run, TriggerRunRequest,
-    TriggerRunResponse, WatchRunRequest, WatchRunResponse,
+    CancelRunRequest, CancelRunResponse, GetRunEventsRequest, GetRunEventsResponse, GetRunRequest,
+    GetRunResponse, ListRunsRequest, ListRunsResponse, ListTaskAttemptsRequest,
+    ListTaskAttemptsResponse, ReadTaskLogRequest, ReadTaskLogResponse, RetryTaskRequest,
+    RetryTaskResponse, Run, TriggerRunRequest, TriggerRunResponse, WatchRunRequest,
+    WatchRunResponse,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -150,6 +151,13 @@ impl RunService for TestRuns {
         &self,
         _: Request<ListTaskAttemptsRequest>,
     ) -> Result<Response<ListTaskAttemptsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn get_run_events(
+        &self,
+        _: Request<GetRunEventsRequest>,
+    ) -> Result<Response<GetRunEventsResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
 }

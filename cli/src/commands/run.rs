@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use baton_common::client::BatonClient;
 use baton_common::pb::api::{
-    CancelRunRequest, GetRunRequest, ListRunsRequest, ListTaskAttemptsRequest, RetryTaskRequest,
-    Run, RunState, TaskInstance, TaskState, TriggerRunRequest, WatchRunRequest, watch_run_response,
+    CancelRunRequest, GetRunEventsRequest, GetRunRequest, ListRunsRequest, ListTaskAttemptsRequest,
+    RetryTaskRequest, Run, RunState, TaskInstance, TaskState, TriggerRunRequest, WatchRunRequest,
+    watch_run_response,
 };
 use baton_common::states::{parse_run_state, run_state_is_final, task_state_name};
 use clap::Subcommand;
@@ -22,10 +23,13 @@ use super::task::parse_task;
 use super::{Context, describe_status};
 use crate::Outcome;
 use crate::output::{
-    attempt_json, counts_line, elapsed, final_count, print_json, print_line, run_detail_lines,
-    run_json, run_row, run_state, run_summary, table, task_json, task_listing, task_row,
-    task_state,
+    attempt_json, counts_line, elapsed, event_states, event_time_text, final_count, print_json,
+    print_line, run_detail_lines, run_event_json, run_json, run_row, run_state, run_summary, table,
+    task_json, task_listing, task_row, task_state,
 };
+
+/// Events asked for per GetRunEvents call (the API's most).
+const EVENTS_PAGE: u32 = 1_000;
 
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
@@ -100,6 +104,14 @@ pub enum RunCommand {
         /// Follow the run until it ends.
         #[arg(long)]
         wait: bool,
+    },
+    /// List a run's history: every change of the run and of its tasks, and
+    /// its SLA misses, oldest first, with their cause and actor.
+    Events {
+        run_id: String,
+        /// Only this task's events (or a mapped instance's, `task[3]`).
+        #[arg(long = "task", value_parser = parse_task)]
+        task_id: Option<String>,
     },
     /// List a task's attempts (a sensor's pokes that found its condition
     /// unmet show as `rescheduled`).
@@ -301,6 +313,58 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
                     response.cleared_task_ids.join(", ")
                 ));
                 print_line(run_summary(&run));
+            }
+            Ok(Outcome::Success)
+        }
+        RunCommand::Events { run_id, task_id } => {
+            let mut events = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let response = client
+                    .runs
+                    .get_run_events(GetRunEventsRequest {
+                        run_id: run_id.clone(),
+                        task_id: task_id.clone().unwrap_or_default(),
+                        page_size: EVENTS_PAGE,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                events.extend(response.events);
+                if response.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = response.next_page_token;
+            }
+            if context.json() {
+                print_json(&Value::Array(events.iter().map(run_event_json).collect()));
+            } else {
+                let mut out = table(&[
+                    "AT", "TASK", "ATTEMPT", "FROM", "TO", "CAUSE", "ACTOR", "DETAIL",
+                ]);
+                for event in &events {
+                    let value = run_event_json(event);
+                    let (from, to) = event_states(event);
+                    out.add_row(vec![
+                        event_time_text(event.at.as_ref()),
+                        if event.task_id.is_empty() {
+                            "(run)".to_string()
+                        } else {
+                            event.task_id.clone()
+                        },
+                        if event.task_id.is_empty() {
+                            String::new()
+                        } else {
+                            event.attempt.to_string()
+                        },
+                        from.to_string(),
+                        to.to_string(),
+                        value["cause"].as_str().unwrap_or("-").to_string(),
+                        event.actor.clone(),
+                        event.detail.clone(),
+                    ]);
+                }
+                print_line(out);
             }
             Ok(Outcome::Success)
         }

@@ -7,13 +7,15 @@ use baton_common::error::{ApiError, ApiResult, FieldViolation};
 use baton_common::ids::{DagId, RunId, TaskId};
 use baton_common::pb::api::run_service_server::RunService;
 use baton_common::pb::api::{
-    CancelRunRequest, CancelRunResponse, GetRunRequest, GetRunResponse, ListRunsRequest,
-    ListRunsResponse, ListTaskAttemptsRequest, ListTaskAttemptsResponse, ReadTaskLogRequest,
-    ReadTaskLogResponse, RetryTaskRequest, RetryTaskResponse, Run, RunSnapshot, RunState,
-    TaskInstance, TaskState, TriggerRunRequest, TriggerRunResponse, WatchRunRequest,
-    WatchRunResponse, watch_run_response,
+    CancelRunRequest, CancelRunResponse, GetRunEventsRequest, GetRunEventsResponse, GetRunRequest,
+    GetRunResponse, ListRunsRequest, ListRunsResponse, ListTaskAttemptsRequest,
+    ListTaskAttemptsResponse, ReadTaskLogRequest, ReadTaskLogResponse, RetryTaskRequest,
+    RetryTaskResponse, Run, RunSnapshot, RunState, TaskInstance, TaskState, TriggerRunRequest,
+    TriggerRunResponse, WatchRunRequest, WatchRunResponse, watch_run_response,
 };
-use baton_common::pb::records::{AttemptRecord, DagMetaRecord, RunRecord, TaskRecord};
+use baton_common::pb::records::{
+    AttemptRecord, DagMetaRecord, RunHistoryRecord, RunRecord, TaskRecord,
+};
 use baton_common::time::timestamp_to_micros;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -357,6 +359,62 @@ impl RunApi {
         Ok(Box::pin(ReceiverStream::new(receiver)))
     }
 
+    /// A page of the run's history. The page token names the history
+    /// record before the one to resume in, and how many events of that one
+    /// were already given.
+    async fn events(&self, request: GetRunEventsRequest) -> ApiResult<GetRunEventsResponse> {
+        let run_id = parse_id::<RunId>("run_id", &request.run_id)?;
+        let task_id = match request.task_id.as_str() {
+            "" => None,
+            text => Some(parse_id::<TaskId>("task_id", text)?),
+        };
+        let page_size = page_size("page_size", request.page_size)?;
+        let (after, mut skip) = parse_events_token(&run_id, &request.page_token)?;
+        // The run must exist: a typo is not an empty history.
+        self.run_record(&run_id).await?;
+        let records = self
+            .context
+            .store
+            .scan(
+                Scan::prefix(keys::history(&run_id))
+                    .after(after)
+                    .limit(page_size + 1),
+            )
+            .await
+            .map_err(store_error)?;
+        let mut events = Vec::new();
+        let mut previous: Option<&[u8]> = None;
+        for (key, value) in &records {
+            let record: RunHistoryRecord = decode(key, value).map_err(store_error)?;
+            for (position, event) in record.events.into_iter().enumerate().skip(skip) {
+                if events.len() == page_size {
+                    return Ok(GetRunEventsResponse {
+                        events,
+                        next_page_token: events_token(previous, position),
+                    });
+                }
+                if task_id
+                    .as_ref()
+                    .is_none_or(|task_id| event.task_id == task_id.as_str())
+                {
+                    events.push(event);
+                }
+            }
+            skip = 0;
+            previous = Some(key);
+        }
+        let next_page_token = if records.len() > page_size {
+            // Records left unread: resume after the last one read.
+            events_token(previous, 0)
+        } else {
+            String::new()
+        };
+        Ok(GetRunEventsResponse {
+            events,
+            next_page_token,
+        })
+    }
+
     async fn attempts(
         &self,
         request: ListTaskAttemptsRequest,
@@ -647,6 +705,14 @@ impl RunService for RunApi {
     }
 
     #[instrument(skip_all, fields(run_id = %request.get_ref().run_id, task_id = %request.get_ref().task_id))]
+    #[instrument(skip_all, fields(run_id = %request.get_ref().run_id))]
+    async fn get_run_events(
+        &self,
+        request: Request<GetRunEventsRequest>,
+    ) -> GrpcResult<GetRunEventsResponse> {
+        grpc(self.events(request.into_inner()).await)
+    }
+
     async fn list_task_attempts(
         &self,
         request: Request<ListTaskAttemptsRequest>,
@@ -661,6 +727,33 @@ impl RunService for RunApi {
     ) -> Result<Response<Self::ReadTaskLogStream>, Status> {
         grpc(self.read_log(request.into_inner()).await)
     }
+}
+
+/// `<key of the record before>|<events already given of the next>`.
+fn events_token(previous: Option<&[u8]>, given: usize) -> String {
+    let previous = previous.map(String::from_utf8_lossy).unwrap_or_default();
+    format!("{previous}|{given}")
+}
+
+fn parse_events_token(run_id: &RunId, token: &str) -> ApiResult<(Option<Vec<u8>>, usize)> {
+    if token.is_empty() {
+        return Ok((None, 0));
+    }
+    let invalid = || {
+        ApiError::invalid(
+            "page_token",
+            "is not a page token of this run's events; pass next_page_token as it was answered",
+        )
+    };
+    let (previous, given) = token.rsplit_once('|').ok_or_else(invalid)?;
+    let given: usize = given.parse().map_err(|_| invalid())?;
+    if previous.is_empty() {
+        return Ok((None, given));
+    }
+    if !previous.as_bytes().starts_with(&keys::history(run_id)) {
+        return Err(invalid());
+    }
+    Ok((Some(previous.as_bytes().to_vec()), given))
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ use baton_common::pb::api::{
 };
 use baton_common::pb::records::{
     AssetOutput, AssetRecord, DagMetaRecord, DagTriggerKind, DagVersionRecord, IdempotencyRecord,
-    IntervalRecord, PoolRecord, RunRecord,
+    IntervalRecord, PoolRecord, RunHistoryRecord, RunRecord,
 };
 use baton_common::spec::DagTrigger;
 use baton_common::time::{
@@ -65,6 +65,7 @@ use tokio_util::time::DelayQueue;
 use tracing::{debug, error, info, info_span, warn};
 
 use super::flush::{CreateKey, Effect, InFlight, Pending, dedupe_ops, spawn_commit};
+use super::history;
 use super::limits::{LimitKey, Limits};
 use super::recovery::{self, LoadedRun};
 use super::routing::{ReadyItem, ReadyQueues};
@@ -131,6 +132,8 @@ pub struct Scheduler {
     /// Ready tasks of paused DAGs, dispatched on unpause.
     parked: HashMap<DagId, Vec<ReadyItem>>,
     ready_seq: u64,
+    /// History records this leader wrote (part of their keys).
+    history_seq: u64,
     workers: Workers,
     retry_timers: DelayQueue<(RunId, TaskIndex, u32)>,
     pending: Pending,
@@ -256,6 +259,7 @@ impl Scheduler {
             limits: Limits::default(),
             parked: HashMap::new(),
             ready_seq: 0,
+            history_seq: 0,
             workers: Workers::default(),
             retry_timers: DelayQueue::new(),
             pending: Pending::default(),
@@ -1167,6 +1171,9 @@ impl Scheduler {
             self.pending
                 .ops
                 .push(Op::delete_prefix(keys::run_attempts(run_id)));
+            self.pending
+                .ops
+                .push(Op::delete_prefix(keys::history(run_id)));
             self.pending.ops.push(Op::delete(keys::active(run_id)));
             self.pending
                 .ops
@@ -2453,6 +2460,21 @@ impl Scheduler {
                             event: event.clone(),
                         });
                     }
+                }
+            }
+            if !entry.changes.is_empty() {
+                let changes = std::mem::take(&mut entry.changes);
+                let events = history::events(entry, changes, &self.parts.config.controller_id);
+                for chunk in events.chunks(history::EVENTS_PER_RECORD) {
+                    self.history_seq = self.history_seq.wrapping_add(1);
+                    let at = history::event_micros(&chunk[0]);
+                    let record = RunHistoryRecord {
+                        events: chunk.to_vec(),
+                    };
+                    ops.push(Op::put(
+                        keys::history_batch(&run_id, at, term, self.history_seq),
+                        record.encode_to_vec(),
+                    ));
                 }
             }
             if entry.dirty {

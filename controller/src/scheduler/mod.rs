@@ -19,12 +19,14 @@
 //!   hold back.
 //! - `actor`: the event loop and the handling of every command.
 //! - `flush`: turning dirty state into a batch, and effects.
+//! - `history`: a run's changes as history events, with their causes.
 //! - `recovery`: rebuilding active runs from the store.
 //! - `timers`: the wall-clock timer queue (schedules, SLAs, time sensors).
 //! - `views`: records and API views of the scheduler's state.
 
 mod actor;
 mod flush;
+pub mod history;
 pub mod limits;
 pub mod recovery;
 pub mod routing;

@@ -179,6 +179,8 @@ pub async fn load_run(
         entry.recount_upstream(index);
     }
     entry.dirty_tasks.clear();
+    // Its history is in the store already; loading it changed nothing.
+    entry.changes.clear();
     for slot in &mut entry.tasks {
         slot.dirty = false;
     }

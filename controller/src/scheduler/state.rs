@@ -15,7 +15,7 @@ use baton_common::pb::api::{
 };
 use baton_common::spec::ResolvedTask;
 use baton_common::states::task_state_is_final;
-use baton_common::time::Micros;
+use baton_common::time::{Micros, now_micros};
 use tokio::sync::mpsc;
 
 use crate::plan::{PlanRef, TaskIndex};
@@ -326,6 +326,35 @@ impl MappedGroup {
     }
 }
 
+/// One change of a run or of one of its tasks, kept until the next batch
+/// writes it into the run's history (`scheduler/history.rs` gives it a
+/// cause then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub at: Micros,
+    pub what: Changed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// The run's state (from `Unspecified` when it is created).
+    Run { from: RunState, to: RunState },
+    /// A task's (or instance's) state; `marked` when a user set it;
+    /// `attempt` is its attempt number just before the change.
+    Task {
+        index: TaskIndex,
+        from: TaskState,
+        to: TaskState,
+        marked: bool,
+        attempt: u32,
+    },
+    /// The run (`index` None) or a task missed its SLA.
+    SlaMiss {
+        index: Option<TaskIndex>,
+        detail: String,
+    },
+}
+
 /// An active run: everything the scheduler needs to move it forward.
 pub struct RunEntry {
     pub run_id: RunId,
@@ -353,6 +382,8 @@ pub struct RunEntry {
     pub instances: Vec<Instance>,
     /// Mapped tasks expanded in this run, by plan index.
     pub mapped: std::collections::HashMap<TaskIndex, MappedGroup>,
+    /// Changes not yet written into the run's history.
+    pub changes: Vec<Change>,
 }
 
 impl RunEntry {
@@ -391,6 +422,13 @@ impl RunEntry {
             sla_misses: Vec::new(),
             instances: Vec::new(),
             mapped: std::collections::HashMap::new(),
+            changes: vec![Change {
+                at: now,
+                what: Changed::Run {
+                    from: RunState::Unspecified,
+                    to: RunState::Queued,
+                },
+            }],
         }
     }
 
@@ -493,7 +531,7 @@ impl RunEntry {
             debug_assert!(false, "refused task transition {from:?} -> {to:?}");
             return false;
         }
-        self.move_state(index, from, to);
+        self.move_state(index, from, to, false);
         true
     }
 
@@ -504,16 +542,26 @@ impl RunEntry {
         if !task_mark_allowed(from, to) {
             return false;
         }
-        self.move_state(index, from, to);
+        self.move_state(index, from, to, true);
         true
     }
 
-    /// Moves a task from `from` to `to`, keeping the counts and the dirty
-    /// lists in step; the caller checked the transition.
-    fn move_state(&mut self, index: TaskIndex, from: TaskState, to: TaskState) {
+    /// Moves a task from `from` to `to`, keeping the counts, the dirty
+    /// lists and the history in step; the caller checked the transition.
+    fn move_state(&mut self, index: TaskIndex, from: TaskState, to: TaskState, marked: bool) {
         if from == to {
             return;
         }
+        self.changes.push(Change {
+            at: now_micros(),
+            what: Changed::Task {
+                index,
+                from,
+                to,
+                marked,
+                attempt: self.tasks[index as usize].attempt,
+            },
+        });
         self.counts[from as usize] -= 1;
         self.counts[to as usize] += 1;
         match (task_state_is_final(from), task_state_is_final(to)) {
@@ -550,6 +598,15 @@ impl RunEntry {
             tracing::error!(run_id = %self.run_id, from = ?self.state, ?to, "refused run transition");
             debug_assert!(false, "refused run transition {:?} -> {to:?}", self.state);
             return false;
+        }
+        if self.state != to {
+            self.changes.push(Change {
+                at: now_micros(),
+                what: Changed::Run {
+                    from: self.state,
+                    to,
+                },
+            });
         }
         self.state = to;
         self.dirty = true;

@@ -13,6 +13,7 @@
 //! | `active/<run>` | empty | run created; deleted when it ends |
 //! | `tasks/<run>/<task>` | `TaskRecord` | every task change, at most once per batch |
 //! | `attempts/<run>/<task>/<attempt:05>` | `AttemptRecord` | an attempt ended |
+//! | `history/<run>/<µs:020>.<term:010>.<seq:010>` | `RunHistoryRecord` | every batch that changed the run or its tasks (their changes, in order) |
 //! | `idem/<dag>/<sha256(key)>` | `IdempotencyRecord` | run created with a key |
 //! | `pools/<pool>` | `PoolRecord` | pool created, resized, deleted |
 //! | `intervals/<dag>/<start µs:020>` | `IntervalRecord` | run of a data interval created (scheduled, backfill) |
@@ -109,6 +110,22 @@ pub fn task_attempts(run_id: &RunId, task_id: &str) -> Vec<u8> {
 
 pub fn attempt(run_id: &RunId, task_id: &str, attempt: u32) -> Vec<u8> {
     format!("attempts/{run_id}/{task_id}/{attempt:05}").into_bytes()
+}
+
+/// A run's history records, in the order written.
+pub fn history(run_id: &RunId) -> Vec<u8> {
+    format!("history/{run_id}/").into_bytes()
+}
+
+/// One batch's changes of a run: ordered by the time of its first change,
+/// then the leader's term and the leader's count of history records.
+pub fn history_batch(run_id: &RunId, at: Micros, term: i64, seq: u64) -> Vec<u8> {
+    format!(
+        "history/{run_id}/{:020}.{:010}.{seq:010}",
+        at.max(0),
+        term.max(0)
+    )
+    .into_bytes()
 }
 
 pub fn idempotency_prefix(dag_id: &DagId) -> Vec<u8> {

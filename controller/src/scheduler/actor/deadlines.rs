@@ -6,11 +6,12 @@
 use baton_common::ids::{DagId, RunId};
 use baton_common::pb::api::SlaMiss;
 use baton_common::states::{run_state_is_final, task_state_is_final};
-use baton_common::time::{Micros, micros_to_timestamp_opt};
+use baton_common::time::{Micros, format_micros, micros_to_timestamp_opt};
 use tracing::warn;
 
 use super::Scheduler;
 use crate::plan::TaskIndex;
+use crate::scheduler::state::{Change, Changed};
 
 /// Something the scheduler does at a wall-clock instant. One timer per
 /// key: queueing a key again moves it.
@@ -110,6 +111,17 @@ impl Scheduler {
         }
         let deadline = sla_deadline(entry.origin.data_interval_end, sla);
         warn!(dag_id = %entry.dag_id, %run_id, task_id = %task_id, sla = %humantime::format_duration(sla), "sla missed");
+        entry.changes.push(Change {
+            at: now,
+            what: Changed::SlaMiss {
+                index,
+                detail: format!(
+                    "sla {} missed: due by {}",
+                    humantime::format_duration(sla),
+                    format_micros(deadline)
+                ),
+            },
+        });
         entry.sla_misses.push(SlaMiss {
             task_id,
             deadline: micros_to_timestamp_opt(deadline),
