@@ -50,6 +50,8 @@ pub struct ControllerConfig {
     /// The wall clock schedules, SLAs and time sensors follow: the
     /// machine's, except in tests that drive time by hand.
     pub clock: ClockRef,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when `None`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Settings of cluster mode.
@@ -113,6 +115,7 @@ impl ControllerConfig {
             cluster: None,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            metrics_listen: None,
         }
     }
 
@@ -358,6 +361,8 @@ pub struct StoreSection {
 pub struct ControllerSection {
     pub id: Option<String>,
     pub listen: Option<String>,
+    /// `host:port` to serve Prometheus metrics on.
+    pub metrics_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub log_dir: Option<PathBuf>,
 }

@@ -18,6 +18,7 @@
 //!   fenced store, stepping down.
 //! - `role`: leader or follower, as the API sees it.
 //! - `server`: assembling it all and serving on one port.
+//! - `metrics`: Prometheus metrics and their `/metrics` endpoint.
 
 pub mod api;
 pub mod clock;
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod config;
 pub mod election;
 pub mod logs;
+pub mod metrics;
 pub mod plan;
 pub mod role;
 pub mod scheduler;

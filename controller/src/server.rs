@@ -60,6 +60,8 @@ pub enum ControllerError {
     Transport(#[from] tonic::transport::Error),
     #[error("a controller task failed: {0}")]
     Task(String),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(String),
 }
 
 /// Runs a controller on `listener` until `shutdown` is cancelled (or its
@@ -148,6 +150,18 @@ pub async fn serve(
         started_at: now_micros(),
         shutdown: shutdown.clone(),
     });
+
+    if let Some(address) = config.metrics_listen {
+        let listener = TcpListener::bind(address).await.map_err(|error| {
+            ControllerError::Metrics(format!("metrics_listen {address}: {error}"))
+        })?;
+        crate::metrics::enable();
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            Arc::clone(&context),
+            shutdown.clone(),
+        ));
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(report_health(health_reporter, role, shutdown.clone()));

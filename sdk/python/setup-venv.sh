@@ -11,6 +11,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 venv="${1:?usage: setup-venv.sh VENV_DIR}"
 python="${PYTHON:-python3}"
 
+# Tests set the SDK up from several processes at once: one at a time.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+
 if [ ! -x "$venv/bin/python" ]; then
   echo "creating a virtualenv in $venv" >&2
   "$python" -m venv "$venv"
@@ -22,4 +27,12 @@ if ! cmp -s "$here/requirements.txt" "$stamp"; then
     --only-binary=:all: -r "$here/requirements.txt"
   cp "$here/requirements.txt" "$stamp"
 fi
-"$venv/bin/python" "$here/generate.py"
+# Stubs are made again only when the protos (or the generator) changed:
+# regenerating replaces baton_sdk/_gen, which a test running meanwhile may
+# be importing.
+proto_stamp="$venv/.baton-protos.sha256"
+protos_hash="$(cat "$here"/../../proto/baton/v1/*.proto "$here/generate.py" | sha256sum)"
+if [ ! -d "$here/baton_sdk/_gen" ] || [ "$protos_hash" != "$(cat "$proto_stamp" 2>/dev/null)" ]; then
+  "$venv/bin/python" "$here/generate.py"
+  echo "$protos_hash" > "$proto_stamp"
+fi

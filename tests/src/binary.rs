@@ -64,7 +64,8 @@ pub(crate) fn profile_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
-pub(crate) fn workspace_root() -> &'static Path {
+/// The repository's root (scripts and fixtures live under it).
+pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")

@@ -1,7 +1,8 @@
 //! [`PythonSdk`]: the Python SDK (`sdk/python`) ready to run: a virtualenv
 //! with its pinned grpcio and grpcio-tools from PyPI, cached in
 //! `target/python-sdk-venv` so that reruns are quick, and the gRPC stubs
-//! freshly generated from `proto/`. Both are done by
+//! generated from `proto/` (again whenever the protos change). Both are
+//! done, one process at a time, by
 //! `sdk/python/setup-venv.sh`, the same script the README's test command
 //! runs.
 //!

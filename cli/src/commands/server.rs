@@ -36,6 +36,10 @@ pub struct ControllerArgs {
     /// Identity of this controller in logs and worker messages.
     #[arg(long = "id", env = "BATON_CONTROLLER_ID")]
     controller_id: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address; off
+    /// unless given.
+    #[arg(long, env = "BATON_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How often workers send heartbeats (e.g. 2s).
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
@@ -145,6 +149,10 @@ pub struct DevArgs {
     /// Directory for the store file, task logs and task scratch files.
     #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
     data_dir: PathBuf,
+    /// Serve the controller's Prometheus metrics (`GET /metrics`) on this
+    /// address; off unless given.
+    #[arg(long, env = "BATON_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Attempts the in-process worker runs at once (default: the number of cores).
     #[arg(long)]
     slots: Option<u32>,
@@ -221,6 +229,11 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<Outcome> {
                 format!("config controller.listen: `{address}` is not host:port")
             })?);
         }
+        if let Some(address) = &file.controller.metrics_listen {
+            config.metrics_listen = Some(address.parse().with_context(|| {
+                format!("config controller.metrics_listen: `{address}` is not host:port")
+            })?);
+        }
         config.apply_file(file);
     }
     if let Some(data_dir) = args.data_dir {
@@ -228,6 +241,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<Outcome> {
     }
     if let Some(id) = args.controller_id {
         config.controller_id = id;
+    }
+    if let Some(address) = args.metrics_listen {
+        config.metrics_listen = Some(address);
     }
     if let Some(log_dir) = args.log_dir {
         config.log_dir = Some(log_dir);
@@ -366,6 +382,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut config = ControllerConfig::new(&data_dir);
     config.controller_id = "dev".into();
+    config.metrics_listen = args.metrics_listen;
     apply_timings(
         &mut config,
         args.heartbeat_interval,

@@ -39,7 +39,7 @@ impl ClusterApi {
         Self { context }
     }
 
-    async fn status(&self) -> ApiResult<GetClusterStatusResponse> {
+    pub async fn status(&self) -> ApiResult<GetClusterStatusResponse> {
         let term = self.context.leader()?;
         let scheduler = term.scheduler.status().await?;
         let config = &self.context.config;

@@ -2464,6 +2464,9 @@ impl Scheduler {
             }
             if !entry.changes.is_empty() {
                 let changes = std::mem::take(&mut entry.changes);
+                if let Some(metrics) = crate::metrics::metrics() {
+                    metrics.observe_changes(entry, &changes);
+                }
                 let events = history::events(entry, changes, &self.parts.config.controller_id);
                 for chunk in events.chunks(history::EVENTS_PER_RECORD) {
                     self.history_seq = self.history_seq.wrapping_add(1);

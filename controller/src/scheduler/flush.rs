@@ -179,7 +179,7 @@ async fn commit_in_batches(
     let total_bytes = ops.iter().map(Op::size).sum::<usize>()
         + conditionals.iter().map(conditional_bytes).sum::<usize>();
     if total_ops <= max_ops && total_bytes <= max_bytes {
-        return store.commit(Batch { ops, conditionals }).await;
+        return timed_commit(&store, Batch { ops, conditionals }).await;
     }
     // Consecutive batches, in order, each within both bounds (an operation
     // larger than the byte bound goes alone). Conditionals (run creations)
@@ -195,7 +195,11 @@ async fn commit_in_batches(
             conditional_bytes(&conditional),
         );
         if batch_ops > 0 && (batch_ops + ops > max_ops || batch_bytes + bytes > max_bytes) {
-            applied.extend(store.commit(std::mem::take(&mut batch)).await?.applied);
+            applied.extend(
+                timed_commit(&store, std::mem::take(&mut batch))
+                    .await?
+                    .applied,
+            );
             (batch_ops, batch_bytes) = (0, 0);
         }
         batch_ops += ops;
@@ -205,7 +209,11 @@ async fn commit_in_batches(
     for op in ops {
         let size = op.size();
         if batch_ops > 0 && (batch_ops + 1 > max_ops || batch_bytes + size > max_bytes) {
-            applied.extend(store.commit(std::mem::take(&mut batch)).await?.applied);
+            applied.extend(
+                timed_commit(&store, std::mem::take(&mut batch))
+                    .await?
+                    .applied,
+            );
             (batch_ops, batch_bytes) = (0, 0);
         }
         batch_ops += 1;
@@ -213,9 +221,23 @@ async fn commit_in_batches(
         batch.ops.push(op);
     }
     if !batch.is_empty() {
-        applied.extend(store.commit(batch).await?.applied);
+        applied.extend(timed_commit(&store, batch).await?.applied);
     }
     Ok(BatchOutcome { applied })
+}
+
+/// One store transaction, its time and size counted when metrics are on.
+async fn timed_commit(store: &StoreRef, batch: Batch) -> StoreResult<BatchOutcome> {
+    let Some(metrics) = crate::metrics::metrics() else {
+        return store.commit(batch).await;
+    };
+    let operations = batch.op_count();
+    let started = std::time::Instant::now();
+    let outcome = store.commit(batch).await;
+    if outcome.is_ok() {
+        metrics.observe_commit(started.elapsed(), operations);
+    }
+    outcome
 }
 
 #[cfg(test)]

@@ -100,6 +100,9 @@ pub struct TaskSlot {
     /// Sensors: when the sensor gives up; set at its first poke, kept
     /// across reschedules and retries until the task is cleared.
     pub sensor_deadline: Micros,
+    /// When it last became ready, until its attempt runs: the scheduling
+    /// delay metric (kept only while metrics are on).
+    pub ready_at: Micros,
 }
 
 impl TaskSlot {
@@ -124,6 +127,7 @@ impl TaskSlot {
             error: None,
             output: None,
             sensor_deadline: 0,
+            ready_at: 0,
         }
     }
 

@@ -1,0 +1,42 @@
+//! The HTTP endpoint Prometheus scrapes (`GET /metrics`), shared by the
+//! controller and the worker: each gives the function that renders its
+//! metrics when scraped. Other paths answer 404.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// OpenMetrics text, what `prometheus-client` encodes.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Renders the metrics' text when Prometheus scrapes.
+pub type Render = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    render: Render,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app =
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                let render = Arc::clone(&render);
+                async move {
+                    ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], render().await).into_response()
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,508 @@
+//! The controller's Prometheus metrics and the `/metrics` endpoint that
+//! serves them (OpenMetrics text, `prometheus-client`).
+//!
+//! Counters and histograms of what the scheduler did are fed from the
+//! changes a batch stores (`observe_changes`, called when a batch is cut,
+//! so a metric never counts what was not stored), and from the store's
+//! commits. What describes the present (queue depths, oldest ready age,
+//! workers and free slots, pools, active runs, leadership, freshness) is
+//! read when Prometheus scrapes, from the same status `GetClusterStatus`
+//! answers, so it is never stale. Nothing is recorded unless the endpoint
+//! was started (`--metrics-listen`): metrics off cost nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use baton_common::pb::api::{AttemptOutcome, GetClusterStatusResponse, RunState, TaskState};
+use baton_common::states::{outcome_name, run_state_name, task_state_is_final, task_state_name};
+use baton_common::time::{Micros, now_micros};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::ApiContextRef;
+use crate::api::cluster::ClusterApi;
+use crate::scheduler::state::{Change, Changed, RunEntry};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskStateLabels {
+    dag_id: String,
+    task_id: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    dag_id: String,
+    task_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    dag_id: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DagLabels {
+    dag_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunStateLabels {
+    dag_id: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller_id: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn seconds_buckets() -> Histogram {
+    // 1 ms to about 9 hours.
+    Histogram::new(exponential_buckets(0.001, 2.5, 18))
+}
+
+/// Every metric of the controller.
+pub struct ControllerMetrics {
+    registry: Registry,
+    tasks_finished: Family<TaskStateLabels, Counter>,
+    task_retries: Family<TaskLabels, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
+    task_duration: Family<DagLabels, Histogram, fn() -> Histogram>,
+    scheduling_delay: Family<DagLabels, Histogram, fn() -> Histogram>,
+    runs_finished: Family<RunStateLabels, Counter>,
+    store_commit_seconds: Histogram,
+    store_batch_operations: Histogram,
+    last_success: Family<DagLabels, FloatGauge>,
+    seconds_since_success: Family<DagLabels, FloatGauge>,
+    /// Last successful run's end per DAG (µs), for the freshness gauge.
+    last_success_at: Mutex<HashMap<String, Micros>>,
+    queue_ready: Family<QueueLabels, Gauge>,
+    queue_limited: Family<QueueLabels, Gauge>,
+    queue_running: Family<QueueLabels, Gauge>,
+    queue_oldest_ready_age: Family<QueueLabels, FloatGauge>,
+    queue_workers: Family<QueueLabels, Gauge>,
+    queue_free_slots: Family<QueueLabels, Gauge>,
+    pool_slots: Family<PoolLabels, Gauge>,
+    pool_used: Family<PoolLabels, Gauge>,
+    pool_queued: Family<PoolLabels, Gauge>,
+    workers_connected: Gauge,
+    worker_slots: Gauge,
+    worker_free_slots: Gauge,
+    runs_active: Gauge,
+    leader: Family<ControllerLabels, Gauge>,
+}
+
+static METRICS: OnceLock<Arc<ControllerMetrics>> = OnceLock::new();
+
+/// The metrics, once the endpoint started them; `None` when metrics are
+/// off, and then nothing is recorded.
+pub fn metrics() -> Option<&'static ControllerMetrics> {
+    METRICS.get().map(Arc::as_ref)
+}
+
+/// Turns metrics on for this process (idempotent).
+pub fn enable() -> &'static ControllerMetrics {
+    METRICS.get_or_init(|| Arc::new(ControllerMetrics::new()))
+}
+
+impl ControllerMetrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Self {
+            tasks_finished: Family::default(),
+            task_retries: Family::default(),
+            attempts: Family::default(),
+            task_duration: Family::new_with_constructor(seconds_buckets),
+            scheduling_delay: Family::new_with_constructor(seconds_buckets),
+            runs_finished: Family::default(),
+            store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            store_batch_operations: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            last_success: Family::default(),
+            seconds_since_success: Family::default(),
+            last_success_at: Mutex::new(HashMap::new()),
+            queue_ready: Family::default(),
+            queue_limited: Family::default(),
+            queue_running: Family::default(),
+            queue_oldest_ready_age: Family::default(),
+            queue_workers: Family::default(),
+            queue_free_slots: Family::default(),
+            pool_slots: Family::default(),
+            pool_used: Family::default(),
+            pool_queued: Family::default(),
+            workers_connected: Gauge::default(),
+            worker_slots: Gauge::default(),
+            worker_free_slots: Gauge::default(),
+            runs_active: Gauge::default(),
+            leader: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "baton_tasks_finished",
+            "Tasks (and mapped instances) that reached a final state, by DAG, task and state",
+            metrics.tasks_finished.clone(),
+        );
+        registry.register(
+            "baton_task_retries",
+            "Failed attempts that were retried, by DAG and task",
+            metrics.task_retries.clone(),
+        );
+        registry.register(
+            "baton_attempts",
+            "Attempts that ended, by DAG and outcome",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "baton_task_duration_seconds",
+            "Time from an attempt's start to its end, by DAG",
+            metrics.task_duration.clone(),
+        );
+        registry.register(
+            "baton_task_scheduling_delay_seconds",
+            "Time from a task being ready to its attempt running, by DAG",
+            metrics.scheduling_delay.clone(),
+        );
+        registry.register(
+            "baton_runs_finished",
+            "Runs that ended, by DAG and state",
+            metrics.runs_finished.clone(),
+        );
+        registry.register(
+            "baton_store_commit_duration_seconds",
+            "Time the store took to commit one batch (one transaction)",
+            metrics.store_commit_seconds.clone(),
+        );
+        registry.register(
+            "baton_store_batch_operations",
+            "Operations in one committed batch",
+            metrics.store_batch_operations.clone(),
+        );
+        registry.register(
+            "baton_dag_last_success_timestamp_seconds",
+            "When the DAG's last successful run ended (Unix time), since this controller leads",
+            metrics.last_success.clone(),
+        );
+        registry.register(
+            "baton_dag_seconds_since_last_success",
+            "Seconds since the DAG's last successful run ended (freshness)",
+            metrics.seconds_since_success.clone(),
+        );
+        registry.register(
+            "baton_queue_ready_tasks",
+            "Ready tasks waiting for a worker, by queue (held back by limits included)",
+            metrics.queue_ready.clone(),
+        );
+        registry.register(
+            "baton_queue_limited_tasks",
+            "Ready tasks held back by a pool or a concurrency limit, by queue",
+            metrics.queue_limited.clone(),
+        );
+        registry.register(
+            "baton_queue_running_tasks",
+            "Attempts leased or running, by queue",
+            metrics.queue_running.clone(),
+        );
+        registry.register(
+            "baton_queue_oldest_ready_age_seconds",
+            "How long the queue's oldest ready task has waited",
+            metrics.queue_oldest_ready_age.clone(),
+        );
+        registry.register(
+            "baton_queue_workers",
+            "Connected workers serving the queue",
+            metrics.queue_workers.clone(),
+        );
+        registry.register(
+            "baton_queue_free_slots",
+            "Free slots of the workers serving the queue",
+            metrics.queue_free_slots.clone(),
+        );
+        registry.register(
+            "baton_pool_slots",
+            "A pool's size",
+            metrics.pool_slots.clone(),
+        );
+        registry.register(
+            "baton_pool_used_slots",
+            "A pool's slots held by leased or running attempts",
+            metrics.pool_used.clone(),
+        );
+        registry.register(
+            "baton_pool_queued_tasks",
+            "Ready tasks waiting for a slot of the pool",
+            metrics.pool_queued.clone(),
+        );
+        registry.register(
+            "baton_workers_connected",
+            "Workers connected to the leader",
+            metrics.workers_connected.clone(),
+        );
+        registry.register(
+            "baton_worker_slots",
+            "Slots of the connected workers",
+            metrics.worker_slots.clone(),
+        );
+        registry.register(
+            "baton_worker_free_slots",
+            "Free slots of the connected workers",
+            metrics.worker_free_slots.clone(),
+        );
+        registry.register(
+            "baton_runs_active",
+            "Runs queued or running",
+            metrics.runs_active.clone(),
+        );
+        registry.register(
+            "baton_controller_leader",
+            "1 on the controller that leads, 0 on a follower",
+            metrics.leader.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts what a batch stores of a run: tasks that ended, retries,
+    /// attempts' durations and outcomes, scheduling delays, runs that ended.
+    pub fn observe_changes(&self, entry: &mut RunEntry, changes: &[Change]) {
+        let dag_id = entry.dag_id.as_str();
+        for change in changes {
+            match &change.what {
+                Changed::Task {
+                    index, from, to, ..
+                } => {
+                    let index = *index;
+                    let slot = entry.slot(index);
+                    if *to == TaskState::Ready {
+                        entry.tasks[index as usize].ready_at = change.at;
+                        continue;
+                    }
+                    let begins_running = *to == TaskState::Running
+                        || (*from == TaskState::Leased && task_state_is_final(*to));
+                    if begins_running && slot.ready_at > 0 {
+                        self.scheduling_delay
+                            .get_or_create(&DagLabels {
+                                dag_id: dag_id.to_string(),
+                            })
+                            .observe(seconds(change.at - slot.ready_at));
+                        entry.tasks[index as usize].ready_at = 0;
+                    }
+                    let slot = entry.slot(index);
+                    let task_id = || entry.task(index).id.to_string();
+                    let attempt_ended = matches!(from, TaskState::Leased | TaskState::Running)
+                        && slot.outcome != AttemptOutcome::Unspecified
+                        && !matches!(to, TaskState::Running | TaskState::Leased);
+                    if attempt_ended {
+                        self.attempts
+                            .get_or_create(&AttemptLabels {
+                                dag_id: dag_id.to_string(),
+                                outcome: outcome_name(slot.outcome),
+                            })
+                            .inc();
+                        if slot.started_at > 0 && slot.ended_at >= slot.started_at {
+                            self.task_duration
+                                .get_or_create(&DagLabels {
+                                    dag_id: dag_id.to_string(),
+                                })
+                                .observe(seconds(slot.ended_at - slot.started_at));
+                        }
+                    }
+                    if *to == TaskState::UpForRetry {
+                        self.task_retries
+                            .get_or_create(&TaskLabels {
+                                dag_id: dag_id.to_string(),
+                                task_id: task_id(),
+                            })
+                            .inc();
+                    } else if task_state_is_final(*to) {
+                        self.tasks_finished
+                            .get_or_create(&TaskStateLabels {
+                                dag_id: dag_id.to_string(),
+                                task_id: task_id(),
+                                state: task_state_name(*to),
+                            })
+                            .inc();
+                    }
+                }
+                Changed::Run { to, .. } => {
+                    if !baton_common::states::run_state_is_final(*to) {
+                        continue;
+                    }
+                    self.runs_finished
+                        .get_or_create(&RunStateLabels {
+                            dag_id: dag_id.to_string(),
+                            state: run_state_name(*to),
+                        })
+                        .inc();
+                    if *to == RunState::Success {
+                        self.last_success
+                            .get_or_create(&DagLabels {
+                                dag_id: dag_id.to_string(),
+                            })
+                            .set(seconds(change.at));
+                        if let Ok(mut last) = self.last_success_at.lock() {
+                            last.insert(dag_id.to_string(), change.at);
+                        }
+                    }
+                }
+                Changed::SlaMiss { .. } => {}
+            }
+        }
+    }
+
+    /// One batch committed in `took`, with `operations` operations.
+    pub fn observe_commit(&self, took: Duration, operations: usize) {
+        self.store_commit_seconds.observe(took.as_secs_f64());
+        self.store_batch_operations.observe(operations as f64);
+    }
+
+    /// The present, read at scrape time: the leader's status (`None` on a
+    /// follower), and whether this controller leads.
+    pub fn set_present(&self, controller_id: &str, status: Option<&GetClusterStatusResponse>) {
+        self.leader.clear();
+        self.leader
+            .get_or_create(&ControllerLabels {
+                controller_id: controller_id.to_string(),
+            })
+            .set(i64::from(status.is_some()));
+        for family in [
+            &self.queue_ready,
+            &self.queue_limited,
+            &self.queue_running,
+            &self.queue_workers,
+            &self.queue_free_slots,
+        ] {
+            family.clear();
+        }
+        self.queue_oldest_ready_age.clear();
+        for family in [&self.pool_slots, &self.pool_used, &self.pool_queued] {
+            family.clear();
+        }
+        self.seconds_since_success.clear();
+        let Some(status) = status else {
+            self.workers_connected.set(0);
+            self.worker_slots.set(0);
+            self.worker_free_slots.set(0);
+            self.runs_active.set(0);
+            return;
+        };
+        for queue in &status.queues {
+            let labels = QueueLabels {
+                queue: queue.queue.clone(),
+            };
+            self.queue_ready
+                .get_or_create(&labels)
+                .set(i64::from(queue.ready));
+            self.queue_limited
+                .get_or_create(&labels)
+                .set(i64::from(queue.limited));
+            self.queue_running
+                .get_or_create(&labels)
+                .set(i64::from(queue.running));
+            self.queue_workers
+                .get_or_create(&labels)
+                .set(i64::from(queue.workers));
+            self.queue_free_slots
+                .get_or_create(&labels)
+                .set(i64::from(queue.free_slots));
+            let age = queue
+                .oldest_ready_age
+                .as_ref()
+                .map_or(0.0, |age| age.seconds as f64 + f64::from(age.nanos) / 1e9);
+            self.queue_oldest_ready_age.get_or_create(&labels).set(age);
+        }
+        for pool in &status.pools {
+            let labels = PoolLabels {
+                pool: pool.name.clone(),
+            };
+            self.pool_slots
+                .get_or_create(&labels)
+                .set(i64::from(pool.slots));
+            self.pool_used
+                .get_or_create(&labels)
+                .set(i64::from(pool.used_slots));
+            self.pool_queued
+                .get_or_create(&labels)
+                .set(i64::from(pool.queued));
+        }
+        let connected = status.workers.iter().filter(|worker| worker.connected);
+        let (mut count, mut slots, mut free) = (0, 0, 0);
+        for worker in connected {
+            count += 1;
+            slots += i64::from(worker.slots);
+            free += i64::from(worker.free_slots);
+        }
+        self.workers_connected.set(count);
+        self.worker_slots.set(slots);
+        self.worker_free_slots.set(free);
+        self.runs_active.set(i64::from(status.active_runs));
+        let now = now_micros();
+        if let Ok(last) = self.last_success_at.lock() {
+            for (dag_id, at) in last.iter() {
+                self.seconds_since_success
+                    .get_or_create(&DagLabels {
+                        dag_id: dag_id.clone(),
+                    })
+                    .set(seconds(now - at));
+            }
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+fn seconds(micros: Micros) -> f64 {
+    micros.max(0) as f64 / 1e6
+}
+
+/// Serves `/metrics` until `shutdown`: what the scheduler counted, and the
+/// present read from the leader's status at each scrape.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    context: ApiContextRef,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let render: baton_common::metrics_http::Render = Arc::new(move || {
+        let context = Arc::clone(&context);
+        Box::pin(async move {
+            let Some(metrics) = metrics() else {
+                return String::new();
+            };
+            // A follower (or a leader that cannot answer) reports no leader
+            // status: the present belongs to the leader's /metrics.
+            let status = ClusterApi::new(Arc::clone(&context)).status().await.ok();
+            metrics.set_present(&context.config.controller_id, status.as_ref());
+            metrics.encode()
+        })
+    });
+    if let Err(error) = baton_common::metrics_http::serve(listener, render, shutdown).await {
+        tracing::error!(%error, "the metrics endpoint stopped");
+    }
+}
