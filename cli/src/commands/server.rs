@@ -145,6 +145,11 @@ pub struct DevArgs {
     /// Directory for the store file, task logs and task scratch files.
     #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
     data_dir: PathBuf,
+    /// Config file (TOML) for the controller, as for `baton controller`;
+    /// flags override it, and its cluster settings are refused (dev runs
+    /// alone on the embedded store).
+    #[arg(long, env = "BATON_CONFIG")]
+    config: Option<PathBuf>,
     /// Attempts the in-process worker runs at once (default: the number of cores).
     #[arg(long)]
     slots: Option<u32>,
@@ -365,6 +370,17 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut config = ControllerConfig::new(&data_dir);
+    if let Some(path) = &args.config {
+        let file = ConfigFile::load(path)?;
+        if file.cluster.etcd_endpoints.is_some() {
+            bail!(
+                "config cluster.etcd_endpoints: baton dev runs alone on the embedded store; use `baton controller` for cluster mode"
+            );
+        }
+        config.apply_file(file);
+        // `--data-dir` (with its default) wins over the file.
+        config.data_dir = data_dir.clone();
+    }
     config.controller_id = "dev".into();
     apply_timings(
         &mut config,
