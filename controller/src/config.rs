@@ -589,6 +589,11 @@ mod tests {
         );
         assert_eq!(config.worker_lost_timeout, Duration::from_secs(10));
         assert_eq!(
+            config.notify,
+            NotifyConfig::default(),
+            "the example documents the notify defaults"
+        );
+        assert_eq!(
             config.store_cache_bytes,
             ControllerConfig::new("/tmp/x").store_cache_bytes
         );

@@ -160,6 +160,7 @@ pub async fn serve(
         address: address.clone(),
         started_at: now_micros(),
         shutdown: shutdown.clone(),
+        notifications,
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
