@@ -176,6 +176,56 @@ async fn a_failed_run_is_reported_once_with_what_failed_and_a_success_when_asked
 }
 
 #[tokio::test]
+async fn retry_exhausted_is_posted_once_after_the_last_attempt_only() {
+    let receiver = WebhookReceiver::start(&[]).await;
+    let mut sandbox = Sandbox::new("notify_retry_exhausted");
+    let _dev = start_dev(&mut sandbox, FAST_DELIVERY).await;
+    let mut api = sandbox.api().await;
+    api.register(&format!(
+        r#"id: flaky
+notify:
+  - url: {}
+    on: [retry_exhausted]
+tasks:
+  - {{id: fetch, command: ["sh", "-c", "exit 7"], retries: 2, retry_delay: 100ms}}
+  - {{id: report, kind: noop, depends_on: [fetch], trigger_rule: all_done}}
+"#,
+        receiver.url("/retries")
+    ))
+    .await;
+
+    let run = api.trigger("flaky").await;
+    let view = api.wait_for_settled_run(&run.run_id, RUN_TIMEOUT).await;
+    assert_eq!(view.task_state("fetch"), TaskState::Failed);
+    assert_eq!(view.task("fetch").attempt, 3, "{}", view.describe());
+    let requests = receiver.wait_for_requests(1, DELIVERY_TIMEOUT).await;
+    let body = &requests[0].body;
+    assert_eq!(body["event"], "retry_exhausted");
+    assert_eq!(body["run_id"], run.run_id.as_str());
+    assert_eq!(body["task"]["task_id"], "fetch");
+    assert_eq!(body["task"]["state"], "failed");
+    assert_eq!(body["task"]["attempt"], 3);
+    assert_eq!(body["task"]["max_attempts"], 3);
+    assert_eq!(body["task"]["exit_code"], 7);
+    assert_eq!(body["failed_tasks"][0]["task_id"], "fetch");
+    let description = body["description"].as_str().unwrap();
+    assert!(
+        description.contains(
+            "task fetch of run {} of DAG flaky failed on its last attempt (3 of 3) and will not be retried"
+                .replace("{}", &run.run_id)
+                .as_str()
+        ),
+        "{description}"
+    );
+    // Not once per failed attempt: a second run's post is the next one.
+    let second = api.trigger("flaky").await;
+    api.wait_for_settled_run(&second.run_id, RUN_TIMEOUT).await;
+    let requests = receiver.wait_for_requests(2, DELIVERY_TIMEOUT).await;
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[1].body["run_id"], second.run_id.as_str());
+}
+
+#[tokio::test]
 async fn a_receiver_failing_twice_gets_the_default_notifier_post_on_the_third_try() {
     let receiver = WebhookReceiver::start(&[500, 500]).await;
     let mut sandbox = Sandbox::new("notify_retries_default");
