@@ -763,4 +763,124 @@ mod tests {
         queue.submit(vec![notifier[0].clone(); 3], notification());
         assert_eq!(queue.counters().dropped(), 2);
     }
+
+    /// A receiver on loopback answering every request with `status`;
+    /// returns its URL and the number of requests it got.
+    async fn receiver(status: u16) -> (String, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let received = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&received);
+        let router = axum::Router::new().fallback(move || {
+            let counted = Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        (url, received)
+    }
+
+    fn notifier_for(url: &str, secret_env: Option<&str>) -> Notifier {
+        let spec = baton_common::spec::NotifierSpec {
+            url: url.into(),
+            secret_header: secret_env.map(|variable| baton_common::spec::SecretHeaderSpec {
+                name: "X-Secret".into(),
+                value_env: Some(variable.into()),
+                value: None,
+            }),
+            ..Default::default()
+        };
+        baton_common::spec::resolve_notifiers(
+            &[spec],
+            "notify",
+            baton_common::spec::NotifierSource::DagFile,
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    async fn settled(queue: &NotificationQueue) {
+        for _ in 0..200 {
+            let counters = queue.counters();
+            if counters.delivered() + counters.failed() + counters.dropped() > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no delivery ended within 2s: {:?}", queue.counters());
+    }
+
+    fn quick() -> DeliverySettings {
+        DeliverySettings {
+            retry_delay: Duration::from_millis(10),
+            max_retry_delay: Duration::from_millis(20),
+            attempt_timeout: Duration::from_secs(1),
+            max_attempts: 4,
+            ..DeliverySettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_error_is_final_and_a_server_error_is_retried_to_the_limit() {
+        let shutdown = CancellationToken::new();
+        let (queue, task) = NotificationQueue::start(quick(), Vec::new(), shutdown.clone());
+        let (url, received) = receiver(400).await;
+        queue.submit(vec![notifier_for(&url, None)], notification());
+        settled(&queue).await;
+        assert_eq!(received.load(Ordering::SeqCst), 1, "400 is not retried");
+        assert_eq!(queue.counters().failed(), 1);
+        assert_eq!(queue.counters().failed_attempts(), 1);
+
+        let (url, received) = receiver(503).await;
+        queue.submit(vec![notifier_for(&url, None)], notification());
+        for _ in 0..200 {
+            if queue.counters().failed() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(queue.counters().failed(), 2);
+        assert_eq!(received.load(Ordering::SeqCst), 4, "503 is retried");
+        assert_eq!(queue.counters().failed_attempts(), 5);
+        assert_eq!(queue.counters().delivered(), 0);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_variable_fails_without_sending() {
+        let shutdown = CancellationToken::new();
+        let (queue, task) = NotificationQueue::start(quick(), Vec::new(), shutdown.clone());
+        let (url, received) = receiver(200).await;
+        let notifier = notifier_for(&url, Some("BATON_TEST_SECRET_THAT_IS_NEVER_SET"));
+        assert!(missing_secret(&notifier).is_some());
+        queue.submit(vec![notifier], notification());
+        settled(&queue).await;
+        assert_eq!(queue.counters().failed(), 1);
+        assert_eq!(received.load(Ordering::SeqCst), 0);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn default_notifiers_apply_only_to_dags_without_their_own() {
+        let (sender, _receiver) = mpsc::channel(1);
+        let default = notifier_for("https://default.example/h", None);
+        let queue = NotificationQueue {
+            sender,
+            counters: Arc::default(),
+            defaults: vec![default.clone()],
+        };
+        assert_eq!(queue.targets(&[], NotifyEvent::RunFailed), [default]);
+        assert!(queue.targets(&[], NotifyEvent::RunSucceeded).is_empty());
+        let own = notifier_for("https://own.example/h", None);
+        assert_eq!(
+            queue.targets(std::slice::from_ref(&own), NotifyEvent::SlaMissed),
+            [own]
+        );
+    }
 }
