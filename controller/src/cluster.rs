@@ -18,6 +18,7 @@ use crate::api::cluster::Membership;
 use crate::config::ControllerConfig;
 use crate::election::{self, Candidate, ElectionError, LeaderInfo};
 use crate::logs::LogStoreRef;
+use crate::notify::NotificationQueueRef;
 use crate::plan::PlanCache;
 use crate::role::{LeaderTerm, Role};
 use crate::scheduler::{Scheduler, SchedulerParts};
@@ -40,6 +41,7 @@ pub async fn start(
     address: String,
     plans: Arc<PlanCache>,
     logs: LogStoreRef,
+    notifications: NotificationQueueRef,
     role: watch::Sender<Role>,
     shutdown: CancellationToken,
 ) -> Result<
@@ -95,7 +97,12 @@ pub async fn start(
         member,
         shutdown.clone(),
     ));
-    let driver = drive(config, etcd, candidate, plans, logs, role, shutdown);
+    let shared = TermShared {
+        plans,
+        logs,
+        notifications,
+    };
+    let driver = drive(config, etcd, candidate, shared, role, shutdown);
     Ok((store, driver))
 }
 
@@ -127,16 +134,28 @@ async fn follow_leader_while_following(
     }
 }
 
+/// What every term's scheduler shares with the rest of the process, and
+/// keeps across terms.
+struct TermShared {
+    plans: Arc<PlanCache>,
+    logs: LogStoreRef,
+    notifications: NotificationQueueRef,
+}
+
 /// Campaigns, leads, steps down, campaigns again, until `shutdown`.
 async fn drive(
     config: Arc<ControllerConfig>,
     etcd: EtcdStore,
     candidate: Candidate,
-    plans: Arc<PlanCache>,
-    logs: LogStoreRef,
+    shared: TermShared,
     role: watch::Sender<Role>,
     shutdown: CancellationToken,
 ) -> Result<(), ClusterError> {
+    let TermShared {
+        plans,
+        logs,
+        notifications,
+    } = shared;
     let mut backoff = Duration::from_millis(100);
     loop {
         let elected = match election::campaign(&etcd, &candidate, &shutdown).await {
@@ -162,6 +181,7 @@ async fn drive(
             store: Arc::new(etcd.fenced(elected.fence.clone(), abort.clone())),
             plans: Arc::clone(&plans),
             logs: Arc::clone(&logs),
+            notifications: Arc::clone(&notifications),
             term,
             lease: Some(elected.clock.clone()),
         };

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_common::spec::SpecLimits;
+use baton_common::error::FieldViolation;
+use baton_common::spec::{Notifier, NotifierSource, NotifierSpec, SpecLimits, resolve_notifiers};
 use serde::Deserialize;
 
 use crate::clock::{ClockRef, SystemClock};
+use crate::notify::DeliverySettings;
 
 /// Settings of one controller process.
 #[derive(Debug, Clone)]
@@ -47,6 +49,9 @@ pub struct ControllerConfig {
     /// runs a single controller on the embedded store.
     pub cluster: Option<ClusterConfig>,
     pub limits: Limits,
+    /// How notifications are delivered, and the notifiers of DAGs that
+    /// declare none.
+    pub notify: NotifyConfig,
     /// The wall clock schedules, SLAs and time sensors follow: the
     /// machine's, except in tests that drive time by hand.
     pub clock: ClockRef,
@@ -77,6 +82,42 @@ impl ClusterConfig {
             lease_ttl: Duration::from_secs(5),
             advertise_address,
         }
+    }
+}
+
+/// The `[notify]` section: delivery settings and default notifiers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NotifyConfig {
+    pub delivery: DeliverySettings,
+    /// As written; [`NotifyConfig::default_notifiers`] checks and resolves
+    /// them.
+    pub defaults: Vec<NotifierSpec>,
+}
+
+impl NotifyConfig {
+    /// The default notifiers, checked; the error names the first bad field
+    /// (`notify.default[0].url`).
+    pub fn default_notifiers(&self) -> Result<Vec<Notifier>, ConfigError> {
+        let notifiers =
+            resolve_notifiers(&self.defaults, "notify.default", NotifierSource::ConfigFile)
+                .map_err(|violations| {
+                    let first = violations.into_iter().next().unwrap_or_else(|| {
+                        FieldViolation::new("notify.default", "invalid notifiers")
+                    });
+                    ConfigError::Invalid {
+                        field: first.field,
+                        reason: first.reason,
+                    }
+                })?;
+        for (position, notifier) in notifiers.iter().enumerate() {
+            if let Some(reason) = crate::notify::missing_secret(notifier) {
+                return Err(ConfigError::Invalid {
+                    field: format!("notify.default[{position}].secret_header.value_env"),
+                    reason,
+                });
+            }
+        }
+        Ok(notifiers)
     }
 }
 
@@ -114,6 +155,7 @@ impl ControllerConfig {
             log_retention: None,
             cluster: None,
             limits: Limits::default(),
+            notify: NotifyConfig::default(),
             clock: Arc::new(SystemClock),
             metrics_listen: None,
         }
@@ -185,6 +227,29 @@ impl ControllerConfig {
         }
         if let Some(value) = limits.max_output_bytes {
             self.limits.max_output_bytes = value;
+        }
+        let notify = file.notify;
+        let delivery = &mut self.notify.delivery;
+        if let Some(value) = notify.queue_capacity {
+            delivery.queue_capacity = value;
+        }
+        if let Some(value) = notify.max_concurrent {
+            delivery.max_concurrent = value;
+        }
+        if let Some(value) = notify.attempt_timeout {
+            delivery.attempt_timeout = value.into();
+        }
+        if let Some(value) = notify.max_attempts {
+            delivery.max_attempts = value;
+        }
+        if let Some(value) = notify.retry_delay {
+            delivery.retry_delay = value.into();
+        }
+        if let Some(value) = notify.max_retry_delay {
+            delivery.max_retry_delay = value.into();
+        }
+        if !notify.default.is_empty() {
+            self.notify.defaults = notify.default;
         }
     }
 
@@ -276,6 +341,40 @@ impl ControllerConfig {
         {
             return invalid("logs.url", error.to_string());
         }
+        let delivery = &self.notify.delivery;
+        if !(1..=1_000_000).contains(&delivery.queue_capacity) {
+            return invalid(
+                "notify.queue_capacity",
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        if !(1..=1_000).contains(&delivery.max_concurrent) {
+            return invalid("notify.max_concurrent", "must be between 1 and 1000".into());
+        }
+        if delivery.attempt_timeout < Duration::from_millis(100)
+            || delivery.attempt_timeout > Duration::from_secs(300)
+        {
+            return invalid(
+                "notify.attempt_timeout",
+                "must be between 100ms and 5m".into(),
+            );
+        }
+        if !(1..=100).contains(&delivery.max_attempts) {
+            return invalid("notify.max_attempts", "must be between 1 and 100".into());
+        }
+        if delivery.retry_delay < Duration::from_millis(10) {
+            return invalid("notify.retry_delay", "must be at least 10ms".into());
+        }
+        if delivery.max_retry_delay < delivery.retry_delay {
+            return invalid(
+                "notify.max_retry_delay",
+                format!(
+                    "must be at least retry_delay ({})",
+                    humantime::format_duration(delivery.retry_delay)
+                ),
+            );
+        }
+        self.notify.default_notifiers()?;
         if let Some(retention) = self.log_retention
             && retention < Duration::from_secs(60)
         {
@@ -341,6 +440,22 @@ pub struct ConfigFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub logs: LogsSection,
+    #[serde(default)]
+    pub notify: NotifySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    pub queue_capacity: Option<usize>,
+    pub max_concurrent: Option<usize>,
+    pub attempt_timeout: Option<humantime_serde_compat::Duration>,
+    pub max_attempts: Option<u32>,
+    pub retry_delay: Option<humantime_serde_compat::Duration>,
+    pub max_retry_delay: Option<humantime_serde_compat::Duration>,
+    /// Notifiers of DAGs that declare none (`[[notify.default]]`).
+    #[serde(default)]
+    pub default: Vec<NotifierSpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -479,6 +594,11 @@ mod tests {
         );
         assert_eq!(config.worker_lost_timeout, Duration::from_secs(10));
         assert_eq!(
+            config.notify,
+            NotifyConfig::default(),
+            "the example documents the notify defaults"
+        );
+        assert_eq!(
             config.store_cache_bytes,
             ControllerConfig::new("/tmp/x").store_cache_bytes
         );
@@ -579,5 +699,46 @@ mod tests {
                 .starts_with("config scheduler.worker_lost_timeout"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn notify_settings_apply_and_default_notifiers_are_checked() {
+        let file = ConfigFile::parse(
+            Path::new("c.toml"),
+            "version = 1\n[notify]\nmax_attempts = 3\nretry_delay = \"200ms\"\n[[notify.default]]\nurl = \"https://hooks.example.com/x\"\non = [\"run_failed\"]\nformat = \"slack\"\nsecret_header = { name = \"X-Secret\", value = \"abc\" }\n",
+        )
+        .unwrap();
+        let mut config = ControllerConfig::new("/tmp/x");
+        config.apply_file(file);
+        config.validate().unwrap();
+        assert_eq!(config.notify.delivery.max_attempts, 3);
+        assert_eq!(
+            config.notify.delivery.retry_delay,
+            Duration::from_millis(200)
+        );
+        let notifiers = config.notify.default_notifiers().unwrap();
+        assert_eq!(notifiers[0].format, baton_common::spec::NotifyFormat::Slack);
+
+        config.notify.defaults[0].url = "not a url".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("config notify.default[0].url: "),
+            "{error}"
+        );
+        config.notify.defaults.clear();
+        config.notify.delivery.max_retry_delay = Duration::from_millis(100);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("config notify.max_retry_delay: "),
+            "{error}"
+        );
+
+        let error = ConfigFile::parse(
+            Path::new("c.toml"),
+            "version = 1\n[[notify.default]]\nurll = \"https://x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("unknown field `urll`"), "{error}");
     }
 }

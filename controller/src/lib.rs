@@ -16,6 +16,8 @@
 //!   tracking.
 //! - `cluster`: cluster mode: membership, campaigning, leading with a
 //!   fenced store, stepping down.
+//! - `notify`: notifications: the bounded queue from the scheduler, webhook
+//!   delivery with retries, the bodies, the delivery counters.
 //! - `role`: leader or follower, as the API sees it.
 //! - `server`: assembling it all and serving on one port.
 //! - `metrics`: Prometheus metrics and their `/metrics` endpoint.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod election;
 pub mod logs;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod role;
 pub mod scheduler;

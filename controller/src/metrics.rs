@@ -70,6 +70,11 @@ struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControllerLabels {
     controller_id: String,
 }
@@ -110,6 +115,8 @@ pub struct ControllerMetrics {
     worker_free_slots: Gauge,
     runs_active: Gauge,
     leader: Family<ControllerLabels, Gauge>,
+    notifications: Family<NotificationLabels, Counter>,
+    notification_failed_posts: Counter,
 }
 
 static METRICS: OnceLock<Arc<ControllerMetrics>> = OnceLock::new();
@@ -154,6 +161,8 @@ impl ControllerMetrics {
             worker_free_slots: Gauge::default(),
             runs_active: Gauge::default(),
             leader: Family::default(),
+            notifications: Family::default(),
+            notification_failed_posts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -275,6 +284,16 @@ impl ControllerMetrics {
             "baton_controller_leader",
             "1 on the controller that leads, 0 on a follower",
             metrics.leader.clone(),
+        );
+        registry.register(
+            "baton_notifications",
+            "Notifications by result: delivered, failed (after their last attempt), dropped (queue full or shutdown)",
+            metrics.notifications.clone(),
+        );
+        registry.register(
+            "baton_notification_failed_posts",
+            "Webhook POSTs that failed (retried or not)",
+            metrics.notification_failed_posts.clone(),
         );
         Self {
             registry,
@@ -468,6 +487,23 @@ impl ControllerMetrics {
         }
     }
 
+    /// Brings the notification counters up to the notifier's own.
+    pub fn set_notifications(&self, counters: &crate::notify::NotificationCounters) {
+        for (result, total) in [
+            ("delivered", counters.delivered()),
+            ("failed", counters.failed()),
+            ("dropped", counters.dropped()),
+        ] {
+            let counter = self
+                .notifications
+                .get_or_create(&NotificationLabels { result });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        let posts = counters.failed_attempts();
+        self.notification_failed_posts
+            .inc_by(posts.saturating_sub(self.notification_failed_posts.get()));
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -499,6 +535,7 @@ pub async fn serve(
             // status: the present belongs to the leader's /metrics.
             let status = ClusterApi::new(Arc::clone(&context)).status().await.ok();
             metrics.set_present(&context.config.controller_id, status.as_ref());
+            metrics.set_notifications(context.notifications.counters());
             metrics.encode()
         })
     });

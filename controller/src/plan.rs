@@ -15,8 +15,8 @@ use baton_common::pb::records::DagVersionRecord;
 use std::time::Duration;
 
 use baton_common::spec::{
-    self, DagTrigger, ParamsSpec, ResolvedTask, SensorCondition, SpecFormat, SpecLimits, TaskKind,
-    TriggerRule, ValidatedDag,
+    self, DagTrigger, Notifier, ParamsSpec, ResolvedTask, SensorCondition, SpecFormat, SpecLimits,
+    TaskKind, TriggerRule, ValidatedDag,
 };
 use baton_common::template;
 use baton_common::timetable::Timetable;
@@ -66,6 +66,8 @@ pub struct DagSettings {
     pub params: ParamsSpec,
     /// A run must finish within this after its data interval ends.
     pub sla: Option<Duration>,
+    /// The DAG's own notifiers; empty means the controller's defaults.
+    pub notify: Vec<Notifier>,
 }
 
 impl DagSettings {
@@ -105,6 +107,7 @@ impl DagPlan {
                 max_active_runs: dag.max_active_runs,
                 params: dag.params,
                 sla: dag.sla,
+                notify: dag.notify,
             },
             template_reads,
             starters: dag

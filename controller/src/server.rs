@@ -33,6 +33,7 @@ use crate::api::{ApiContext, ApiContextRef};
 use crate::cluster::{self, ClusterError};
 use crate::config::{ConfigError, ControllerConfig};
 use crate::logs::LogStore;
+use crate::notify::NotificationQueue;
 use crate::plan::PlanCache;
 use crate::role::{LeaderTerm, Role};
 use crate::scheduler::{Scheduler, SchedulerError, SchedulerParts};
@@ -88,6 +89,16 @@ pub async fn serve(
     });
     info!(location = %logs.location(), retention = ?config.log_retention.map(humantime::format_duration), "task log store opened");
     let (role_sender, role) = watch::channel(Role::Follower { leader: None });
+    // One queue for the process: every term's scheduler submits to it, and
+    // deliveries in progress survive a step-down (what they report was
+    // committed).
+    let notify_shutdown = CancellationToken::new();
+    let (notifications, notify_task) = NotificationQueue::start(
+        config.notify.delivery.clone(),
+        config.notify.default_notifiers()?,
+        notify_shutdown.clone(),
+    );
+    let _notify_drop_guard = notify_shutdown.clone().drop_guard();
 
     // The store every replica reads, and the driver that makes this
     // controller lead (and stop leading).
@@ -106,6 +117,7 @@ pub async fn serve(
                 store: Arc::clone(&store),
                 plans: Arc::clone(&plans),
                 logs: Arc::clone(&logs),
+                notifications: Arc::clone(&notifications),
                 term: 0,
                 lease: None,
             };
@@ -130,6 +142,7 @@ pub async fn serve(
                 address.clone(),
                 Arc::clone(&plans),
                 Arc::clone(&logs),
+                Arc::clone(&notifications),
                 role_sender,
                 shutdown.clone(),
             )
@@ -149,6 +162,7 @@ pub async fn serve(
         address: address.clone(),
         started_at: now_micros(),
         shutdown: shutdown.clone(),
+        notifications,
     });
 
     if let Some(address) = config.metrics_listen {
@@ -221,6 +235,7 @@ pub async fn serve(
         result = &mut server => {
             shutdown.cancel();
             let driven = driver.await;
+            stop_notifications(notify_shutdown, notify_task).await;
             result?;
             return driven;
         }
@@ -233,6 +248,8 @@ pub async fn serve(
             result
         }
     };
+    // The scheduler stored what it decided: what it could notify is queued.
+    stop_notifications(notify_shutdown, notify_task).await;
     match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut server).await {
         Ok(result) => result?,
         Err(_) => info!(
@@ -241,6 +258,18 @@ pub async fn serve(
         ),
     }
     driver_result
+}
+
+/// Stops notification delivery: queued and unfinished deliveries are
+/// dropped and counted (the delivery task logs how many).
+async fn stop_notifications(
+    notify_shutdown: CancellationToken,
+    notify_task: tokio::task::JoinHandle<()>,
+) {
+    notify_shutdown.cancel();
+    if let Err(error) = notify_task.await {
+        error!(%error, "notification delivery task panicked");
+    }
 }
 
 /// A single controller on the embedded store: it leads from start to end.

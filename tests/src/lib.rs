@@ -47,6 +47,8 @@
 //! - [`history`]: [`StoreHistory`], the store's history read back from
 //!   etcd: every record put with its leader term, every election key.
 //! - [`poll`]: the one bounded polling loop every wait goes through.
+//! - [`webhook`]: [`WebhookReceiver`], an HTTP server on loopback that
+//!   records the notifications it gets and answers from a script (or never).
 //! - [`reference_model`]: how trigger rules, branches and the run's outcome
 //!   decide every task's final state, written independently of the
 //!   controller so that tests can compare the real scheduler against it.
@@ -63,6 +65,7 @@ pub mod proxy;
 pub mod python;
 pub mod reference_model;
 pub mod sandbox;
+pub mod webhook;
 
 pub use api::{
     Api, RunView, SuccessCheck, micros, run_is_final, run_state, task_count, task_state,
@@ -74,6 +77,7 @@ pub use process::{BatonProcess, LogPattern, PidFiles};
 pub use proxy::TcpProxy;
 pub use python::PythonSdk;
 pub use sandbox::{CliOutput, Sandbox};
+pub use webhook::{ReceivedRequest, WebhookReceiver};
 
 /// Generated API types, re-exported so tests need one import path.
 pub use baton_common::pb::api as pb;

@@ -37,20 +37,40 @@ impl BatonProcess {
     /// and stderr appended to `<log_dir>/<name>.log`, and no inherited
     /// `BATON_*` variables.
     pub fn spawn(name: &str, log_dir: &Path, args: &[String]) -> Self {
+        Self::spawn_with_env(name, log_dir, args, &[])
+    }
+
+    /// [`BatonProcess::spawn`] with these environment variables set too
+    /// (names starting with `BATON_` included).
+    pub fn spawn_with_env(
+        name: &str,
+        log_dir: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Self {
         let mut command = Command::new(baton_bin());
         command
             .args(args)
             .env("RUST_LOG", "info")
             // Plain text: log lines are matched by tests and read by people.
             .env("NO_COLOR", "1");
-        Self::spawn_command(name, log_dir, command)
+        Self::spawn_command_with_env(name, log_dir, command, env)
     }
 
     /// Starts any program the same way (for example an SDK worker in
     /// another language): stdout and stderr appended to
     /// `<log_dir>/<name>.log`, no standard input, no inherited `BATON_*`
     /// variables.
-    pub fn spawn_command(name: &str, log_dir: &Path, mut command: Command) -> Self {
+    pub fn spawn_command(name: &str, log_dir: &Path, command: Command) -> Self {
+        Self::spawn_command_with_env(name, log_dir, command, &[])
+    }
+
+    fn spawn_command_with_env(
+        name: &str,
+        log_dir: &Path,
+        mut command: Command,
+        env: &[(String, String)],
+    ) -> Self {
         let log_path = log_dir.join(format!("{name}.log"));
         let log = File::options()
             .create(true)
@@ -63,6 +83,7 @@ impl BatonProcess {
                 command.env_remove(key);
             }
         }
+        command.envs(env.iter().map(|(key, value)| (key, value)));
         command.stdin(Stdio::null()).stdout(log).stderr(stderr);
         let program = command.get_program().to_string_lossy().into_owned();
         let child = command

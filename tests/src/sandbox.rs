@@ -47,6 +47,8 @@ pub struct Sandbox {
     // start may move to another if it was taken.
     port_used: bool,
     starts: HashMap<String, usize>,
+    /// Environment variables given to the servers it starts.
+    server_env: Vec<(String, String)>,
 }
 
 impl Sandbox {
@@ -56,7 +58,14 @@ impl Sandbox {
             port: free_port(),
             port_used: false,
             starts: HashMap::new(),
+            server_env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the servers (`dev`, `controller`)
+    /// started from now on, for example a notifier's secret.
+    pub fn set_server_env(&mut self, key: &str, value: &str) {
+        self.server_env.push((key.to_string(), value.to_string()));
     }
 
     /// The test's temporary directory.
@@ -123,7 +132,8 @@ impl Sandbox {
             }
             args.extend(extra_args.iter().map(ToString::to_string));
             let name = self.log_name(kind);
-            let mut process = BatonProcess::spawn(&name, self.path(), &args);
+            let mut process =
+                BatonProcess::spawn_with_env(&name, self.path(), &args, &self.server_env);
             if wait_ready(&self.addr(), &mut process).await {
                 self.port_used = true;
                 return process;

@@ -197,6 +197,14 @@ async fn metrics_count_a_known_run_and_freshness_resets_on_success() {
     assert_eq!(samples.value("baton_worker_slots", &[]), 4.0);
     assert_eq!(samples.value("baton_worker_free_slots", &[]), 4.0);
     assert_eq!(samples.value("baton_runs_active", &[]), 0.0);
+    // No DAG here notifies anyone.
+    for result in ["delivered", "failed", "dropped"] {
+        assert_eq!(
+            samples.value("baton_notifications_total", &[("result", result)]),
+            0.0,
+            "{result}"
+        );
+    }
     let warehouse = [("pool", "warehouse")];
     assert_eq!(samples.value("baton_pool_slots", &warehouse), 2.0);
     assert_eq!(samples.value("baton_pool_used_slots", &warehouse), 0.0);

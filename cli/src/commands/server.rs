@@ -153,6 +153,11 @@ pub struct DevArgs {
     /// address; off unless given.
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Config file (TOML) for the controller, as for `baton controller`;
+    /// flags override it, and its cluster settings are refused (dev runs
+    /// alone on the embedded store).
+    #[arg(long, env = "BATON_CONFIG")]
+    config: Option<PathBuf>,
     /// Attempts the in-process worker runs at once (default: the number of cores).
     #[arg(long)]
     slots: Option<u32>,
@@ -211,6 +216,19 @@ fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
+/// The config file's `controller.metrics_listen`, checked.
+fn file_metrics_listen(file: &ConfigFile) -> anyhow::Result<Option<SocketAddr>> {
+    file.controller
+        .metrics_listen
+        .as_deref()
+        .map(|address| {
+            address.parse().with_context(|| {
+                format!("config controller.metrics_listen: `{address}` is not host:port")
+            })
+        })
+        .transpose()
+}
+
 async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
@@ -229,11 +247,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<Outcome> {
                 format!("config controller.listen: `{address}` is not host:port")
             })?);
         }
-        if let Some(address) = &file.controller.metrics_listen {
-            config.metrics_listen = Some(address.parse().with_context(|| {
-                format!("config controller.metrics_listen: `{address}` is not host:port")
-            })?);
-        }
+        config.metrics_listen = file_metrics_listen(&file)?;
         config.apply_file(file);
     }
     if let Some(data_dir) = args.data_dir {
@@ -381,8 +395,22 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut config = ControllerConfig::new(&data_dir);
+    if let Some(path) = &args.config {
+        let file = ConfigFile::load(path)?;
+        if file.cluster.etcd_endpoints.is_some() {
+            bail!(
+                "config cluster.etcd_endpoints: baton dev runs alone on the embedded store; use `baton controller` for cluster mode"
+            );
+        }
+        config.metrics_listen = file_metrics_listen(&file)?;
+        config.apply_file(file);
+        // `--data-dir` (with its default) wins over the file.
+        config.data_dir = data_dir.clone();
+    }
     config.controller_id = "dev".into();
-    config.metrics_listen = args.metrics_listen;
+    if let Some(address) = args.metrics_listen {
+        config.metrics_listen = Some(address);
+    }
     apply_timings(
         &mut config,
         args.heartbeat_interval,

@@ -22,9 +22,12 @@
 //! - `templates`: the registration-time check of templated fields and of
 //!   the `run_if` and `map_over` expressions (syntax, variables, params
 //!   and task outputs read).
+//! - `notify`: notifiers (webhooks told of run and task events), for DAG
+//!   files and the controller's config file alike ([`Notifier`]).
 
 mod flow;
 mod model;
+mod notify;
 mod params;
 mod parse;
 mod scheduling;
@@ -37,9 +40,14 @@ use std::time::Duration;
 
 pub use flow::{DEFAULT_MAX_MAP_LENGTH, MAX_MAP_LENGTH_LIMIT, MapOver, TriggerRule, branch_choice};
 pub use model::{
-    CommandSpec, DagSpec, ExternalTaskSensorSpec, HttpSensorSpec, ParamDeclarationSpec, ParamSpec,
-    Quantity, ResourcesSpec, ScheduleDetail, ScheduleSpec, SensorModeSpec, SensorSpec,
-    SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec, parse_cpu, parse_memory,
+    CommandSpec, DagSpec, ExternalTaskSensorSpec, HttpSensorSpec, NotifierSpec,
+    ParamDeclarationSpec, ParamSpec, Quantity, ResourcesSpec, ScheduleDetail, ScheduleSpec,
+    SecretHeaderSpec, SensorModeSpec, SensorSpec, SpecDuration, TaskDefaults, TaskKindSpec,
+    TaskSpec, parse_cpu, parse_memory,
+};
+pub use notify::{
+    MAX_NOTIFIERS, MAX_NOTIFY_URL_BYTES, Notifier, NotifierSource, NotifyEvent, NotifyFormat,
+    SecretHeader, SecretValue, resolve_notifiers,
 };
 pub use params::{ParamDeclaration, ParamType, ParamsSpec};
 pub use parse::parse_dag;
@@ -133,6 +141,9 @@ pub struct ValidatedDag {
     pub sla: Option<Duration>,
     /// Tasks of the DAG leased or running at once, across its runs.
     pub max_active_tasks: Option<u32>,
+    /// Webhooks told of the DAG's run and task events; empty when the DAG
+    /// declares none (the controller's defaults apply then).
+    pub notify: Vec<Notifier>,
     /// Tasks in file order, with defaults applied.
     pub tasks: Vec<ResolvedTask>,
     /// The document re-serialized as compact JSON with a fixed field order:

@@ -76,8 +76,58 @@ pub struct DagSpec {
     /// not written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_active_tasks: Option<u32>,
+    /// Webhooks told when a run fails or succeeds, a task's last attempt
+    /// fails, or an SLA is missed. Without any, the controller's default
+    /// notifiers apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifierSpec>,
     #[serde(default)]
     pub tasks: Vec<TaskSpec>,
+}
+
+/// One notifier as written: in a DAG's `notify` list, or in the
+/// controller's config file as a default (`[[notify.default]]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierSpec {
+    /// Event names (`run_failed`, ...); the failure events when not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<String>>,
+    /// Where the POST goes; empty when not written (reported by checks).
+    #[serde(default)]
+    pub url: String,
+    /// `json` (the default) or `slack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_header: Option<SecretHeaderSpec>,
+}
+
+/// A header sent with every POST so the receiver can tell the controller
+/// from anyone else. Its value comes from an environment variable of the
+/// controller (`value_env`); a literal `value` is accepted only in the
+/// controller's config file, never in a DAG file, which is stored and shown.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretHeaderSpec {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+impl fmt::Debug for SecretHeaderSpec {
+    // The literal value is a secret: never printed, even in debug logs.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("SecretHeaderSpec")
+            .field("name", &self.name)
+            .field("value_env", &self.value_env)
+            .field("value", &self.value.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The `default_args` of a DAG: the task settings that can be shared.

@@ -1309,6 +1309,7 @@ tasks:
                 "sla",
                 "default_args",
                 "max_active_tasks",
+                "notify",
                 "tasks"
             ]
         );

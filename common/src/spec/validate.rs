@@ -29,6 +29,7 @@ use super::flow::{
 use super::model::{
     CommandSpec, DagSpec, ResourcesSpec, SpecDuration, TaskDefaults, TaskKindSpec, TaskSpec,
 };
+use super::notify::{Notifier, NotifierSource, resolve_notifiers};
 use super::params::check_params;
 use super::scheduling::{Scheduling, check_scheduling};
 use super::sensor::{check_sensor, resolve_sensor};
@@ -252,6 +253,15 @@ pub(super) fn validate(
     check_limit("max_active_tasks", spec.max_active_tasks, &mut report);
     let scheduling = check_scheduling(&parsed, &mut report);
     let params = check_params(&spec.params, &mut report);
+    let notify = match resolve_notifiers(&spec.notify, "notify", NotifierSource::DagFile) {
+        Ok(notifiers) => notifiers,
+        Err(violations) => {
+            for violation in violations {
+                report.push(violation.field, violation.reason);
+            }
+            Vec::new()
+        }
+    };
 
     let defaults = Settings::of_defaults(&spec.default_args);
     check_settings(Place::Defaults, &defaults, true, &mut report);
@@ -336,7 +346,7 @@ pub(super) fn validate(
             "the schedule passed its checks but was not resolved".to_string(),
         ));
     };
-    resolve(parsed.spec, dependencies, scheduling, params)
+    resolve(parsed.spec, dependencies, scheduling, params, notify)
 }
 
 /// A problem the checks should have caught: reported rather than panicking.
@@ -1043,6 +1053,7 @@ fn resolve(
     dependencies: Vec<Vec<usize>>,
     scheduling: Scheduling,
     params: ParamsSpec,
+    notify: Vec<Notifier>,
 ) -> Result<ValidatedDag, SpecErrors> {
     let internal = internal_error;
     let canonical_json = serde_json::to_string(&spec)
@@ -1204,6 +1215,7 @@ fn resolve(
         params,
         sla: scheduling.sla,
         max_active_tasks,
+        notify,
         tasks,
         canonical_json,
         digest,

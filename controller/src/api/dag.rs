@@ -1,6 +1,6 @@
 //! `DagService`: registering, reading, pausing and deleting DAGs.
 
-use baton_common::error::{ApiError, ApiResult};
+use baton_common::error::{ApiError, ApiResult, FieldViolation};
 use baton_common::ids::{DagId, RunId};
 use baton_common::pb::api::dag_service_server::DagService;
 use baton_common::pb::api::{
@@ -103,6 +103,7 @@ impl DagApi {
         let version = tokio::task::spawn_blocking(move || -> ApiResult<NewDagVersion> {
             let mut dag = spec::parse_dag(&spec_text, format, &limits)?;
             drop(spec_text);
+            check_notifier_secrets(&dag.notify)?;
             let canonical_json = std::mem::take(&mut dag.canonical_json);
             let digest = std::mem::take(&mut dag.digest);
             Ok(NewDagVersion {
@@ -357,5 +358,28 @@ impl DagService for DagApi {
         request: Request<DeleteDagRequest>,
     ) -> Result<tonic::Response<DeleteDagResponse>, Status> {
         grpc(self.delete(request.into_inner()).await)
+    }
+}
+
+/// A secret header's environment variable must be set on the controller,
+/// or every notification of the DAG would fail; a document cannot check
+/// that by itself (`baton dag validate` runs elsewhere).
+fn check_notifier_secrets(notifiers: &[spec::Notifier]) -> ApiResult<()> {
+    let violations: Vec<FieldViolation> = notifiers
+        .iter()
+        .enumerate()
+        .filter_map(|(position, notifier)| {
+            crate::notify::missing_secret(notifier).map(|reason| {
+                FieldViolation::new(
+                    format!("spec.notify[{position}].secret_header.value_env"),
+                    reason,
+                )
+            })
+        })
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(violations))
     }
 }

@@ -54,6 +54,8 @@ pub struct ApiContext {
     pub started_at: baton_common::time::Micros,
     /// Ends long-lived streams when the controller shuts down.
     pub shutdown: CancellationToken,
+    /// The process's notification queue, whose counters metrics read.
+    pub notifications: crate::notify::NotificationQueueRef,
 }
 
 impl ApiContext {

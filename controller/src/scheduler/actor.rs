@@ -20,6 +20,8 @@
 //! - `dependencies`: trigger rules, branches, `run_if`, the run's outcome.
 //! - `mapping`: `map_over` expansion and the expressions tasks evaluate.
 //! - `marking`: tasks set succeeded, failed or skipped by hand.
+//! - `notifications`: run and task events handed to the notifiers after
+//!   their batch commits.
 
 mod admission;
 mod assignments;
@@ -28,6 +30,7 @@ mod deadlines;
 mod dependencies;
 mod mapping;
 mod marking;
+mod notifications;
 mod schedules;
 mod sensors;
 mod triggers;
@@ -1674,6 +1677,7 @@ impl Scheduler {
         self.pending.ops.push(Op::delete(keys::active(&run_id)));
         self.touch(run_id);
         self.pending.effects.push(Effect::DropRun(run_id));
+        self.notify_run_ended(run_id);
         self.track_run_state(&dag_id, run_id, logical_date, from, state);
         self.on_run_ended(&dag_id, run_id);
     }
@@ -2001,6 +2005,9 @@ impl Scheduler {
             entry.set_state(index, TaskState::Failed);
             info!(%run_id, task_id = %entry.task_id(index), attempt, "task failed");
             self.touch(run_id);
+            // Before the task's end moves its downstream (and maybe ends
+            // the run): the notifications go out in that order.
+            self.notify_retry_exhausted(run_id, index);
             self.task_ended(run_id, index);
         }
         self.touch(run_id);
@@ -2608,6 +2615,10 @@ impl Scheduler {
                 }
             }
             Effect::OpenLog(key) => self.parts.logs.open_attempt(key),
+            Effect::Notify {
+                targets,
+                notification,
+            } => self.parts.notifications.submit(targets, *notification),
             Effect::Log(command) => {
                 let _ = self.log_writer.send(command);
             }

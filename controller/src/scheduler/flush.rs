@@ -43,6 +43,11 @@ pub enum Effect {
     /// The run ended in this batch: drop it from memory unless it was
     /// reopened meanwhile.
     DropRun(RunId),
+    /// Tell these notifiers (`crate::notify`): submitted without waiting.
+    Notify {
+        targets: Vec<baton_common::spec::Notifier>,
+        notification: Box<crate::notify::Notification>,
+    },
 }
 
 /// What a conditional write claims: at most one run per idempotency key or

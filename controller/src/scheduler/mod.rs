@@ -462,6 +462,8 @@ pub struct SchedulerParts {
     pub store: crate::store::StoreRef,
     pub plans: Arc<crate::plan::PlanCache>,
     pub logs: crate::logs::LogStoreRef,
+    /// Where notifications go once the change they report is durable.
+    pub notifications: crate::notify::NotificationQueueRef,
     /// The leader's term, written into every record (0 on the embedded store).
     pub term: i64,
     /// Whether the leader's lease is still trusted (cluster mode).

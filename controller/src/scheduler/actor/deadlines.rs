@@ -129,5 +129,6 @@ impl Scheduler {
         });
         entry.dirty = true;
         self.touch(run_id);
+        self.notify_sla_missed(run_id, index, sla, deadline, now);
     }
 }
