@@ -50,6 +50,11 @@ pub struct ControllerConfig {
     /// The wall clock schedules, SLAs and time sensors follow: the
     /// machine's, except in tests that drive time by hand.
     pub clock: ClockRef,
+    /// Export the spans of runs and attempts (`traces`) through the
+    /// process's global OpenTelemetry tracer provider, and send each
+    /// attempt's trace context to its worker. Off unless the process
+    /// installed an exporter: nothing is derived or sent then.
+    pub export_traces: bool,
 }
 
 /// Settings of cluster mode.
@@ -113,6 +118,7 @@ impl ControllerConfig {
             cluster: None,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            export_traces: false,
         }
     }
 

@@ -63,6 +63,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 use tracing::{debug, error, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::flush::{CreateKey, Effect, InFlight, Pending, dedupe_ops, spawn_commit};
 use super::limits::{LimitKey, Limits};
@@ -81,6 +82,7 @@ use crate::plan::{PlanRef, TaskIndex};
 use crate::store::{
     BatchOutcome, Conditional, Op, Precondition, StoreError, StoreResult, get_record, keys,
 };
+use crate::traces::{AttemptSpanFields, FinishedSpan, RunSpanFields};
 
 /// Commands taken from the queue per loop turn before flushing, so that a
 /// burst shares one batch without delaying the batch indefinitely.
@@ -113,6 +115,9 @@ struct PendingEvent {
 
 pub struct Scheduler {
     parts: SchedulerParts,
+    /// Exports run and attempt spans; `None` when traces are off, and then
+    /// no trace id or context is derived at all.
+    run_tracer: Option<crate::traces::RunTracer>,
     log_writer: mpsc::UnboundedSender<LogCommand>,
     commands: mpsc::Receiver<Command>,
     self_sender: mpsc::Sender<Command>,
@@ -241,8 +246,13 @@ impl Scheduler {
                 retention_stop.clone(),
             ))
         });
+        let run_tracer = parts
+            .config
+            .export_traces
+            .then(crate::traces::RunTracer::default);
         let mut scheduler = Scheduler {
             parts,
+            run_tracer,
             log_writer,
             commands,
             self_sender: sender.clone(),
@@ -1663,6 +1673,20 @@ impl Scheduler {
         entry.reason = reason;
         let duration_ms = (entry.ended_at - entry.started_at.max(entry.created_at)) / 1_000;
         info!(dag_id = %entry.dag_id, %run_id, state = baton_common::states::run_state_name(state), duration_ms, "run finished");
+        if self.run_tracer.is_some() {
+            let span = FinishedSpan::run(RunSpanFields {
+                dag_id: entry.dag_id.as_str(),
+                run_id,
+                created_at: entry.created_at,
+                ended_at: entry.ended_at,
+                state: baton_common::states::run_state_name(state),
+                failed: state == RunState::Failed,
+                reason: entry.reason.as_deref(),
+            });
+            self.pending
+                .effects
+                .push(Effect::ExportSpan(Box::new(span)));
+        }
         let (dag_id, logical_date) = (entry.dag_id.clone(), entry.logical_date());
         self.pending.ops.push(Op::delete(keys::active(&run_id)));
         self.touch(run_id);
@@ -1855,7 +1879,12 @@ impl Scheduler {
         worker.hold(attempt_id, task.resources);
         self.limits.acquire(attempt_id, &entry.dag_id, task);
         self.attempts.insert(attempt_id, (run_id, index));
-        debug!(%run_id, %task_id, attempt, worker = %worker_id, "task leased");
+        debug!(dag_id = %entry.dag_id, %run_id, %task_id, attempt, %attempt_id, worker = %worker_id, "task leased");
+        let (traceparent, tracestate) = if self.run_tracer.is_some() {
+            crate::traces::attempt_trace_headers(run_id, attempt_id)
+        } else {
+            (String::new(), String::new())
+        };
         let assign = api::Assign {
             attempt_id: attempt_id.to_string(),
             dag_id: entry.dag_id.to_string(),
@@ -1870,6 +1899,8 @@ impl Scheduler {
             data_interval_start: micros_to_timestamp_opt(entry.origin.data_interval_start),
             data_interval_end: micros_to_timestamp_opt(entry.origin.data_interval_end),
             map_index: entry.instance(index).map(|instance| instance.map_index),
+            traceparent,
+            tracestate,
         };
         let log_key = LogKey {
             run_id,
@@ -1960,6 +1991,28 @@ impl Scheduler {
         let task_id = entry.task_id(index);
         let mut record = views::attempt_record(entry, index, log_bytes);
         record.leader_term = self.parts.term;
+        if self.run_tracer.is_some() {
+            let slot = entry.slot(index);
+            if let Some(attempt_id) = slot.attempt_id {
+                let span = FinishedSpan::attempt(AttemptSpanFields {
+                    dag_id: entry.dag_id.as_str(),
+                    run_id,
+                    task_id: task_id.as_str(),
+                    attempt,
+                    attempt_id,
+                    worker_id: slot.worker.as_deref(),
+                    leased_at: slot.leased_at,
+                    recorded_at: slot.ended_at.max(now_micros()),
+                    outcome: baton_common::states::outcome_name(slot.outcome),
+                    failed: attempt_failed(slot.outcome),
+                    exit_code: slot.exit_code,
+                    error: slot.error.as_deref(),
+                });
+                self.pending
+                    .effects
+                    .push(Effect::ExportSpan(Box::new(span)));
+            }
+        }
         self.pending.ops.push(Op::put(
             keys::attempt(&run_id, task_id.as_str(), attempt),
             record.encode_to_vec(),
@@ -2366,6 +2419,10 @@ impl Scheduler {
         let attempt = slot.attempt;
         let span =
             info_span!("task_result", dag_id = %entry.dag_id, %run_id, task_id = %task_id, attempt);
+        if self.run_tracer.is_some() {
+            // Under the attempt's span in the run's trace, not a trace of its own.
+            let _ = span.set_parent(crate::traces::attempt_context(run_id, attempt_id));
+        }
         let _guard = span.enter();
         self.record_attempt_end(run_id, index, result.log_bytes);
         self.pending.effects.push(Effect::Send {
@@ -2583,6 +2640,11 @@ impl Scheduler {
                 }
             }
             Effect::OpenLog(key) => self.parts.logs.open_attempt(key),
+            Effect::ExportSpan(span) => {
+                if let Some(tracer) = &self.run_tracer {
+                    tracer.export(*span);
+                }
+            }
             Effect::Log(command) => {
                 let _ = self.log_writer.send(command);
             }
@@ -2654,6 +2716,20 @@ fn trigger_kind(trigger: &DagTrigger) -> DagTriggerKind {
 }
 
 /// Checks a task's output: JSON, within the size limit.
+/// Whether an attempt's span is marked as an error: the attempt did not
+/// succeed for a reason of its own (a cancel, a drained worker or a
+/// reschedule is not a failure).
+fn attempt_failed(outcome: AttemptOutcome) -> bool {
+    !matches!(
+        outcome,
+        AttemptOutcome::Succeeded
+            | AttemptOutcome::Cancelled
+            | AttemptOutcome::Rescheduled
+            | AttemptOutcome::WorkerDrained
+            | AttemptOutcome::Unspecified
+    )
+}
+
 fn validate_output(output: &str, max_bytes: usize) -> Result<(), String> {
     if output.len() > max_bytes {
         return Err(format!(

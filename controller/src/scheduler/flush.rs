@@ -43,6 +43,9 @@ pub enum Effect {
     /// The run ended in this batch: drop it from memory unless it was
     /// reopened meanwhile.
     DropRun(RunId),
+    /// Export the span of an attempt or run that ended in this batch (only
+    /// when traces are on).
+    ExportSpan(Box<crate::traces::FinishedSpan>),
 }
 
 /// What a conditional write claims: at most one run per idempotency key or
