@@ -46,6 +46,8 @@
 //!   (`CI=true`) or skips a test.
 //! - [`history`]: [`StoreHistory`], the store's history read back from
 //!   etcd: every record put with its leader term, every election key.
+//! - [`otlp`]: [`OtlpCollector`], an OTLP/gRPC trace receiver (from the
+//!   opentelemetry-proto definitions) that keeps the spans processes export.
 //! - [`poll`]: the one bounded polling loop every wait goes through.
 //! - [`reference_model`]: how trigger rules, branches and the run's outcome
 //!   decide every task's final state, written independently of the
@@ -57,6 +59,7 @@ pub mod cluster;
 pub mod dirs;
 pub mod etcd;
 pub mod history;
+pub mod otlp;
 pub mod poll;
 pub mod process;
 pub mod proxy;
@@ -70,6 +73,7 @@ pub use api::{
 pub use cluster::{ClusterBuilder, ClusterSandbox};
 pub use etcd::EtcdCluster;
 pub use history::StoreHistory;
+pub use otlp::{CollectedSpan, OtlpCollector};
 pub use process::{BatonProcess, LogPattern, PidFiles};
 pub use proxy::TcpProxy;
 pub use python::PythonSdk;

@@ -37,12 +37,24 @@ impl BatonProcess {
     /// and stderr appended to `<log_dir>/<name>.log`, and no inherited
     /// `BATON_*` variables.
     pub fn spawn(name: &str, log_dir: &Path, args: &[String]) -> Self {
+        Self::spawn_with_env(name, log_dir, args, &[])
+    }
+
+    /// [`BatonProcess::spawn`] with more environment variables (which may
+    /// replace `RUST_LOG`).
+    pub fn spawn_with_env(
+        name: &str,
+        log_dir: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Self {
         let mut command = Command::new(baton_bin());
         command
             .args(args)
             .env("RUST_LOG", "info")
             // Plain text: log lines are matched by tests and read by people.
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(key, value)| (key, value)));
         Self::spawn_command(name, log_dir, command)
     }
 
@@ -59,7 +71,12 @@ impl BatonProcess {
             .unwrap_or_else(|error| panic!("cannot open {}: {error}", log_path.display()));
         let stderr = log.try_clone().expect("cannot clone the log file handle");
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("BATON_") {
+            // Nor the tester's OpenTelemetry settings: a test that wants
+            // traces sets them itself.
+            let key_text = key.to_string_lossy();
+            if (key_text.starts_with("BATON_") || key_text.starts_with("OTEL_"))
+                && command.get_envs().all(|(set, _)| set != key.as_os_str())
+            {
                 command.env_remove(key);
             }
         }
