@@ -2042,10 +2042,10 @@ impl Scheduler {
             entry.set_state(index, TaskState::UpForRetry);
             entry.slot_mut(index).next_attempt_at = now_micros() + delay.as_micros() as Micros;
             self.retry_timers.insert((run_id, index, attempt), delay);
-            info!(%run_id, task_id = %entry.task(index).id, attempt, delay_ms = delay.as_millis() as u64, "task up for retry");
+            info!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task(index).id, attempt, delay_ms = delay.as_millis() as u64, "task up for retry");
         } else {
             entry.set_state(index, TaskState::Failed);
-            info!(%run_id, task_id = %entry.task_id(index), attempt, "task failed");
+            info!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task_id(index), attempt, "task failed");
             self.touch(run_id);
             self.task_ended(run_id, index);
         }
@@ -2232,7 +2232,9 @@ impl Scheduler {
         };
         let reason =
             format!("worker `{worker_id}` never received the assignment; the task is ready again");
-        info!(%run_id, %attempt_id, "{reason}");
+        if let Some(entry) = self.runs.get(&run_id) {
+            info!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task_id(index), attempt = entry.slot(index).attempt, %attempt_id, "{reason}");
+        }
         self.end_attempt_by_controller(run_id, index, AttemptOutcome::WorkerLost, &reason, false);
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
@@ -2249,7 +2251,9 @@ impl Scheduler {
         let Some(&(run_id, index)) = self.attempts.get(&attempt_id) else {
             return;
         };
-        warn!(%run_id, %attempt_id, %reason, "attempt lost");
+        if let Some(entry) = self.runs.get(&run_id) {
+            warn!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task_id(index), attempt = entry.slot(index).attempt, %attempt_id, %reason, "attempt lost");
+        }
         self.end_attempt_by_controller(run_id, index, AttemptOutcome::WorkerLost, reason, false);
         self.after_failed_attempt(run_id, index);
     }
