@@ -20,9 +20,11 @@ use baton_controller::traces::DerivedIdGenerator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Subscriber;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -92,38 +94,51 @@ pub fn init(format: LogFormat, server: Option<Role>) -> anyhow::Result<Telemetry
     let default_level = if server.is_some() { "info" } else { "warn" };
     let env_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let fmt_layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt_layer = match format {
-        LogFormat::Text => fmt_layer.with_target(false).boxed(),
-        LogFormat::Json => fmt_layer
+    let Some(role) = server.filter(|_| otlp_endpoint_set()) else {
+        // Off: the filter is global, so a disabled event or span is not
+        // even built.
+        tracing_subscriber::registry()
+            .with(env_filter)
+            .with(log_lines(format))
+            .try_init()
+            .context("cannot install the log subscriber")?;
+        return Ok(Telemetry { provider: None });
+    };
+    let provider = tracer_provider(role)?;
+    // RUST_LOG filters the log lines only. Exported are Baton's own spans
+    // and their events, never those of the libraries below (the
+    // exporter's own gRPC calls among them).
+    let exported = Targets::new()
+        .with_target("baton_controller", LevelFilter::INFO)
+        .with_target("baton_worker", LevelFilter::INFO);
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("baton"))
+        .with_filter(exported);
+    tracing_subscriber::registry()
+        .with(log_lines(format).with_filter(env_filter))
+        .with(otel_layer)
+        .try_init()
+        .context("cannot install the log subscriber")?;
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
+/// The formatter of log lines on stderr.
+fn log_lines<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => layer.with_target(false).boxed(),
+        LogFormat::Json => layer
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
             .boxed(),
-    };
-    // RUST_LOG filters the log lines only: what is exported is chosen below.
-    let fmt_layer = fmt_layer.with_filter(env_filter);
-    let provider = match server {
-        Some(role) if otlp_endpoint_set() => Some(tracer_provider(role)?),
-        _ => None,
-    };
-    let otel_layer = provider.as_ref().map(|provider| {
-        // Baton's own spans and their events, never those of the libraries
-        // below (the exporter's own gRPC calls among them).
-        let exported = Targets::new()
-            .with_target("baton_controller", LevelFilter::INFO)
-            .with_target("baton_worker", LevelFilter::INFO);
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("baton"))
-            .with_filter(exported)
-    });
-    tracing_subscriber::registry()
-        .with(fmt_layer)
-        .with(otel_layer)
-        .try_init()
-        .context("cannot install the log subscriber")?;
-    Ok(Telemetry { provider })
+    }
 }
 
 fn tracer_provider(role: Role) -> anyhow::Result<SdkTracerProvider> {

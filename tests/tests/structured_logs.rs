@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// One JSON log line, as an object.
+type LogLine = Map<String, Value>;
+
 /// An event's fields merged with those of its spans (the event's win).
 fn merged_fields(line: &Map<String, Value>) -> Map<String, Value> {
     let mut fields = Map::new();
@@ -63,7 +66,7 @@ tasks:
 
     // The scheduler's and the worker's lines about the task (the log
     // store's own lines name the run, task and attempt of the log only).
-    let about_hello: Vec<(&Map<String, Value>, Map<String, Value>)> = lines
+    let about_hello: Vec<(&LogLine, LogLine)> = lines
         .iter()
         .filter(|line| {
             line.get("target")
