@@ -411,33 +411,9 @@ impl Agent {
             }
         };
         let attempt_id = spec.attempt_id;
-        let span = info_span!(
-            "execute",
-            dag_id = %spec.dag_id,
-            run_id = %spec.run_id,
-            task_id = %spec.task_id,
-            attempt = spec.attempt,
-            %attempt_id,
-            worker_id = %self.config.worker_id,
-            outcome = tracing::field::Empty,
-        );
-        if let Some(headers) = &trace_headers
-            && !headers.traceparent.is_empty()
-        {
-            // Before the span is first entered: its parent is fixed then.
-            let parent = TraceContextPropagator::new().extract(headers);
-            if let Err(error) = span.set_parent(parent) {
-                debug!(%attempt_id, %error, "the attempt's span cannot join the run's trace");
-            }
-        }
         let stop = StopSignal::default();
         if matches!(spec.kind, TaskKind::Noop) {
-            span.in_scope(|| debug!("noop attempt succeeded"));
-            span.record("outcome", outcome_name(api::AttemptOutcome::Succeeded));
-            // Closed before the result goes out, so that it ends within the
-            // controller's span of the attempt.
-            drop(span);
-            self.run_noop(attempt_id, stop);
+            self.run_noop(&spec, trace_headers.as_ref(), stop);
             return;
         }
         let log_path = spool::log_path(&self.config.work_dir, attempt_id);
@@ -452,6 +428,7 @@ impl Agent {
         if self.draining.is_some() {
             info!(%attempt_id, "assignment received while draining; running it");
         }
+        let span = self.execute_span(&spec, trace_headers.as_ref());
         let work_dir = self.config.work_dir.clone();
         let kill_grace = self.config.kill_grace;
         let events = self.events.clone();
@@ -558,11 +535,23 @@ impl Agent {
     /// the worker die before the controller acknowledges the result, the
     /// controller never saw the attempt start, so it gives the task back
     /// without using a retry; a noop is cheap to run again.
-    fn run_noop(&mut self, attempt_id: AttemptId, stop: StopSignal) {
+    fn run_noop(
+        &mut self,
+        spec: &AttemptSpec,
+        trace_headers: Option<&TraceHeaders>,
+        stop: StopSignal,
+    ) {
+        let attempt_id = spec.attempt_id;
         if !self.outbox.insert(attempt_id, stop, None) {
             debug!(%attempt_id, "duplicate assignment ignored");
             return;
         }
+        let span = self.execute_span(spec, trace_headers);
+        span.in_scope(|| debug!("noop attempt succeeded"));
+        span.record("outcome", outcome_name(api::AttemptOutcome::Succeeded));
+        // Closed before the result goes out, so that it ends within the
+        // controller's span of the attempt.
+        drop(span);
         let now = std::time::SystemTime::now();
         self.outbox.on_finished(
             attempt_id,
@@ -577,6 +566,38 @@ impl Agent {
             },
         );
         self.pump();
+    }
+
+    /// The span of an attempt's execution, with its identity; with trace
+    /// context from the controller, a child of the controller's span of the
+    /// attempt. Created only for an attempt that runs here (not for a
+    /// duplicate assignment), since a closed span is exported.
+    fn execute_span(
+        &self,
+        spec: &AttemptSpec,
+        trace_headers: Option<&TraceHeaders>,
+    ) -> tracing::Span {
+        let attempt_id = spec.attempt_id;
+        let span = info_span!(
+            "execute",
+            dag_id = %spec.dag_id,
+            run_id = %spec.run_id,
+            task_id = %spec.task_id,
+            attempt = spec.attempt,
+            %attempt_id,
+            worker_id = %self.config.worker_id,
+            outcome = tracing::field::Empty,
+        );
+        if let Some(headers) = trace_headers
+            && !headers.traceparent.is_empty()
+        {
+            // Before the span is first entered: its parent is fixed then.
+            let parent = TraceContextPropagator::new().extract(headers);
+            if let Err(error) = span.set_parent(parent) {
+                debug!(%attempt_id, %error, "the attempt's span cannot join the run's trace");
+            }
+        }
+        span
     }
 
     /// Removes a forgotten attempt's spool, off the loop.
