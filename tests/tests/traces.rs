@@ -3,12 +3,14 @@
 //! run id: the run's span is the root, each attempt's controller span is its
 //! child, and each worker's execution span is the child of its attempt's
 //! span, with the trace context carried in `Assign` from the controller's
-//! process to the worker's. `baton dev` flushes its spans on SIGTERM.
+//! process to the worker's. `baton dev` flushes its spans on SIGTERM. A
+//! controller killed while an attempt runs and started again exports the
+//! same trace: every id is derived from the run and attempt ids.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_tests::pb::RunState;
+use baton_tests::pb::{RunState, TaskState};
 use baton_tests::{CollectedSpan, OtlpCollector, Sandbox};
 use nix::sys::signal::Signal;
 
@@ -35,7 +37,7 @@ tasks:
     depends_on: [clean, enrich, score]
 "#;
 
-const TASKS: [&str; 5] = ["extract", "clean", "enrich", "score", "load"];
+const FIVE_TASK_IDS: [&str; 5] = ["extract", "clean", "enrich", "score", "load"];
 
 /// The spans of one run's trace, by role.
 struct RunTrace {
@@ -46,9 +48,9 @@ struct RunTrace {
     executions: BTreeMap<String, CollectedSpan>,
 }
 
-/// The run's trace once its run span, five attempt spans and five execution
-/// spans have arrived (`None` before).
-fn run_trace(spans: &[CollectedSpan], trace_id: &str) -> Option<RunTrace> {
+/// The run's trace once its run span and an attempt span and an execution
+/// span of each task have arrived (`None` before).
+fn run_trace(spans: &[CollectedSpan], trace_id: &str, tasks: &[&str]) -> Option<RunTrace> {
     let in_trace: Vec<&CollectedSpan> = spans
         .iter()
         .filter(|span| span.trace_id == trace_id)
@@ -66,7 +68,10 @@ fn run_trace(spans: &[CollectedSpan], trace_id: &str) -> Option<RunTrace> {
         attempts: by_task("attempt"),
         executions: by_task("execute"),
     };
-    (trace.attempts.len() == TASKS.len() && trace.executions.len() == TASKS.len()).then_some(trace)
+    tasks
+        .iter()
+        .all(|task| trace.attempts.contains_key(*task) && trace.executions.contains_key(*task))
+        .then_some(trace)
 }
 
 fn describe(spans: &[CollectedSpan]) -> String {
@@ -93,6 +98,8 @@ fn describe(spans: &[CollectedSpan]) -> String {
 fn assert_run_trace(
     trace: &RunTrace,
     run_id: &str,
+    dag_id: &str,
+    tasks: &[&str],
     controller_service: &str,
     worker_service: &str,
     worker_id: &str,
@@ -101,9 +108,15 @@ fn assert_run_trace(
     assert_eq!(run.parent_span_id, "", "the run span is the root: {run:?}");
     assert_eq!(run.service_name, controller_service);
     assert_eq!(run.attribute("run_id"), Some(run_id));
-    assert_eq!(run.attribute("dag_id"), Some("traced"));
+    assert_eq!(run.attribute("dag_id"), Some(dag_id));
     assert_eq!(run.attribute("state"), Some("success"));
-    for task_id in TASKS {
+    assert_eq!(trace.attempts.len(), tasks.len(), "one attempt per task");
+    assert_eq!(
+        trace.executions.len(),
+        tasks.len(),
+        "one execution per task"
+    );
+    for &task_id in tasks {
         let attempt = &trace.attempts[task_id];
         assert_eq!(
             attempt.parent_span_id, run.span_id,
@@ -111,7 +124,7 @@ fn assert_run_trace(
         );
         assert_eq!(attempt.service_name, controller_service);
         for (key, value) in [
-            ("dag_id", "traced"),
+            ("dag_id", dag_id),
             ("run_id", run_id),
             ("task_id", task_id),
             ("attempt", "1"),
@@ -132,7 +145,7 @@ fn assert_run_trace(
         );
         assert_eq!(execution.service_name, worker_service);
         for (key, value) in [
-            ("dag_id", "traced"),
+            ("dag_id", dag_id),
             ("run_id", run_id),
             ("task_id", task_id),
             ("attempt", "1"),
@@ -151,7 +164,11 @@ fn assert_run_trace(
             "the execution of {task_id} lies within its attempt: {execution:?} {attempt:?}"
         );
     }
-    // Dependencies show in time: `load` started after the three it waits for ended.
+}
+
+/// Dependencies of the five-task DAG show in time: `load` was leased after
+/// the three it waits for ended.
+fn assert_load_after_its_upstream(trace: &RunTrace) {
     let load = &trace.attempts["load"];
     for upstream in ["clean", "enrich", "score"] {
         assert!(trace.executions[upstream].end_unix_nanos <= load.start_unix_nanos);
@@ -182,7 +199,9 @@ async fn a_run_is_one_trace_across_the_controller_and_worker_processes() {
 
     let trace_id = trace_id_of(&run.run_id);
     let spans = collector
-        .wait_for_spans(WAIT, |spans| run_trace(spans, &trace_id).is_some())
+        .wait_for_spans(WAIT, |spans| {
+            run_trace(spans, &trace_id, &FIVE_TASK_IDS).is_some()
+        })
         .await
         .unwrap_or_else(|| {
             panic!(
@@ -191,14 +210,17 @@ async fn a_run_is_one_trace_across_the_controller_and_worker_processes() {
                 sandbox.logs_tail()
             )
         });
-    let trace = run_trace(&spans, &trace_id).expect("checked by the wait");
+    let trace = run_trace(&spans, &trace_id, &FIVE_TASK_IDS).expect("checked by the wait");
     assert_run_trace(
         &trace,
         &run.run_id,
+        "traced",
+        &FIVE_TASK_IDS,
         "baton-controller",
         "baton-worker",
         "traced-worker",
     );
+    assert_load_after_its_upstream(&trace);
 
     for process in [&mut worker, &mut controller] {
         process.signal(Signal::SIGTERM);
@@ -233,7 +255,7 @@ async fn baton_dev_exports_the_run_trace_when_it_stops() {
     let trace_id = trace_id_of(&run.run_id);
     let spans = collector
         .wait_for_spans(Duration::from_secs(5), |spans| {
-            run_trace(spans, &trace_id).is_some()
+            run_trace(spans, &trace_id, &FIVE_TASK_IDS).is_some()
         })
         .await
         .unwrap_or_else(|| {
@@ -243,6 +265,77 @@ async fn baton_dev_exports_the_run_trace_when_it_stops() {
                 dev.log_tail()
             )
         });
-    let trace = run_trace(&spans, &trace_id).expect("checked by the wait");
-    assert_run_trace(&trace, &run.run_id, "baton-dev", "baton-dev", "dev-worker");
+    let trace = run_trace(&spans, &trace_id, &FIVE_TASK_IDS).expect("checked by the wait");
+    assert_run_trace(
+        &trace,
+        &run.run_id,
+        "traced",
+        &FIVE_TASK_IDS,
+        "baton-dev",
+        "baton-dev",
+        "dev-worker",
+    );
+    assert_load_after_its_upstream(&trace);
+}
+
+/// The controller is killed (no flush) while `slow` runs and started again
+/// on the same store: the worker's span of `slow` got its parent from the
+/// first process, its attempt span and the run span come from the second,
+/// and they still form one tree.
+#[tokio::test]
+async fn a_restarted_controller_continues_the_same_trace() {
+    let collector = OtlpCollector::start().await;
+    let mut sandbox = Sandbox::new("traces-restart");
+    sandbox.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint());
+    sandbox.set_env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let mut controller = sandbox.start_controller(&[]).await;
+    let _worker = sandbox.start_worker("steady-worker", &[]).await;
+    let mut api = sandbox.api().await;
+    api.register(
+        r#"
+id: restarted
+tasks:
+  - id: slow
+    command: "sleep 1.5"
+  - id: after
+    command: "echo after"
+    depends_on: [slow]
+"#,
+    )
+    .await;
+    let run = api.trigger("restarted").await;
+    api.wait_until(&run.run_id, "slow running", WAIT, |view| {
+        view.task_state("slow") == TaskState::Running
+    })
+    .await;
+    controller.signal(Signal::SIGKILL);
+    controller.wait_exit(WAIT).await;
+    let _controller = sandbox.start_controller(&[]).await;
+    let mut api = sandbox.api().await;
+    let view = api.wait_for_run(&run.run_id, WAIT).await;
+    assert_eq!(view.state(), RunState::Success, "{}", view.describe());
+    assert_eq!(api.attempts(&run.run_id, "slow").await.len(), 1);
+
+    let tasks = ["slow", "after"];
+    let trace_id = trace_id_of(&run.run_id);
+    let spans = collector
+        .wait_for_spans(WAIT, |spans| run_trace(spans, &trace_id, &tasks).is_some())
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the run's trace did not arrive; received:\n{}\n{}",
+                describe(&collector.spans()),
+                sandbox.logs_tail()
+            )
+        });
+    let trace = run_trace(&spans, &trace_id, &tasks).expect("checked by the wait");
+    assert_run_trace(
+        &trace,
+        &run.run_id,
+        "restarted",
+        &tasks,
+        "baton-controller",
+        "baton-worker",
+        "steady-worker",
+    );
 }
