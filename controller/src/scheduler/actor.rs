@@ -2719,7 +2719,6 @@ fn trigger_kind(trigger: &DagTrigger) -> DagTriggerKind {
     }
 }
 
-/// Checks a task's output: JSON, within the size limit.
 /// Whether an attempt's span is marked as an error: the attempt did not
 /// succeed for a reason of its own (a cancel, a drained worker or a
 /// reschedule is not a failure).
@@ -2734,6 +2733,7 @@ fn attempt_failed(outcome: AttemptOutcome) -> bool {
     )
 }
 
+/// Checks a task's output: JSON, within the size limit.
 fn validate_output(output: &str, max_bytes: usize) -> Result<(), String> {
     if output.len() > max_bytes {
         return Err(format!(
