@@ -2,7 +2,9 @@
 //! process (`baton dev`), and is the client for DAGs, runs and logs.
 //!
 //! # Layout
-//! - `main.rs`: arguments, logging, the runtime, exit codes.
+//! - `main.rs`: arguments, the runtime, exit codes.
+//! - `telemetry.rs`: log lines (`--log-format`, `RUST_LOG`) and the
+//!   OpenTelemetry trace exporter of the server commands.
 //! - `commands/server.rs`: `dev`, `controller`, `worker`, signal handling.
 //! - `commands/dag.rs`, `commands/run.rs`, `commands/task.rs`,
 //!   `commands/logs.rs`, `commands/pool.rs`, `commands/cluster.rs`: the
@@ -17,11 +19,11 @@
 
 mod commands;
 mod output;
+mod telemetry;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
 
 use crate::commands::{asset, backfill, cluster, dag, event, logs, pool, run, server, task};
 
@@ -38,8 +40,9 @@ struct Cli {
     /// Output format of client commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table, env = "BATON_OUTPUT_FORMAT")]
     output: OutputFormat,
-    /// Format of the process's own log lines (on stderr); levels come from
-    /// RUST_LOG.
+    /// Format of the process's own log lines (on stderr): `json` is one
+    /// object per line with the fields of the event and its spans (dag_id,
+    /// run_id, task_id, attempt, ...); levels come from RUST_LOG.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BATON_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -53,7 +56,7 @@ pub enum OutputFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
+pub enum LogFormat {
     Text,
     Json,
 }
@@ -105,9 +108,14 @@ enum Command {
 }
 
 impl Command {
-    fn is_server(&self) -> bool {
-        matches!(self, Command::Dev(_) | Command::Controller(_))
-            || matches!(self, Command::Worker(args) if args.is_server())
+    /// The server this command runs, if it runs one.
+    fn server_role(&self) -> Option<telemetry::Role> {
+        match self {
+            Command::Dev(_) => Some(telemetry::Role::Dev),
+            Command::Controller(_) => Some(telemetry::Role::Controller),
+            Command::Worker(args) if args.is_server() => Some(telemetry::Role::Worker),
+            _ => None,
+        }
     }
 }
 
@@ -119,25 +127,8 @@ pub enum Outcome {
     Failure,
 }
 
-fn init_logging(format: LogFormat, server: bool) {
-    let default = if server { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.command.is_server());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,15 +139,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The trace exporter's connection is created on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match telemetry::init(cli.log_format, cli.command.server_role()) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let traces = telemetry.exports_traces();
     let context = commands::Context {
         addr: cli.addr,
         output: cli.output,
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => server::dev(args).await,
-            Command::Controller(args) => server::controller(args).await,
-            Command::Worker(args) => server::worker(args, &context).await,
+            Command::Dev(args) => server::dev(args, traces).await,
+            Command::Controller(args) => server::controller(args, traces).await,
+            Command::Worker(args) => server::worker(args, &context, traces).await,
             Command::Dag(command) => dag::run(command, &context).await,
             Command::Run(command) => run::run(command, &context).await,
             Command::Task(command) => task::run(command, &context).await,
@@ -168,6 +171,9 @@ fn main() -> ExitCode {
             Command::Pool(command) => pool::run(command, &context).await,
         }
     });
+    // Spans still buffered go out before the runtime (and with it the
+    // exporter's connection) stops.
+    telemetry.shutdown();
     // Streams and background tasks are not waited for once the command is done.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {

@@ -57,6 +57,11 @@ pub struct ControllerConfig {
     pub clock: ClockRef,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Export the spans of runs and attempts (`traces`) through the
+    /// process's global OpenTelemetry tracer provider, and send each
+    /// attempt's trace context to its worker. Off unless the process
+    /// installed an exporter: nothing is derived or sent then.
+    pub export_traces: bool,
 }
 
 /// Settings of cluster mode.
@@ -158,6 +163,7 @@ impl ControllerConfig {
             notify: NotifyConfig::default(),
             clock: Arc::new(SystemClock),
             metrics_listen: None,
+            export_traces: false,
         }
     }
 

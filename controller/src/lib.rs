@@ -21,6 +21,8 @@
 //! - `role`: leader or follower, as the API sees it.
 //! - `server`: assembling it all and serving on one port.
 //! - `metrics`: Prometheus metrics and their `/metrics` endpoint.
+//! - `traces`: OpenTelemetry spans of runs and attempts, with ids derived
+//!   from run and attempt ids.
 
 pub mod api;
 pub mod clock;
@@ -35,6 +37,7 @@ pub mod role;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod traces;
 
 pub use config::ControllerConfig;
 pub use server::{ControllerError, serve};

@@ -46,6 +46,8 @@
 //!   (`CI=true`) or skips a test.
 //! - [`history`]: [`StoreHistory`], the store's history read back from
 //!   etcd: every record put with its leader term, every election key.
+//! - [`otlp`]: [`OtlpCollector`], an OTLP/gRPC trace receiver (from the
+//!   opentelemetry-proto definitions) that keeps the spans processes export.
 //! - [`poll`]: the one bounded polling loop every wait goes through.
 //! - [`webhook`]: [`WebhookReceiver`], an HTTP server on loopback that
 //!   records the notifications it gets and answers from a script (or never).
@@ -59,6 +61,7 @@ pub mod cluster;
 pub mod dirs;
 pub mod etcd;
 pub mod history;
+pub mod otlp;
 pub mod poll;
 pub mod process;
 pub mod proxy;
@@ -73,6 +76,7 @@ pub use api::{
 pub use cluster::{ClusterBuilder, ClusterSandbox};
 pub use etcd::EtcdCluster;
 pub use history::StoreHistory;
+pub use otlp::{CollectedSpan, OtlpCollector};
 pub use process::{BatonProcess, LogPattern, PidFiles};
 pub use proxy::TcpProxy;
 pub use python::PythonSdk;

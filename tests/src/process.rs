@@ -79,7 +79,12 @@ impl BatonProcess {
             .unwrap_or_else(|error| panic!("cannot open {}: {error}", log_path.display()));
         let stderr = log.try_clone().expect("cannot clone the log file handle");
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("BATON_") {
+            // Nor the tester's OpenTelemetry settings: a test that wants
+            // traces sets them itself.
+            let key_text = key.to_string_lossy();
+            if (key_text.starts_with("BATON_") || key_text.starts_with("OTEL_"))
+                && command.get_envs().all(|(set, _)| set != key.as_os_str())
+            {
                 command.env_remove(key);
             }
         }

@@ -47,8 +47,8 @@ pub struct Sandbox {
     // start may move to another if it was taken.
     port_used: bool,
     starts: HashMap<String, usize>,
-    /// Environment variables given to the servers it starts.
-    server_env: Vec<(String, String)>,
+    // Environment variables of every server started from now on.
+    env: Vec<(String, String)>,
 }
 
 impl Sandbox {
@@ -58,14 +58,16 @@ impl Sandbox {
             port: free_port(),
             port_used: false,
             starts: HashMap::new(),
-            server_env: Vec::new(),
+            env: Vec::new(),
         }
     }
 
-    /// Sets an environment variable for the servers (`dev`, `controller`)
-    /// started from now on, for example a notifier's secret.
-    pub fn set_server_env(&mut self, key: &str, value: &str) {
-        self.server_env.push((key.to_string(), value.to_string()));
+    /// Sets an environment variable for every server (`dev`, `controller`,
+    /// `worker`) started from now on, for example `RUST_LOG` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(set, _)| set != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// The test's temporary directory.
@@ -132,8 +134,7 @@ impl Sandbox {
             }
             args.extend(extra_args.iter().map(ToString::to_string));
             let name = self.log_name(kind);
-            let mut process =
-                BatonProcess::spawn_with_env(&name, self.path(), &args, &self.server_env);
+            let mut process = BatonProcess::spawn_with_env(&name, self.path(), &args, &self.env);
             if wait_ready(&self.addr(), &mut process).await {
                 self.port_used = true;
                 return process;
@@ -188,7 +189,7 @@ impl Sandbox {
         }
         args.extend(extra_args.iter().map(ToString::to_string));
         let name = self.log_name(&format!("worker-{id}"));
-        let mut process = BatonProcess::spawn(&name, self.path(), &args);
+        let mut process = BatonProcess::spawn_with_env(&name, self.path(), &args, &self.env);
         process
             .wait_for_log("registered with the controller", READY_TIMEOUT)
             .await;

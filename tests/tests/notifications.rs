@@ -75,7 +75,7 @@ fn events(requests: &[ReceivedRequest]) -> Vec<String> {
 async fn a_failed_run_is_reported_once_with_what_failed_and_a_success_when_asked() {
     let receiver = WebhookReceiver::start(&[]).await;
     let mut sandbox = Sandbox::new("notify_failed_run");
-    sandbox.set_server_env("HOOK_SECRET", "s3cret-value");
+    sandbox.set_env("HOOK_SECRET", "s3cret-value");
     let _dev = start_dev(&mut sandbox, FAST_DELIVERY).await;
     let mut api = sandbox.api().await;
     let notify = format!(

@@ -24,13 +24,17 @@ use std::time::Duration;
 
 use baton_common::ids::AttemptId;
 use baton_common::pb::api::{self, controller_message, worker_message};
+use baton_common::states::outcome_name;
 use baton_common::time;
 use futures::FutureExt;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::WorkerError;
 use crate::config::WorkerConfig;
@@ -382,7 +386,11 @@ impl Agent {
         }
     }
 
-    fn on_assign(&mut self, assign: api::Assign) {
+    fn on_assign(&mut self, mut assign: api::Assign) {
+        let trace_headers = self.config.join_traces.then(|| TraceHeaders {
+            traceparent: std::mem::take(&mut assign.traceparent),
+            tracestate: std::mem::take(&mut assign.tracestate),
+        });
         let spec = match AttemptSpec::from_assign(assign) {
             Ok(spec) => spec,
             Err(invalid) => {
@@ -405,7 +413,7 @@ impl Agent {
         let attempt_id = spec.attempt_id;
         let stop = StopSignal::default();
         if matches!(spec.kind, TaskKind::Noop) {
-            self.run_noop(attempt_id, stop);
+            self.run_noop(&spec, trace_headers.as_ref(), stop);
             return;
         }
         let log_path = spool::log_path(&self.config.work_dir, attempt_id);
@@ -420,20 +428,14 @@ impl Agent {
         if self.draining.is_some() {
             info!(%attempt_id, "assignment received while draining; running it");
         }
-        let span = info_span!(
-            "attempt",
-            dag_id = %spec.dag_id,
-            run_id = %spec.run_id,
-            task_id = %spec.task_id,
-            attempt = spec.attempt,
-            %attempt_id,
-        );
+        let span = self.execute_span(&spec, trace_headers.as_ref());
         let work_dir = self.config.work_dir.clone();
         let kill_grace = self.config.kill_grace;
         let events = self.events.clone();
         let http = self.http.clone();
-        self.executors.spawn(
-            async move {
+        let execution = span.clone();
+        self.executors.spawn(async move {
+            let finished = async move {
                 let meta = SpoolMeta {
                     attempt_id,
                     run_id: spec.run_id,
@@ -448,8 +450,7 @@ impl Agent {
                             format!("the worker cannot spool the attempt's output: {error}"),
                             0,
                         );
-                        let _ = events.send(AttemptEvent::Finished { attempt_id, result });
-                        return;
+                        return (result, events);
                     }
                 };
                 let context = AttemptContext {
@@ -474,11 +475,18 @@ impl Agent {
                         )
                     }
                 };
-                // Fails only when the agent is gone, and then nobody waits.
-                let _ = events.send(AttemptEvent::Finished { attempt_id, result });
+                (result, events)
             }
-            .instrument(span),
-        );
+            .instrument(execution)
+            .await;
+            // The span is closed before the result goes out, so that it ends
+            // within the controller's span of the attempt.
+            let (result, events) = finished;
+            span.record("outcome", outcome_name(result.outcome));
+            drop(span);
+            // Fails only when the agent is gone, and then nobody waits.
+            let _ = events.send(AttemptEvent::Finished { attempt_id, result });
+        });
     }
 
     fn on_attempt_event(&mut self, event: AttemptEvent) {
@@ -527,11 +535,23 @@ impl Agent {
     /// the worker die before the controller acknowledges the result, the
     /// controller never saw the attempt start, so it gives the task back
     /// without using a retry; a noop is cheap to run again.
-    fn run_noop(&mut self, attempt_id: AttemptId, stop: StopSignal) {
+    fn run_noop(
+        &mut self,
+        spec: &AttemptSpec,
+        trace_headers: Option<&TraceHeaders>,
+        stop: StopSignal,
+    ) {
+        let attempt_id = spec.attempt_id;
         if !self.outbox.insert(attempt_id, stop, None) {
             debug!(%attempt_id, "duplicate assignment ignored");
             return;
         }
+        let span = self.execute_span(spec, trace_headers);
+        span.in_scope(|| debug!("noop attempt succeeded"));
+        span.record("outcome", outcome_name(api::AttemptOutcome::Succeeded));
+        // Closed before the result goes out, so that it ends within the
+        // controller's span of the attempt.
+        drop(span);
         let now = std::time::SystemTime::now();
         self.outbox.on_finished(
             attempt_id,
@@ -546,6 +566,38 @@ impl Agent {
             },
         );
         self.pump();
+    }
+
+    /// The span of an attempt's execution, with its identity; with trace
+    /// context from the controller, a child of the controller's span of the
+    /// attempt. Created only for an attempt that runs here (not for a
+    /// duplicate assignment), since a closed span is exported.
+    fn execute_span(
+        &self,
+        spec: &AttemptSpec,
+        trace_headers: Option<&TraceHeaders>,
+    ) -> tracing::Span {
+        let attempt_id = spec.attempt_id;
+        let span = info_span!(
+            "execute",
+            dag_id = %spec.dag_id,
+            run_id = %spec.run_id,
+            task_id = %spec.task_id,
+            attempt = spec.attempt,
+            %attempt_id,
+            worker_id = %self.config.worker_id,
+            outcome = tracing::field::Empty,
+        );
+        if let Some(headers) = trace_headers
+            && !headers.traceparent.is_empty()
+        {
+            // Before the span is first entered: its parent is fixed then.
+            let parent = TraceContextPropagator::new().extract(headers);
+            if let Err(error) = span.set_parent(parent) {
+                debug!(%attempt_id, %error, "the attempt's span cannot join the run's trace");
+            }
+        }
+        span
     }
 
     /// Removes a forgotten attempt's spool, off the loop.
@@ -571,6 +623,27 @@ impl Agent {
             warn!("executors did not stop in time; aborting them");
             self.executors.shutdown().await;
         }
+    }
+}
+
+/// The W3C trace context an `Assign` carries, read by the propagator.
+struct TraceHeaders {
+    traceparent: String,
+    tracestate: String,
+}
+
+impl Extractor for TraceHeaders {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(self.traceparent.as_str()),
+            "tracestate" => Some(self.tracestate.as_str()),
+            _ => None,
+        }
+        .filter(|value| !value.is_empty())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
     }
 }
 

@@ -74,6 +74,11 @@ pub struct WorkerConfig {
     /// a segment (up to 1 MiB) at a time: a window below that slows sending
     /// down to one segment per linger period.
     pub max_unacked_log_bytes: usize,
+    /// Make each attempt's `execute` span a child of the controller's span
+    /// of the attempt (the W3C trace context its `Assign` carries), so it
+    /// joins the run's trace. Set by the process when it exports traces;
+    /// off, the context is not even parsed.
+    pub join_traces: bool,
 }
 
 impl WorkerConfig {
@@ -105,6 +110,7 @@ impl WorkerConfig {
             drain_grace: Duration::from_secs(60),
             reconnect_max_backoff: Duration::from_secs(5),
             max_unacked_log_bytes: 16 * 1024 * 1024,
+            join_traces: false,
         }
     }
 

@@ -1375,6 +1375,7 @@ mod tests {
             data_interval_start: None,
             data_interval_end: None,
             map_index: None,
+            ..Default::default()
         };
         let spec = AttemptSpec::from_assign(assign.clone()).unwrap();
         assert_eq!(spec.params_json, "{}");

@@ -344,6 +344,7 @@ fn assign_kind(attempt_id: AttemptId, kind: api::assign::Kind) -> api::Assign {
         data_interval_start: day(1_704_067_200),
         data_interval_end: day(1_704_153_600),
         map_index: None,
+        ..Default::default()
     }
 }
 

@@ -235,7 +235,9 @@ async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {address}"))
 }
 
-pub async fn controller(args: ControllerArgs) -> anyhow::Result<Outcome> {
+/// Runs a controller; `traces`: export run and attempt spans (the process
+/// installed an OTLP exporter).
+pub async fn controller(args: ControllerArgs, traces: bool) -> anyhow::Result<Outcome> {
     let mut listen = args.listen;
     let mut config = ControllerConfig::new(PathBuf::from("/var/lib/baton"));
     if let Some(path) = &args.config {
@@ -305,6 +307,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<Outcome> {
             cluster.advertise_address = format!("http://{listen}");
         }
     }
+    config.export_traces = traces;
     config.validate()?;
     let shutdown = shutdown_on_signal()?;
     let listener = bind(listen).await?;
@@ -329,7 +332,7 @@ fn apply_timings(
     }
 }
 
-fn worker_config(args: WorkerArgs, addr: &str) -> anyhow::Result<WorkerConfig> {
+fn worker_config(args: WorkerArgs, addr: &str, traces: bool) -> anyhow::Result<WorkerConfig> {
     let work_dir = args
         .work_dir
         .unwrap_or_else(|| std::env::temp_dir().join("baton-worker"));
@@ -356,11 +359,18 @@ fn worker_config(args: WorkerArgs, addr: &str) -> anyhow::Result<WorkerConfig> {
     }
     config.kill_grace = args.kill_grace;
     config.drain_grace = args.drain_grace;
+    config.join_traces = traces;
     config.validate()?;
     Ok(config)
 }
 
-pub async fn worker(mut args: WorkerArgs, context: &Context) -> anyhow::Result<Outcome> {
+/// Runs a worker (or drains one); `traces`: attempts' spans join their
+/// runs' traces (the process installed an OTLP exporter).
+pub async fn worker(
+    mut args: WorkerArgs,
+    context: &Context,
+    traces: bool,
+) -> anyhow::Result<Outcome> {
     if let Some(WorkerAction::Drain { worker_id, grace }) = args.action.take() {
         let mut client = context.client().await?;
         let response = client
@@ -384,13 +394,15 @@ pub async fn worker(mut args: WorkerArgs, context: &Context) -> anyhow::Result<O
         }
         return Ok(Outcome::Success);
     }
-    let config = worker_config(args, &context.addr)?;
+    let config = worker_config(args, &context.addr, traces)?;
     let shutdown = shutdown_on_signal()?;
     baton_worker::run(config, shutdown).await?;
     Ok(Outcome::Success)
 }
 
-pub async fn dev(args: DevArgs) -> anyhow::Result<Outcome> {
+/// Runs a controller and a worker in one process; `traces`: export run and
+/// attempt spans and join the worker's to them.
+pub async fn dev(args: DevArgs, traces: bool) -> anyhow::Result<Outcome> {
     let data_dir = std::path::absolute(&args.data_dir).unwrap_or(args.data_dir.clone());
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -411,6 +423,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<Outcome> {
     if let Some(address) = args.metrics_listen {
         config.metrics_listen = Some(address);
     }
+    config.export_traces = traces;
     apply_timings(
         &mut config,
         args.heartbeat_interval,
@@ -449,6 +462,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<Outcome> {
         // previous process's attempts are gone.
         worker_config.worker_id = WorkerId::new("dev-worker").expect("valid id");
         worker_config.drain_grace = Duration::from_secs(10);
+        worker_config.join_traces = traces;
         if let Some(slots) = args.slots {
             worker_config.slots = slots;
         }

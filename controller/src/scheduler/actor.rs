@@ -66,6 +66,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 use tracing::{debug, error, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::flush::{CreateKey, Effect, InFlight, Pending, dedupe_ops, spawn_commit};
 use super::history;
@@ -85,6 +86,7 @@ use crate::plan::{PlanRef, TaskIndex};
 use crate::store::{
     BatchOutcome, Conditional, Op, Precondition, StoreError, StoreResult, get_record, keys,
 };
+use crate::traces::{AttemptSpanFields, FinishedSpan, RunSpanFields};
 
 /// Commands taken from the queue per loop turn before flushing, so that a
 /// burst shares one batch without delaying the batch indefinitely.
@@ -117,6 +119,9 @@ struct PendingEvent {
 
 pub struct Scheduler {
     parts: SchedulerParts,
+    /// Exports run and attempt spans; `None` when traces are off, and then
+    /// no trace id or context is derived at all.
+    run_tracer: Option<crate::traces::RunTracer>,
     log_writer: mpsc::UnboundedSender<LogCommand>,
     commands: mpsc::Receiver<Command>,
     self_sender: mpsc::Sender<Command>,
@@ -247,8 +252,13 @@ impl Scheduler {
                 retention_stop.clone(),
             ))
         });
+        let run_tracer = parts
+            .config
+            .export_traces
+            .then(crate::traces::RunTracer::default);
         let mut scheduler = Scheduler {
             parts,
+            run_tracer,
             log_writer,
             commands,
             self_sender: sender.clone(),
@@ -1673,6 +1683,20 @@ impl Scheduler {
         entry.reason = reason;
         let duration_ms = (entry.ended_at - entry.started_at.max(entry.created_at)) / 1_000;
         info!(dag_id = %entry.dag_id, %run_id, state = baton_common::states::run_state_name(state), duration_ms, "run finished");
+        if self.run_tracer.is_some() {
+            let span = FinishedSpan::run(RunSpanFields {
+                dag_id: entry.dag_id.as_str(),
+                run_id,
+                created_at: entry.created_at,
+                ended_at: entry.ended_at,
+                state: baton_common::states::run_state_name(state),
+                failed: state == RunState::Failed,
+                reason: entry.reason.as_deref(),
+            });
+            self.pending
+                .effects
+                .push(Effect::ExportSpan(Box::new(span)));
+        }
         let (dag_id, logical_date) = (entry.dag_id.clone(), entry.logical_date());
         self.pending.ops.push(Op::delete(keys::active(&run_id)));
         self.touch(run_id);
@@ -1866,7 +1890,12 @@ impl Scheduler {
         worker.hold(attempt_id, task.resources);
         self.limits.acquire(attempt_id, &entry.dag_id, task);
         self.attempts.insert(attempt_id, (run_id, index));
-        debug!(%run_id, %task_id, attempt, worker = %worker_id, "task leased");
+        debug!(dag_id = %entry.dag_id, %run_id, %task_id, attempt, %attempt_id, worker = %worker_id, "task leased");
+        let (traceparent, tracestate) = if self.run_tracer.is_some() {
+            crate::traces::attempt_trace_headers(run_id, attempt_id)
+        } else {
+            (String::new(), String::new())
+        };
         let assign = api::Assign {
             attempt_id: attempt_id.to_string(),
             dag_id: entry.dag_id.to_string(),
@@ -1881,6 +1910,8 @@ impl Scheduler {
             data_interval_start: micros_to_timestamp_opt(entry.origin.data_interval_start),
             data_interval_end: micros_to_timestamp_opt(entry.origin.data_interval_end),
             map_index: entry.instance(index).map(|instance| instance.map_index),
+            traceparent,
+            tracestate,
         };
         let log_key = LogKey {
             run_id,
@@ -1971,6 +2002,28 @@ impl Scheduler {
         let task_id = entry.task_id(index);
         let mut record = views::attempt_record(entry, index, log_bytes);
         record.leader_term = self.parts.term;
+        if self.run_tracer.is_some() {
+            let slot = entry.slot(index);
+            if let Some(attempt_id) = slot.attempt_id {
+                let span = FinishedSpan::attempt(AttemptSpanFields {
+                    dag_id: entry.dag_id.as_str(),
+                    run_id,
+                    task_id: task_id.as_str(),
+                    attempt,
+                    attempt_id,
+                    worker_id: slot.worker.as_deref(),
+                    leased_at: slot.leased_at,
+                    recorded_at: slot.ended_at.max(now_micros()),
+                    outcome: baton_common::states::outcome_name(slot.outcome),
+                    failed: attempt_failed(slot.outcome),
+                    exit_code: slot.exit_code,
+                    error: slot.error.as_deref(),
+                });
+                self.pending
+                    .effects
+                    .push(Effect::ExportSpan(Box::new(span)));
+            }
+        }
         self.pending.ops.push(Op::put(
             keys::attempt(&run_id, task_id.as_str(), attempt),
             record.encode_to_vec(),
@@ -2000,10 +2053,10 @@ impl Scheduler {
             entry.set_state(index, TaskState::UpForRetry);
             entry.slot_mut(index).next_attempt_at = now_micros() + delay.as_micros() as Micros;
             self.retry_timers.insert((run_id, index, attempt), delay);
-            info!(%run_id, task_id = %entry.task(index).id, attempt, delay_ms = delay.as_millis() as u64, "task up for retry");
+            info!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task(index).id, attempt, delay_ms = delay.as_millis() as u64, "task up for retry");
         } else {
             entry.set_state(index, TaskState::Failed);
-            info!(%run_id, task_id = %entry.task_id(index), attempt, "task failed");
+            info!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task_id(index), attempt, "task failed");
             self.touch(run_id);
             // Before the task's end moves its downstream (and maybe ends
             // the run): the notifications go out in that order.
@@ -2193,7 +2246,9 @@ impl Scheduler {
         };
         let reason =
             format!("worker `{worker_id}` never received the assignment; the task is ready again");
-        info!(%run_id, %attempt_id, "{reason}");
+        if let Some(entry) = self.runs.get(&run_id) {
+            info!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task_id(index), attempt = entry.slot(index).attempt, %attempt_id, "{reason}");
+        }
         self.end_attempt_by_controller(run_id, index, AttemptOutcome::WorkerLost, &reason, false);
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
@@ -2210,7 +2265,9 @@ impl Scheduler {
         let Some(&(run_id, index)) = self.attempts.get(&attempt_id) else {
             return;
         };
-        warn!(%run_id, %attempt_id, %reason, "attempt lost");
+        if let Some(entry) = self.runs.get(&run_id) {
+            warn!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task_id(index), attempt = entry.slot(index).attempt, %attempt_id, %reason, "attempt lost");
+        }
         self.end_attempt_by_controller(run_id, index, AttemptOutcome::WorkerLost, reason, false);
         self.after_failed_attempt(run_id, index);
     }
@@ -2380,6 +2437,10 @@ impl Scheduler {
         let attempt = slot.attempt;
         let span =
             info_span!("task_result", dag_id = %entry.dag_id, %run_id, task_id = %task_id, attempt);
+        if self.run_tracer.is_some() {
+            // Under the attempt's span in the run's trace, not a trace of its own.
+            let _ = span.set_parent(crate::traces::attempt_context(run_id, attempt_id));
+        }
         let _guard = span.enter();
         self.record_attempt_end(run_id, index, result.log_bytes);
         self.pending.effects.push(Effect::Send {
@@ -2619,6 +2680,11 @@ impl Scheduler {
                 targets,
                 notification,
             } => self.parts.notifications.submit(targets, *notification),
+            Effect::ExportSpan(span) => {
+                if let Some(tracer) = &self.run_tracer {
+                    tracer.export(*span);
+                }
+            }
             Effect::Log(command) => {
                 let _ = self.log_writer.send(command);
             }
@@ -2687,6 +2753,20 @@ fn trigger_kind(trigger: &DagTrigger) -> DagTriggerKind {
         DagTrigger::Events(_) => DagTriggerKind::Events,
         DagTrigger::Assets(_) => DagTriggerKind::Assets,
     }
+}
+
+/// Whether an attempt's span is marked as an error: the attempt did not
+/// succeed for a reason of its own (a cancel, a drained worker or a
+/// reschedule is not a failure).
+fn attempt_failed(outcome: AttemptOutcome) -> bool {
+    !matches!(
+        outcome,
+        AttemptOutcome::Succeeded
+            | AttemptOutcome::Cancelled
+            | AttemptOutcome::Rescheduled
+            | AttemptOutcome::WorkerDrained
+            | AttemptOutcome::Unspecified
+    )
 }
 
 /// Checks a task's output: JSON, within the size limit.

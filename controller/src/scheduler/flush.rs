@@ -48,6 +48,9 @@ pub enum Effect {
         targets: Vec<baton_common::spec::Notifier>,
         notification: Box<crate::notify::Notification>,
     },
+    /// Export the span of an attempt or run that ended in this batch (only
+    /// when traces are on).
+    ExportSpan(Box<crate::traces::FinishedSpan>),
 }
 
 /// What a conditional write claims: at most one run per idempotency key or

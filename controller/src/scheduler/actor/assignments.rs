@@ -158,13 +158,14 @@ impl Scheduler {
         }
         let now = now_micros();
         let task_id = entry.task_id(index);
+        let dag_id = entry.dag_id.clone();
         let slot = entry.slot_mut(index);
-        slot.begin_attempt(AttemptId::generate(), None, now);
+        let attempt = slot.begin_attempt(AttemptId::generate(), None, now);
         slot.started_at = now;
         slot.ended_at = now;
         slot.outcome = AttemptOutcome::Error;
         slot.error = Some(error.clone().into_boxed_str());
-        info!(%run_id, %task_id, %error, "task failed before it started");
+        info!(%dag_id, %run_id, %task_id, attempt, %error, "task failed before it started");
         self.record_attempt_end(run_id, index, 0);
         self.touch(run_id);
     }

@@ -109,7 +109,7 @@ impl Scheduler {
         let attempt = entry.slot(index).attempt;
         entry.slot_mut(index).next_attempt_at = now_micros() + micros_of(interval);
         self.retry_timers.insert((run_id, index, attempt), interval);
-        debug!(%run_id, task_id = %entry.task(index).id, attempt, "sensor rescheduled");
+        debug!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task(index).id, attempt, "sensor rescheduled");
         self.touch(run_id);
     }
 
@@ -123,10 +123,10 @@ impl Scheduler {
         let task_id = entry.task_id(index);
         if soft_fail {
             entry.set_state(index, TaskState::Skipped);
-            info!(%run_id, %task_id, "sensor timed out; skipped (soft_fail)");
+            info!(dag_id = %entry.dag_id, %run_id, %task_id, attempt = entry.slot(index).attempt, "sensor timed out; skipped (soft_fail)");
         } else {
             entry.set_state(index, TaskState::Failed);
-            info!(%run_id, %task_id, "sensor timed out; failed");
+            info!(dag_id = %entry.dag_id, %run_id, %task_id, attempt = entry.slot(index).attempt, "sensor timed out; failed");
         }
         self.touch(run_id);
         self.task_ended(run_id, index);
@@ -146,7 +146,7 @@ impl Scheduler {
         let slot = entry.slot_mut(index);
         let attempt = slot.begin_attempt(AttemptId::generate(), None, now);
         slot.started_at = now;
-        debug!(%run_id, task_id = %entry.task(index).id, attempt, "sensor started on the controller");
+        debug!(dag_id = %entry.dag_id, %run_id, task_id = %entry.task(index).id, attempt, "sensor started on the controller");
         self.touch(run_id);
         self.wall_timers
             .insert(WallTimer::Sensor(run_id, index, attempt), deadline);

@@ -1,0 +1,341 @@
+//! OpenTelemetry traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` pointed at a
+//! collector the test runs, a run of five tasks is one trace whose id is the
+//! run id: the run's span is the root, each attempt's controller span is its
+//! child, and each worker's execution span is the child of its attempt's
+//! span, with the trace context carried in `Assign` from the controller's
+//! process to the worker's. `baton dev` flushes its spans on SIGTERM. A
+//! controller killed while an attempt runs and started again exports the
+//! same trace: every id is derived from the run and attempt ids.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton_tests::pb::{RunState, TaskState};
+use baton_tests::{CollectedSpan, OtlpCollector, Sandbox};
+use nix::sys::signal::Signal;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Five command tasks: `extract`, three transforms after it, `load` after
+/// all three.
+const FIVE_TASKS: &str = r#"
+id: traced
+tasks:
+  - id: extract
+    command: "echo extract"
+  - id: clean
+    command: "echo clean"
+    depends_on: [extract]
+  - id: enrich
+    command: "echo enrich"
+    depends_on: [extract]
+  - id: score
+    command: "echo score"
+    depends_on: [extract]
+  - id: load
+    command: "echo load"
+    depends_on: [clean, enrich, score]
+"#;
+
+const FIVE_TASK_IDS: [&str; 5] = ["extract", "clean", "enrich", "score", "load"];
+
+/// The spans of one run's trace, by role.
+struct RunTrace {
+    run: CollectedSpan,
+    /// Controller spans of attempts, by task id.
+    attempts: BTreeMap<String, CollectedSpan>,
+    /// Worker spans of executions, by task id.
+    executions: BTreeMap<String, CollectedSpan>,
+}
+
+/// The run's trace once its run span and an attempt span and an execution
+/// span of each task have arrived (`None` before).
+fn run_trace(spans: &[CollectedSpan], trace_id: &str, tasks: &[&str]) -> Option<RunTrace> {
+    let in_trace: Vec<&CollectedSpan> = spans
+        .iter()
+        .filter(|span| span.trace_id == trace_id)
+        .collect();
+    let run = in_trace.iter().find(|span| span.name == "run")?;
+    let by_task = |name: &str| -> BTreeMap<String, CollectedSpan> {
+        in_trace
+            .iter()
+            .filter(|span| span.name == name)
+            .filter_map(|span| Some((span.attribute("task_id")?.to_string(), (*span).clone())))
+            .collect()
+    };
+    let trace = RunTrace {
+        run: (*run).clone(),
+        attempts: by_task("attempt"),
+        executions: by_task("execute"),
+    };
+    tasks
+        .iter()
+        .all(|task| trace.attempts.contains_key(*task) && trace.executions.contains_key(*task))
+        .then_some(trace)
+}
+
+fn describe(spans: &[CollectedSpan]) -> String {
+    spans
+        .iter()
+        .map(|span| {
+            format!(
+                "{} {} trace={} span={} parent={} {:?}",
+                span.service_name,
+                span.name,
+                span.trace_id,
+                span.span_id,
+                span.parent_span_id,
+                span.attributes
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Checks the structure: run span root, attempt spans its children,
+/// execution spans children of their attempt's span, times nested, and the
+/// identity attributes on each.
+fn assert_run_trace(
+    trace: &RunTrace,
+    run_id: &str,
+    dag_id: &str,
+    tasks: &[&str],
+    controller_service: &str,
+    worker_service: &str,
+    worker_id: &str,
+) {
+    let run = &trace.run;
+    assert_eq!(run.parent_span_id, "", "the run span is the root: {run:?}");
+    assert_eq!(run.service_name, controller_service);
+    assert_eq!(run.attribute("run_id"), Some(run_id));
+    assert_eq!(run.attribute("dag_id"), Some(dag_id));
+    assert_eq!(run.attribute("state"), Some("success"));
+    assert_eq!(trace.attempts.len(), tasks.len(), "one attempt per task");
+    assert_eq!(
+        trace.executions.len(),
+        tasks.len(),
+        "one execution per task"
+    );
+    for &task_id in tasks {
+        let attempt = &trace.attempts[task_id];
+        assert_eq!(
+            attempt.parent_span_id, run.span_id,
+            "the attempt span of {task_id} is a child of the run span: {attempt:?}"
+        );
+        assert_eq!(attempt.service_name, controller_service);
+        for (key, value) in [
+            ("dag_id", dag_id),
+            ("run_id", run_id),
+            ("task_id", task_id),
+            ("attempt", "1"),
+            ("worker_id", worker_id),
+            ("outcome", "succeeded"),
+        ] {
+            assert_eq!(attempt.attribute(key), Some(value), "{key} of {attempt:?}");
+        }
+        assert!(
+            run.start_unix_nanos <= attempt.start_unix_nanos
+                && attempt.end_unix_nanos <= run.end_unix_nanos,
+            "the attempt of {task_id} lies within the run: {attempt:?} {run:?}"
+        );
+        let execution = &trace.executions[task_id];
+        assert_eq!(
+            execution.parent_span_id, attempt.span_id,
+            "the execution span of {task_id} is a child of its attempt span: {execution:?}"
+        );
+        assert_eq!(execution.service_name, worker_service);
+        for (key, value) in [
+            ("dag_id", dag_id),
+            ("run_id", run_id),
+            ("task_id", task_id),
+            ("attempt", "1"),
+            ("worker_id", worker_id),
+            ("outcome", "succeeded"),
+        ] {
+            assert_eq!(
+                execution.attribute(key),
+                Some(value),
+                "{key} of {execution:?}"
+            );
+        }
+        assert!(
+            attempt.start_unix_nanos <= execution.start_unix_nanos
+                && execution.end_unix_nanos <= attempt.end_unix_nanos,
+            "the execution of {task_id} lies within its attempt: {execution:?} {attempt:?}"
+        );
+    }
+}
+
+/// Dependencies of the five-task DAG show in time: `load` was leased after
+/// the three it waits for ended.
+fn assert_load_after_its_upstream(trace: &RunTrace) {
+    let load = &trace.attempts["load"];
+    for upstream in ["clean", "enrich", "score"] {
+        assert!(trace.executions[upstream].end_unix_nanos <= load.start_unix_nanos);
+    }
+}
+
+/// The trace id of a run: its UUID as 32 hex digits.
+fn trace_id_of(run_id: &str) -> String {
+    run_id.replace('-', "")
+}
+
+/// The case that matters: controller and worker are separate processes, so
+/// the worker's spans join the run's trace only through the context its
+/// `Assign` carries.
+#[tokio::test]
+async fn a_run_is_one_trace_across_the_controller_and_worker_processes() {
+    let collector = OtlpCollector::start().await;
+    let mut sandbox = Sandbox::new("traces-cluster");
+    sandbox.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint());
+    sandbox.set_env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let mut controller = sandbox.start_controller(&[]).await;
+    let mut worker = sandbox.start_worker("traced-worker", &[]).await;
+    let mut api = sandbox.api().await;
+    api.register(FIVE_TASKS).await;
+    let run = api.trigger("traced").await;
+    let view = api.wait_for_run(&run.run_id, WAIT).await;
+    assert_eq!(view.state(), RunState::Success, "{}", view.describe());
+
+    let trace_id = trace_id_of(&run.run_id);
+    let spans = collector
+        .wait_for_spans(WAIT, |spans| {
+            run_trace(spans, &trace_id, &FIVE_TASK_IDS).is_some()
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the run's trace did not arrive; received:\n{}\n{}",
+                describe(&collector.spans()),
+                sandbox.logs_tail()
+            )
+        });
+    let trace = run_trace(&spans, &trace_id, &FIVE_TASK_IDS).expect("checked by the wait");
+    assert_run_trace(
+        &trace,
+        &run.run_id,
+        "traced",
+        &FIVE_TASK_IDS,
+        "baton-controller",
+        "baton-worker",
+        "traced-worker",
+    );
+    assert_load_after_its_upstream(&trace);
+
+    for process in [&mut worker, &mut controller] {
+        process.signal(Signal::SIGTERM);
+        let status = process.wait_exit(WAIT).await;
+        assert!(
+            status.success(),
+            "{} exited with {status}\n{}",
+            process.name(),
+            process.log_tail()
+        );
+    }
+}
+
+/// `baton dev` runs both in one process; with a batch delay far longer than
+/// the test, the spans arrive only because SIGTERM flushes them.
+#[tokio::test]
+async fn baton_dev_exports_the_run_trace_when_it_stops() {
+    let collector = OtlpCollector::start().await;
+    let mut sandbox = Sandbox::new("traces-dev");
+    sandbox.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint());
+    sandbox.set_env("OTEL_BSP_SCHEDULE_DELAY", "600000");
+    let mut dev = sandbox.start_dev(&[]).await;
+    let mut api = sandbox.api().await;
+    api.register(FIVE_TASKS).await;
+    let run = api.trigger("traced").await;
+    let view = api.wait_for_run(&run.run_id, WAIT).await;
+    assert_eq!(view.state(), RunState::Success, "{}", view.describe());
+
+    dev.signal(Signal::SIGTERM);
+    let status = dev.wait_exit(WAIT).await;
+    assert!(status.success(), "baton dev: {status}\n{}", dev.log_tail());
+    let trace_id = trace_id_of(&run.run_id);
+    let spans = collector
+        .wait_for_spans(Duration::from_secs(5), |spans| {
+            run_trace(spans, &trace_id, &FIVE_TASK_IDS).is_some()
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the run's trace was not flushed on SIGTERM; received:\n{}\n{}",
+                describe(&collector.spans()),
+                dev.log_tail()
+            )
+        });
+    let trace = run_trace(&spans, &trace_id, &FIVE_TASK_IDS).expect("checked by the wait");
+    assert_run_trace(
+        &trace,
+        &run.run_id,
+        "traced",
+        &FIVE_TASK_IDS,
+        "baton-dev",
+        "baton-dev",
+        "dev-worker",
+    );
+    assert_load_after_its_upstream(&trace);
+}
+
+/// The controller is killed (no flush) while `slow` runs and started again
+/// on the same store: the worker's span of `slow` got its parent from the
+/// first process, its attempt span and the run span come from the second,
+/// and they still form one tree.
+#[tokio::test]
+async fn a_restarted_controller_continues_the_same_trace() {
+    let collector = OtlpCollector::start().await;
+    let mut sandbox = Sandbox::new("traces-restart");
+    sandbox.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint());
+    sandbox.set_env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let mut controller = sandbox.start_controller(&[]).await;
+    let _worker = sandbox.start_worker("steady-worker", &[]).await;
+    let mut api = sandbox.api().await;
+    api.register(
+        r#"
+id: restarted
+tasks:
+  - id: slow
+    command: "sleep 1.5"
+  - id: after
+    command: "echo after"
+    depends_on: [slow]
+"#,
+    )
+    .await;
+    let run = api.trigger("restarted").await;
+    api.wait_until(&run.run_id, "slow running", WAIT, |view| {
+        view.task_state("slow") == TaskState::Running
+    })
+    .await;
+    controller.signal(Signal::SIGKILL);
+    controller.wait_exit(WAIT).await;
+    let _controller = sandbox.start_controller(&[]).await;
+    let mut api = sandbox.api().await;
+    let view = api.wait_for_run(&run.run_id, WAIT).await;
+    assert_eq!(view.state(), RunState::Success, "{}", view.describe());
+    assert_eq!(api.attempts(&run.run_id, "slow").await.len(), 1);
+
+    let tasks = ["slow", "after"];
+    let trace_id = trace_id_of(&run.run_id);
+    let spans = collector
+        .wait_for_spans(WAIT, |spans| run_trace(spans, &trace_id, &tasks).is_some())
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the run's trace did not arrive; received:\n{}\n{}",
+                describe(&collector.spans()),
+                sandbox.logs_tail()
+            )
+        });
+    let trace = run_trace(&spans, &trace_id, &tasks).expect("checked by the wait");
+    assert_run_trace(
+        &trace,
+        &run.run_id,
+        "restarted",
+        &tasks,
+        "baton-controller",
+        "baton-worker",
+        "steady-worker",
+    );
+}
