@@ -25,7 +25,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::commands::{asset, backfill, cluster, dag, event, logs, pool, run, server, task};
+use crate::commands::{asset, backfill, cluster, dag, event, logs, pool, run, server, task, top};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -105,6 +105,9 @@ enum Command {
     /// See the cluster: leader, controllers, workers, queues.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// A live view of the cluster, refreshed in place: leader, workers and
+    /// slots, queue depths, pools, active runs and their running tasks.
+    Top(top::TopArgs),
 }
 
 impl Command {
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
             Command::Asset(command) => asset::run(command, &context).await,
             Command::Logs(args) => logs::run(args, &context).await,
             Command::Cluster(command) => cluster::run(command, &context).await,
+            Command::Top(args) => top::run(args, &context).await,
             Command::Pool(command) => pool::run(command, &context).await,
         }
     });

@@ -1,7 +1,7 @@
 //! `baton cluster status`: the leader, every controller, every worker with
 //! its free slots, and the depth of each queue.
 
-use baton_common::pb::api::GetClusterStatusRequest;
+use baton_common::pb::api::{GetClusterStatusRequest, GetClusterStatusResponse};
 use baton_common::time::duration_from_proto;
 use clap::Subcommand;
 use serde_json::json;
@@ -76,91 +76,97 @@ pub async fn run(command: ClusterCommand, context: &Context) -> anyhow::Result<O
                 }));
                 return Ok(Outcome::Success);
             }
-            print_line(format_args!(
-                "leader: {} at {} (term {}, since {}); store: {}; active runs: {}",
-                status.leader_id,
-                status.leader_address,
-                status.leader_term,
-                time_text(status.leader_since.as_ref()),
-                status.store,
-                status.active_runs
-            ));
-            let mut controllers = table(&["CONTROLLER", "ADDRESS", "ROLE", "STARTED"]);
-            for controller in &status.controllers {
-                controllers.add_row(vec![
-                    controller.controller_id.clone(),
-                    controller.address.clone(),
-                    if controller.leader {
-                        "leader".into()
-                    } else {
-                        "follower".into()
-                    },
-                    time_text(controller.started_at.as_ref()),
-                ]);
-            }
-            print_line(controllers);
-            let mut workers = table(&[
-                "WORKER", "HOST", "QUEUES", "SLOTS", "FREE", "RUNNING", "STATE",
-            ]);
-            for worker in &status.workers {
-                let state = match (worker.connected, worker.draining) {
-                    (false, _) => "disconnected",
-                    (true, true) => "draining",
-                    (true, false) => "connected",
-                };
-                workers.add_row(vec![
-                    worker.worker_id.clone(),
-                    worker.hostname.clone(),
-                    worker.queues.join(","),
-                    worker.slots.to_string(),
-                    worker.free_slots.to_string(),
-                    worker.running.to_string(),
-                    state.to_string(),
-                ]);
-            }
-            print_line(workers);
-            let mut queues = table(&[
-                "QUEUE",
-                "READY",
-                "LIMITED",
-                "OLDEST READY",
-                "RUNNING",
-                "WORKERS",
-                "FREE SLOTS",
-            ]);
-            for queue in &status.queues {
-                let oldest = queue
-                    .oldest_ready_age
-                    .as_ref()
-                    .map(duration_from_proto)
-                    .map_or_else(
-                        || "-".to_string(),
-                        |age| format!("{:.1}s", age.as_secs_f64()),
-                    );
-                queues.add_row(vec![
-                    queue.queue.clone(),
-                    queue.ready.to_string(),
-                    queue.limited.to_string(),
-                    oldest,
-                    queue.running.to_string(),
-                    queue.workers.to_string(),
-                    queue.free_slots.to_string(),
-                ]);
-            }
-            print_line(queues);
-            if !status.pools.is_empty() {
-                let mut pools = table(&["POOL", "SLOTS", "USED", "QUEUED"]);
-                for pool in &status.pools {
-                    pools.add_row(vec![
-                        pool.name.clone(),
-                        pool.slots.to_string(),
-                        pool.used_slots.to_string(),
-                        pool.queued.to_string(),
-                    ]);
-                }
-                print_line(pools);
-            }
+            print_line(status_text(&status).trim_end());
             Ok(Outcome::Success)
         }
     }
+}
+
+/// The cluster's status as `cluster status` prints it (and `top` shows it).
+pub fn status_text(status: &GetClusterStatusResponse) -> String {
+    let mut text = format!(
+        "leader: {} at {} (term {}, since {}); store: {}; active runs: {}\n",
+        status.leader_id,
+        status.leader_address,
+        status.leader_term,
+        time_text(status.leader_since.as_ref()),
+        status.store,
+        status.active_runs
+    );
+    let mut controllers = table(&["CONTROLLER", "ADDRESS", "ROLE", "STARTED"]);
+    for controller in &status.controllers {
+        controllers.add_row(vec![
+            controller.controller_id.clone(),
+            controller.address.clone(),
+            if controller.leader {
+                "leader".into()
+            } else {
+                "follower".into()
+            },
+            time_text(controller.started_at.as_ref()),
+        ]);
+    }
+    text.push_str(&format!("{controllers}\n"));
+    let mut workers = table(&[
+        "WORKER", "HOST", "QUEUES", "SLOTS", "FREE", "RUNNING", "STATE",
+    ]);
+    for worker in &status.workers {
+        let state = match (worker.connected, worker.draining) {
+            (false, _) => "disconnected",
+            (true, true) => "draining",
+            (true, false) => "connected",
+        };
+        workers.add_row(vec![
+            worker.worker_id.clone(),
+            worker.hostname.clone(),
+            worker.queues.join(","),
+            worker.slots.to_string(),
+            worker.free_slots.to_string(),
+            worker.running.to_string(),
+            state.to_string(),
+        ]);
+    }
+    text.push_str(&format!("{workers}\n"));
+    let mut queues = table(&[
+        "QUEUE",
+        "READY",
+        "LIMITED",
+        "OLDEST READY",
+        "RUNNING",
+        "WORKERS",
+        "FREE SLOTS",
+    ]);
+    for queue in &status.queues {
+        let oldest = queue
+            .oldest_ready_age
+            .as_ref()
+            .map(duration_from_proto)
+            .map_or_else(
+                || "-".to_string(),
+                |age| format!("{:.1}s", age.as_secs_f64()),
+            );
+        queues.add_row(vec![
+            queue.queue.clone(),
+            queue.ready.to_string(),
+            queue.limited.to_string(),
+            oldest,
+            queue.running.to_string(),
+            queue.workers.to_string(),
+            queue.free_slots.to_string(),
+        ]);
+    }
+    text.push_str(&format!("{queues}\n"));
+    if !status.pools.is_empty() {
+        let mut pools = table(&["POOL", "SLOTS", "USED", "QUEUED"]);
+        for pool in &status.pools {
+            pools.add_row(vec![
+                pool.name.clone(),
+                pool.slots.to_string(),
+                pool.used_slots.to_string(),
+                pool.queued.to_string(),
+            ]);
+        }
+        text.push_str(&format!("{pools}\n"));
+    }
+    text
 }

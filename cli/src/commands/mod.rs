@@ -13,6 +13,7 @@ pub mod pool;
 pub mod run;
 pub mod server;
 pub mod task;
+pub mod top;
 
 use anyhow::Context as _;
 use baton_common::client::BatonClient;
