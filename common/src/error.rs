@@ -214,6 +214,22 @@ impl From<ApiError> for Status {
 /// Shorthand for handler results.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// An error and its sources, `: `-separated, without repeating a source
+/// the text already holds (HTTP client errors often do).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +338,26 @@ mod tests {
                 .is_none()
         );
         assert!(status.message().contains("no leader is elected yet"));
+    }
+
+    #[test]
+    fn an_error_chain_names_each_source_once() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = std::io::Error::other(Chained(inner));
+        assert_eq!(error_chain(&outer), "request failed: connection refused");
+
+        #[derive(Debug)]
+        struct Chained(std::io::Error);
+        impl std::fmt::Display for Chained {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("request failed")
+            }
+        }
+        impl std::error::Error for Chained {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
     }
 
     #[test]

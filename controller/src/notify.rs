@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use baton_common::error::error_chain;
 use baton_common::spec::{Notifier, NotifyEvent, NotifyFormat, SecretValue};
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Serialize;
@@ -670,20 +671,6 @@ fn redacted_url(url: &url::Url) -> String {
         Some(port) => format!("{}://{host}:{port}/…", url.scheme()),
         None => format!("{}://{host}/…", url.scheme()),
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

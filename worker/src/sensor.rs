@@ -42,6 +42,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use baton_common::error::error_chain;
 use baton_common::pb::api::{self, AttemptOutcome};
 use baton_common::time;
 use tokio::time::Instant;
@@ -492,21 +493,6 @@ async fn check_http(condition: &HttpCondition, prober: &Prober) -> Poke {
             Poke::not_met(detail)
         }
     }
-}
-
-/// An error and its sources, `: `-separated, without repeats.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// How the poke loop ended.
