@@ -2538,7 +2538,7 @@ impl Scheduler {
                 let events = history::events(entry, changes, &self.parts.config.controller_id);
                 for chunk in events.chunks(history::EVENTS_PER_RECORD) {
                     self.history_seq = self.history_seq.wrapping_add(1);
-                    let at = history::event_micros(&chunk[0]);
+                    let at = timestamp_opt_to_micros(chunk[0].at.as_ref());
                     let record = RunHistoryRecord {
                         events: chunk.to_vec(),
                     };

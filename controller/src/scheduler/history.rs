@@ -15,7 +15,7 @@ use baton_common::pb::api::{
 };
 use baton_common::spec::TaskKind;
 use baton_common::states::{outcome_name, task_state_is_final};
-use baton_common::time::{Micros, micros_to_timestamp_opt};
+use baton_common::time::micros_to_timestamp_opt;
 
 use super::state::{Change, Changed, RunEntry};
 use crate::plan::TaskIndex;
@@ -195,12 +195,4 @@ fn task_cause(
         (_, Cancelled) => (EventCause::User, USER.to_string(), error),
         _ => (EventCause::Scheduler, scheduler(), ended()),
     }
-}
-
-/// Microseconds of an event's time (0 when unset).
-pub fn event_micros(event: &RunEvent) -> Micros {
-    event
-        .at
-        .as_ref()
-        .map_or(0, |at| at.seconds * 1_000_000 + i64::from(at.nanos / 1_000))
 }
