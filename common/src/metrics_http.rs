@@ -20,6 +20,29 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// Renders the metrics' text when Prometheus scrapes.
 pub type Render = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
+/// Metrics of another part of the process served on the same endpoint
+/// (`baton dev`'s in-process worker on its controller's): appends their
+/// OpenMetrics families, without `# EOF`, to the text being rendered.
+#[derive(Clone)]
+pub struct MetricsSection(Arc<dyn Fn(&mut String) + Send + Sync>);
+
+impl MetricsSection {
+    pub fn new(encode: impl Fn(&mut String) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(encode))
+    }
+
+    /// Appends the section's families to `text`.
+    pub fn encode(&self, text: &mut String) {
+        (self.0)(text);
+    }
+}
+
+impl std::fmt::Debug for MetricsSection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("MetricsSection")
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,

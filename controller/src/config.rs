@@ -57,6 +57,9 @@ pub struct ControllerConfig {
     pub clock: ClockRef,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// More metrics served on that endpoint after the controller's own
+    /// (those of `baton dev`'s in-process worker).
+    pub extra_metrics: Option<baton_common::metrics_http::MetricsSection>,
     /// Export the spans of runs and attempts (`traces`) through the
     /// process's global OpenTelemetry tracer provider, and send each
     /// attempt's trace context to its worker. Off unless the process
@@ -163,6 +166,7 @@ impl ControllerConfig {
             notify: NotifyConfig::default(),
             clock: Arc::new(SystemClock),
             metrics_listen: None,
+            extra_metrics: None,
             export_traces: false,
         }
     }

@@ -15,6 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use baton_common::metrics_http::MetricsSection;
 use baton_common::pb::api::{AttemptOutcome, GetClusterStatusResponse, RunState, TaskState};
 use baton_common::states::{outcome_name, run_state_name, task_state_is_final, task_state_name};
 use baton_common::time::{Micros, now_micros};
@@ -504,12 +505,16 @@ impl ControllerMetrics {
             .inc_by(posts.saturating_sub(self.notification_failed_posts.get()));
     }
 
-    /// The OpenMetrics text of every metric.
-    pub fn encode(&self) -> String {
+    /// The OpenMetrics text of every metric, then `extra`'s families.
+    pub fn encode(&self, extra: Option<&MetricsSection>) -> String {
         let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+        if prometheus_client::encoding::text::encode_registry(&mut text, &self.registry).is_err() {
             text.clear();
         }
+        if let Some(extra) = extra {
+            extra.encode(&mut text);
+        }
+        text.push_str("# EOF\n");
         text
     }
 }
@@ -536,7 +541,7 @@ pub async fn serve(
             let status = ClusterApi::new(Arc::clone(&context)).status().await.ok();
             metrics.set_present(&context.config.controller_id, status.as_ref());
             metrics.set_notifications(context.notifications.counters());
-            metrics.encode()
+            metrics.encode(context.config.extra_metrics.as_ref())
         })
     });
     if let Err(error) = baton_common::metrics_http::serve(listener, render, shutdown).await {

@@ -11,12 +11,17 @@
 //! - freshness: seconds since a DAG's last success grow, and fall back
 //!   when it succeeds again;
 //! - every metric the Grafana dashboard (`deploy/grafana/baton.json`)
-//!   queries is one the controller serves.
+//!   queries is one `baton dev` serves, the in-process worker's included;
+//! - `baton worker --metrics-listen`: the worker's own attempts by outcome,
+//!   log bytes, and its connection, which drops when the controller dies
+//!   and comes back (a second registration) when it returns; a bad or busy
+//!   address is refused, naming the flag.
 
 use std::time::Duration;
 
 use baton_tests::pb::{CreatePoolRequest, RunState};
 use baton_tests::{PythonSdk, Sandbox};
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -205,6 +210,25 @@ async fn metrics_count_a_known_run_and_freshness_resets_on_success() {
             "{result}"
         );
     }
+    // The in-process worker's own view: 3 attempts succeeded and 2 failed
+    // on it, it is connected and runs nothing now.
+    let agent_finished = "baton_agent_attempts_finished_total";
+    assert_eq!(
+        samples.value(agent_finished, &[("outcome", "succeeded")]),
+        3.0
+    );
+    assert_eq!(samples.value(agent_finished, &[("outcome", "failed")]), 2.0);
+    assert_eq!(
+        samples.value("baton_agent_attempt_duration_seconds_count", &[]),
+        5.0
+    );
+    assert_eq!(samples.value("baton_agent_slots", &[]), 4.0);
+    assert_eq!(samples.value("baton_agent_running_attempts", &[]), 0.0);
+    assert_eq!(samples.value("baton_agent_connected", &[]), 1.0);
+    assert_eq!(
+        samples.value("baton_agent_info", &[("worker_id", "dev-worker")]),
+        1.0
+    );
     let warehouse = [("pool", "warehouse")];
     assert_eq!(samples.value("baton_pool_slots", &warehouse), 2.0);
     assert_eq!(samples.value("baton_pool_used_slots", &warehouse), 0.0);
@@ -258,7 +282,7 @@ async fn metrics_count_a_known_run_and_freshness_resets_on_success() {
     .expect("deploy/grafana/baton.json");
     let names = regex::Regex::new(r"baton_[a-z_]+").expect("regex");
     for name in names.find_iter(&dashboard).map(|found| found.as_str()) {
-        let family = ["_bucket", "_count", "_sum", "_total"]
+        let family = ["_bucket", "_count", "_sum", "_total", "_info"]
             .iter()
             .find_map(|suffix| name.strip_suffix(suffix))
             .unwrap_or(name);
@@ -267,4 +291,129 @@ async fn metrics_count_a_known_run_and_freshness_resets_on_success() {
             "the dashboard queries {name}, which /metrics does not serve"
         );
     }
+}
+
+const WORKER_RUN: &str = r#"
+id: on-worker
+tasks:
+  - id: talk
+    command: "echo twelve bytes"
+  - id: quiet
+    kind: noop
+  - id: broken
+    command: exit 3
+"#;
+
+/// Scrapes until `holds` is true of the samples, for at most [`WAIT`].
+async fn scrape_until(
+    python: &PythonSdk,
+    url: &str,
+    what: &str,
+    holds: impl Fn(&Samples) -> bool,
+) -> Samples {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let samples = scrape(python, url).await;
+        if holds(&samples) {
+            return samples;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}; last scrape: {:?}",
+            samples.samples
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_serves_its_own_metrics_and_they_follow_its_connection() {
+    let Some(python) = PythonSdk::setup("worker-metrics").await else {
+        return;
+    };
+    let mut sandbox = Sandbox::new("worker-metrics");
+    let mut controller = sandbox.start_controller(&[]).await;
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let _worker = sandbox
+        .start_worker("w", &["--slots", "3", "--metrics-listen", &metrics_address])
+        .await;
+    let url = format!("http://{metrics_address}/metrics");
+    let mut api = sandbox.api().await;
+    api.register(WORKER_RUN).await;
+    let run = api.trigger("on-worker").await;
+    let view = api.wait_for_run(&run.run_id, WAIT).await;
+    assert_eq!(view.state(), RunState::Failed, "{}", view.describe());
+
+    // The last acknowledgements may still be on their way.
+    let samples = scrape_until(&python, &url, "everything acknowledged", |samples| {
+        samples.value("baton_agent_unacknowledged_attempts", &[]) == 0.0
+    })
+    .await;
+    let finished = "baton_agent_attempts_finished_total";
+    assert_eq!(samples.value(finished, &[("outcome", "succeeded")]), 2.0);
+    assert_eq!(samples.value(finished, &[("outcome", "failed")]), 1.0);
+    assert_eq!(samples.value(finished, &[]), 3.0, "nothing else ended");
+    assert_eq!(
+        samples.value("baton_agent_attempt_duration_seconds_count", &[]),
+        3.0
+    );
+    assert_eq!(
+        samples.value("baton_agent_log_sent_bytes_total", &[]),
+        "twelve bytes\n".len() as f64
+    );
+    assert_eq!(samples.value("baton_agent_slots", &[]), 3.0);
+    assert_eq!(samples.value("baton_agent_running_attempts", &[]), 0.0);
+    assert_eq!(samples.value("baton_agent_draining", &[]), 0.0);
+    assert_eq!(samples.value("baton_agent_connected", &[]), 1.0);
+    assert_eq!(samples.value("baton_agent_registrations_total", &[]), 1.0);
+    assert_eq!(
+        samples.value("baton_agent_info", &[("worker_id", "w")]),
+        1.0
+    );
+    assert!(
+        !samples
+            .families
+            .iter()
+            .any(|family| family == "baton_tasks_finished"),
+        "a worker serves only its own metrics: {:?}",
+        samples.families
+    );
+
+    // The controller dies: the worker says it is not connected, and says
+    // so again once it registered with the controller that came back.
+    controller.signal(Signal::SIGKILL);
+    controller.wait_exit(WAIT).await;
+    drop(controller);
+    scrape_until(&python, &url, "disconnected", |samples| {
+        samples.value("baton_agent_connected", &[]) == 0.0
+    })
+    .await;
+    let _controller = sandbox.start_controller(&[]).await;
+    let samples = scrape_until(&python, &url, "registered again", |samples| {
+        samples.value("baton_agent_connected", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(samples.value("baton_agent_registrations_total", &[]), 2.0);
+
+    // A bad or busy address is refused before the worker starts.
+    let bad = sandbox
+        .cli(&["worker", "--id", "bad", "--metrics-listen", "nowhere"])
+        .await;
+    bad.assert_failure();
+    assert!(bad.stderr.contains("--metrics-listen"), "{bad}");
+    let busy = sandbox
+        .cli(&[
+            "worker",
+            "--id",
+            "busy",
+            "--metrics-listen",
+            &metrics_address,
+        ])
+        .await;
+    busy.assert_failure();
+    assert!(
+        busy.stderr
+            .contains(&format!("--metrics-listen {metrics_address}")),
+        "{busy}"
+    );
 }

@@ -43,6 +43,7 @@ use crate::executor::{
     self, AttemptContext, AttemptEvent, AttemptResult, AttemptSpec, SHUTDOWN_REASON, StopSignal,
     TaskKind,
 };
+use crate::metrics::WorkerMetrics;
 use crate::outbox::{AckEffect, Outbox};
 use crate::sensor::HttpClient;
 use crate::spool::{self, Recovered, SpoolMeta, SpoolWriter};
@@ -101,12 +102,18 @@ pub(crate) struct Agent {
     heartbeat: Option<tokio::time::Interval>,
     draining: Option<Draining>,
     shutdown_seen: bool,
+    /// Recorded into when the process serves metrics.
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl Agent {
     /// `recovered`: finished attempts found in the spool, whose log and
     /// result the controller may not have.
-    pub(crate) fn new(config: WorkerConfig, recovered: Vec<Recovered>) -> Self {
+    pub(crate) fn new(
+        config: WorkerConfig,
+        recovered: Vec<Recovered>,
+        metrics: Option<Arc<WorkerMetrics>>,
+    ) -> Self {
         let (events, event_receiver) = mpsc::unbounded_channel();
         let (reads, read_receiver) = mpsc::unbounded_channel();
         let link = Link::new(config.controller_addrs(), config.reconnect_max_backoff);
@@ -130,6 +137,7 @@ impl Agent {
             heartbeat: None,
             draining: None,
             shutdown_seen: false,
+            metrics,
         }
     }
 
@@ -175,6 +183,9 @@ impl Agent {
                 Some(event) = self.event_receiver.recv() => self.on_attempt_event(event),
                 Some(done) = self.read_receiver.recv() => {
                     for message in self.outbox.on_read(done.attempt_id, done.stream, done.offset, done.data) {
+                        if let (Some(metrics), Some(worker_message::Message::LogChunk(chunk))) = (&self.metrics, &message.message) {
+                            metrics.log_sent(chunk.data.len());
+                        }
                         self.link.send(message);
                     }
                     self.pump();
@@ -184,6 +195,9 @@ impl Agent {
                         error!(%error, "an executor task failed");
                     }
                 }
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.held(self.outbox.len());
             }
         }
         self.stop_executors().await;
@@ -225,6 +239,9 @@ impl Agent {
             }
             None => {
                 info!(grace = %humantime::format_duration(grace), running = self.outbox.running_count(), "draining: taking no new work");
+                if let Some(metrics) = &self.metrics {
+                    metrics.draining();
+                }
                 self.draining = Some(Draining {
                     deadline,
                     cancelled_remaining: false,
@@ -267,6 +284,9 @@ impl Agent {
             }
             LinkEvent::Connected => {}
             LinkEvent::Disconnected => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.disconnected();
+                }
                 self.heartbeat = None;
                 self.outbox.stream_closed();
             }
@@ -322,6 +342,9 @@ impl Agent {
                     .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
                 info!(controller = %self.link.controller_addr(), controller_id = %registered.controller_id, heartbeat_interval = ?interval, "registered with the controller");
                 self.link.on_registered();
+                if let Some(metrics) = &self.metrics {
+                    metrics.registered();
+                }
                 // The first tick fires at once: the controller hears from
                 // the worker (and whether it drains) right away.
                 let mut heartbeat = tokio::time::interval(interval);
@@ -404,6 +427,7 @@ impl Agent {
                         format!("invalid assignment: {}", invalid.reason),
                         0,
                     );
+                    self.count_finished(&result, false);
                     self.outbox.on_finished(attempt_id, result);
                     self.pump();
                 }
@@ -420,6 +444,9 @@ impl Agent {
         if !self.outbox.insert(attempt_id, stop.clone(), Some(log_path)) {
             debug!(%attempt_id, "duplicate assignment ignored");
             return;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.attempt_started();
         }
         let running = self.outbox.running_count();
         if running > self.config.slots as usize {
@@ -502,6 +529,7 @@ impl Agent {
             }
             AttemptEvent::Log { attempt_id, end } => self.outbox.on_log(attempt_id, end),
             AttemptEvent::Finished { attempt_id, result } => {
+                self.count_finished(&result, true);
                 self.outbox.on_finished(attempt_id, result)
             }
         }
@@ -553,19 +581,26 @@ impl Agent {
         // controller's span of the attempt.
         drop(span);
         let now = std::time::SystemTime::now();
-        self.outbox.on_finished(
-            attempt_id,
-            AttemptResult {
-                outcome: api::AttemptOutcome::Succeeded,
-                exit_code: None,
-                error: String::new(),
-                output_json: String::new(),
-                started_at: now,
-                ended_at: now,
-                log_bytes: 0,
-            },
-        );
+        let result = AttemptResult {
+            outcome: api::AttemptOutcome::Succeeded,
+            exit_code: None,
+            error: String::new(),
+            output_json: String::new(),
+            started_at: now,
+            ended_at: now,
+            log_bytes: 0,
+        };
+        self.count_finished(&result, false);
+        self.outbox.on_finished(attempt_id, result);
         self.pump();
+    }
+
+    /// Counts an attempt's end in the metrics; `ran`: it was counted as
+    /// running when it started.
+    fn count_finished(&self, result: &AttemptResult, ran: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.attempt_finished(result.outcome, result.started_at, result.ended_at, ran);
+        }
     }
 
     /// The span of an attempt's execution, with its identity; with trace

@@ -2,8 +2,9 @@
 //! bidirectional gRPC stream, runs the attempts it is assigned, and reports
 //! their start, logs and results until the controller has acknowledged them.
 //!
-//! [`run`] is the whole public surface besides [`WorkerConfig`]: the CLI
-//! builds a config, passes a shutdown token, and awaits `run`.
+//! [`run`] is the whole public surface besides [`WorkerConfig`] and
+//! [`WorkerMetrics`]: the CLI builds a config (and the metrics it serves,
+//! if any), passes a shutdown token, and awaits `run`.
 //!
 //! # Layout
 //! - `config`: [`WorkerConfig`], its defaults and its validation.
@@ -25,6 +26,7 @@
 //! - `executor`: runs one attempt: a `command` in its own process group
 //!   (output capture with backpressure, timeout, cancel, kill of the whole
 //!   group, `$BATON_OUTPUT`), a `noop`, or hands a sensor to `sensor`.
+//! - `metrics`: [`WorkerMetrics`], the worker's own Prometheus metrics.
 //! - `sensor`: sensor attempts: checks a file (or glob) or HTTP condition
 //!   in poke mode (until it holds or the deadline passes, holding the slot)
 //!   or reschedule mode (once), one log line per poke.
@@ -41,6 +43,7 @@
 //! - When [`run`] returns, no task of the worker is left running.
 
 pub mod config;
+pub mod metrics;
 
 mod agent;
 mod connection;
@@ -51,10 +54,12 @@ mod spool;
 mod workdir;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 pub use config::WorkerConfig;
+pub use metrics::WorkerMetrics;
 
 /// Why the worker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +81,13 @@ pub enum WorkerError {
 ///
 /// Losing the controller is not an error: the worker reconnects with backoff
 /// for as long as it runs, and its attempts keep running meanwhile.
-pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+///
+/// `metrics`: what the worker records into, when the process serves them.
+pub async fn run(
+    mut config: WorkerConfig,
+    metrics: Option<Arc<WorkerMetrics>>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     config.validate()?;
     let work_dir = config.work_dir.clone();
     let worker_id = config.worker_id.to_string();
@@ -93,7 +104,9 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> Resul
     })??;
     // Attempts keep their files under the worker's own, locked directory.
     config.work_dir = own.root().to_path_buf();
-    let result = agent::Agent::new(config, recovered).run(shutdown).await;
+    let result = agent::Agent::new(config, recovered, metrics)
+        .run(shutdown)
+        .await;
     drop(own);
     result
 }

@@ -203,6 +203,11 @@ impl Outbox {
         self.attempts.is_empty()
     }
 
+    /// Attempts known: running, or with something not yet acknowledged.
+    pub(crate) fn len(&self) -> usize {
+        self.attempts.len()
+    }
+
     pub(crate) fn running_ids(&self) -> Vec<AttemptId> {
         self.attempts
             .iter()

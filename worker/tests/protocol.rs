@@ -386,7 +386,7 @@ fn start_worker(
     config.labels.insert("zone".into(), "test".into());
     tune(&mut config);
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(baton_worker::run(config.clone(), shutdown.clone()));
+    let worker = tokio::spawn(baton_worker::run(config.clone(), None, shutdown.clone()));
     (config, shutdown, worker)
 }
 
@@ -911,7 +911,7 @@ async fn sensors_are_poked_and_commands_see_the_data_interval() {
 async fn invalid_config_is_refused_before_connecting() {
     let mut config = WorkerConfig::new("127.0.0.1:1", "/nonexistent");
     config.slots = 0;
-    let error = baton_worker::run(config, CancellationToken::new())
+    let error = baton_worker::run(config, None, CancellationToken::new())
         .await
         .expect_err("invalid");
     assert!(

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -12,7 +13,7 @@ use baton_common::client::normalize_addr;
 use baton_common::ids::{QueueName, WorkerId};
 use baton_controller::ControllerConfig;
 use baton_controller::config::{ClusterConfig, ConfigFile};
-use baton_worker::WorkerConfig;
+use baton_worker::{WorkerConfig, WorkerMetrics};
 use clap::{Args, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -116,6 +117,10 @@ pub struct WorkerArgs {
     /// running tasks may finish before they are stopped and re-queued.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     drain_grace: Duration,
+    /// Serve the worker's Prometheus metrics (`GET /metrics`,
+    /// `baton_agent_…`) on this address; off unless given.
+    #[arg(long, env = "BATON_WORKER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// What `baton worker <action>` does instead of running a worker.
@@ -149,8 +154,9 @@ pub struct DevArgs {
     /// Directory for the store file, task logs and task scratch files.
     #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
     data_dir: PathBuf,
-    /// Serve the controller's Prometheus metrics (`GET /metrics`) on this
-    /// address; off unless given.
+    /// Serve Prometheus metrics (`GET /metrics`) on this address: the
+    /// controller's, and the in-process worker's (`baton_agent_…`); off
+    /// unless given.
     #[arg(long, env = "BATON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// Config file (TOML) for the controller, as for `baton controller`;
@@ -394,9 +400,39 @@ pub async fn worker(
         }
         return Ok(Outcome::Success);
     }
+    let metrics_listen = args.metrics_listen;
     let config = worker_config(args, &context.addr, traces)?;
     let shutdown = shutdown_on_signal()?;
-    baton_worker::run(config, shutdown).await?;
+    let Some(address) = metrics_listen else {
+        baton_worker::run(config, None, shutdown).await?;
+        return Ok(Outcome::Success);
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("--metrics-listen {address}: cannot listen"))?;
+    let metrics = Arc::new(WorkerMetrics::new(config.worker_id.as_str(), config.slots));
+    let render: baton_common::metrics_http::Render = {
+        let metrics = Arc::clone(&metrics);
+        Arc::new(move || {
+            let text = metrics.encode();
+            Box::pin(async move { text })
+        })
+    };
+    // The endpoint outlives the worker's drain, so the last scrapes see it.
+    let endpoint_stop = CancellationToken::new();
+    let endpoint = tokio::spawn(baton_common::metrics_http::serve(
+        listener,
+        render,
+        endpoint_stop.clone(),
+    ));
+    let result = baton_worker::run(config, Some(metrics), shutdown).await;
+    endpoint_stop.cancel();
+    match endpoint.await {
+        Ok(Err(error)) => warn!(%error, "the metrics endpoint stopped"),
+        Err(error) => warn!(%error, "the metrics endpoint panicked"),
+        Ok(Ok(())) => {}
+    }
+    result?;
     Ok(Outcome::Success)
 }
 
@@ -441,19 +477,7 @@ pub async fn dev(args: DevArgs, traces: bool) -> anyhow::Result<Outcome> {
         .local_addr()
         .context("cannot read the bound address")?;
     let shutdown = shutdown_on_signal()?;
-    // The worker drains first (its results still reach the controller);
-    // the controller stops after it.
-    let controller_shutdown = CancellationToken::new();
-    let mut controller = tokio::spawn(baton_controller::serve(
-        listener,
-        config,
-        controller_shutdown.clone(),
-    ));
-    print_line(format_args!(
-        "baton dev: controller listening on http://{address} (data in {}); set BATON_ADDR=http://{address} in other shells",
-        data_dir.display()
-    ));
-    let worker = if args.no_worker {
+    let worker_config = if args.no_worker {
         None
     } else {
         let mut worker_config =
@@ -472,11 +496,42 @@ pub async fn dev(args: DevArgs, traces: bool) -> anyhow::Result<Outcome> {
             .map(|queue| QueueName::new(queue).map_err(|error| anyhow::anyhow!("--queue: {error}")))
             .collect::<anyhow::Result<_>>()?;
         worker_config.validate()?;
-        Some(tokio::spawn(baton_worker::run(
-            worker_config,
-            shutdown.clone(),
-        )))
+        Some(worker_config)
     };
+    // The in-process worker's metrics are served beside the controller's.
+    let worker_metrics = match &worker_config {
+        Some(worker_config) if config.metrics_listen.is_some() => {
+            let metrics = Arc::new(WorkerMetrics::new(
+                worker_config.worker_id.as_str(),
+                worker_config.slots,
+            ));
+            let section = Arc::clone(&metrics);
+            config.extra_metrics = Some(baton_common::metrics_http::MetricsSection::new(
+                move |text| section.encode_families(text),
+            ));
+            Some(metrics)
+        }
+        _ => None,
+    };
+    // The worker drains first (its results still reach the controller);
+    // the controller stops after it.
+    let controller_shutdown = CancellationToken::new();
+    let mut controller = tokio::spawn(baton_controller::serve(
+        listener,
+        config,
+        controller_shutdown.clone(),
+    ));
+    print_line(format_args!(
+        "baton dev: controller listening on http://{address} (data in {}); set BATON_ADDR=http://{address} in other shells",
+        data_dir.display()
+    ));
+    let worker = worker_config.map(|worker_config| {
+        tokio::spawn(baton_worker::run(
+            worker_config,
+            worker_metrics,
+            shutdown.clone(),
+        ))
+    });
     let controller_result = tokio::select! {
         result = &mut controller => {
             shutdown.cancel();
