@@ -107,9 +107,12 @@ pub fn init(format: LogFormat, server: Option<Role>) -> anyhow::Result<Telemetry
     let provider = tracer_provider(role)?;
     // RUST_LOG filters the log lines only. Exported are Baton's own spans
     // and their events, never those of the libraries below (the
-    // exporter's own gRPC calls among them).
+    // exporter's own gRPC calls among them). The scheduler's spans are not:
+    // it exports the spans of runs and attempts itself, built from their
+    // records once stored (`traces`); its tracing spans are for log lines.
     let exported = Targets::new()
         .with_target("baton_controller", LevelFilter::INFO)
+        .with_target("baton_controller::scheduler", LevelFilter::OFF)
         .with_target("baton_worker", LevelFilter::INFO);
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("baton"))

@@ -26,7 +26,6 @@
 //! ```text
 //! run                      root; trace id = run id; dag_id, run_id, state
 //! └── attempt              controller; dag_id, run_id, task_id, attempt, worker_id, outcome
-//!     ├── task_result      controller: the worker's result being handled
 //!     └── execute          worker: the execution, a child through Assign.traceparent
 //! ```
 //!
@@ -36,18 +35,15 @@
 //! its provider) hands them out; every other span gets random ids.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use baton_common::ids::{AttemptId, RunId};
 use baton_common::time::Micros;
-use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     Span, SpanBuilder, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId,
     TraceState, Tracer,
 };
 use opentelemetry::{Context, KeyValue, global};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use sha2::{Digest, Sha256};
 use tracing::warn;
@@ -112,28 +108,15 @@ fn derived_span_id(tag: &[u8], id: &[u8]) -> SpanId {
     SpanId::from_bytes(bytes)
 }
 
-/// The context of the controller's span of an attempt, as a remote parent
-/// for the spans that belong under it (the worker's execution, the
-/// handling of its result).
-pub fn attempt_context(run_id: RunId, attempt_id: AttemptId) -> Context {
-    Context::new().with_remote_span_context(SpanContext::new(
+/// The W3C `traceparent` of an attempt's span, which its `Assign` carries
+/// so that the worker's span of the execution is its child: version 00,
+/// the run's trace id, the attempt's span id, sampled. Written directly,
+/// once per dispatch: it is the same text the W3C propagator writes.
+pub fn attempt_traceparent(run_id: RunId, attempt_id: AttemptId) -> String {
+    format!(
+        "00-{}-{}-01",
         run_trace_id(run_id),
-        attempt_span_id(attempt_id),
-        TraceFlags::SAMPLED,
-        true,
-        TraceState::NONE,
-    ))
-}
-
-/// The W3C trace context of an attempt's span, as the `traceparent` and
-/// `tracestate` values an `Assign` carries.
-pub fn attempt_trace_headers(run_id: RunId, attempt_id: AttemptId) -> (String, String) {
-    let mut headers = HashMap::new();
-    TraceContextPropagator::new()
-        .inject_context(&attempt_context(run_id, attempt_id), &mut headers);
-    (
-        headers.remove("traceparent").unwrap_or_default(),
-        headers.remove("tracestate").unwrap_or_default(),
+        attempt_span_id(attempt_id)
     )
 }
 
@@ -295,6 +278,9 @@ impl RunTracer {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
     use super::*;
 
     #[test]
@@ -308,7 +294,7 @@ mod tests {
         assert_eq!(run_span_id(run_id), run_span_id(run_id));
         assert_ne!(run_span_id(run_id), attempt_span_id(attempt_id));
         assert_ne!(run_span_id(run_id), SpanId::INVALID);
-        let (traceparent, tracestate) = attempt_trace_headers(run_id, attempt_id);
+        let traceparent = attempt_traceparent(run_id, attempt_id);
         assert_eq!(
             traceparent,
             format!(
@@ -317,6 +303,17 @@ mod tests {
                 attempt_span_id(attempt_id)
             )
         );
-        assert_eq!(tracestate, "");
+        // What the W3C propagator writes for the same remote parent.
+        let context = Context::new().with_remote_span_context(SpanContext::new(
+            run_trace_id(run_id),
+            attempt_span_id(attempt_id),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::NONE,
+        ));
+        let mut headers = std::collections::HashMap::new();
+        TraceContextPropagator::new().inject_context(&context, &mut headers);
+        assert_eq!(headers.get("traceparent"), Some(&traceparent));
+        assert_eq!(headers.get("tracestate"), Some(&String::new()));
     }
 }

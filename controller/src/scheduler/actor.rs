@@ -66,7 +66,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 use tracing::{debug, error, info, info_span, warn};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::flush::{CreateKey, Effect, InFlight, Pending, dedupe_ops, spawn_commit};
 use super::history;
@@ -1891,10 +1890,10 @@ impl Scheduler {
         self.limits.acquire(attempt_id, &entry.dag_id, task);
         self.attempts.insert(attempt_id, (run_id, index));
         debug!(dag_id = %entry.dag_id, %run_id, %task_id, attempt, %attempt_id, worker = %worker_id, "task leased");
-        let (traceparent, tracestate) = if self.run_tracer.is_some() {
-            crate::traces::attempt_trace_headers(run_id, attempt_id)
+        let traceparent = if self.run_tracer.is_some() {
+            crate::traces::attempt_traceparent(run_id, attempt_id)
         } else {
-            (String::new(), String::new())
+            String::new()
         };
         let assign = api::Assign {
             attempt_id: attempt_id.to_string(),
@@ -1911,7 +1910,7 @@ impl Scheduler {
             data_interval_end: micros_to_timestamp_opt(entry.origin.data_interval_end),
             map_index: entry.instance(index).map(|instance| instance.map_index),
             traceparent,
-            tracestate,
+            tracestate: String::new(),
         };
         let log_key = LogKey {
             run_id,
@@ -2435,12 +2434,9 @@ impl Scheduler {
         slot.error = (!error.is_empty()).then(|| error.into_boxed_str());
         slot.output = output;
         let attempt = slot.attempt;
+        // For the log lines below; not exported (the attempt's own span is).
         let span =
             info_span!("task_result", dag_id = %entry.dag_id, %run_id, task_id = %task_id, attempt);
-        if self.run_tracer.is_some() {
-            // Under the attempt's span in the run's trace, not a trace of its own.
-            let _ = span.set_parent(crate::traces::attempt_context(run_id, attempt_id));
-        }
         let _guard = span.enter();
         self.record_attempt_end(run_id, index, result.log_bytes);
         self.pending.effects.push(Effect::Send {
