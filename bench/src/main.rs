@@ -4,7 +4,7 @@
 //! the stores' own cost measured in the same invocation.
 //!
 //! ```text
-//! cargo run --release -p baton-bench -- <fanout|chain|map|memory|fleet|reference|all> \
+//! cargo run --release -p baton-bench -- <fanout|chain|map|memory|observability|fleet|reference|all> \
 //!     [--repeat 5] [--slots 256] [--json PATH]
 //! ```
 //!
@@ -22,6 +22,7 @@ mod fanout;
 mod fleet;
 mod map;
 mod memory;
+mod observability;
 mod procs;
 mod reference;
 mod report;
@@ -53,6 +54,9 @@ enum Scenario {
     Map,
     /// Peak RSS of a controller running a 1 → 100,000 → 1 noop run.
     Memory,
+    /// Fan-out tasks/s on `baton dev` with Prometheus metrics scraped and
+    /// OTLP traces exported, against both off, alternating in one run.
+    Observability,
     /// 1,000 simulated workers on one controller: idle CPU at 5 s
     /// heartbeats, memory per worker, fan-out tasks/s against 4 workers,
     /// and a new worker's connect → first assignment.
@@ -70,8 +74,8 @@ enum Scenario {
     Failover,
     /// cluster-fanout, cluster-chain, failover.
     Cluster,
-    /// reference, fanout, chain, map, memory, fleet, cluster-fanout,
-    /// cluster-chain, failover, then one summary.
+    /// reference, fanout, chain, map, memory, observability, fleet,
+    /// cluster-fanout, cluster-chain, failover, then one summary.
     All,
 }
 
@@ -103,8 +107,8 @@ struct Args {
     /// deploy).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5).map(|v| v as usize))]
     etcd_members: usize,
-    /// Parallel noops of `fanout`, `cluster-fanout` and `failover` (targets
-    /// apply to the default only).
+    /// Parallel noops of `fanout`, `observability`, `cluster-fanout` and
+    /// `failover` (targets apply to the default only).
     #[arg(long, default_value_t = DEFAULT_FANOUT_WIDTH, value_parser = clap::value_parser!(u64).range(1..=200_000).map(|v| v as usize))]
     fanout_width: usize,
     /// Noops of `chain` and `cluster-chain` (targets apply to the default
@@ -343,6 +347,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             failures.push(format!("memory: {error:#}"));
         }
     }
+    if wanted(Scenario::Observability) {
+        println!();
+        let outcome = observability::run(
+            &binary,
+            &work,
+            repeat,
+            args.slots,
+            args.fanout_width,
+            &mut report,
+        )
+        .await;
+        if let Err(error) = outcome {
+            failures.push(format!("{}: {error:#}", observability::SCENARIO));
+        }
+    }
     if wanted(Scenario::Fleet) {
         println!();
         let shape = fleet::Shape {
@@ -375,6 +394,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         (chain::SCENARIO, args.chain_length != DEFAULT_CHAIN_LENGTH),
         (map::SCENARIO, args.map_width != DEFAULT_MAP_WIDTH),
         (memory::SCENARIO, args.memory_width != DEFAULT_MEMORY_WIDTH),
+        (
+            observability::SCENARIO,
+            args.fanout_width != DEFAULT_FANOUT_WIDTH,
+        ),
         (
             fleet::SCENARIO,
             args.fanout_width != DEFAULT_FANOUT_WIDTH

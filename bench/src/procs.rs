@@ -300,9 +300,21 @@ pub async fn start_dev(
     scenario: &str,
     slots: u32,
 ) -> anyhow::Result<(Proc, BatonClient)> {
+    start_dev_with(binary, work, scenario, slots, &[], &[]).await
+}
+
+/// [`start_dev`] with more arguments and environment variables.
+pub async fn start_dev_with(
+    binary: &Path,
+    work: &Path,
+    scenario: &str,
+    slots: u32,
+    extra_args: &[String],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<(Proc, BatonClient)> {
     let addr = format!("127.0.0.1:{}", free_port()?);
     let data_dir = work.join(format!("{scenario}-data"));
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "dev".into(),
         "--listen".into(),
         addr.clone(),
@@ -311,8 +323,9 @@ pub async fn start_dev(
         "--slots".into(),
         slots.to_string(),
     ];
+    args.extend_from_slice(extra_args);
     let log = work.join(format!("{scenario}.log"));
-    let mut dev = Proc::spawn("baton dev", binary, &args, &[], &log)?;
+    let mut dev = Proc::spawn("baton dev", binary, &args, envs, &log)?;
     let client = connect_baton(&mut dev, &addr).await?;
     Ok((dev, client))
 }

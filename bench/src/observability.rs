@@ -1,0 +1,535 @@
+//! `observability`: what metrics and trace export cost, as fan-out
+//! throughput with both on against both off, in the same invocation.
+//!
+//! Four `baton dev --slots N` processes stay up side by side, each with
+//! the fan-out DAG (`start` → `width` noops → `end`):
+//! - **off**: no `--metrics-listen`, no OTLP endpoint (the default);
+//! - **metrics**: `--metrics-listen`, scraped every [`SCRAPE_EVERY`] for
+//!   the whole scenario, as Prometheus would (its example configuration
+//!   says 15 s);
+//! - **traces**: `OTEL_EXPORTER_OTLP_ENDPOINT` set to an OTLP/gRPC receiver
+//!   this benchmark runs, which counts the spans it is sent;
+//! - **on**: both.
+//!
+//! Each round runs the DAG once on each, in an order that rotates from
+//! round to round, so that a drift of the machine touches all alike; the
+//! other processes are idle meanwhile, and after each run the benchmark
+//! waits until the process is idle again and, with traces, until its spans
+//! stopped arriving. Tasks/s = (width + 2) / (`ended_at` − `started_at`) of
+//! the run record, as in `fanout`. The overhead is 1 − median / median off;
+//! the figure judged is `on`'s. The CPU time each process took per run
+//! (from the trigger until it is idle again and its spans are exported) is
+//! reported too, with its overhead over `off`: it varies less from run to
+//! run than throughput on a shared 2-core machine.
+//!
+//! The scraper and the receiver run in this process, on the same cores as
+//! the processes measured. The receiver keeps what it is sent as bytes and
+//! decodes it (to count the spans) only once the run is over; what is left
+//! of their cost (a scrape every few seconds, receiving the export
+//! requests) is counted against the setups that have them, so the
+//! overheads are upper bounds.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::procs::{Proc, cpu_time, free_port, settle, start_dev_with};
+use crate::reference::compare;
+use crate::report::{Figure, Goal, Report, number};
+use crate::runs::{fanout_spec, register, run_seconds, trigger, wait_success};
+use crate::stats;
+
+pub const SCENARIO: &str = "observability";
+const DAG_ID: &str = "bench-observability";
+const POLL: Duration = Duration::from_millis(5);
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often the `on` process's `/metrics` is scraped.
+const SCRAPE_EVERY: Duration = Duration::from_secs(5);
+/// The exporter's batch delay, so the last spans of a run leave soon after
+/// it (full batches of 512 leave at once anyway).
+const BATCH_DELAY_MS: &str = "1000";
+/// Room for every span of a wide run: the exporter drops what does not fit
+/// in its queue. `OTEL_BSP_MAX_QUEUE_SIZE` in the benchmark's own
+/// environment replaces it.
+const QUEUE_SIZE: &str = "65536";
+/// Spans have stopped arriving once none came for this long.
+const SPANS_QUIET: Duration = Duration::from_millis(2500);
+const SPANS_LIMIT: Duration = Duration::from_secs(120);
+/// At most this much slower with metrics and traces on.
+pub const TARGET_OVERHEAD_PERCENT: f64 = 5.0;
+
+/// An `ExportTraceServiceRequest` whose `resource_spans` (field 1) are
+/// kept as bytes, not decoded: the receiver shares the cores of the
+/// processes measured, so it leaves the spans' decoding until the run is
+/// over ([`SpanCounter::count`]).
+#[derive(Clone, PartialEq, prost::Message)]
+struct UndecodedExport {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    resource_spans: Vec<bytes::Bytes>,
+}
+
+/// What the receiver was sent, not yet decoded.
+#[derive(Debug, Default)]
+struct SpanCounter {
+    received: Mutex<Vec<bytes::Bytes>>,
+    requests: AtomicU64,
+    /// Requests so far, for [`spans_settled`] to see that they stopped.
+    arrivals: AtomicU64,
+}
+
+impl SpanCounter {
+    /// Decodes what arrived since the last call and counts its spans.
+    fn count(&self) -> anyhow::Result<u64> {
+        let received =
+            std::mem::take(&mut *self.received.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut spans = 0;
+        for resource in received {
+            let resource = ResourceSpans::decode(resource).context("undecodable ResourceSpans")?;
+            spans += resource
+                .scope_spans
+                .iter()
+                .map(|scope| scope.spans.len() as u64)
+                .sum::<u64>();
+        }
+        Ok(spans)
+    }
+}
+
+/// The OTLP/gRPC `TraceService`, with its one method `Export`.
+#[derive(Debug, Clone)]
+struct Receiver(Arc<SpanCounter>);
+
+impl tonic::server::NamedService for Receiver {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tonic::server::UnaryService<UndecodedExport> for Receiver {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<Response<Self::Response>, Status>>;
+
+    fn call(&mut self, request: Request<UndecodedExport>) -> Self::Future {
+        let export = request.into_inner();
+        self.0
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(export.resource_spans);
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        self.0.arrivals.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(Ok(Response::new(ExportTraceServiceResponse::default())))
+    }
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Receiver {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            if request.uri().path() != "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            {
+                return Ok(Status::unimplemented("only Export is served").into_http());
+            }
+            let codec =
+                tonic_prost::ProstCodec::<ExportTraceServiceResponse, UndecodedExport>::default();
+            Ok(tonic::server::Grpc::new(codec)
+                .unary(service, request)
+                .await)
+        })
+    }
+}
+
+/// Serves the receiver on a free loopback port until `stop`; returns its
+/// endpoint.
+async fn start_receiver(
+    counter: Arc<SpanCounter>,
+    stop: CancellationToken,
+) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind the OTLP receiver")?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(Receiver(counter))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            eprintln!("the OTLP receiver stopped: {error}");
+        }
+    });
+    Ok(format!("http://{address}"))
+}
+
+/// What the scraper saw.
+#[derive(Debug, Default)]
+struct Scrapes {
+    done: AtomicU64,
+    failed: AtomicU64,
+    last_bytes: AtomicU64,
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    // Plain HTTP only; the TLS configuration is there because the client
+    // wants one.
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+/// Scrapes `url` every [`SCRAPE_EVERY`] until `stop`.
+fn start_scraper(
+    client: reqwest::Client,
+    url: String,
+    scrapes: Arc<Scrapes>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SCRAPE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let body = async {
+                client
+                    .get(&url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await
+            };
+            match body.await {
+                Ok(bytes) => {
+                    scrapes.done.fetch_add(1, Ordering::Relaxed);
+                    scrapes
+                        .last_bytes
+                        .store(bytes.len() as u64, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    scrapes.failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("  scraping {url} failed: {error}");
+                }
+            }
+        }
+    })
+}
+
+/// Waits until nothing arrived for [`SPANS_QUIET`]; returns the spans
+/// received since the last call.
+async fn spans_settled(counter: &SpanCounter) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let mut last = counter.arrivals.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while started.elapsed() < SPANS_LIMIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = counter.arrivals.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= SPANS_QUIET {
+            return counter.count();
+        }
+    }
+    anyhow::bail!("spans were still arriving {SPANS_LIMIT:?} later")
+}
+
+struct Side {
+    setup: Setup,
+    dev: Proc,
+    client: baton_common::client::BatonClient,
+    rates: Vec<f64>,
+    spans: Vec<f64>,
+    /// CPU time of the process per run, from the trigger until it is idle
+    /// again and (with traces) its spans are all exported.
+    cpu: Vec<f64>,
+}
+
+impl Side {
+    /// Runs the DAG once; returns its tasks/s. The CPU it took is pushed by
+    /// the caller, which knows when the run's work is over.
+    async fn run_once(&mut self, tasks: usize) -> anyhow::Result<f64> {
+        let run_id = trigger(&mut self.client, DAG_ID).await?;
+        let finished = wait_success(
+            &mut self.client,
+            &mut self.dev,
+            &run_id,
+            POLL,
+            RUN_TIMEOUT,
+            || {},
+        )
+        .await?;
+        settle(self.dev.pid()).await?;
+        let rate = tasks as f64 / run_seconds(&finished.run)?;
+        self.rates.push(rate);
+        Ok(rate)
+    }
+}
+
+/// What one of the processes has on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Setup {
+    name: &'static str,
+    metrics: bool,
+    traces: bool,
+}
+
+/// Both off and both on are the figure; each alone says which costs what.
+const SETUPS: [Setup; 4] = [
+    Setup {
+        name: "off",
+        metrics: false,
+        traces: false,
+    },
+    Setup {
+        name: "metrics",
+        metrics: true,
+        traces: false,
+    },
+    Setup {
+        name: "traces",
+        metrics: false,
+        traces: true,
+    },
+    Setup {
+        name: "on",
+        metrics: true,
+        traces: true,
+    },
+];
+
+pub async fn run(
+    binary: &Path,
+    work: &Path,
+    repeat: usize,
+    slots: u32,
+    width: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let tasks = width + 2;
+    println!(
+        "== observability: fanout of {} noops with metrics (scraped every {} s) and trace export, each on and off, baton dev --slots {slots}, {repeat} runs each, in rotating order ==",
+        number(width as f64),
+        SCRAPE_EVERY.as_secs()
+    );
+    let stop = CancellationToken::new();
+    let counter = Arc::new(SpanCounter::default());
+    let endpoint = start_receiver(Arc::clone(&counter), stop.clone()).await?;
+    let scrapes = Arc::new(Scrapes::default());
+    let http = http_client()?;
+    let spec = fanout_spec(DAG_ID, width);
+    // The exporter's queue: room for a whole run unless this process's
+    // environment says otherwise (to see what a smaller queue drops).
+    let queue_size =
+        std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or_else(|_| QUEUE_SIZE.to_string());
+    let mut sides = Vec::new();
+    let mut scrapers = Vec::new();
+    for setup in SETUPS {
+        let mut args = Vec::new();
+        let mut envs = Vec::new();
+        let metrics_address = format!("127.0.0.1:{}", free_port()?);
+        if setup.metrics {
+            args = vec!["--metrics-listen".to_string(), metrics_address.clone()];
+        }
+        if setup.traces {
+            envs = vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("OTEL_BSP_SCHEDULE_DELAY", BATCH_DELAY_MS),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", queue_size.as_str()),
+            ];
+        }
+        let name = format!("observability-{}", setup.name);
+        let (dev, mut client) = start_dev_with(binary, work, &name, slots, &args, &envs).await?;
+        register(&mut client, spec.clone()).await?;
+        if setup.metrics {
+            scrapers.push(start_scraper(
+                http.clone(),
+                format!("http://{metrics_address}/metrics"),
+                Arc::clone(&scrapes),
+                stop.clone(),
+            ));
+        }
+        sides.push(Side {
+            setup,
+            dev,
+            client,
+            rates: Vec::new(),
+            spans: Vec::new(),
+            cpu: Vec::new(),
+        });
+    }
+    // Spans of the start-up (registration) are not a run's.
+    spans_settled(&counter).await?;
+    let outcome: anyhow::Result<()> = async {
+        for round in 0..repeat {
+            let mut line = format!("  round #{}:", round + 1);
+            for offset in 0..sides.len() {
+                let side = &mut sides[(round + offset) % SETUPS.len()];
+                let cpu_before = cpu_time(side.dev.pid())?;
+                let rate = side.run_once(tasks).await?;
+                line.push_str(&format!(" {} {} tasks/s", side.setup.name, number(rate)));
+                if side.setup.traces {
+                    let spans = spans_settled(&counter).await?;
+                    side.spans.push(spans as f64);
+                    line.push_str(&format!(" ({} spans)", number(spans as f64)));
+                }
+                let cpu = cpu_time(side.dev.pid())?.saturating_sub(cpu_before);
+                side.cpu.push(cpu.as_secs_f64());
+                line.push_str(&format!(" {} CPU-s;", number(cpu.as_secs_f64())));
+            }
+            println!("{line}");
+        }
+        Ok(())
+    }
+    .await;
+    stop.cancel();
+    for scraper in scrapers {
+        let _ = scraper.await;
+    }
+    for side in &mut sides {
+        side.dev.stop().await;
+    }
+    outcome?;
+    let scraped = scrapes.done.load(Ordering::Relaxed);
+    let failed = scrapes.failed.load(Ordering::Relaxed);
+    println!(
+        "  {scraped} scrapes ({failed} failed), the last {} KiB; {} export requests",
+        number(scrapes.last_bytes.load(Ordering::Relaxed) as f64 / 1024.0),
+        counter.requests.load(Ordering::Relaxed)
+    );
+    anyhow::ensure!(failed == 0, "{failed} scrapes of /metrics failed");
+    anyhow::ensure!(scraped > 0, "/metrics was never scraped");
+
+    let off = stats::median(&sides[0].rates);
+    for side in &sides {
+        let (key, label): (&'static str, String) = match side.setup.name {
+            "off" => ("off_tasks_per_s", "fanout, metrics and traces off".into()),
+            "metrics" => (
+                "metrics_tasks_per_s",
+                format!(
+                    "fanout, /metrics scraped every {} s",
+                    SCRAPE_EVERY.as_secs()
+                ),
+            ),
+            "traces" => ("traces_tasks_per_s", "fanout, traces exported".into()),
+            _ => (
+                "on_tasks_per_s",
+                format!(
+                    "fanout, /metrics scraped every {} s + traces exported",
+                    SCRAPE_EVERY.as_secs()
+                ),
+            ),
+        };
+        report.figures.push(Figure::new(
+            SCENARIO,
+            key,
+            label,
+            "tasks/s",
+            side.rates.clone(),
+        ));
+        let rate = stats::median(&side.rates);
+        report.comparisons.extend(compare(
+            report,
+            &format!("observability {} {} tasks/s", side.setup.name, number(rate)),
+            rate,
+            true,
+        ));
+    }
+    let off_cpu = stats::median(&sides[0].cpu);
+    for side in &sides {
+        let key = match side.setup.name {
+            "off" => "off_cpu_s",
+            "metrics" => "metrics_cpu_s",
+            "traces" => "traces_cpu_s",
+            _ => "on_cpu_s",
+        };
+        report.figures.push(Figure::new(
+            SCENARIO,
+            key,
+            format!("CPU of the process per run, {}", side.setup.name),
+            "s",
+            side.cpu.clone(),
+        ));
+    }
+    for side in &sides[1..] {
+        let (key, label) = match side.setup.name {
+            "metrics" => (
+                "metrics_cpu_overhead_percent",
+                "metrics alone: CPU per run, median / median off − 1",
+            ),
+            "traces" => (
+                "traces_cpu_overhead_percent",
+                "traces alone: CPU per run, median / median off − 1",
+            ),
+            _ => (
+                "cpu_overhead_percent",
+                "both: CPU per run, median on / median off − 1",
+            ),
+        };
+        let overhead = (stats::median(&side.cpu) / off_cpu - 1.0) * 100.0;
+        report
+            .figures
+            .push(Figure::new(SCENARIO, key, label, "%", vec![overhead]));
+    }
+    for side in &sides[1..] {
+        let overhead = (1.0 - stats::median(&side.rates) / off) * 100.0;
+        let (key, label) = match side.setup.name {
+            "metrics" => (
+                "metrics_overhead_percent",
+                "metrics alone: 1 − median / median off",
+            ),
+            "traces" => (
+                "traces_overhead_percent",
+                "traces alone: 1 − median / median off",
+            ),
+            _ => ("overhead_percent", "both: 1 − median on / median off"),
+        };
+        let mut figure = Figure::new(SCENARIO, key, label, "%", vec![overhead]);
+        if side.setup.metrics && side.setup.traces {
+            figure = figure.goal(Goal::AtMost(TARGET_OVERHEAD_PERCENT));
+        }
+        report.figures.push(figure);
+    }
+    let spans: Vec<f64> = sides
+        .iter()
+        .filter(|side| side.setup.traces)
+        .flat_map(|side| side.spans.iter().copied())
+        .collect();
+    report.figures.push(Figure::new(
+        SCENARIO,
+        "spans_per_run",
+        "spans the receiver got per run",
+        "spans",
+        spans,
+    ));
+    Ok(())
+}
