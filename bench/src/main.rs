@@ -166,6 +166,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Awaits one scenario and keeps its error, if any, in `failures` under
+/// `name`: the scenarios after it still run.
+async fn record(
+    failures: &mut Vec<String>,
+    name: &str,
+    scenario: impl std::future::Future<Output = anyhow::Result<()>>,
+) {
+    if let Err(error) = scenario.await {
+        failures.push(format!("{name}: {error:#}"));
+    }
+}
+
 /// Starts the etcd cluster, measures its reference, then runs the wanted
 /// cluster scenarios on it, and stops it.
 async fn cluster_scenarios(
@@ -190,7 +202,7 @@ async fn cluster_scenarios(
         let mut failures = Vec::new();
         if wanted(Scenario::ClusterFanout) {
             println!();
-            let outcome = cluster_fanout::run(
+            let scenario = cluster_fanout::run(
                 binary,
                 work,
                 &etcd,
@@ -198,15 +210,12 @@ async fn cluster_scenarios(
                 args.worker_slots,
                 args.fanout_width,
                 report,
-            )
-            .await;
-            if let Err(error) = outcome {
-                failures.push(format!("{}: {error:#}", cluster_fanout::SCENARIO));
-            }
+            );
+            record(&mut failures, cluster_fanout::SCENARIO, scenario).await;
         }
         if wanted(Scenario::ClusterChain) {
             println!();
-            let outcome = cluster_chain::run(
+            let scenario = cluster_chain::run(
                 binary,
                 work,
                 &etcd,
@@ -214,14 +223,11 @@ async fn cluster_scenarios(
                 args.worker_slots,
                 args.chain_length,
                 report,
-            )
-            .await;
-            if let Err(error) = outcome {
-                failures.push(format!("{}: {error:#}", cluster_chain::SCENARIO));
-            }
+            );
+            record(&mut failures, cluster_chain::SCENARIO, scenario).await;
         }
         if wanted(Scenario::Failover) {
-            let outcome = failover::run(
+            let scenario = failover::run(
                 binary,
                 work,
                 &etcd,
@@ -229,11 +235,8 @@ async fn cluster_scenarios(
                 args.worker_slots,
                 args.fanout_width,
                 report,
-            )
-            .await;
-            if let Err(error) = outcome {
-                failures.push(format!("failover: {error:#}"));
-            }
+            );
+            record(&mut failures, "failover", scenario).await;
         }
         if args.etcd_members != 3 {
             report.notes.push(format!(
@@ -283,84 +286,72 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut failures = Vec::new();
     // Every scenario's figures are printed beside the stores' own cost,
     // measured in the same invocation.
-    if let Err(error) = reference::run(&work, repeat, &mut report).await {
-        failures.push(format!("reference: {error:#}"));
-    }
+    record(
+        &mut failures,
+        reference::SCENARIO,
+        reference::run(&work, repeat, &mut report),
+    )
+    .await;
     let wanted = |scenario| args.scenario == scenario || args.scenario == Scenario::All;
     if wanted(Scenario::Fanout) {
         println!();
-        let outcome = fanout::run(
+        let scenario = fanout::run(
             &binary,
             &work,
             repeat,
             args.slots,
             args.fanout_width,
             &mut report,
-        )
-        .await;
-        if let Err(error) = outcome {
-            failures.push(format!("fanout: {error:#}"));
-        }
+        );
+        record(&mut failures, fanout::SCENARIO, scenario).await;
     }
     if wanted(Scenario::Chain) {
         println!();
-        let outcome = chain::run(
+        let scenario = chain::run(
             &binary,
             &work,
             repeat,
             args.slots,
             args.chain_length,
             &mut report,
-        )
-        .await;
-        if let Err(error) = outcome {
-            failures.push(format!("chain: {error:#}"));
-        }
+        );
+        record(&mut failures, chain::SCENARIO, scenario).await;
     }
     if wanted(Scenario::Map) {
         println!();
-        let outcome = map::run(
+        let scenario = map::run(
             &binary,
             &work,
             repeat,
             args.slots,
             args.map_width,
             &mut report,
-        )
-        .await;
-        if let Err(error) = outcome {
-            failures.push(format!("{}: {error:#}", map::SCENARIO));
-        }
+        );
+        record(&mut failures, map::SCENARIO, scenario).await;
     }
     if wanted(Scenario::Memory) {
         println!();
-        let outcome = memory::run(
+        let scenario = memory::run(
             &binary,
             &work,
             repeat,
             args.slots,
             args.memory_width,
             &mut report,
-        )
-        .await;
-        if let Err(error) = outcome {
-            failures.push(format!("memory: {error:#}"));
-        }
+        );
+        record(&mut failures, memory::SCENARIO, scenario).await;
     }
     if wanted(Scenario::Observability) {
         println!();
-        let outcome = observability::run(
+        let scenario = observability::run(
             &binary,
             &work,
             repeat,
             args.slots,
             args.fanout_width,
             &mut report,
-        )
-        .await;
-        if let Err(error) = outcome {
-            failures.push(format!("{}: {error:#}", observability::SCENARIO));
-        }
+        );
+        record(&mut failures, observability::SCENARIO, scenario).await;
     }
     if wanted(Scenario::Fleet) {
         println!();
@@ -370,9 +361,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             channels: args.fleet_channels,
             fanout_width: args.fanout_width,
         };
-        if let Err(error) = fleet::run(&binary, &work, repeat, shape, &mut report).await {
-            failures.push(format!("fleet: {error:#}"));
-        }
+        let scenario = fleet::run(&binary, &work, repeat, shape, &mut report);
+        record(&mut failures, fleet::SCENARIO, scenario).await;
     }
     let cluster_wanted = matches!(
         args.scenario,
@@ -384,9 +374,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     if cluster_wanted || args.scenario == Scenario::Reference {
         println!();
-        if let Err(error) = cluster_scenarios(&args, &binary, &work, repeat, &mut report).await {
-            failures.push(format!("cluster: {error:#}"));
-        }
+        let scenarios = cluster_scenarios(&args, &binary, &work, repeat, &mut report);
+        record(&mut failures, "cluster", scenarios).await;
     }
     let failover_scenarios: Vec<&str> = failover::TTLS.iter().map(|(name, _)| *name).collect();
     let mut sized: Vec<(&str, bool)> = vec![
