@@ -82,9 +82,8 @@ struct UndecodedExport {
 #[derive(Debug, Default)]
 struct SpanCounter {
     received: Mutex<Vec<bytes::Bytes>>,
-    requests: AtomicU64,
     /// Requests so far, for [`spans_settled`] to see that they stopped.
-    arrivals: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl SpanCounter {
@@ -125,7 +124,6 @@ impl tonic::server::UnaryService<UndecodedExport> for Receiver {
             .unwrap_or_else(PoisonError::into_inner)
             .extend(export.resource_spans);
         self.0.requests.fetch_add(1, Ordering::Relaxed);
-        self.0.arrivals.fetch_add(1, Ordering::Relaxed);
         std::future::ready(Ok(Response::new(ExportTraceServiceResponse::default())))
     }
 }
@@ -147,6 +145,8 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Receiver {
         Box::pin(async move {
             if request.uri().path() != "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
             {
+                // The gRPC status for a method a server does not have, as
+                // generated servers answer it; TraceService has only Export.
                 return Ok(Status::unimplemented("only Export is served").into_http());
             }
             let codec =
@@ -248,11 +248,11 @@ fn start_scraper(
 /// received since the last call.
 async fn spans_settled(counter: &SpanCounter) -> anyhow::Result<u64> {
     let started = Instant::now();
-    let mut last = counter.arrivals.load(Ordering::Relaxed);
+    let mut last = counter.requests.load(Ordering::Relaxed);
     let mut quiet_since = Instant::now();
     while started.elapsed() < SPANS_LIMIT {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = counter.arrivals.load(Ordering::Relaxed);
+        let now = counter.requests.load(Ordering::Relaxed);
         if now != last {
             last = now;
             quiet_since = Instant::now();
@@ -275,8 +275,8 @@ struct Side {
 }
 
 impl Side {
-    /// Runs the DAG once; returns its tasks/s. The CPU it took is pushed by
-    /// the caller, which knows when the run's work is over.
+    /// Runs the DAG once and waits until the process is idle; returns its
+    /// tasks/s.
     async fn run_once(&mut self, tasks: usize) -> anyhow::Result<f64> {
         let run_id = trigger(&mut self.client, DAG_ID).await?;
         let finished = wait_success(
@@ -289,9 +289,7 @@ impl Side {
         )
         .await?;
         settle(self.dev.pid()).await?;
-        let rate = tasks as f64 / run_seconds(&finished.run)?;
-        self.rates.push(rate);
-        Ok(rate)
+        Ok(tasks as f64 / run_seconds(&finished.run)?)
     }
 }
 
@@ -301,6 +299,27 @@ struct Setup {
     name: &'static str,
     metrics: bool,
     traces: bool,
+    /// The figures' keys in the JSON file: tasks/s, CPU per run, and (all
+    /// but `off`) their overheads.
+    rate_key: &'static str,
+    cpu_key: &'static str,
+    overhead_key: &'static str,
+    cpu_overhead_key: &'static str,
+    /// How the overhead figures name it.
+    overhead_name: &'static str,
+}
+
+impl Setup {
+    /// What the process has on, for the figures' labels.
+    fn describe(self) -> String {
+        let scraped = format!("/metrics scraped every {} s", SCRAPE_EVERY.as_secs());
+        match (self.metrics, self.traces) {
+            (false, false) => "metrics and traces off".to_string(),
+            (true, false) => scraped,
+            (false, true) => "traces exported".to_string(),
+            (true, true) => format!("{scraped} + traces exported"),
+        }
+    }
 }
 
 /// Both off and both on are the figure; each alone says which costs what.
@@ -309,21 +328,41 @@ const SETUPS: [Setup; 4] = [
         name: "off",
         metrics: false,
         traces: false,
+        rate_key: "off_tasks_per_s",
+        cpu_key: "off_cpu_s",
+        overhead_key: "",
+        cpu_overhead_key: "",
+        overhead_name: "",
     },
     Setup {
         name: "metrics",
         metrics: true,
         traces: false,
+        rate_key: "metrics_tasks_per_s",
+        cpu_key: "metrics_cpu_s",
+        overhead_key: "metrics_overhead_percent",
+        cpu_overhead_key: "metrics_cpu_overhead_percent",
+        overhead_name: "metrics alone",
     },
     Setup {
         name: "traces",
         metrics: false,
         traces: true,
+        rate_key: "traces_tasks_per_s",
+        cpu_key: "traces_cpu_s",
+        overhead_key: "traces_overhead_percent",
+        cpu_overhead_key: "traces_cpu_overhead_percent",
+        overhead_name: "traces alone",
     },
     Setup {
         name: "on",
         metrics: true,
         traces: true,
+        rate_key: "on_tasks_per_s",
+        cpu_key: "on_cpu_s",
+        overhead_key: "overhead_percent",
+        cpu_overhead_key: "cpu_overhead_percent",
+        overhead_name: "both",
     },
 ];
 
@@ -356,10 +395,13 @@ pub async fn run(
     for setup in SETUPS {
         let mut args = Vec::new();
         let mut envs = Vec::new();
-        let metrics_address = format!("127.0.0.1:{}", free_port()?);
-        if setup.metrics {
-            args = vec!["--metrics-listen".to_string(), metrics_address.clone()];
-        }
+        let metrics_address = if setup.metrics {
+            let address = format!("127.0.0.1:{}", free_port()?);
+            args = vec!["--metrics-listen".to_string(), address.clone()];
+            Some(address)
+        } else {
+            None
+        };
         if setup.traces {
             envs = vec![
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
@@ -370,7 +412,7 @@ pub async fn run(
         let name = format!("observability-{}", setup.name);
         let (dev, mut client) = start_dev_with(binary, work, &name, slots, &args, &envs).await?;
         register(&mut client, spec.clone()).await?;
-        if setup.metrics {
+        if let Some(metrics_address) = metrics_address {
             scrapers.push(start_scraper(
                 http.clone(),
                 format!("http://{metrics_address}/metrics"),
@@ -396,6 +438,7 @@ pub async fn run(
                 let side = &mut sides[(round + offset) % SETUPS.len()];
                 let cpu_before = cpu_time(side.dev.pid())?;
                 let rate = side.run_once(tasks).await?;
+                side.rates.push(rate);
                 line.push_str(&format!(" {} {} tasks/s", side.setup.name, number(rate)));
                 if side.setup.traces {
                     let spans = spans_settled(&counter).await?;
@@ -430,91 +473,53 @@ pub async fn run(
     anyhow::ensure!(scraped > 0, "/metrics was never scraped");
 
     let off = stats::median(&sides[0].rates);
+    let off_cpu = stats::median(&sides[0].cpu);
     for side in &sides {
-        let (key, label): (&'static str, String) = match side.setup.name {
-            "off" => ("off_tasks_per_s", "fanout, metrics and traces off".into()),
-            "metrics" => (
-                "metrics_tasks_per_s",
-                format!(
-                    "fanout, /metrics scraped every {} s",
-                    SCRAPE_EVERY.as_secs()
-                ),
-            ),
-            "traces" => ("traces_tasks_per_s", "fanout, traces exported".into()),
-            _ => (
-                "on_tasks_per_s",
-                format!(
-                    "fanout, /metrics scraped every {} s + traces exported",
-                    SCRAPE_EVERY.as_secs()
-                ),
-            ),
-        };
+        let setup = side.setup;
+        let rate = stats::median(&side.rates);
         report.figures.push(Figure::new(
             SCENARIO,
-            key,
-            label,
+            setup.rate_key,
+            format!("fanout, {}", setup.describe()),
             "tasks/s",
             side.rates.clone(),
         ));
-        let rate = stats::median(&side.rates);
-        report.comparisons.extend(compare(
-            report,
-            &format!("observability {} {} tasks/s", side.setup.name, number(rate)),
-            rate,
-            true,
-        ));
-    }
-    let off_cpu = stats::median(&sides[0].cpu);
-    for side in &sides {
-        let key = match side.setup.name {
-            "off" => "off_cpu_s",
-            "metrics" => "metrics_cpu_s",
-            "traces" => "traces_cpu_s",
-            _ => "on_cpu_s",
-        };
         report.figures.push(Figure::new(
             SCENARIO,
-            key,
-            format!("CPU of the process per run, {}", side.setup.name),
+            setup.cpu_key,
+            format!("CPU of the process per run, {}", setup.name),
             "s",
             side.cpu.clone(),
         ));
-    }
-    for side in &sides[1..] {
-        let (key, label) = match side.setup.name {
-            "metrics" => (
-                "metrics_cpu_overhead_percent",
-                "metrics alone: CPU per run, median / median off − 1",
+        report.comparisons.extend(compare(
+            report,
+            &format!("observability {} {} tasks/s", setup.name, number(rate)),
+            rate,
+            true,
+        ));
+        if setup.overhead_key.is_empty() {
+            continue;
+        }
+        let cpu_overhead = (stats::median(&side.cpu) / off_cpu - 1.0) * 100.0;
+        report.figures.push(Figure::new(
+            SCENARIO,
+            setup.cpu_overhead_key,
+            format!(
+                "{}: CPU per run, median / median off − 1",
+                setup.overhead_name
             ),
-            "traces" => (
-                "traces_cpu_overhead_percent",
-                "traces alone: CPU per run, median / median off − 1",
-            ),
-            _ => (
-                "cpu_overhead_percent",
-                "both: CPU per run, median on / median off − 1",
-            ),
-        };
-        let overhead = (stats::median(&side.cpu) / off_cpu - 1.0) * 100.0;
-        report
-            .figures
-            .push(Figure::new(SCENARIO, key, label, "%", vec![overhead]));
-    }
-    for side in &sides[1..] {
-        let overhead = (1.0 - stats::median(&side.rates) / off) * 100.0;
-        let (key, label) = match side.setup.name {
-            "metrics" => (
-                "metrics_overhead_percent",
-                "metrics alone: 1 − median / median off",
-            ),
-            "traces" => (
-                "traces_overhead_percent",
-                "traces alone: 1 − median / median off",
-            ),
-            _ => ("overhead_percent", "both: 1 − median on / median off"),
-        };
-        let mut figure = Figure::new(SCENARIO, key, label, "%", vec![overhead]);
-        if side.setup.metrics && side.setup.traces {
+            "%",
+            vec![cpu_overhead],
+        ));
+        let overhead = (1.0 - rate / off) * 100.0;
+        let mut figure = Figure::new(
+            SCENARIO,
+            setup.overhead_key,
+            format!("{}: 1 − median / median off", setup.overhead_name),
+            "%",
+            vec![overhead],
+        );
+        if setup.metrics && setup.traces {
             figure = figure.goal(Goal::AtMost(TARGET_OVERHEAD_PERCENT));
         }
         report.figures.push(figure);

@@ -19,7 +19,9 @@
 
 use std::time::Duration;
 
+use baton_tests::dirs::free_port;
 use baton_tests::pb::{CreatePoolRequest, RunState};
+use baton_tests::poll::poll_until;
 use baton_tests::{PythonSdk, Sandbox};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -88,13 +90,6 @@ async fn scrape(python: &PythonSdk, url: &str) -> Samples {
         families: serde_json::from_value(scraped["families"].clone()).expect("families"),
         samples: serde_json::from_value(scraped["samples"].clone()).expect("samples"),
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
 }
 
 #[tokio::test]
@@ -311,19 +306,17 @@ async fn scrape_until(
     what: &str,
     holds: impl Fn(&Samples) -> bool,
 ) -> Samples {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let mut last = None;
+    let held = poll_until(WAIT, Duration::from_millis(200), async || {
         let samples = scrape(python, url).await;
         if holds(&samples) {
-            return samples;
+            return Some(samples);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {WAIT:?}; last scrape: {:?}",
-            samples.samples
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        last = Some(samples.samples);
+        None
+    })
+    .await;
+    held.unwrap_or_else(|| panic!("{what}: not within {WAIT:?}; last scrape: {last:?}"))
 }
 
 #[tokio::test]
