@@ -25,11 +25,15 @@
 //!   keep their one attempt; instances that do not exist are refused.
 //! - A mapped task whose upstream is cleared and then fails does not expand
 //!   again: its earlier instances end with it and the run ends.
+//! - A controller killed while a mapped task's upstream runs again (its
+//!   instances pending, waiting for the new expansion) recovers the run,
+//!   and the run ends.
 
 use std::time::Duration;
 
 use baton_tests::pb::{RetryTaskRequest, RunState, TaskInstance, TaskState};
 use baton_tests::{Api, RunView, Sandbox, micros, task_state};
+use nix::sys::signal::Signal;
 use tonic::Code;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -508,6 +512,64 @@ tasks:
     }
     // Their first attempts stay in their history.
     assert_eq!(api.attempts(&run_id, "each[1]").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_run_with_pending_instances_is_recovered_after_a_controller_kill() {
+    let (mut sandbox, mut dev, mut api) = start("map-recover").await;
+    // `list` is quick the first time and runs long once the marker exists.
+    let marker = sandbox.path().join("list-ran");
+    api.register(&format!(
+        r#"
+id: map-recover
+tasks:
+  - id: list
+    command: 'if test -e "{marker}"; then sleep 30; fi; touch "{marker}"; echo "[1, 2]" > "$BATON_OUTPUT"'
+  - id: each
+    depends_on: list
+    map_over: "tasks.list.output"
+    command: exit 0
+"#,
+        marker = marker.display()
+    ))
+    .await;
+    let done = run(&mut api, "map-recover", "", RUN_TIMEOUT).await;
+    assert_eq!(done.state(), RunState::Success, "{}", done.describe());
+    let run_id = done.run.run_id.clone();
+    api.retry_task(RetryTaskRequest {
+        run_id: run_id.clone(),
+        task_id: "list".to_string(),
+        exclude_downstream: false,
+        include_upstream: false,
+    })
+    .await;
+    api.wait_until(&run_id, "list running again", RUN_TIMEOUT, |view| {
+        view.task_state("list") == TaskState::Running
+    })
+    .await;
+
+    dev.signal(Signal::SIGKILL);
+    dev.wait_exit(RUN_TIMEOUT).await;
+    drop(dev);
+    let _dev = sandbox.start_dev(&["--slots", "16"]).await;
+    let mut api = sandbox.api().await;
+    // The attempt of `list` died with the process: it fails, and the
+    // instances waiting for its new list end with their task.
+    let view = api.wait_for_settled_run(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(view.state(), RunState::Failed, "{}", view.describe());
+    for (task_id, state) in [
+        ("list", Failed),
+        ("each", UpstreamFailed),
+        ("each[0]", UpstreamFailed),
+        ("each[1]", UpstreamFailed),
+    ] {
+        assert_eq!(
+            view.task_state(task_id),
+            state,
+            "{task_id}\n{}",
+            view.describe()
+        );
+    }
 }
 
 const MARK: &str = "

@@ -74,7 +74,12 @@ impl Scheduler {
         index: TaskIndex,
     ) -> Option<TaskIndex> {
         let entry = self.runs.get_mut(&run_id)?;
-        if entry.state != RunState::Running || entry.slot(index).state != TaskState::Pending {
+        // A mapped instance has no trigger rule (nor a place in the plan):
+        // its task's expansion, or its end, decides it.
+        if entry.state != RunState::Running
+            || entry.slot(index).state != TaskState::Pending
+            || entry.instance(index).is_some()
+        {
             return None;
         }
         let task = entry.plan.task(index);
