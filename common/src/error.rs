@@ -170,6 +170,15 @@ fn entry_bytes(violation: &FieldViolation) -> usize {
     violation.field.len().min(MAX_FIELD_BYTES) + violation.reason.len().min(MAX_REASON_BYTES) + 8
 }
 
+/// `text`, cut at a character boundary with `…` when over `limit` bytes.
+pub fn shorten(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        text.truncate(text.floor_char_boundary(limit));
+        text.push('…');
+    }
+    text
+}
+
 fn cut(text: &mut String, max_bytes: usize) {
     if text.len() > max_bytes {
         let end = text.floor_char_boundary(max_bytes - '…'.len_utf8());

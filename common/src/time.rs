@@ -21,6 +21,12 @@ pub fn system_time_to_micros(time: SystemTime) -> Micros {
     }
 }
 
+/// The instant `micros` after the epoch (the epoch itself for a negative
+/// value).
+pub fn micros_to_system_time(micros: Micros) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
 pub fn micros_to_timestamp(micros: Micros) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),

@@ -6,8 +6,9 @@
 //! so a metric never counts what was not stored), and from the store's
 //! commits. What describes the present (queue depths, oldest ready age,
 //! workers and free slots, pools, active runs, leadership, freshness) is
-//! read when Prometheus scrapes, from the same status `GetClusterStatus`
-//! answers, so it is never stale. Nothing is recorded unless the endpoint
+//! read when Prometheus scrapes, from the scheduler's status (what
+//! `GetClusterStatus` answers about workers, queues and pools, without its
+//! store read), so it is never stale. Scrapes take turns. Nothing is recorded unless the endpoint
 //! was started (`--metrics-listen`): metrics off cost nothing.
 
 use std::collections::HashMap;
@@ -16,9 +17,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use baton_common::metrics_http::MetricsSection;
-use baton_common::pb::api::{AttemptOutcome, GetClusterStatusResponse, RunState, TaskState};
+use baton_common::pb::api::{AttemptOutcome, RunState, TaskState};
 use baton_common::states::{outcome_name, run_state_name, task_state_is_final, task_state_name};
-use baton_common::time::{Micros, now_micros};
+use baton_common::time::{Micros, duration_from_proto, now_micros};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,7 +28,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::api::ApiContextRef;
-use crate::api::cluster::ClusterApi;
+use crate::scheduler::SchedulerStatus;
 use crate::scheduler::state::{Change, Changed, RunEntry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,6 +119,8 @@ pub struct ControllerMetrics {
     leader: Family<ControllerLabels, Gauge>,
     notifications: Family<NotificationLabels, Counter>,
     notification_failed_posts: Counter,
+    /// Held by one scrape at a time (see [`ControllerMetrics::render`]).
+    render_turn: Mutex<()>,
 }
 
 static METRICS: OnceLock<Arc<ControllerMetrics>> = OnceLock::new();
@@ -164,6 +167,7 @@ impl ControllerMetrics {
             leader: Family::default(),
             notifications: Family::default(),
             notification_failed_posts: Counter::default(),
+            render_turn: Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -419,7 +423,7 @@ impl ControllerMetrics {
 
     /// The present, read at scrape time: the leader's status (`None` on a
     /// follower), and whether this controller leads.
-    pub fn set_present(&self, controller_id: &str, status: Option<&GetClusterStatusResponse>) {
+    fn set_present(&self, controller_id: &str, status: Option<&SchedulerStatus>) {
         self.leader.clear();
         self.leader
             .get_or_create(&ControllerLabels {
@@ -469,7 +473,7 @@ impl ControllerMetrics {
             let age = queue
                 .oldest_ready_age
                 .as_ref()
-                .map_or(0.0, |age| age.seconds as f64 + f64::from(age.nanos) / 1e9);
+                .map_or(0.0, |age| duration_from_proto(age).as_secs_f64());
             self.queue_oldest_ready_age.get_or_create(&labels).set(age);
         }
         for pool in &status.pools {
@@ -510,7 +514,7 @@ impl ControllerMetrics {
     }
 
     /// Brings the notification counters up to the notifier's own.
-    pub fn set_notifications(&self, counters: &crate::notify::NotificationCounters) {
+    fn set_notifications(&self, counters: &crate::notify::NotificationCounters) {
         for (result, total) in [
             ("delivered", counters.delivered()),
             ("failed", counters.failed()),
@@ -526,8 +530,28 @@ impl ControllerMetrics {
             .inc_by(posts.saturating_sub(self.notification_failed_posts.get()));
     }
 
+    /// One scrape: the present, the notification counters, then the
+    /// OpenMetrics text of every metric and `extra`'s families. Scrapes
+    /// take turns, since each sets what the next one reads (two at once
+    /// would add the notifications' increase twice).
+    pub fn render(
+        &self,
+        controller_id: &str,
+        status: Option<&SchedulerStatus>,
+        notifications: &crate::notify::NotificationCounters,
+        extra: Option<&MetricsSection>,
+    ) -> String {
+        let _turn = self
+            .render_turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.set_present(controller_id, status);
+        self.set_notifications(notifications);
+        self.encode(extra)
+    }
+
     /// The OpenMetrics text of every metric, then `extra`'s families.
-    pub fn encode(&self, extra: Option<&MetricsSection>) -> String {
+    fn encode(&self, extra: Option<&MetricsSection>) -> String {
         let mut text = String::new();
         if prometheus_client::encoding::text::encode_registry(&mut text, &self.registry).is_err() {
             text.clear();
@@ -559,10 +583,16 @@ pub async fn serve(
             };
             // A follower (or a leader that cannot answer) reports no leader
             // status: the present belongs to the leader's /metrics.
-            let status = ClusterApi::new(Arc::clone(&context)).status().await.ok();
-            metrics.set_present(&context.config.controller_id, status.as_ref());
-            metrics.set_notifications(context.notifications.counters());
-            metrics.encode(context.config.extra_metrics.as_ref())
+            let status = match context.leader() {
+                Ok(term) => term.scheduler.status().await.ok(),
+                Err(_) => None,
+            };
+            metrics.render(
+                &context.config.controller_id,
+                status.as_ref(),
+                context.notifications.counters(),
+                context.config.extra_metrics.as_ref(),
+            )
         })
     });
     if let Err(error) = baton_common::metrics_http::serve(listener, render, shutdown).await {

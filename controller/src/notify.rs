@@ -237,16 +237,10 @@ fn attempt_detail(task: &TaskSummary) -> String {
         parts.push(format!("exit code {code}"));
     }
     if let Some(error) = &task.error {
-        let mut error = error.clone();
-        if error.len() > MAX_DESCRIBED_ERROR_BYTES {
-            let mut end = MAX_DESCRIBED_ERROR_BYTES;
-            while !error.is_char_boundary(end) {
-                end -= 1;
-            }
-            error.truncate(end);
-            error.push('…');
-        }
-        parts.push(error);
+        parts.push(baton_common::error::shorten(
+            error.clone(),
+            MAX_DESCRIBED_ERROR_BYTES,
+        ));
     }
     if parts.is_empty() {
         task.state.to_string()

@@ -35,10 +35,10 @@
 //! its provider) hands them out; every other span gets random ids.
 
 use std::cell::Cell;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use baton_common::ids::{AttemptId, RunId};
-use baton_common::time::Micros;
+use baton_common::time::{Micros, micros_to_system_time};
 use opentelemetry::trace::{
     Span, SpanBuilder, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId,
     TraceState, Tracer,
@@ -188,7 +188,7 @@ impl FinishedSpan {
         };
         Self {
             builder: SpanBuilder::from_name("attempt")
-                .with_start_time(system_time(start))
+                .with_start_time(micros_to_system_time(start))
                 .with_attributes(attributes),
             trace_id: None,
             span_id: attempt_span_id(fields.attempt_id),
@@ -199,7 +199,7 @@ impl FinishedSpan {
                 true,
                 TraceState::NONE,
             )),
-            end: system_time(fields.recorded_at.max(start)),
+            end: micros_to_system_time(fields.recorded_at.max(start)),
             status: status(fields.failed, fields.error),
         }
     }
@@ -213,12 +213,12 @@ impl FinishedSpan {
         ];
         Self {
             builder: SpanBuilder::from_name("run")
-                .with_start_time(system_time(fields.created_at))
+                .with_start_time(micros_to_system_time(fields.created_at))
                 .with_attributes(attributes),
             trace_id: Some(run_trace_id(fields.run_id)),
             span_id: run_span_id(fields.run_id),
             parent: None,
-            end: system_time(fields.ended_at.max(fields.created_at)),
+            end: micros_to_system_time(fields.ended_at.max(fields.created_at)),
             status: status(fields.failed, fields.reason),
         }
     }
@@ -230,10 +230,6 @@ fn status(failed: bool, description: Option<&str>) -> Status {
     } else {
         Status::Unset
     }
-}
-
-fn system_time(micros: Micros) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
 }
 
 /// Exports finished spans through the process's global tracer provider.

@@ -23,11 +23,10 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use baton_common::ids::{AttemptId, RunId, TaskId};
 use baton_common::pb::api::AttemptOutcome;
-use baton_common::time;
+use baton_common::time::{self, micros_to_system_time};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
@@ -204,10 +203,6 @@ fn load_one(dir: &Path) -> io::Result<Option<Recovered>> {
         log_len,
         acked,
     }))
-}
-
-fn micros_to_system_time(micros: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
 }
 
 /// Notes the acknowledged log offset, so a restarted worker resends less.

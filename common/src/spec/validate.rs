@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use crate::error::shorten;
 use sha2::{Digest, Sha256};
 
 use super::flow::{
@@ -59,19 +60,6 @@ const MAX_DEPENDENCY_SUGGESTIONS: usize = 10;
 /// Longest field path and reason kept in a violation, in bytes.
 const MAX_FIELD_BYTES: usize = 300;
 const MAX_REASON_BYTES: usize = 600;
-
-/// `text`, cut at a character boundary with `…` when over `limit` bytes.
-fn shorten(mut text: String, limit: usize) -> String {
-    if text.len() > limit {
-        let mut end = limit;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
 
 /// Where a field lives in the document, for violation paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,7 +39,7 @@ impl ClusterApi {
         Self { context }
     }
 
-    pub async fn status(&self) -> ApiResult<GetClusterStatusResponse> {
+    async fn status(&self) -> ApiResult<GetClusterStatusResponse> {
         let term = self.context.leader()?;
         let scheduler = term.scheduler.status().await?;
         let config = &self.context.config;

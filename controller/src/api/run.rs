@@ -305,17 +305,12 @@ impl RunApi {
         let task_id = parse_id::<TaskId>("task_id", &request.task_id)?;
         let state = TaskState::try_from(request.state)
             .ok()
-            .filter(|state| {
-                matches!(
-                    state,
-                    TaskState::Success | TaskState::Failed | TaskState::Skipped
-                )
-            })
+            .filter(|&state| crate::scheduler::state::markable(state))
             .ok_or_else(|| ApiError::invalid("state", "must be SUCCESS, FAILED or SKIPPED"))?;
-        if request.reason.chars().count() > 1000 {
+        if request.reason.chars().count() > MAX_REASON {
             return Err(ApiError::invalid(
                 "reason",
-                "is longer than 1000 characters",
+                format!("is longer than {MAX_REASON} characters"),
             ));
         }
         self.run_record(&run_id).await?;
@@ -704,7 +699,6 @@ impl RunService for RunApi {
         grpc(self.watch(request.into_inner()).await)
     }
 
-    #[instrument(skip_all, fields(run_id = %request.get_ref().run_id, task_id = %request.get_ref().task_id))]
     #[instrument(skip_all, fields(run_id = %request.get_ref().run_id))]
     async fn get_run_events(
         &self,
@@ -713,6 +707,7 @@ impl RunService for RunApi {
         grpc(self.events(request.into_inner()).await)
     }
 
+    #[instrument(skip_all, fields(run_id = %request.get_ref().run_id, task_id = %request.get_ref().task_id))]
     async fn list_task_attempts(
         &self,
         request: Request<ListTaskAttemptsRequest>,

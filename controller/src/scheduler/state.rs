@@ -54,8 +54,15 @@ pub fn task_transition_allowed(from: TaskState, to: TaskState) -> bool {
 /// Whether a user may mark a task in `from` as `to` (`MarkTask`): any task
 /// may be set succeeded, failed or skipped by hand, as if it had ended so.
 pub fn task_mark_allowed(from: TaskState, to: TaskState) -> bool {
-    use TaskState::*;
-    from != Unspecified && matches!(to, Success | Failed | Skipped)
+    from != TaskState::Unspecified && markable(to)
+}
+
+/// The states `MarkTask` sets: succeeded, failed or skipped.
+pub fn markable(to: TaskState) -> bool {
+    matches!(
+        to,
+        TaskState::Success | TaskState::Failed | TaskState::Skipped
+    )
 }
 
 /// Whether a run may move from `from` to `to`. A finished run becomes

@@ -105,10 +105,7 @@ impl Scheduler {
         to: TaskState,
         reason: &str,
     ) -> Result<(RunRecord, TaskInstance), ApiError> {
-        if !matches!(
-            to,
-            TaskState::Success | TaskState::Failed | TaskState::Skipped
-        ) {
+        if !crate::scheduler::state::markable(to) {
             return Err(ApiError::invalid(
                 "state",
                 format!(
