@@ -161,16 +161,9 @@ impl DagPlan {
     /// Every task upstream of `start`, directly or not, each once, in index
     /// order (without `start`).
     pub fn upstream_closure(&self, start: TaskIndex) -> Vec<TaskIndex> {
-        let mut seen = vec![false; self.len()];
-        let mut stack = self.upstream[start as usize].clone();
-        while let Some(index) = stack.pop() {
-            if !std::mem::replace(&mut seen[index as usize], true) {
-                stack.extend(self.upstream[index as usize].iter().copied());
-            }
-        }
-        (0..self.len() as TaskIndex)
-            .filter(|&i| seen[i as usize])
-            .collect()
+        let mut upstream = ancestors(&self.tasks, self.task(start));
+        upstream.sort_unstable();
+        upstream
     }
 
     /// `start` and every task downstream of it, each once, in index order.

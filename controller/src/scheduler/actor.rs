@@ -32,7 +32,7 @@ mod mapping;
 mod marking;
 mod notifications;
 mod schedules;
-mod sensors;
+pub(super) mod sensors;
 mod triggers;
 
 pub use admission::DEFAULT_MAX_ACTIVE_RUNS;
@@ -224,7 +224,7 @@ fn stale_ack(attempt_id: &str, reason: &str) -> ControllerMessage {
     }))
 }
 
-pub(super) fn is_open(state: TaskState) -> bool {
+fn is_open(state: TaskState) -> bool {
     matches!(state, TaskState::Leased | TaskState::Running)
 }
 
@@ -1927,10 +1927,6 @@ impl Scheduler {
 
     // ----- Attempts ending -----
 
-    /// Ends the current attempt of an open task on the controller's own
-    /// decision (cancel, clear, worker lost): records the attempt and, when
-    /// `tell_worker`, asks the worker to kill it. The task's state is left to
-    /// the caller.
     /// Cancels the task's attempt if one is leased or running (the task is
     /// being cancelled, cleared or marked); its worker is told to stop.
     pub(super) fn cancel_open_attempt(&mut self, run_id: RunId, index: TaskIndex, reason: &str) {
@@ -1943,6 +1939,10 @@ impl Scheduler {
         }
     }
 
+    /// Ends the current attempt of an open task on the controller's own
+    /// decision (cancel, clear, worker lost): records the attempt and, when
+    /// `tell_worker`, asks the worker to kill it. The task's state is left to
+    /// the caller.
     fn end_attempt_by_controller(
         &mut self,
         run_id: RunId,
@@ -2531,13 +2531,14 @@ impl Scheduler {
                 if let Some(metrics) = crate::metrics::metrics() {
                     metrics.observe_changes(entry, &changes);
                 }
-                let events = history::events(entry, changes, &self.parts.config.controller_id);
-                for chunk in events.chunks(history::EVENTS_PER_RECORD) {
+                let mut events = history::events(entry, changes, &self.parts.config.controller_id)
+                    .into_iter()
+                    .peekable();
+                while events.peek().is_some() {
+                    let chunk: Vec<_> = events.by_ref().take(history::EVENTS_PER_RECORD).collect();
                     self.history_seq = self.history_seq.wrapping_add(1);
                     let at = timestamp_opt_to_micros(chunk[0].at.as_ref());
-                    let record = RunHistoryRecord {
-                        events: chunk.to_vec(),
-                    };
+                    let record = RunHistoryRecord { events: chunk };
                     ops.push(Op::put(
                         keys::history_batch(&run_id, at, term, self.history_seq),
                         record.encode_to_vec(),

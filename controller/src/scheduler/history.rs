@@ -13,10 +13,11 @@
 use baton_common::pb::api::{
     AttemptOutcome, EventCause, RunEvent, RunState, RunTrigger, TaskState,
 };
-use baton_common::spec::TaskKind;
+
 use baton_common::states::{outcome_name, task_state_is_final};
 use baton_common::time::micros_to_timestamp_opt;
 
+use super::actor::sensors;
 use super::state::{Change, Changed, RunEntry};
 use crate::plan::TaskIndex;
 
@@ -143,11 +144,9 @@ fn task_cause(
     if marked {
         return (EventCause::User, USER.to_string(), error);
     }
-    let sensor = match &entry.task(index).kind {
-        TaskKind::Sensor(sensor) => Some(sensor),
-        _ => None,
-    };
-    let on_controller = sensor.is_some_and(|sensor| !sensor.condition.runs_on_worker());
+    let kind = &entry.task(index).kind;
+    let sensor = sensors::sensor_of(kind);
+    let on_controller = sensors::runs_on_controller(kind);
     let mapped = entry.mapped.contains_key(&index);
     // How the last attempt ended, as its event says it.
     let ended = || match slot.outcome {

@@ -239,21 +239,8 @@ mod tests {
         // Monotone: from a decided state, any upstream ending in any way
         // keeps the same verdict, so deciding early cannot depend on the
         // order upstream tasks end in.
-        let rules = [
-            AllSuccess,
-            AllFailed,
-            AllDone,
-            AllSkipped,
-            OneSuccess,
-            OneFailed,
-            OneDone,
-            NoneFailed,
-            NoneFailedMinOneSuccess,
-            NoneSkipped,
-            Always,
-        ];
         let total = 3;
-        for rule in rules {
+        for rule in TriggerRule::ALL {
             for s in 0..=total {
                 for f in 0..=total - s {
                     for k in 0..=total - s - f {

@@ -87,10 +87,9 @@ pub struct TaskSlot {
     pub attempt: u32,
     /// Attempts made before the last clear.
     pub attempt_base: u32,
-    /// Direct upstream tasks that have not ended yet, and how the others
-    /// ended (a cancelled one counts as failed): what its trigger rule
+    /// How its direct upstream tasks ended (a cancelled one counts as
+    /// failed): with the plan's upstream count, what its trigger rule
     /// decides on, kept up to date as each upstream ends or is cleared.
-    pub waiting: u32,
     pub up_succeeded: u32,
     pub up_failed: u32,
     pub up_skipped: u32,
@@ -112,14 +111,13 @@ pub struct TaskSlot {
     pub ready_at: Micros,
 }
 
-impl TaskSlot {
-    pub fn new(waiting: u32) -> Self {
+impl Default for TaskSlot {
+    fn default() -> Self {
         Self {
             state: TaskState::Pending,
             dirty: false,
             attempt: 0,
             attempt_base: 0,
-            waiting,
             up_succeeded: 0,
             up_failed: 0,
             up_skipped: 0,
@@ -137,7 +135,9 @@ impl TaskSlot {
             ready_at: 0,
         }
     }
+}
 
+impl TaskSlot {
     /// Forgets the task's last attempt so it runs again (a clear): its
     /// attempts so far stay counted in `attempt_base`.
     pub fn reset_for_rerun(&mut self) {
@@ -145,13 +145,7 @@ impl TaskSlot {
         self.attempt_id = None;
         self.worker = None;
         self.leased_at = 0;
-        self.started_at = 0;
-        self.ended_at = 0;
-        self.next_attempt_at = 0;
-        self.exit_code = None;
-        self.outcome = AttemptOutcome::Unspecified;
-        self.error = None;
-        self.output = None;
+        self.forget_outcome();
         self.sensor_deadline = 0;
     }
 
@@ -168,6 +162,12 @@ impl TaskSlot {
         self.attempt_id = Some(attempt_id);
         self.worker = worker;
         self.leased_at = now;
+        self.forget_outcome();
+        self.attempt
+    }
+
+    /// Clears what described how the last attempt went.
+    fn forget_outcome(&mut self) {
         self.started_at = 0;
         self.ended_at = 0;
         self.next_attempt_at = 0;
@@ -175,7 +175,6 @@ impl TaskSlot {
         self.outcome = AttemptOutcome::Unspecified;
         self.error = None;
         self.output = None;
-        self.attempt
     }
 
     /// Attempts allowed since the last clear.
@@ -266,10 +265,8 @@ impl TaskSlot {
         };
         if add {
             *counter += 1;
-            self.waiting = self.waiting.saturating_sub(1);
         } else {
             *counter = counter.saturating_sub(1);
-            self.waiting += 1;
         }
     }
 }
@@ -406,11 +403,7 @@ impl RunEntry {
         origin: RunOrigin,
         now: Micros,
     ) -> Self {
-        let tasks: Vec<TaskSlot> = plan
-            .upstream
-            .iter()
-            .map(|ups| TaskSlot::new(ups.len() as u32))
-            .collect();
+        let tasks: Vec<TaskSlot> = (0..plan.len()).map(|_| TaskSlot::default()).collect();
         let mut counts = [0u32; 12];
         counts[TaskState::Pending as usize] = tasks.len() as u32;
         Self {
@@ -490,7 +483,7 @@ impl RunEntry {
     pub fn add_instances(&mut self, parent: TaskIndex, len: u32) -> TaskIndex {
         let first = self.tasks.len() as TaskIndex;
         for map_index in 0..len {
-            self.tasks.push(TaskSlot::new(0));
+            self.tasks.push(TaskSlot::default());
             self.instances.push(Instance { parent, map_index });
         }
         self.counts[TaskState::Pending as usize] += len;
@@ -588,17 +581,16 @@ impl RunEntry {
     /// Recounts a task's upstream from their current states (after states
     /// changed by hand).
     pub fn recount_upstream(&mut self, index: TaskIndex) {
-        let (mut waiting, mut succeeded, mut failed, mut skipped) = (0, 0, 0, 0);
+        let (mut succeeded, mut failed, mut skipped) = (0, 0, 0);
         for &up in &self.plan.upstream[index as usize] {
             match Ended::of(self.tasks[up as usize].state) {
-                None => waiting += 1,
+                None => {}
                 Some(Ended::Succeeded) => succeeded += 1,
                 Some(Ended::Failed) => failed += 1,
                 Some(Ended::Skipped) => skipped += 1,
             }
         }
         let slot = &mut self.tasks[index as usize];
-        slot.waiting = waiting;
         slot.up_succeeded = succeeded;
         slot.up_failed = failed;
         slot.up_skipped = skipped;

@@ -161,8 +161,7 @@ pub fn pending_task_view(task: &ResolvedTask) -> TaskInstance {
     }
 }
 
-/// Every task of a run in plan order, from the records found in the store.
-/// Every task of a run in file order, each mapped task followed by its
+/// Every task of a run, from the records found in the store, in file order, each mapped task followed by its
 /// instances in index order.
 pub fn task_views(plan: &DagPlan, records: Vec<TaskRecord>) -> Vec<TaskInstance> {
     let mut views: Vec<Option<TaskInstance>> = vec![None; plan.len()];

@@ -138,7 +138,7 @@ impl Scheduler {
         if let Some(condition) = task.run_if.clone() {
             match self.evaluate_expression(run_id, index, "run_if", &condition) {
                 Ok(value) if !baton_common::template::is_truthy(&value) => {
-                    debug!(%run_id, task_id = %task_id_of(self, run_id, index), "run_if is false; skipped");
+                    debug!(%run_id, task_id = %self.runs[&run_id].task_id(index), "run_if is false; skipped");
                     self.end_without_running(
                         run_id,
                         index,
@@ -265,12 +265,4 @@ fn list(ids: &[TaskId]) -> String {
         n if n <= 3 => shown.join(", "),
         n => format!("{} and {} more", shown.join(", "), n - 3),
     }
-}
-
-fn task_id_of(scheduler: &Scheduler, run_id: baton_common::ids::RunId, index: TaskIndex) -> String {
-    scheduler
-        .runs
-        .get(&run_id)
-        .map(|entry| entry.task_id(index).to_string())
-        .unwrap_or_default()
 }

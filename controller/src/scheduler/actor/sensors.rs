@@ -43,7 +43,7 @@ pub enum ExternalObservation {
 /// A sensor attempt the controller evaluates, waiting on another run.
 pub(super) type ExternalWaiter = (RunId, TaskIndex, u32);
 
-pub(super) fn sensor_of(kind: &TaskKind) -> Option<&SensorTask> {
+pub(in crate::scheduler) fn sensor_of(kind: &TaskKind) -> Option<&SensorTask> {
     match kind {
         TaskKind::Sensor(sensor) => Some(sensor),
         _ => None,
@@ -51,7 +51,7 @@ pub(super) fn sensor_of(kind: &TaskKind) -> Option<&SensorTask> {
 }
 
 /// A sensor the controller evaluates itself (no worker).
-pub(super) fn runs_on_controller(kind: &TaskKind) -> bool {
+pub(in crate::scheduler) fn runs_on_controller(kind: &TaskKind) -> bool {
     sensor_of(kind).is_some_and(|sensor| !sensor.condition.runs_on_worker())
 }
 
