@@ -184,9 +184,6 @@ pub struct Scheduler {
     external_waiters: HashMap<(DagId, Micros), Vec<sensors::ExternalWaiter>>,
     renderer: baton_common::template::Renderer,
     deferred: std::collections::VecDeque<Deferred>,
-    /// The lists mapped tasks of active runs were expanded over, for
-    /// rendering `{{ item }}`.
-    map_items: HashMap<(RunId, TaskIndex), Arc<Vec<serde_json::Value>>>,
 }
 
 type CommitResult = StoreResult<BatchOutcome>;
@@ -299,7 +296,6 @@ impl Scheduler {
             external_waiters: HashMap::new(),
             renderer: baton_common::template::Renderer::new(),
             deferred: std::collections::VecDeque::new(),
-            map_items: HashMap::new(),
         };
         scheduler.recover().await?;
         let handle = tokio::spawn(async move {
@@ -1602,12 +1598,12 @@ impl Scheduler {
         for &index in cleared.iter().chain(&instances) {
             self.cancel_open_attempt(run_id, index, "task cleared by user");
         }
-        for &index in &cleared {
-            self.map_items.remove(&(run_id, index));
-        }
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return Vec::new();
         };
+        for index in &cleared {
+            entry.map_items.remove(index);
+        }
         // Downstream tasks outside the set no longer count how a cleared
         // task ended.
         for &index in &cleared {
@@ -2694,9 +2690,6 @@ impl Scheduler {
                 if finished && let Some(entry) = self.runs.remove(&run_id) {
                     self.disarm_deadlines(run_id, &entry.plan.sla_tasks);
                     self.disarm_controller_sensors(&entry);
-                    for parent in entry.mapped.keys() {
-                        self.map_items.remove(&(run_id, *parent));
-                    }
                     if let Some(claim) = RunClaim::of(&entry) {
                         self.active_keys.remove(&claim.create_key());
                     }

@@ -390,6 +390,9 @@ pub struct RunEntry {
     pub instances: Vec<Instance>,
     /// Mapped tasks expanded in this run, by plan index.
     pub mapped: std::collections::HashMap<TaskIndex, MappedGroup>,
+    /// The lists mapped tasks were expanded over (evaluated once, kept for
+    /// rendering `{{ item }}`), by plan index; not stored.
+    pub map_items: std::collections::HashMap<TaskIndex, Arc<Vec<serde_json::Value>>>,
     /// Changes not yet written into the run's history.
     pub changes: Vec<Change>,
 }
@@ -426,6 +429,7 @@ impl RunEntry {
             sla_misses: Vec::new(),
             instances: Vec::new(),
             mapped: std::collections::HashMap::new(),
+            map_items: std::collections::HashMap::new(),
             changes: vec![Change {
                 at: now,
                 what: Changed::Run {
@@ -443,6 +447,19 @@ impl RunEntry {
             Some(offset) => self.instances[offset as usize].parent,
             None => index,
         }
+    }
+
+    /// The leaf tasks (those nothing depends on) that ended failed or
+    /// upstream_failed: what fails a run whose tasks all ended.
+    pub fn failed_leaves(&self) -> impl Iterator<Item = TaskIndex> + '_ {
+        (0..self.plan.len() as TaskIndex)
+            .filter(|&index| self.plan.downstream[index as usize].is_empty())
+            .filter(|&index| {
+                matches!(
+                    self.slot(index).state,
+                    TaskState::Failed | TaskState::UpstreamFailed
+                )
+            })
     }
 
     /// The instance a slot is, if it is one.

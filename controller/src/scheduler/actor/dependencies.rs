@@ -226,14 +226,8 @@ impl Scheduler {
             return;
         }
         let plan = &entry.plan;
-        let failed_leaves: Vec<TaskId> = (0..plan.len() as TaskIndex)
-            .filter(|&index| plan.downstream[index as usize].is_empty())
-            .filter(|&index| {
-                matches!(
-                    entry.slot(index).state,
-                    TaskState::Failed | TaskState::UpstreamFailed
-                )
-            })
+        let failed_leaves: Vec<TaskId> = entry
+            .failed_leaves()
             .map(|index| plan.task(index).id.clone())
             .collect();
         if failed_leaves.is_empty() {

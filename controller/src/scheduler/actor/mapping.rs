@@ -107,10 +107,10 @@ impl Scheduler {
         run_id: RunId,
         index: TaskIndex,
     ) -> Result<Arc<Vec<serde_json::Value>>, String> {
-        if let Some(items) = self.map_items.get(&(run_id, index)) {
+        let entry = &self.runs[&run_id];
+        if let Some(items) = entry.map_items.get(&index) {
             return Ok(Arc::clone(items));
         }
-        let entry = &self.runs[&run_id];
         let Some(map_over) = entry.plan.task(index).map_over.clone() else {
             return Err("the task has no map_over".into());
         };
@@ -134,7 +134,9 @@ impl Scheduler {
             ));
         }
         let items = Arc::new(items);
-        self.map_items.insert((run_id, index), Arc::clone(&items));
+        if let Some(entry) = self.runs.get_mut(&run_id) {
+            entry.map_items.insert(index, Arc::clone(&items));
+        }
         Ok(items)
     }
 

@@ -203,15 +203,7 @@ impl Scheduler {
         };
         if run_state_is_final(entry.state) && entry.unfinished == 0 {
             let finished_as = entry.state;
-            let leaves_failed = (0..plan.len() as TaskIndex)
-                .filter(|&task| plan.downstream[task as usize].is_empty())
-                .any(|task| {
-                    matches!(
-                        entry.slot(task).state,
-                        TaskState::Failed | TaskState::UpstreamFailed
-                    )
-                });
-            let outcome = if leaves_failed {
+            let outcome = if entry.failed_leaves().next().is_some() {
                 RunState::Failed
             } else {
                 RunState::Success
