@@ -42,10 +42,14 @@ pub struct DagPlan {
     pub max_active_tasks: Option<u32>,
     /// When the DAG runs and what its runs take.
     pub settings: DagSettings,
-    /// `template_reads[i]`: tasks whose output the templates of task `i`
-    /// read (upstream of it, as validation checks), so that rendering looks
-    /// only at those.
+    /// `template_reads[i]`: tasks whose output the templated fields of
+    /// task `i` read (upstream of it, as validation checks), so that
+    /// rendering looks only at those.
     pub template_reads: Vec<Vec<TaskIndex>>,
+    /// `expression_reads[i]`: the same for its `run_if` and `map_over`,
+    /// apart, so that rendering each mapped instance does not copy the
+    /// list its task went over.
+    pub expression_reads: Vec<Vec<TaskIndex>>,
     /// Tasks with an `sla`.
     pub sla_tasks: Vec<TaskIndex>,
     /// Sensors the controller evaluates itself (time, delta, external).
@@ -82,7 +86,7 @@ impl DagSettings {
 impl DagPlan {
     pub fn compile(version: u32, dag: ValidatedDag) -> Self {
         let count = dag.tasks.len();
-        let template_reads = template_reads(&dag.tasks);
+        let (template_reads, expression_reads) = template_reads(&dag.tasks);
         let mut upstream = Vec::with_capacity(count);
         let mut downstream: Vec<Vec<TaskIndex>> = vec![Vec::new(); count];
         let mut by_id = HashMap::with_capacity(count);
@@ -110,6 +114,7 @@ impl DagPlan {
                 notify: dag.notify,
             },
             template_reads,
+            expression_reads,
             starters: dag
                 .tasks
                 .iter()
@@ -185,15 +190,33 @@ impl DagPlan {
     }
 }
 
-/// For each task, the tasks whose outputs its templates and expressions
-/// (`run_if`, `map_over`) read: those they name, or every task upstream of
-/// it when one picks a task by a computed name.
-fn template_reads(tasks: &[ResolvedTask]) -> Vec<Vec<TaskIndex>> {
+/// For each task, the tasks whose outputs its templated fields read, and
+/// those its expressions (`run_if`, `map_over`) read: those they name, or
+/// every task upstream of it when one picks a task by a computed name.
+fn template_reads(tasks: &[ResolvedTask]) -> (Vec<Vec<TaskIndex>>, Vec<Vec<TaskIndex>>) {
     let by_id: HashMap<&str, TaskIndex> = tasks
         .iter()
         .enumerate()
         .map(|(index, task)| (task.id.as_str(), index as TaskIndex))
         .collect();
+    let reads = |task: &ResolvedTask, refs: Vec<template::TemplateRefs>| {
+        let mut reads = Vec::new();
+        let mut any = false;
+        for refs in refs {
+            any |= refs.reads_any_task;
+            reads.extend(
+                refs.task_outputs
+                    .iter()
+                    .filter_map(|id| by_id.get(id.as_str()).copied()),
+            );
+        }
+        if any {
+            reads = ancestors(tasks, task);
+        }
+        reads.sort_unstable();
+        reads.dedup();
+        reads
+    };
     tasks
         .iter()
         .map(|task| {
@@ -201,33 +224,19 @@ fn template_reads(tasks: &[ResolvedTask]) -> Vec<Vec<TaskIndex>> {
                 .run_if
                 .iter()
                 .chain(task.map_over.as_ref().map(|map| &map.expression))
-                .filter_map(|expression| template::check_expression(expression).ok());
+                .filter_map(|expression| template::check_expression(expression).ok())
+                .collect();
             let fields = if task.templated {
                 templated_fields(task)
+                    .into_iter()
+                    .filter_map(|(_, source)| template::check(source).ok())
+                    .collect()
             } else {
                 Vec::new()
             };
-            let fields = fields
-                .into_iter()
-                .filter_map(|(_, source)| template::check(source).ok());
-            let mut reads = Vec::new();
-            let mut any = false;
-            for refs in fields.chain(expressions) {
-                any |= refs.reads_any_task;
-                reads.extend(
-                    refs.task_outputs
-                        .iter()
-                        .filter_map(|id| by_id.get(id.as_str()).copied()),
-                );
-            }
-            if any {
-                reads = ancestors(tasks, task);
-            }
-            reads.sort_unstable();
-            reads.dedup();
-            reads
+            (reads(task, fields), reads(task, expressions))
         })
-        .collect()
+        .unzip()
 }
 
 /// Every task upstream of `task`, directly or not.

@@ -124,7 +124,8 @@ impl Scheduler {
             (Some(instance), Some(items)) => items.get(instance.map_index as usize),
             _ => None,
         };
-        let inputs = self.template_inputs(run_id, plan_index);
+        let reads = &self.runs[&run_id].plan.template_reads[plan_index as usize];
+        let inputs = self.template_inputs(run_id, reads);
         let entry = &self.runs[&run_id];
         let task = entry.plan.task(plan_index);
         let context = inputs.context(entry, index, attempt, item);

@@ -33,6 +33,9 @@ impl Scheduler {
         run_id: baton_common::ids::RunId,
         mut ended: Vec<TaskIndex>,
     ) {
+        // External sensors watching the run look once the cascade is over:
+        // its tasks only become final, so the last look sees them all.
+        let mut tasks_became_final = false;
         while let Some(index) = ended.pop() {
             let Some(entry) = self.runs.get_mut(&run_id) else {
                 return;
@@ -59,6 +62,9 @@ impl Scheduler {
                     ended.push(decided);
                 }
             }
+            tasks_became_final = true;
+        }
+        if tasks_became_final {
             self.on_task_ended(run_id);
         }
         self.check_run_done(run_id);

@@ -41,7 +41,8 @@ impl Scheduler {
         field: &str,
         expression: &str,
     ) -> Result<serde_json::Value, String> {
-        let inputs = self.template_inputs(run_id, index);
+        let reads = &self.runs[&run_id].plan.expression_reads[index as usize];
+        let inputs = self.template_inputs(run_id, reads);
         let entry = &self.runs[&run_id];
         let attempt = entry.slot(index).attempt + 1;
         let context = inputs.context(entry, index, attempt, None);
@@ -50,9 +51,10 @@ impl Scheduler {
             .map_err(|error| error.message)
     }
 
-    /// What a plan task's templates and expressions read that must first
-    /// be computed: the run's params and the outputs the task reads.
-    pub(super) fn template_inputs(&self, run_id: RunId, plan_index: TaskIndex) -> TemplateInputs {
+    /// What templates or expressions read that must first be computed: the
+    /// run's params and the outputs of the tasks in `reads` (a plan's
+    /// `template_reads` or `expression_reads` of a task).
+    pub(super) fn template_inputs(&self, run_id: RunId, reads: &[TaskIndex]) -> TemplateInputs {
         let entry = &self.runs[&run_id];
         let params = match serde_json::from_str::<serde_json::Value>(&entry.params_json) {
             Ok(serde_json::Value::Object(params)) => params,
@@ -60,8 +62,7 @@ impl Scheduler {
         };
         TemplateInputs {
             params,
-            task_outputs: self
-                .upstream_outputs(run_id, &entry.plan.template_reads[plan_index as usize]),
+            task_outputs: self.upstream_outputs(run_id, reads),
             run_id: run_id.to_string(),
         }
     }
