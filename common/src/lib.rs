@@ -22,11 +22,13 @@
 //!   forms.
 //! - `states`: names of run and task states as users type and read them.
 //! - `client`: the typed client the CLI, the worker and tests use.
+//! - `http`: the outgoing HTTP client (sensors, notifications).
 //! - `metrics_http`: the `/metrics` endpoint the controller and the worker
 //!   serve to Prometheus.
 
 pub mod client;
 pub mod error;
+pub mod http;
 pub mod ids;
 pub mod metrics_http;
 pub mod pb;

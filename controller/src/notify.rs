@@ -380,17 +380,9 @@ async fn run_deliveries(
     counters: Arc<NotificationCounters>,
     shutdown: CancellationToken,
 ) {
-    let built = tokio::task::spawn_blocking(build_client)
-        .await
-        .unwrap_or_else(|error| Err(format!("cannot build the HTTP client: {error}")));
-    let client = match built {
-        Ok(client) => Arc::new(client),
-        Err(error) => {
-            warn!(%error, "cannot build the HTTP client; notifications will not be delivered");
-            drop_all(&mut receiver, &counters, &shutdown).await;
-            return;
-        }
-    };
+    // Built for the first notification: it reads the system's CA
+    // certificates, which a controller that never notifies need not do.
+    let mut client: Option<Result<Arc<reqwest::Client>, String>> = None;
     let settings = Arc::new(settings);
     let slots = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
     let mut in_flight = JoinSet::new();
@@ -415,7 +407,22 @@ async fn run_deliveries(
             },
         };
         while in_flight.try_join_next().is_some() {}
-        let client = Arc::clone(&client);
+        if client.is_none() {
+            client = Some(build_client().await);
+        }
+        let client = match client.as_ref().expect("built above") {
+            Ok(client) => Arc::clone(client),
+            Err(error) => {
+                NotificationCounters::add(&counters.failed, 1);
+                warn!(
+                    dag_id = %delivery.notification.dag_id,
+                    run_id = %delivery.notification.run_id,
+                    %error,
+                    "notification not delivered: no HTTP client"
+                );
+                continue;
+            }
+        };
         let settings = Arc::clone(&settings);
         let counters = Arc::clone(&counters);
         let shutdown = shutdown.clone();
@@ -441,57 +448,27 @@ async fn run_deliveries(
     }
 }
 
-/// Without an HTTP client nothing can be delivered: count every delivery
-/// as failed until shutdown.
-async fn drop_all(
-    receiver: &mut mpsc::Receiver<Delivery>,
-    counters: &NotificationCounters,
-    shutdown: &CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            delivery = receiver.recv() => match delivery {
-                Some(delivery) => {
-                    NotificationCounters::add(&counters.failed, 1);
-                    warn!(
-                        dag_id = %delivery.notification.dag_id,
-                        run_id = %delivery.notification.run_id,
-                        "notification not delivered: no HTTP client"
-                    );
-                }
-                None => return,
-            },
+/// The notifier's HTTP client, built on a blocking thread (it reads the
+/// system's CA certificates); a failure is logged once.
+async fn build_client() -> Result<Arc<reqwest::Client>, String> {
+    let built = tokio::task::spawn_blocking(|| {
+        baton_common::http::build_client(concat!("baton-controller/", env!("CARGO_PKG_VERSION")))
+    })
+    .await
+    .unwrap_or_else(|error| Err(format!("cannot build the HTTP client: {error}")));
+    match built {
+        Ok(built) => {
+            if let Some(error) = built.tls_problem {
+                // Plain HTTP still works; HTTPS fails to verify any receiver.
+                warn!(%error, "no CA certificates found; notifications to https URLs cannot be delivered");
+            }
+            Ok(Arc::new(built.client))
+        }
+        Err(error) => {
+            warn!(%error, "cannot build the HTTP client; notifications will not be delivered");
+            Err(error)
         }
     }
-}
-
-fn build_client() -> Result<reqwest::Client, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|error| format!("cannot configure TLS: {error}"))?;
-    let tls = match rustls_platform_verifier::Verifier::new(provider) {
-        Ok(verifier) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth(),
-        Err(error) => {
-            // Plain HTTP still works; HTTPS fails to verify any receiver.
-            warn!(%error, "no CA certificates found; notifications to https URLs cannot be delivered");
-            builder
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        }
-    };
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        // A redirect would resend the secret header to wherever it points.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("baton-controller/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|error| format!("cannot build the HTTP client: {}", error_chain(&error)))
 }
 
 /// Posts one notification to one notifier, retrying with doubling delays.

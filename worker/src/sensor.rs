@@ -350,38 +350,15 @@ impl HttpClient {
 }
 
 fn build_prober() -> Result<Prober, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|error| format!("cannot configure TLS: {error}"))?;
-    let (tls, tls_problem) = match rustls_platform_verifier::Verifier::new(provider) {
-        Ok(verifier) => (
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth(),
-            None,
-        ),
-        Err(error) => {
-            // Plain HTTP still works; HTTPS fails to verify any server.
-            let problem = format!("the worker cannot verify HTTPS servers: {error}");
-            warn!(%error, "no CA certificates found; HTTPS sensors cannot succeed");
-            (
-                builder
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-                Some(problem),
-            )
-        }
-    };
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("baton-worker/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|error| format!("cannot build the HTTP client: {}", error_chain(&error)))?;
+    let built =
+        baton_common::http::build_client(concat!("baton-worker/", env!("CARGO_PKG_VERSION")))?;
+    // Plain HTTP still works; HTTPS fails to verify any server.
+    let tls_problem = built.tls_problem.map(|error| {
+        warn!(%error, "no CA certificates found; HTTPS sensors cannot succeed");
+        format!("the worker cannot verify HTTPS servers: {error}")
+    });
     Ok(Prober {
-        client,
+        client: built.client,
         tls_problem,
     })
 }
