@@ -106,7 +106,8 @@ enum Command {
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
     /// A live view of the cluster, refreshed in place: leader, workers and
-    /// slots, queue depths, pools, active runs and their running tasks.
+    /// slots, queue depths, pools, and the active runs with their tasks'
+    /// states.
     Top(top::TopArgs),
 }
 

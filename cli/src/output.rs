@@ -252,28 +252,32 @@ pub fn run_event_json(event: &RunEvent) -> Value {
         "attempt": event.attempt,
         "from": from,
         "to": to,
-        "cause": event_cause_name(EventCause::try_from(event.cause).unwrap_or(EventCause::Unspecified)),
+        "cause": event_cause(event),
         "actor": event.actor,
         "detail": text_or_null(&event.detail),
     })
 }
 
+/// An event's cause as a name.
+pub fn event_cause(event: &RunEvent) -> &'static str {
+    event_cause_name(EventCause::try_from(event.cause).unwrap_or(EventCause::Unspecified))
+}
+
 /// An event's states as names: the task's, or the run's; `-` where none
 /// (the run's creation has no `from`, an SLA miss changes nothing).
 pub fn event_states(event: &RunEvent) -> (&'static str, &'static str) {
-    let task = |state: i32| TaskState::try_from(state).unwrap_or(TaskState::Unspecified);
-    let run = |state: i32| RunState::try_from(state).unwrap_or(RunState::Unspecified);
-    let name = |text: &'static str| if text == "unspecified" { "-" } else { text };
+    let task = |state: i32| match TaskState::try_from(state) {
+        Ok(state) if state != TaskState::Unspecified => task_state_name(state),
+        _ => "-",
+    };
+    let run = |state: i32| match RunState::try_from(state) {
+        Ok(state) if state != RunState::Unspecified => run_state_name(state),
+        _ => "-",
+    };
     if event.task_from != 0 || event.task_to != 0 {
-        (
-            name(task_state_name(task(event.task_from))),
-            name(task_state_name(task(event.task_to))),
-        )
+        (task(event.task_from), task(event.task_to))
     } else {
-        (
-            name(run_state_name(run(event.run_from))),
-            name(run_state_name(run(event.run_to))),
-        )
+        (run(event.run_from), run(event.run_to))
     }
 }
 

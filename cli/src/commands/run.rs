@@ -23,9 +23,9 @@ use super::task::parse_task;
 use super::{Context, describe_status};
 use crate::Outcome;
 use crate::output::{
-    attempt_json, counts_line, elapsed, event_states, event_time_text, final_count, print_json,
-    print_line, run_detail_lines, run_event_json, run_json, run_row, run_state, run_summary, table,
-    task_json, task_listing, task_row, task_state,
+    attempt_json, counts_line, elapsed, event_cause, event_states, event_time_text, final_count,
+    print_json, print_line, run_detail_lines, run_event_json, run_json, run_row, run_state,
+    run_summary, table, task_json, task_listing, task_row, task_state,
 };
 
 /// Events asked for per GetRunEvents call (the API's most).
@@ -343,23 +343,19 @@ pub async fn run(command: RunCommand, context: &Context) -> anyhow::Result<Outco
                     "AT", "TASK", "ATTEMPT", "FROM", "TO", "CAUSE", "ACTOR", "DETAIL",
                 ]);
                 for event in &events {
-                    let value = run_event_json(event);
                     let (from, to) = event_states(event);
+                    let (task, attempt) = if event.task_id.is_empty() {
+                        ("(run)".to_string(), String::new())
+                    } else {
+                        (event.task_id.clone(), event.attempt.to_string())
+                    };
                     out.add_row(vec![
                         event_time_text(event.at.as_ref()),
-                        if event.task_id.is_empty() {
-                            "(run)".to_string()
-                        } else {
-                            event.task_id.clone()
-                        },
-                        if event.task_id.is_empty() {
-                            String::new()
-                        } else {
-                            event.attempt.to_string()
-                        },
+                        task,
+                        attempt,
                         from.to_string(),
                         to.to_string(),
-                        value["cause"].as_str().unwrap_or("-").to_string(),
+                        event_cause(event).to_string(),
                         event.actor.clone(),
                         event.detail.clone(),
                     ]);

@@ -1,6 +1,6 @@
 //! `baton top`: a live view of the cluster, refreshed in place: the leader
 //! and controllers, workers with their slots, queue depths, pools, and the
-//! active runs with their running tasks.
+//! active runs with how many of their tasks are in each state.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use clap::Args;
 use super::Context;
 use super::cluster::status_text;
 use crate::Outcome;
-use crate::output::{counts_line, elapsed, print_line, table};
+use crate::output::{counts_line, elapsed, print_line, run_state, table};
 
 /// Active runs listed, newest first.
 const RUNS_SHOWN: u32 = 15;
@@ -57,11 +57,10 @@ pub async fn run(args: TopArgs, context: &Context) -> anyhow::Result<Outcome> {
         let mut view = status_text(&status);
         let mut active = table(&["RUN", "DAG", "STATE", "RUNNING FOR", "TASKS"]);
         for run in &runs {
-            let state = RunState::try_from(run.state).unwrap_or(RunState::Unspecified);
             active.add_row(vec![
                 run.run_id.clone(),
                 run.dag_id.clone(),
-                baton_common::states::run_state_name(state).to_string(),
+                baton_common::states::run_state_name(run_state(run)).to_string(),
                 elapsed(run.started_at.as_ref(), run.ended_at.as_ref()),
                 counts_line(run),
             ]);

@@ -365,8 +365,6 @@ impl RunApi {
         };
         let page_size = page_size("page_size", request.page_size)?;
         let (after, mut skip) = parse_events_token(&run_id, &request.page_token)?;
-        // The run must exist: a typo is not an empty history.
-        self.run_record(&run_id).await?;
         let records = self
             .context
             .store
@@ -377,6 +375,11 @@ impl RunApi {
             )
             .await
             .map_err(store_error)?;
+        if records.is_empty() {
+            // The run must exist: a typo is not an empty history. (A run's
+            // history goes with it, so one that has some exists.)
+            self.run_record(&run_id).await?;
+        }
         let mut events = Vec::new();
         let mut previous: Option<&[u8]> = None;
         for (key, value) in &records {
