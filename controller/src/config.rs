@@ -117,13 +117,14 @@ impl NotifyConfig {
                         reason: first.reason,
                     }
                 })?;
-        for (position, notifier) in notifiers.iter().enumerate() {
-            if let Some(reason) = crate::notify::missing_secret(notifier) {
-                return Err(ConfigError::Invalid {
-                    field: format!("notify.default[{position}].secret_header.value_env"),
-                    reason,
-                });
-            }
+        if let Some(missing) = crate::notify::missing_secrets(&notifiers, "notify.default")
+            .into_iter()
+            .next()
+        {
+            return Err(ConfigError::Invalid {
+                field: missing.field,
+                reason: missing.reason,
+            });
         }
         Ok(notifiers)
     }

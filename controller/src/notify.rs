@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use baton_common::error::error_chain;
+use baton_common::error::{FieldViolation, error_chain};
 use baton_common::spec::{Notifier, NotifyEvent, NotifyFormat, SecretValue};
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Serialize;
@@ -613,6 +613,23 @@ fn secret_header(notifier: &Notifier) -> Result<Option<(HeaderName, HeaderValue)
 
 /// Whether a secret header's environment variable is missing on this
 /// controller: the problem as a reason, for registration to refuse.
+/// [`missing_secret`] of each notifier listed at `path`, as violations of
+/// `{path}[i].secret_header.value_env`.
+pub fn missing_secrets(notifiers: &[Notifier], path: &str) -> Vec<FieldViolation> {
+    notifiers
+        .iter()
+        .enumerate()
+        .filter_map(|(position, notifier)| {
+            missing_secret(notifier).map(|reason| {
+                FieldViolation::new(
+                    format!("{path}[{position}].secret_header.value_env"),
+                    reason,
+                )
+            })
+        })
+        .collect()
+}
+
 pub fn missing_secret(notifier: &Notifier) -> Option<String> {
     let header = notifier.secret_header.as_ref()?;
     match &header.value {

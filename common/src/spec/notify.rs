@@ -92,15 +92,6 @@ pub enum NotifyFormat {
     Slack,
 }
 
-impl NotifyFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            NotifyFormat::Json => "json",
-            NotifyFormat::Slack => "slack",
-        }
-    }
-}
-
 /// A notifier that passed its checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notifier {

@@ -1,6 +1,6 @@
 //! `DagService`: registering, reading, pausing and deleting DAGs.
 
-use baton_common::error::{ApiError, ApiResult, FieldViolation};
+use baton_common::error::{ApiError, ApiResult};
 use baton_common::ids::{DagId, RunId};
 use baton_common::pb::api::dag_service_server::DagService;
 use baton_common::pb::api::{
@@ -365,18 +365,7 @@ impl DagService for DagApi {
 /// or every notification of the DAG would fail; a document cannot check
 /// that by itself (`baton dag validate` runs elsewhere).
 fn check_notifier_secrets(notifiers: &[spec::Notifier]) -> ApiResult<()> {
-    let violations: Vec<FieldViolation> = notifiers
-        .iter()
-        .enumerate()
-        .filter_map(|(position, notifier)| {
-            crate::notify::missing_secret(notifier).map(|reason| {
-                FieldViolation::new(
-                    format!("spec.notify[{position}].secret_header.value_env"),
-                    reason,
-                )
-            })
-        })
-        .collect();
+    let violations = crate::notify::missing_secrets(notifiers, "spec.notify");
     if violations.is_empty() {
         Ok(())
     } else {
