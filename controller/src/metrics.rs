@@ -138,8 +138,7 @@ pub fn enable() -> &'static ControllerMetrics {
 
 impl ControllerMetrics {
     fn new() -> Self {
-        let mut registry = Registry::default();
-        let metrics = Self {
+        let mut metrics = Self {
             tasks_finished: Family::default(),
             task_retries: Family::default(),
             attempts: Family::default(),
@@ -170,140 +169,137 @@ impl ControllerMetrics {
             render_turn: Mutex::new(()),
             registry: Registry::default(),
         };
-        registry.register(
+        metrics.registry.register(
             "baton_tasks_finished",
             "Tasks (and mapped instances) that reached a final state, by DAG, task and state",
             metrics.tasks_finished.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_task_retries",
             "Failed attempts that were retried, by DAG and task",
             metrics.task_retries.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_attempts",
             "Attempts that ended, by DAG and outcome",
             metrics.attempts.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_task_duration_seconds",
             "Time from an attempt's start to its end, by DAG",
             metrics.task_duration.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_task_scheduling_delay_seconds",
             "Time from a task being ready to its attempt running, by DAG",
             metrics.scheduling_delay.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_runs_finished",
             "Runs that ended, by DAG and state",
             metrics.runs_finished.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_store_commit_duration_seconds",
             "Time the store took to commit one batch (one transaction)",
             metrics.store_commit_seconds.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_store_batch_operations",
             "Operations in one committed batch",
             metrics.store_batch_operations.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_dag_last_success_timestamp_seconds",
             "When the DAG's last successful run ended (Unix time), since this controller leads",
             metrics.last_success.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_dag_seconds_since_last_success",
             "Seconds since the DAG's last successful run ended (freshness)",
             metrics.seconds_since_success.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_queue_ready_tasks",
             "Ready tasks waiting for a worker, by queue (held back by limits included)",
             metrics.queue_ready.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_queue_limited_tasks",
             "Ready tasks held back by a pool or a concurrency limit, by queue",
             metrics.queue_limited.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_queue_running_tasks",
             "Attempts leased or running, by queue",
             metrics.queue_running.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_queue_oldest_ready_age_seconds",
             "How long the queue's oldest ready task has waited",
             metrics.queue_oldest_ready_age.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_queue_workers",
             "Connected workers serving the queue",
             metrics.queue_workers.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_queue_free_slots",
             "Free slots of the workers serving the queue",
             metrics.queue_free_slots.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_pool_slots",
             "A pool's size",
             metrics.pool_slots.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_pool_used_slots",
             "A pool's slots held by leased or running attempts",
             metrics.pool_used.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_pool_queued_tasks",
             "Ready tasks waiting for a slot of the pool",
             metrics.pool_queued.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_workers_connected",
             "Workers connected to the leader",
             metrics.workers_connected.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_worker_slots",
             "Slots of the connected workers",
             metrics.worker_slots.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_worker_free_slots",
             "Free slots of the connected workers",
             metrics.worker_free_slots.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_runs_active",
             "Runs queued or running",
             metrics.runs_active.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_controller_leader",
             "1 on the controller that leads, 0 on a follower",
             metrics.leader.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_notifications",
             "Notifications by result: delivered, failed (after their last attempt), dropped (queue full or shutdown)",
             metrics.notifications.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_notification_failed_posts",
             "Webhook POSTs that failed (retried or not)",
             metrics.notification_failed_posts.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
+        metrics
     }
 
     /// Counts what a batch stores of a run: tasks that ended, retries,

@@ -57,7 +57,7 @@ impl std::fmt::Debug for WorkerMetrics {
 impl WorkerMetrics {
     /// The metrics of the worker `worker_id` with `slots` slots, all zero.
     pub fn new(worker_id: &str, slots: u32) -> Self {
-        let metrics = Self {
+        let mut metrics = Self {
             registry: Registry::default(),
             slots: Gauge::default(),
             running: Gauge::default(),
@@ -71,8 +71,7 @@ impl WorkerMetrics {
             log_bytes_sent: Counter::default(),
         };
         metrics.slots.set(i64::from(slots));
-        let mut registry = Registry::default();
-        registry.register(
+        metrics.registry.register(
             "baton_agent",
             "The worker's identity and version",
             Info::new(IdentityLabels {
@@ -80,55 +79,52 @@ impl WorkerMetrics {
                 version: env!("CARGO_PKG_VERSION"),
             }),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_agent_slots",
             "Attempts this worker runs at once, at most",
             metrics.slots.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_agent_running_attempts",
             "Attempts running on this worker (noops end at once and are not counted)",
             metrics.running.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_agent_attempts_finished",
             "Attempts this worker ran to an end, by outcome",
             metrics.finished.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_agent_attempt_duration_seconds",
             "Time from an attempt's start to its end on this worker",
             metrics.duration.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_agent_connected",
             "1 while the worker is registered with a leading controller",
             metrics.connected.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_agent_registrations",
             "Times the worker registered with a controller (reconnections are this minus one)",
             metrics.registrations.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_agent_draining",
             "1 once the worker drains (takes no new work)",
             metrics.draining.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_agent_unacknowledged_attempts",
             "Attempts running, or ended with a result or log the controller has not acknowledged",
             metrics.held.clone(),
         );
-        registry.register(
+        metrics.registry.register(
             "baton_agent_log_sent_bytes",
             "Bytes of attempts' logs sent to the controller (resends included)",
             metrics.log_bytes_sent.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
+        metrics
     }
 
     /// Appends the metrics' OpenMetrics families to `text`, without the

@@ -222,17 +222,21 @@ fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
-/// The config file's `controller.metrics_listen`, checked.
-fn file_metrics_listen(file: &ConfigFile) -> anyhow::Result<Option<SocketAddr>> {
-    file.controller
-        .metrics_listen
-        .as_deref()
+/// An address of the config file's `[controller]` section (`field`),
+/// checked.
+fn file_address(field: &str, address: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
+    address
         .map(|address| {
-            address.parse().with_context(|| {
-                format!("config controller.metrics_listen: `{address}` is not host:port")
-            })
+            address
+                .parse()
+                .with_context(|| format!("config controller.{field}: `{address}` is not host:port"))
         })
         .transpose()
+}
+
+/// The config file's `controller.metrics_listen`, checked.
+fn file_metrics_listen(file: &ConfigFile) -> anyhow::Result<Option<SocketAddr>> {
+    file_address("metrics_listen", file.controller.metrics_listen.as_deref())
 }
 
 async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -248,12 +252,8 @@ pub async fn controller(args: ControllerArgs, traces: bool) -> anyhow::Result<Ou
     let mut config = ControllerConfig::new(PathBuf::from("/var/lib/baton"));
     if let Some(path) = &args.config {
         let file = ConfigFile::load(path)?;
-        if listen.is_none()
-            && let Some(address) = &file.controller.listen
-        {
-            listen = Some(address.parse().with_context(|| {
-                format!("config controller.listen: `{address}` is not host:port")
-            })?);
+        if listen.is_none() {
+            listen = file_address("listen", file.controller.listen.as_deref())?;
         }
         config.metrics_listen = file_metrics_listen(&file)?;
         config.apply_file(file);
