@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use baton_common::client::{BatonClient, endpoint};
 use baton_common::pb::api::{
-    Attempt, AttemptOutcome, GetDagRequest, GetDagResponse, GetRunRequest, ListTaskAttemptsRequest,
-    MarkTaskRequest, MarkTaskResponse, RegisterDagRequest, RegisterDagResponse, RetryTaskRequest,
-    RetryTaskResponse, Run, RunState, TaskInstance, TaskState, TriggerRunRequest,
-    TriggerRunResponse,
+    Attempt, AttemptOutcome, Dag, GetDagRequest, GetDagResponse, GetRunRequest, ListDagsRequest,
+    ListTaskAttemptsRequest, MarkTaskRequest, MarkTaskResponse, RegisterDagRequest,
+    RegisterDagResponse, RetryTaskRequest, RetryTaskResponse, Run, RunState, TaskInstance,
+    TaskState, TriggerRunRequest, TriggerRunResponse,
 };
 use baton_common::states::{run_state_is_final, task_state_is_final};
 use baton_common::time::timestamp_opt_to_micros;
@@ -103,6 +103,14 @@ impl Api {
         {
             Ok(response) => response,
             Err(status) => self.fail(&format!("GetDag({dag_id})"), &status),
+        }
+    }
+
+    /// Every DAG stored (`ListDags`, first page).
+    pub async fn list_dags(&mut self) -> Vec<Dag> {
+        match bounded(self.client.dags.list_dags(ListDagsRequest::default())).await {
+            Ok(response) => response.dags,
+            Err(status) => self.fail("ListDags", &status),
         }
     }
 

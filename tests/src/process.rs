@@ -32,10 +32,24 @@ pub struct BatonProcess {
     exit_status: Option<ExitStatus>,
 }
 
+/// Removes from `command` the `BATON_*` and `OTEL_*` variables it would
+/// inherit from the tester's environment (a test that wants some sets them
+/// on the command, and those stay).
+pub(crate) fn scrub_inherited_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if (key_text.starts_with("BATON_") || key_text.starts_with("OTEL_"))
+            && command.get_envs().all(|(set, _)| set != key.as_os_str())
+        {
+            command.env_remove(key);
+        }
+    }
+}
+
 impl BatonProcess {
     /// Starts `baton <args>` with `RUST_LOG=info` and `NO_COLOR=1`, stdout
     /// and stderr appended to `<log_dir>/<name>.log`, and no inherited
-    /// `BATON_*` variables.
+    /// `BATON_*` or `OTEL_*` variables.
     pub fn spawn(name: &str, log_dir: &Path, args: &[String]) -> Self {
         Self::spawn_with_env(name, log_dir, args, &[])
     }
@@ -53,24 +67,16 @@ impl BatonProcess {
             .args(args)
             .env("RUST_LOG", "info")
             // Plain text: log lines are matched by tests and read by people.
-            .env("NO_COLOR", "1");
-        Self::spawn_command_with_env(name, log_dir, command, env)
+            .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(key, value)| (key, value)));
+        Self::spawn_command(name, log_dir, command)
     }
 
     /// Starts any program the same way (for example an SDK worker in
     /// another language): stdout and stderr appended to
-    /// `<log_dir>/<name>.log`, no standard input, no inherited `BATON_*`
-    /// variables.
-    pub fn spawn_command(name: &str, log_dir: &Path, command: Command) -> Self {
-        Self::spawn_command_with_env(name, log_dir, command, &[])
-    }
-
-    fn spawn_command_with_env(
-        name: &str,
-        log_dir: &Path,
-        mut command: Command,
-        env: &[(String, String)],
-    ) -> Self {
+    /// `<log_dir>/<name>.log`, no standard input, no inherited `BATON_*` or
+    /// `OTEL_*` variables (those set on `command` stay).
+    pub fn spawn_command(name: &str, log_dir: &Path, mut command: Command) -> Self {
         let log_path = log_dir.join(format!("{name}.log"));
         let log = File::options()
             .create(true)
@@ -78,17 +84,7 @@ impl BatonProcess {
             .open(&log_path)
             .unwrap_or_else(|error| panic!("cannot open {}: {error}", log_path.display()));
         let stderr = log.try_clone().expect("cannot clone the log file handle");
-        for (key, _) in std::env::vars_os() {
-            // Nor the tester's OpenTelemetry settings: a test that wants
-            // traces sets them itself.
-            let key_text = key.to_string_lossy();
-            if (key_text.starts_with("BATON_") || key_text.starts_with("OTEL_"))
-                && command.get_envs().all(|(set, _)| set != key.as_os_str())
-            {
-                command.env_remove(key);
-            }
-        }
-        command.envs(env.iter().map(|(key, value)| (key, value)));
+        scrub_inherited_env(&mut command);
         command.stdin(Stdio::null()).stdout(log).stderr(stderr);
         let program = command.get_program().to_string_lossy().into_owned();
         let child = command

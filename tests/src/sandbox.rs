@@ -216,11 +216,7 @@ impl Sandbox {
     /// [`CLI_TIMEOUT`]).
     pub async fn cli(&self, args: &[&str]) -> CliOutput {
         let mut command = tokio::process::Command::new(baton_bin());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("BATON_") {
-                command.env_remove(key);
-            }
-        }
+        crate::process::scrub_inherited_env(command.as_std_mut());
         command
             .arg("--addr")
             .arg(self.addr())

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use baton_tests::pb::{GetDagRequest, ListDagsRequest, ListRunsRequest, TriggerRunRequest};
+use baton_tests::pb::{GetDagRequest, ListRunsRequest, TriggerRunRequest};
 use baton_tests::{Api, Sandbox};
 use tonic::Code;
 
@@ -99,14 +99,7 @@ fn cases() -> Vec<Case> {
 }
 
 async fn assert_nothing_stored(api: &mut Api, case: &Case) {
-    let dags = api
-        .client
-        .dags
-        .list_dags(ListDagsRequest::default())
-        .await
-        .expect("ListDags")
-        .into_inner()
-        .dags;
+    let dags = api.list_dags().await;
     assert!(
         dags.is_empty(),
         "{}: an invalid DAG was stored: {dags:?}",
@@ -230,14 +223,7 @@ async fn hundreds_of_problems_are_listed_as_far_as_they_fit_and_counted() {
         "spec: 300 more problems not listed; fix the ones above and validate again",
         "{message}"
     );
-    let dags = api
-        .client
-        .dags
-        .list_dags(ListDagsRequest::default())
-        .await
-        .expect("ListDags")
-        .into_inner()
-        .dags;
+    let dags = api.list_dags().await;
     assert!(dags.is_empty(), "nothing is stored: {dags:?}");
 }
 
