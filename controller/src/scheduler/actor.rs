@@ -1470,39 +1470,43 @@ impl Scheduler {
     }
 
     fn retry_task(&mut self, command: Command) {
-        let Command::RetryTask {
-            run_id,
-            task_id,
-            include_downstream,
-            include_upstream,
-            reply,
-        } = command
-        else {
+        let Command::RetryTask { run_id, .. } = command else {
             return;
         };
         if !self.runs.contains_key(&run_id) {
             // A finished run: read it back first; commands for it wait.
-            self.load_run_then(
-                run_id,
-                Command::RetryTask {
-                    run_id,
-                    task_id,
-                    include_downstream,
-                    include_upstream,
-                    reply,
-                },
-            );
+            self.load_run_then(run_id, command);
             return;
         }
+        let Command::RetryTask {
+            task_id,
+            include_downstream,
+            include_upstream,
+            reply,
+            ..
+        } = command
+        else {
+            return;
+        };
         let result = self.clear_tasks(run_id, &task_id, include_downstream, include_upstream);
+        self.reply_on_run(run_id, reply, result);
+    }
+
+    /// Replies to a request on a run once the batch is durable. One that
+    /// failed changed nothing: a finished run read back for it does not
+    /// stay in memory.
+    fn reply_on_run<T: Send + 'static>(
+        &mut self,
+        run_id: RunId,
+        reply: super::Reply<T>,
+        result: Result<T, ApiError>,
+    ) {
         if result.is_err()
             && self
                 .runs
                 .get(&run_id)
                 .is_some_and(|entry| baton_common::states::run_state_is_final(entry.state))
         {
-            // Read back only for this request, which changed nothing: a
-            // finished run does not stay in memory.
             self.pending.effects.push(Effect::DropRun(run_id));
         }
         self.reply_after_commit(reply, result);
@@ -1620,13 +1624,7 @@ impl Scheduler {
             entry.slot_mut(index).reset_for_rerun();
         }
         for &index in &cleared {
-            if let Some(group) = entry.mapped.get_mut(&index) {
-                group.unfinished = group.len;
-                group.failed = 0;
-                group.skipped = 0;
-            }
-        }
-        for &index in &cleared {
+            entry.recount_group(index);
             entry.recount_upstream(index);
         }
         self.reopen_run(run_id);

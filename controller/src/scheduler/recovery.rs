@@ -155,24 +155,14 @@ pub async fn load_run(
         .map(|(&parent, group)| (parent, group.first, group.len))
         .collect();
     for (parent, first, len) in parents {
-        let expanded = entry.slot(parent).state == TaskState::Running;
-        let (mut unfinished, mut failed, mut skipped) = (0, 0, 0);
-        for index in first..first + len {
-            if expanded && entry.slot(index).state == TaskState::Pending {
-                entry.set_state(index, TaskState::Ready);
-            }
-            match super::state::Ended::of(entry.slot(index).state) {
-                None => unfinished += 1,
-                Some(super::state::Ended::Failed) => failed += 1,
-                Some(super::state::Ended::Skipped) => skipped += 1,
-                Some(super::state::Ended::Succeeded) => {}
+        if entry.slot(parent).state == TaskState::Running {
+            for index in first..first + len {
+                if entry.slot(index).state == TaskState::Pending {
+                    entry.set_state(index, TaskState::Ready);
+                }
             }
         }
-        if let Some(group) = entry.mapped.get_mut(&parent) {
-            group.unfinished = unfinished;
-            group.failed = failed;
-            group.skipped = skipped;
-        }
+        entry.recount_group(parent);
     }
     // What each task's trigger rule decides on follows from its upstream.
     for index in 0..plan.len() as u32 {

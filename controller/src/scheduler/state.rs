@@ -595,6 +595,28 @@ impl RunEntry {
         self.dirty = true;
     }
 
+    /// Recounts what a mapped task's instances did from their current
+    /// states (after a recovery or a clear).
+    pub fn recount_group(&mut self, parent: TaskIndex) {
+        let Some(group) = self.mapped.get(&parent) else {
+            return;
+        };
+        let (mut unfinished, mut failed, mut skipped) = (0, 0, 0);
+        for index in group.first..group.first + group.len {
+            match Ended::of(self.tasks[index as usize].state) {
+                None => unfinished += 1,
+                Some(Ended::Failed) => failed += 1,
+                Some(Ended::Skipped) => skipped += 1,
+                Some(Ended::Succeeded) => {}
+            }
+        }
+        if let Some(group) = self.mapped.get_mut(&parent) {
+            group.unfinished = unfinished;
+            group.failed = failed;
+            group.skipped = skipped;
+        }
+    }
+
     /// Recounts a task's upstream from their current states (after states
     /// changed by hand).
     pub fn recount_upstream(&mut self, index: TaskIndex) {

@@ -19,7 +19,6 @@ use tracing::info;
 use super::mapping::marked_error;
 use super::{Command, Scheduler};
 use crate::plan::TaskIndex;
-use crate::scheduler::flush::Effect;
 use crate::scheduler::views::{run_record, task_record, task_view};
 
 impl Scheduler {
@@ -62,40 +61,26 @@ impl Scheduler {
     }
 
     pub(super) fn mark_task(&mut self, command: Command) {
-        let Command::MarkTask {
-            run_id,
-            task_id,
-            state,
-            reason,
-            reply,
-        } = command
-        else {
+        let Command::MarkTask { run_id, .. } = command else {
             return;
         };
         if !self.runs.contains_key(&run_id) {
             // A finished run: read it back first.
-            self.load_run_then(
-                run_id,
-                Command::MarkTask {
-                    run_id,
-                    task_id,
-                    state,
-                    reason,
-                    reply,
-                },
-            );
+            self.load_run_then(run_id, command);
             return;
         }
+        let Command::MarkTask {
+            task_id,
+            state,
+            reason,
+            reply,
+            ..
+        } = command
+        else {
+            return;
+        };
         let result = self.mark(run_id, &task_id, state, &reason);
-        if result.is_err()
-            && self
-                .runs
-                .get(&run_id)
-                .is_some_and(|entry| run_state_is_final(entry.state))
-        {
-            self.pending.effects.push(Effect::DropRun(run_id));
-        }
-        self.reply_after_commit(reply, result);
+        self.reply_on_run(run_id, reply, result);
     }
 
     fn mark(
