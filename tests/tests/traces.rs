@@ -180,15 +180,49 @@ fn trace_id_of(run_id: &str) -> String {
     run_id.replace('-', "")
 }
 
+/// The trace of `run_id` with an attempt and an execution span for each
+/// of `tasks`, once the collector has it (within `timeout`); panics with
+/// what arrived and `logs` otherwise, saying the trace `what`.
+async fn wait_for_trace(
+    collector: &OtlpCollector,
+    run_id: &str,
+    tasks: &[&str],
+    timeout: Duration,
+    what: &str,
+    logs: impl FnOnce() -> String,
+) -> RunTrace {
+    let trace_id = trace_id_of(run_id);
+    let spans = collector
+        .wait_for_spans(timeout, |spans| {
+            run_trace(spans, &trace_id, tasks).is_some()
+        })
+        .await;
+    let Some(spans) = spans else {
+        panic!(
+            "the run's trace {what}; received:\n{}\n{}",
+            describe(&collector.spans()),
+            logs()
+        )
+    };
+    run_trace(&spans, &trace_id, tasks).expect("checked by the wait")
+}
+
+/// A sandbox whose processes export to a collector the test runs, with
+/// this batch delay.
+async fn traced_sandbox(name: &str, batch_delay_ms: &str) -> (OtlpCollector, Sandbox) {
+    let collector = OtlpCollector::start().await;
+    let mut sandbox = Sandbox::new(name);
+    sandbox.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint());
+    sandbox.set_env("OTEL_BSP_SCHEDULE_DELAY", batch_delay_ms);
+    (collector, sandbox)
+}
+
 /// The case that matters: controller and worker are separate processes, so
 /// the worker's spans join the run's trace only through the context its
 /// `Assign` carries.
 #[tokio::test]
 async fn a_run_is_one_trace_across_the_controller_and_worker_processes() {
-    let collector = OtlpCollector::start().await;
-    let mut sandbox = Sandbox::new("traces-cluster");
-    sandbox.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint());
-    sandbox.set_env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let (collector, mut sandbox) = traced_sandbox("traces-cluster", "100").await;
     let mut controller = sandbox.start_controller(&[]).await;
     let mut worker = sandbox.start_worker("traced-worker", &[]).await;
     let mut api = sandbox.api().await;
@@ -197,20 +231,15 @@ async fn a_run_is_one_trace_across_the_controller_and_worker_processes() {
     let view = api.wait_for_run(&run.run_id, WAIT).await;
     assert_eq!(view.state(), RunState::Success, "{}", view.describe());
 
-    let trace_id = trace_id_of(&run.run_id);
-    let spans = collector
-        .wait_for_spans(WAIT, |spans| {
-            run_trace(spans, &trace_id, &FIVE_TASK_IDS).is_some()
-        })
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "the run's trace did not arrive; received:\n{}\n{}",
-                describe(&collector.spans()),
-                sandbox.logs_tail()
-            )
-        });
-    let trace = run_trace(&spans, &trace_id, &FIVE_TASK_IDS).expect("checked by the wait");
+    let trace = wait_for_trace(
+        &collector,
+        &run.run_id,
+        &FIVE_TASK_IDS,
+        WAIT,
+        "did not arrive",
+        || sandbox.logs_tail(),
+    )
+    .await;
     assert_run_trace(
         &trace,
         &run.run_id,
@@ -238,10 +267,7 @@ async fn a_run_is_one_trace_across_the_controller_and_worker_processes() {
 /// the test, the spans arrive only because SIGTERM flushes them.
 #[tokio::test]
 async fn baton_dev_exports_the_run_trace_when_it_stops() {
-    let collector = OtlpCollector::start().await;
-    let mut sandbox = Sandbox::new("traces-dev");
-    sandbox.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint());
-    sandbox.set_env("OTEL_BSP_SCHEDULE_DELAY", "600000");
+    let (collector, mut sandbox) = traced_sandbox("traces-dev", "600000").await;
     let mut dev = sandbox.start_dev(&[]).await;
     let mut api = sandbox.api().await;
     api.register(FIVE_TASKS).await;
@@ -252,20 +278,15 @@ async fn baton_dev_exports_the_run_trace_when_it_stops() {
     dev.signal(Signal::SIGTERM);
     let status = dev.wait_exit(WAIT).await;
     assert!(status.success(), "baton dev: {status}\n{}", dev.log_tail());
-    let trace_id = trace_id_of(&run.run_id);
-    let spans = collector
-        .wait_for_spans(Duration::from_secs(5), |spans| {
-            run_trace(spans, &trace_id, &FIVE_TASK_IDS).is_some()
-        })
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "the run's trace was not flushed on SIGTERM; received:\n{}\n{}",
-                describe(&collector.spans()),
-                dev.log_tail()
-            )
-        });
-    let trace = run_trace(&spans, &trace_id, &FIVE_TASK_IDS).expect("checked by the wait");
+    let trace = wait_for_trace(
+        &collector,
+        &run.run_id,
+        &FIVE_TASK_IDS,
+        Duration::from_secs(5),
+        "was not flushed on SIGTERM",
+        || dev.log_tail(),
+    )
+    .await;
     assert_run_trace(
         &trace,
         &run.run_id,
@@ -284,10 +305,7 @@ async fn baton_dev_exports_the_run_trace_when_it_stops() {
 /// and they still form one tree.
 #[tokio::test]
 async fn a_restarted_controller_continues_the_same_trace() {
-    let collector = OtlpCollector::start().await;
-    let mut sandbox = Sandbox::new("traces-restart");
-    sandbox.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint());
-    sandbox.set_env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let (collector, mut sandbox) = traced_sandbox("traces-restart", "100").await;
     let mut controller = sandbox.start_controller(&[]).await;
     let _worker = sandbox.start_worker("steady-worker", &[]).await;
     let mut api = sandbox.api().await;
@@ -317,18 +335,15 @@ tasks:
     assert_eq!(api.attempts(&run.run_id, "slow").await.len(), 1);
 
     let tasks = ["slow", "after"];
-    let trace_id = trace_id_of(&run.run_id);
-    let spans = collector
-        .wait_for_spans(WAIT, |spans| run_trace(spans, &trace_id, &tasks).is_some())
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "the run's trace did not arrive; received:\n{}\n{}",
-                describe(&collector.spans()),
-                sandbox.logs_tail()
-            )
-        });
-    let trace = run_trace(&spans, &trace_id, &tasks).expect("checked by the wait");
+    let trace = wait_for_trace(
+        &collector,
+        &run.run_id,
+        &tasks,
+        WAIT,
+        "did not arrive",
+        || sandbox.logs_tail(),
+    )
+    .await;
     assert_run_trace(
         &trace,
         &run.run_id,
