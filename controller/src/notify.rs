@@ -115,7 +115,7 @@ impl NotificationCounters {
 pub struct Notification {
     /// The same on every attempt and for every receiver of this event.
     pub id: String,
-    pub event: NotifyEventName,
+    pub event: NotifyEvent,
     pub dag_id: String,
     pub run_id: String,
     /// The run's state when the event happened.
@@ -157,7 +157,7 @@ impl Notification {
     /// why, the failed tasks with their last attempt, and the times.
     pub fn describe(&self) -> String {
         let run = format!("run {} of DAG {}", self.run_id, self.dag_id);
-        let mut text = match (self.event.0, &self.task, &self.sla) {
+        let mut text = match (self.event, &self.task, &self.sla) {
             (NotifyEvent::RunFailed, ..) => match &self.reason {
                 Some(reason) => format!("Baton: {run} failed: {reason}."),
                 None => format!("Baton: {run} failed."),
@@ -246,16 +246,6 @@ fn attempt_detail(task: &TaskSummary) -> String {
         task.state.to_string()
     } else {
         parts.join(", ")
-    }
-}
-
-/// An event's name as it is serialized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotifyEventName(pub NotifyEvent);
-
-impl Serialize for NotifyEventName {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.0.name())
     }
 }
 
@@ -366,7 +356,7 @@ impl NotificationQueue {
                 warn!(
                     dag_id = %notification.dag_id,
                     run_id = %notification.run_id,
-                    event = notification.event.0.name(),
+                    event = notification.event.name(),
                     "notification dropped: {why}"
                 );
             }
@@ -483,7 +473,7 @@ async fn deliver(
         notifier,
         notification,
     } = delivery;
-    let event = notification.event.0.name();
+    let event = notification.event.name();
     let url = redacted_url(&notifier.url);
     let give_up = |attempts: u32, error: &str| {
         NotificationCounters::add(&counters.failed, 1);
@@ -668,7 +658,7 @@ mod tests {
     fn notification() -> Notification {
         Notification {
             id: "n1".into(),
-            event: NotifyEventName(NotifyEvent::RunFailed),
+            event: NotifyEvent::RunFailed,
             dag_id: "etl".into(),
             run_id: "r1".into(),
             state: "failed",

@@ -82,6 +82,13 @@ impl fmt::Display for NotifyEvent {
     }
 }
 
+/// As its name, in the JSON body a notifier posts.
+impl serde::Serialize for NotifyEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// The body a notifier posts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NotifyFormat {

@@ -17,7 +17,7 @@ use baton_common::time::{Micros, micros_to_datetime};
 use chrono::SecondsFormat;
 
 use super::Scheduler;
-use crate::notify::{MAX_LISTED_TASKS, Notification, NotifyEventName, SlaSummary, TaskSummary};
+use crate::notify::{MAX_LISTED_TASKS, Notification, SlaSummary, TaskSummary};
 use crate::plan::TaskIndex;
 use crate::scheduler::flush::Effect;
 use crate::scheduler::state::RunEntry;
@@ -102,7 +102,7 @@ fn notification(
         (entry.ended_at > 0).then(|| (entry.ended_at - started).max(0) as f64 / 1_000_000.0);
     let mut notification = Notification {
         id: uuid::Uuid::now_v7().to_string(),
-        event: NotifyEventName(event),
+        event,
         dag_id: entry.dag_id.to_string(),
         run_id: entry.run_id.to_string(),
         state: run_state_name(entry.state),
