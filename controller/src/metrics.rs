@@ -101,7 +101,7 @@ pub struct ControllerMetrics {
     store_batch_operations: Histogram,
     last_success: Family<DagLabels, FloatGauge>,
     seconds_since_success: Family<DagLabels, FloatGauge>,
-    /// Last successful run's end per DAG (µs), for the freshness gauge.
+    /// Last successful run's end per DAG (µs), for both freshness gauges.
     last_success_at: Mutex<HashMap<String, Micros>>,
     queue_ready: Family<QueueLabels, Gauge>,
     queue_limited: Family<QueueLabels, Gauge>,
@@ -387,15 +387,11 @@ impl ControllerMetrics {
                             state: run_state_name(*to),
                         })
                         .inc();
-                    if *to == RunState::Success {
-                        self.last_success
-                            .get_or_create(&DagLabels {
-                                dag_id: dag_id.to_string(),
-                            })
-                            .set(seconds(change.at));
-                        if let Ok(mut last) = self.last_success_at.lock() {
-                            last.insert(dag_id.to_string(), change.at);
-                        }
+                    // Both freshness gauges are set from this at scrape time.
+                    if *to == RunState::Success
+                        && let Ok(mut last) = self.last_success_at.lock()
+                    {
+                        last.insert(dag_id.to_string(), change.at);
                     }
                 }
                 Changed::SlaMiss { .. } => {}
@@ -500,10 +496,12 @@ impl ControllerMetrics {
         let now = now_micros();
         if let Ok(last) = self.last_success_at.lock() {
             for (dag_id, at) in last.iter() {
+                let labels = DagLabels {
+                    dag_id: dag_id.clone(),
+                };
+                self.last_success.get_or_create(&labels).set(seconds(*at));
                 self.seconds_since_success
-                    .get_or_create(&DagLabels {
-                        dag_id: dag_id.clone(),
-                    })
+                    .get_or_create(&labels)
                     .set(seconds(now - at));
             }
         }
