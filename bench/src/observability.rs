@@ -58,10 +58,6 @@ const SCRAPE_EVERY: Duration = Duration::from_secs(5);
 /// The exporter's batch delay, so the last spans of a run leave soon after
 /// it (full batches of 512 leave at once anyway).
 const BATCH_DELAY_MS: &str = "1000";
-/// Room for every span of a wide run: the exporter drops what does not fit
-/// in its queue. `OTEL_BSP_MAX_QUEUE_SIZE` in the benchmark's own
-/// environment replaces it.
-const QUEUE_SIZE: &str = "65536";
 /// Spans have stopped arriving once none came for this long.
 const SPANS_QUIET: Duration = Duration::from_millis(2500);
 const SPANS_LIMIT: Duration = Duration::from_secs(120);
@@ -386,10 +382,9 @@ pub async fn run(
     let scrapes = Arc::new(Scrapes::default());
     let http = http_client()?;
     let spec = fanout_spec(DAG_ID, width);
-    // The exporter's queue: room for a whole run unless this process's
+    // The exporter's queue: Baton's default unless this process's
     // environment says otherwise (to see what a smaller queue drops).
-    let queue_size =
-        std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or_else(|_| QUEUE_SIZE.to_string());
+    let queue_size = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").ok();
     let mut sides = Vec::new();
     let mut scrapers = Vec::new();
     for setup in SETUPS {
@@ -406,8 +401,10 @@ pub async fn run(
             envs = vec![
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
                 ("OTEL_BSP_SCHEDULE_DELAY", BATCH_DELAY_MS),
-                ("OTEL_BSP_MAX_QUEUE_SIZE", queue_size.as_str()),
             ];
+            if let Some(queue_size) = &queue_size {
+                envs.push(("OTEL_BSP_MAX_QUEUE_SIZE", queue_size.as_str()));
+            }
         }
         let name = format!("observability-{}", setup.name);
         let (dev, mut client) = start_dev_with(binary, work, &name, slots, &args, &envs).await?;

@@ -154,16 +154,17 @@ fn main() -> ExitCode {
             }
         }
     };
-    let traces = telemetry.exports_traces();
+    let controller_traces = telemetry.span_sink(baton_common::traces::CONTROLLER_SCOPE);
+    let worker_traces = telemetry.span_sink(baton_common::traces::WORKER_SCOPE);
     let context = commands::Context {
         addr: cli.addr,
         output: cli.output,
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => server::dev(args, traces).await,
-            Command::Controller(args) => server::controller(args, traces).await,
-            Command::Worker(args) => server::worker(args, &context, traces).await,
+            Command::Dev(args) => server::dev(args, controller_traces).await,
+            Command::Controller(args) => server::controller(args, controller_traces).await,
+            Command::Worker(args) => server::worker(args, &context, worker_traces).await,
             Command::Dag(command) => dag::run(command, &context).await,
             Command::Run(command) => run::run(command, &context).await,
             Command::Task(command) => task::run(command, &context).await,

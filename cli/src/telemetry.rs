@@ -12,14 +12,24 @@
 //! headers, timeout, `OTEL_BSP_*` batching); `OTEL_SERVICE_NAME` and
 //! `OTEL_RESOURCE_ATTRIBUTES` name the process, `baton-controller`,
 //! `baton-worker` or `baton-dev` by default.
+//!
+//! The spans of runs, attempts and executions are built by the controller
+//! and the worker themselves and queued on the [`SpanSink`] this module
+//! hands out; it feeds the same batch exporter as the `tracing` layer. Its
+//! queue holds 65,536 spans unless `OTEL_BSP_MAX_QUEUE_SIZE` says
+//! otherwise; what it cannot hold is dropped, never waited for.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use baton_controller::traces::DerivedIdGenerator;
+use baton_common::traces::SpanSink;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanProcessor,
+};
 use tracing::Subscriber;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
@@ -33,6 +43,11 @@ use crate::LogFormat;
 /// Longest wait for the last spans to be exported when the process stops
 /// (the collector may be gone).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Spans the exporter's queue holds unless `OTEL_BSP_MAX_QUEUE_SIZE` says
+/// otherwise: a 10,000-task fan-out makes 20,000 in well under a second,
+/// more than the SDK's default of 2,048 holds. About 40 MiB when full.
+const DEFAULT_QUEUE_SIZE: usize = 65_536;
 
 /// Which server a process runs, for its default service name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,21 +70,32 @@ impl Role {
 /// The installed trace exporter, if any; flushed by [`Telemetry::shutdown`].
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    exporter: Option<TraceExport>,
+}
+
+/// A tracer provider and the sink of the spans the process builds itself:
+/// both feed one batch exporter.
+#[derive(Debug)]
+struct TraceExport {
+    provider: SdkTracerProvider,
+    sink: SpanSink,
 }
 
 impl Telemetry {
-    /// Whether spans are exported (so the controller should export run and
-    /// attempt spans, and the worker join them).
-    pub fn exports_traces(&self) -> bool {
-        self.provider.is_some()
+    /// Where a component (`scope`) exports the spans it builds itself: the
+    /// controller its run and attempt spans, the worker its execution
+    /// spans. `None` when traces are off.
+    pub fn span_sink(&self, scope: &'static str) -> Option<SpanSink> {
+        self.exporter
+            .as_ref()
+            .map(|export| export.sink.with_scope(scope))
     }
 
     /// Exports the spans still buffered, bounded in time. Call it while the
     /// async runtime still runs: the exporter's connection lives on it.
     pub fn shutdown(self) {
-        if let Some(provider) = self.provider
-            && let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+        if let Some(export) = self.exporter
+            && let Err(error) = export.provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
         {
             tracing::warn!(%error, "cannot export the last spans");
         }
@@ -102,20 +128,31 @@ pub fn init(format: LogFormat, server: Option<Role>) -> anyhow::Result<Telemetry
             .with(log_lines(format))
             .try_init()
             .context("cannot install the log subscriber")?;
-        return Ok(Telemetry { provider: None });
+        return Ok(Telemetry { exporter: None });
     };
-    let provider = tracer_provider(role)?;
-    // RUST_LOG filters the log lines only. Exported are Baton's own spans
-    // and their events, never those of the libraries below (the
-    // exporter's own gRPC calls among them). The scheduler's spans are not:
-    // it exports the spans of runs and attempts itself, built from their
-    // records once stored (`traces`); its tracing spans are for log lines.
+    let export = trace_export(role)?;
+    let provider = &export.provider;
+    // RUST_LOG filters the log lines only. Exported through this layer are
+    // the controller's API calls and their events, never the spans of the
+    // libraries below (the exporter's own gRPC calls among them). Runs,
+    // attempts and executions are not: the scheduler and the worker build
+    // those spans from their records (`baton_common::traces`); their
+    // `tracing` spans are for log lines.
     let exported = Targets::new()
         .with_target("baton_controller", LevelFilter::INFO)
-        .with_target("baton_controller::scheduler", LevelFilter::OFF)
-        .with_target("baton_worker", LevelFilter::INFO);
+        .with_target("baton_controller::scheduler", LevelFilter::OFF);
+    // A span carries its own fields only: not the source location, thread,
+    // target or busy and idle times the layer adds by default (eight more
+    // attributes on every span, each converted and encoded). Nothing reads
+    // the current OpenTelemetry context (spans nest through `tracing`), so
+    // entering a span does not activate it.
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("baton"))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_filter(exported);
     tracing_subscriber::registry()
         .with(log_lines(format).with_filter(env_filter))
@@ -123,7 +160,7 @@ pub fn init(format: LogFormat, server: Option<Role>) -> anyhow::Result<Telemetry
         .try_init()
         .context("cannot install the log subscriber")?;
     Ok(Telemetry {
-        provider: Some(provider),
+        exporter: Some(export),
     })
 }
 
@@ -144,21 +181,68 @@ where
     }
 }
 
-fn tracer_provider(role: Role) -> anyhow::Result<SdkTracerProvider> {
+fn trace_export(role: Role) -> anyhow::Result<TraceExport> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()
         .context("cannot create the OTLP span exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")?;
+    // The builder reads the `OTEL_BSP_*` variables.
+    let mut batching = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batching = batching.with_max_queue_size(DEFAULT_QUEUE_SIZE);
+    }
+    let mut processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batching.build())
+        .build();
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|name| name.is_empty()) {
         resource = resource.with_service_name(role.service_name());
     }
+    let resource = resource.build();
+    processor.set_resource(&resource);
+    let processor = Arc::new(processor);
+    // The sampler `OTEL_TRACES_SAMPLER` names, as the provider reads it.
+    let sampler = opentelemetry_sdk::trace::Config::default().sampler;
+    let sink = SpanSink::new(
+        Arc::clone(&processor) as Arc<dyn SpanProcessor>,
+        sampler,
+        role.service_name(),
+    );
     let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        // Run and attempt spans get ids derived from run and attempt ids.
-        .with_id_generator(DerivedIdGenerator::default())
-        .with_resource(resource.build())
+        .with_span_processor(SharedProcessor(processor))
+        .with_resource(resource)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    Ok(provider)
+    Ok(TraceExport { provider, sink })
+}
+
+/// The batch processor the provider shares with the [`SpanSink`]: one
+/// queue, one exporter, one connection. The provider shuts it down.
+#[derive(Debug)]
+struct SharedProcessor(Arc<BatchSpanProcessor>);
+
+impl SpanProcessor for SharedProcessor {
+    fn on_start(
+        &self,
+        span: &mut opentelemetry_sdk::trace::Span,
+        context: &opentelemetry::Context,
+    ) {
+        self.0.on_start(span, context);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.0.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    // The resource was set before the processor was shared; the provider's
+    // is the same.
+    fn set_resource(&mut self, _resource: &Resource) {}
 }

@@ -25,6 +25,9 @@
 //! - `http`: the outgoing HTTP client (sensors, notifications).
 //! - `metrics_http`: the `/metrics` endpoint the controller and the worker
 //!   serve to Prometheus.
+//! - `traces`: the spans of runs, attempts and executions, built from their
+//!   records and queued for the OTLP exporter; the W3C trace context an
+//!   `Assign` carries.
 
 pub mod client;
 pub mod error;
@@ -37,3 +40,4 @@ pub mod states;
 pub mod template;
 pub mod time;
 pub mod timetable;
+pub mod traces;

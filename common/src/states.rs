@@ -75,6 +75,20 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
     }
 }
 
+/// Whether an attempt did not succeed for a reason of its own (its trace
+/// spans are marked as errors): a cancel, a drained worker or a reschedule
+/// is not a failure.
+pub fn outcome_is_failure(outcome: AttemptOutcome) -> bool {
+    !matches!(
+        outcome,
+        AttemptOutcome::Succeeded
+            | AttemptOutcome::Cancelled
+            | AttemptOutcome::Rescheduled
+            | AttemptOutcome::WorkerDrained
+            | AttemptOutcome::Unspecified
+    )
+}
+
 pub fn event_cause_name(cause: EventCause) -> &'static str {
     match cause {
         EventCause::Unspecified => "-",

@@ -60,11 +60,10 @@ pub struct ControllerConfig {
     /// More metrics served on that endpoint after the controller's own
     /// (those of `baton dev`'s in-process worker).
     pub extra_metrics: Option<baton_common::metrics_http::MetricsSection>,
-    /// Export the spans of runs and attempts (`traces`) through the
-    /// process's global OpenTelemetry tracer provider, and send each
-    /// attempt's trace context to its worker. Off unless the process
-    /// installed an exporter: nothing is derived or sent then.
-    pub export_traces: bool,
+    /// Where to export the spans of runs and attempts (`traces`); with it,
+    /// each attempt's trace context is sent to its worker. `None` unless
+    /// the process installed an exporter: nothing is derived or sent then.
+    pub traces: Option<baton_common::traces::SpanSink>,
 }
 
 /// Settings of cluster mode.
@@ -168,7 +167,7 @@ impl ControllerConfig {
             clock: Arc::new(SystemClock),
             metrics_listen: None,
             extra_metrics: None,
-            export_traces: false,
+            traces: None,
         }
     }
 

@@ -1,6 +1,6 @@
-//! Run traces: the OpenTelemetry spans of runs and attempts, exported when
-//! the process installed an OTLP exporter and set
-//! [`ControllerConfig::export_traces`](crate::config::ControllerConfig).
+//! Run traces: the OpenTelemetry spans of runs and attempts, built from
+//! their records and queued on the process's [`SpanSink`] when the process
+//! exports traces ([`ControllerConfig::traces`](crate::config::ControllerConfig)).
 //! With it off, nothing here runs: no id is derived, no `traceparent` is
 //! sent to workers.
 //!
@@ -11,7 +11,8 @@
 //! a tag and the id). So every controller (a new leader after a failover
 //! included) and every worker agrees on the ids without storing anything,
 //! and an attempt's `traceparent` can be sent with its `Assign` before its
-//! span exists.
+//! span exists. Whether a run is sampled depends on its trace id alone
+//! ([`SpanSink::samples`]), so every leader agrees on that too.
 //!
 //! # Spans are exported once durable
 //! The controller exports a span when what it describes has ended and that
@@ -25,58 +26,19 @@
 //!
 //! ```text
 //! run                      root; trace id = run id; dag_id, run_id, state
-//! └── attempt              controller; dag_id, run_id, task_id, attempt, worker_id, outcome
+//! └── attempt              controller; dag_id, run_id, task_id, attempt, attempt_id, worker_id, outcome
 //!     └── execute          worker: the execution, a child through Assign.traceparent
 //! ```
-//!
-//! The SDK draws every id from its tracer provider's `IdGenerator`. A span
-//! built here announces the ids it must have on its own thread just before
-//! it is built, and [`DerivedIdGenerator`] (which the process installs in
-//! its provider) hands them out; every other span gets random ids.
-
-use std::cell::Cell;
-use std::time::SystemTime;
 
 use baton_common::ids::{AttemptId, RunId};
 use baton_common::time::{Micros, micros_to_system_time};
-use opentelemetry::trace::{
-    Span, SpanBuilder, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer,
-};
-use opentelemetry::{Context, KeyValue, global};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use baton_common::traces::{BuiltSpan, status, traceparent};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest, Sha256};
-use tracing::warn;
 
-/// The instrumentation scope of the controller's spans.
-const SCOPE: &str = "baton-controller";
-
-thread_local! {
-    // Ids the next span built on this thread must have (see the module doc).
-    static ANNOUNCED_SPAN_ID: Cell<Option<SpanId>> = const { Cell::new(None) };
-    static ANNOUNCED_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
-}
-
-/// The tracer provider's id generator: the ids announced by [`RunTracer`]
-/// for the span it is building, random ids for every other span.
-#[derive(Debug, Default)]
-pub struct DerivedIdGenerator {
-    random: RandomIdGenerator,
-}
-
-impl IdGenerator for DerivedIdGenerator {
-    fn new_trace_id(&self) -> TraceId {
-        ANNOUNCED_TRACE_ID
-            .take()
-            .unwrap_or_else(|| self.random.new_trace_id())
-    }
-
-    fn new_span_id(&self) -> SpanId {
-        ANNOUNCED_SPAN_ID
-            .take()
-            .unwrap_or_else(|| self.random.new_span_id())
-    }
-}
+#[cfg(doc)]
+use baton_common::traces::SpanSink;
 
 /// The trace of a run: its id is the run id.
 pub fn run_trace_id(run_id: RunId) -> TraceId {
@@ -109,27 +71,10 @@ fn derived_span_id(tag: &[u8], id: &[u8]) -> SpanId {
 }
 
 /// The W3C `traceparent` of an attempt's span, which its `Assign` carries
-/// so that the worker's span of the execution is its child: version 00,
-/// the run's trace id, the attempt's span id, sampled. Written directly,
-/// once per dispatch: it is the same text the W3C propagator writes.
-pub fn attempt_traceparent(run_id: RunId, attempt_id: AttemptId) -> String {
-    format!(
-        "00-{}-{}-01",
-        run_trace_id(run_id),
-        attempt_span_id(attempt_id)
-    )
-}
-
-/// A span whose subject ended, waiting for its record to be durable.
-#[derive(Debug)]
-pub struct FinishedSpan {
-    builder: SpanBuilder,
-    /// Set for a root span; a child takes its parent's.
-    trace_id: Option<TraceId>,
-    span_id: SpanId,
-    parent: Option<SpanContext>,
-    end: SystemTime,
-    status: Status,
+/// so that the worker's span of the execution is its child, sampled or not
+/// as the run is.
+pub fn attempt_traceparent(run_id: RunId, attempt_id: AttemptId, sampled: bool) -> String {
+    traceparent(run_trace_id(run_id), attempt_span_id(attempt_id), sampled)
 }
 
 /// What an attempt's span says about it.
@@ -145,7 +90,7 @@ pub struct AttemptSpanFields<'a> {
     /// When the controller recorded the end: at or after the end the worker
     /// reported, so the span encloses the worker's.
     pub recorded_at: Micros,
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     pub failed: bool,
     pub exit_code: Option<i32>,
     pub error: Option<&'a str>,
@@ -158,124 +103,69 @@ pub struct RunSpanFields<'a> {
     pub run_id: RunId,
     pub created_at: Micros,
     pub ended_at: Micros,
-    pub state: &'a str,
+    pub state: &'static str,
     pub failed: bool,
     pub reason: Option<&'a str>,
 }
 
-impl FinishedSpan {
-    /// The controller's span of an attempt that ended, a child of its run's
-    /// span.
-    pub fn attempt(fields: AttemptSpanFields<'_>) -> Self {
-        let mut attributes = vec![
-            KeyValue::new("dag_id", fields.dag_id.to_string()),
-            KeyValue::new("run_id", fields.run_id.to_string()),
-            KeyValue::new("task_id", fields.task_id.to_string()),
-            KeyValue::new("attempt", i64::from(fields.attempt)),
-            KeyValue::new("attempt_id", fields.attempt_id.to_string()),
-            KeyValue::new("outcome", fields.outcome.to_string()),
-        ];
-        if let Some(worker_id) = fields.worker_id {
-            attributes.push(KeyValue::new("worker_id", worker_id.to_string()));
-        }
-        if let Some(exit_code) = fields.exit_code {
-            attributes.push(KeyValue::new("exit_code", i64::from(exit_code)));
-        }
-        let start = if fields.leased_at > 0 {
-            fields.leased_at
-        } else {
-            fields.recorded_at
-        };
-        Self {
-            builder: SpanBuilder::from_name("attempt")
-                .with_start_time(micros_to_system_time(start))
-                .with_attributes(attributes),
-            trace_id: None,
-            span_id: attempt_span_id(fields.attempt_id),
-            parent: Some(SpanContext::new(
-                run_trace_id(fields.run_id),
-                run_span_id(fields.run_id),
-                TraceFlags::SAMPLED,
-                true,
-                TraceState::NONE,
-            )),
-            end: micros_to_system_time(fields.recorded_at.max(start)),
-            status: status(fields.failed, fields.error),
-        }
+/// The controller's span of an attempt that ended, a child of its run's
+/// span.
+pub fn attempt_span(fields: AttemptSpanFields<'_>) -> BuiltSpan {
+    let mut attributes = Vec::with_capacity(8);
+    attributes.extend([
+        KeyValue::new("dag_id", fields.dag_id.to_string()),
+        KeyValue::new("run_id", fields.run_id.to_string()),
+        KeyValue::new("task_id", fields.task_id.to_string()),
+        KeyValue::new("attempt", i64::from(fields.attempt)),
+        KeyValue::new("attempt_id", fields.attempt_id.to_string()),
+        KeyValue::new("outcome", fields.outcome),
+    ]);
+    if let Some(worker_id) = fields.worker_id {
+        attributes.push(KeyValue::new("worker_id", worker_id.to_string()));
     }
-
-    /// A run's span, the root of its trace.
-    pub fn run(fields: RunSpanFields<'_>) -> Self {
-        let attributes = vec![
-            KeyValue::new("dag_id", fields.dag_id.to_string()),
-            KeyValue::new("run_id", fields.run_id.to_string()),
-            KeyValue::new("state", fields.state.to_string()),
-        ];
-        Self {
-            builder: SpanBuilder::from_name("run")
-                .with_start_time(micros_to_system_time(fields.created_at))
-                .with_attributes(attributes),
-            trace_id: Some(run_trace_id(fields.run_id)),
-            span_id: run_span_id(fields.run_id),
-            parent: None,
-            end: micros_to_system_time(fields.ended_at.max(fields.created_at)),
-            status: status(fields.failed, fields.reason),
-        }
+    if let Some(exit_code) = fields.exit_code {
+        attributes.push(KeyValue::new("exit_code", i64::from(exit_code)));
     }
-}
-
-fn status(failed: bool, description: Option<&str>) -> Status {
-    if failed {
-        Status::error(description.unwrap_or_default().to_string())
+    let start = if fields.leased_at > 0 {
+        fields.leased_at
     } else {
-        Status::Unset
+        fields.recorded_at
+    };
+    BuiltSpan {
+        trace_id: run_trace_id(fields.run_id),
+        span_id: attempt_span_id(fields.attempt_id),
+        parent_span_id: run_span_id(fields.run_id),
+        parent_is_remote: false,
+        name: "attempt",
+        start: micros_to_system_time(start),
+        end: micros_to_system_time(fields.recorded_at.max(start)),
+        attributes,
+        status: status(fields.failed, fields.error),
     }
 }
 
-/// Exports finished spans through the process's global tracer provider.
-#[derive(Debug)]
-pub struct RunTracer {
-    tracer: global::BoxedTracer,
-    // Whether a span already came out with other ids than announced (the
-    // provider lacks `DerivedIdGenerator`); said once.
-    warned: Cell<bool>,
-}
-
-impl Default for RunTracer {
-    fn default() -> Self {
-        Self {
-            tracer: global::tracer(SCOPE),
-            warned: Cell::new(false),
-        }
-    }
-}
-
-impl RunTracer {
-    pub fn export(&self, finished: FinishedSpan) {
-        let parent = match finished.parent {
-            Some(parent) => Context::new().with_remote_span_context(parent),
-            None => Context::new(),
-        };
-        ANNOUNCED_SPAN_ID.set(Some(finished.span_id));
-        ANNOUNCED_TRACE_ID.set(finished.trace_id);
-        let mut span = self.tracer.build_with_context(finished.builder, &parent);
-        // Whatever the generator did not take must not leak into the next span.
-        ANNOUNCED_SPAN_ID.set(None);
-        ANNOUNCED_TRACE_ID.set(None);
-        if span.span_context().span_id() != finished.span_id && !self.warned.replace(true) {
-            warn!(
-                "the tracer provider does not use the derived span ids; run traces will not nest"
-            );
-        }
-        span.set_status(finished.status);
-        span.end_with_timestamp(finished.end);
+/// A run's span, the root of its trace.
+pub fn run_span(fields: RunSpanFields<'_>) -> BuiltSpan {
+    BuiltSpan {
+        trace_id: run_trace_id(fields.run_id),
+        span_id: run_span_id(fields.run_id),
+        parent_span_id: SpanId::INVALID,
+        parent_is_remote: false,
+        name: "run",
+        start: micros_to_system_time(fields.created_at),
+        end: micros_to_system_time(fields.ended_at.max(fields.created_at)),
+        attributes: vec![
+            KeyValue::new("dag_id", fields.dag_id.to_string()),
+            KeyValue::new("run_id", fields.run_id.to_string()),
+            KeyValue::new("state", fields.state),
+        ],
+        status: status(fields.failed, fields.reason),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::propagation::TextMapPropagator;
-    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use baton_common::traces::sampled_parent;
 
     use super::*;
 
@@ -290,7 +180,7 @@ mod tests {
         assert_eq!(run_span_id(run_id), run_span_id(run_id));
         assert_ne!(run_span_id(run_id), attempt_span_id(attempt_id));
         assert_ne!(run_span_id(run_id), SpanId::INVALID);
-        let traceparent = attempt_traceparent(run_id, attempt_id);
+        let traceparent = attempt_traceparent(run_id, attempt_id, true);
         assert_eq!(
             traceparent,
             format!(
@@ -299,17 +189,61 @@ mod tests {
                 attempt_span_id(attempt_id)
             )
         );
-        // What the W3C propagator writes for the same remote parent.
-        let context = Context::new().with_remote_span_context(SpanContext::new(
-            run_trace_id(run_id),
-            attempt_span_id(attempt_id),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::NONE,
-        ));
-        let mut headers = std::collections::HashMap::new();
-        TraceContextPropagator::new().inject_context(&context, &mut headers);
-        assert_eq!(headers.get("traceparent"), Some(&traceparent));
-        assert_eq!(headers.get("tracestate"), Some(&String::new()));
+        assert_eq!(
+            sampled_parent(&traceparent),
+            Some((run_trace_id(run_id), attempt_span_id(attempt_id)))
+        );
+        assert_eq!(
+            sampled_parent(&attempt_traceparent(run_id, attempt_id, false)),
+            None
+        );
+    }
+
+    #[test]
+    fn an_attempt_span_is_a_child_of_its_run_span() {
+        let run_id = RunId::generate();
+        let attempt_id = AttemptId::generate();
+        let run = run_span(RunSpanFields {
+            dag_id: "etl",
+            run_id,
+            created_at: 1_000,
+            ended_at: 9_000,
+            state: "success",
+            failed: false,
+            reason: None,
+        });
+        let attempt = attempt_span(AttemptSpanFields {
+            dag_id: "etl",
+            run_id,
+            task_id: "load",
+            attempt: 2,
+            attempt_id,
+            worker_id: Some("w1"),
+            leased_at: 2_000,
+            recorded_at: 3_000,
+            outcome: "failed",
+            failed: true,
+            exit_code: Some(3),
+            error: Some("exit code 3"),
+        });
+        assert_eq!(run.parent_span_id, SpanId::INVALID);
+        assert_eq!(attempt.trace_id, run.trace_id);
+        assert_eq!(attempt.parent_span_id, run.span_id);
+        assert!(run.start <= attempt.start && attempt.end <= run.end);
+        let attribute = |key: &str| {
+            attempt
+                .attributes
+                .iter()
+                .find(|value| value.key.as_str() == key)
+                .map(|value| value.value.to_string())
+        };
+        assert_eq!(attribute("task_id").as_deref(), Some("load"));
+        assert_eq!(attribute("attempt").as_deref(), Some("2"));
+        assert_eq!(attribute("exit_code").as_deref(), Some("3"));
+        assert_eq!(attribute("worker_id").as_deref(), Some("w1"));
+        assert_eq!(
+            attempt.status,
+            opentelemetry::trace::Status::error("exit code 3")
+        );
     }
 }

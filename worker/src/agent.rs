@@ -26,15 +26,16 @@ use baton_common::ids::AttemptId;
 use baton_common::pb::api::{self, controller_message, worker_message};
 use baton_common::states::outcome_name;
 use baton_common::time;
+use baton_common::traces::{BuiltSpan, SpanSink, sampled_parent};
 use futures::FutureExt;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::WorkerError;
 use crate::config::WorkerConfig;
@@ -410,10 +411,7 @@ impl Agent {
     }
 
     fn on_assign(&mut self, mut assign: api::Assign) {
-        let trace_headers = self.config.join_traces.then(|| TraceHeaders {
-            traceparent: std::mem::take(&mut assign.traceparent),
-            tracestate: std::mem::take(&mut assign.tracestate),
-        });
+        let traceparent = std::mem::take(&mut assign.traceparent);
         let spec = match AttemptSpec::from_assign(assign) {
             Ok(spec) => spec,
             Err(invalid) => {
@@ -435,9 +433,10 @@ impl Agent {
             }
         };
         let attempt_id = spec.attempt_id;
+        let trace = self.execution_trace(&traceparent, &spec);
         let stop = StopSignal::default();
         if matches!(spec.kind, TaskKind::Noop) {
-            self.run_noop(&spec, trace_headers.as_ref(), stop);
+            self.run_noop(&spec, trace, stop);
             return;
         }
         let log_path = spool::log_path(&self.config.work_dir, attempt_id);
@@ -455,12 +454,11 @@ impl Agent {
         if self.draining.is_some() {
             info!(%attempt_id, "assignment received while draining; running it");
         }
-        let span = self.execute_span(&spec, trace_headers.as_ref());
+        let span = self.execute_span(&spec);
         let work_dir = self.config.work_dir.clone();
         let kill_grace = self.config.kill_grace;
         let events = self.events.clone();
         let http = self.http.clone();
-        let execution = span.clone();
         self.executors.spawn(async move {
             let finished = async move {
                 let meta = SpoolMeta {
@@ -504,13 +502,14 @@ impl Agent {
                 };
                 (result, events)
             }
-            .instrument(execution)
+            .instrument(span)
             .await;
-            // The span is closed before the result goes out, so that it ends
-            // within the controller's span of the attempt.
             let (result, events) = finished;
-            span.record("outcome", outcome_name(result.outcome));
-            drop(span);
+            // Exported before the result goes out, so that it ends within
+            // the controller's span of the attempt.
+            if let Some(trace) = trace {
+                trace.export(&result);
+            }
             // Fails only when the agent is gone, and then nobody waits.
             let _ = events.send(AttemptEvent::Finished { attempt_id, result });
         });
@@ -563,23 +562,15 @@ impl Agent {
     /// the worker die before the controller acknowledges the result, the
     /// controller never saw the attempt start, so it gives the task back
     /// without using a retry; a noop is cheap to run again.
-    fn run_noop(
-        &mut self,
-        spec: &AttemptSpec,
-        trace_headers: Option<&TraceHeaders>,
-        stop: StopSignal,
-    ) {
+    fn run_noop(&mut self, spec: &AttemptSpec, trace: Option<ExecutionTrace>, stop: StopSignal) {
         let attempt_id = spec.attempt_id;
         if !self.outbox.insert(attempt_id, stop, None) {
             debug!(%attempt_id, "duplicate assignment ignored");
             return;
         }
-        let span = self.execute_span(spec, trace_headers);
-        span.in_scope(|| debug!("noop attempt succeeded"));
-        span.record("outcome", outcome_name(api::AttemptOutcome::Succeeded));
-        // Closed before the result goes out, so that it ends within the
-        // controller's span of the attempt.
-        drop(span);
+        // No `execute` span: a noop logs one debug line, and a span's
+        // fields would be formatted for the log even with no line written.
+        debug!(dag_id = %spec.dag_id, run_id = %spec.run_id, task_id = %spec.task_id, attempt = spec.attempt, %attempt_id, "noop attempt succeeded");
         let now = std::time::SystemTime::now();
         let result = AttemptResult {
             outcome: api::AttemptOutcome::Succeeded,
@@ -590,6 +581,11 @@ impl Agent {
             ended_at: now,
             log_bytes: 0,
         };
+        // Exported before the result goes out, so that it ends within the
+        // controller's span of the attempt.
+        if let Some(trace) = trace {
+            trace.export(&result);
+        }
         self.count_finished(&result, false);
         self.outbox.on_finished(attempt_id, result);
         self.pump();
@@ -603,36 +599,46 @@ impl Agent {
         }
     }
 
-    /// The span of an attempt's execution, with its identity; with trace
-    /// context from the controller, a child of the controller's span of the
-    /// attempt. Created only for an attempt that runs here (not for a
-    /// duplicate assignment), since a closed span is exported.
-    fn execute_span(
-        &self,
-        spec: &AttemptSpec,
-        trace_headers: Option<&TraceHeaders>,
-    ) -> tracing::Span {
-        let attempt_id = spec.attempt_id;
-        let span = info_span!(
+    /// The log span of an attempt's execution: its lines carry the
+    /// attempt's identity.
+    fn execute_span(&self, spec: &AttemptSpec) -> tracing::Span {
+        info_span!(
             "execute",
             dag_id = %spec.dag_id,
             run_id = %spec.run_id,
             task_id = %spec.task_id,
             attempt = spec.attempt,
-            %attempt_id,
+            attempt_id = %spec.attempt_id,
             worker_id = %self.config.worker_id,
-            outcome = tracing::field::Empty,
-        );
-        if let Some(headers) = trace_headers
-            && !headers.traceparent.is_empty()
-        {
-            // Before the span is first entered: its parent is fixed then.
-            let parent = TraceContextPropagator::new().extract(headers);
-            if let Err(error) = span.set_parent(parent) {
-                debug!(%attempt_id, %error, "the attempt's span cannot join the run's trace");
+        )
+    }
+
+    /// The trace span of the execution about to start, when traces are on
+    /// and the controller sampled the run (a valid, sampled `traceparent`).
+    /// Made only for an attempt that runs here, not for a duplicate
+    /// assignment or an invalid one.
+    fn execution_trace(&self, traceparent: &str, spec: &AttemptSpec) -> Option<ExecutionTrace> {
+        let sink = self.config.traces.as_ref()?;
+        let Some((trace_id, parent_span_id)) = sampled_parent(traceparent) else {
+            if !traceparent.is_empty() {
+                debug!(attempt_id = %spec.attempt_id, traceparent, "no sampled trace context; the execution is not traced");
             }
-        }
-        span
+            return None;
+        };
+        Some(ExecutionTrace {
+            sink: sink.clone(),
+            trace_id,
+            parent_span_id,
+            start: std::time::SystemTime::now(),
+            attributes: vec![
+                KeyValue::new("dag_id", spec.dag_id.to_string()),
+                KeyValue::new("run_id", spec.run_id.to_string()),
+                KeyValue::new("task_id", spec.task_id.to_string()),
+                KeyValue::new("attempt", i64::from(spec.attempt)),
+                KeyValue::new("attempt_id", spec.attempt_id.to_string()),
+                KeyValue::new("worker_id", self.config.worker_id.to_string()),
+            ],
+        })
     }
 
     /// Removes a forgotten attempt's spool, off the loop.
@@ -661,24 +667,38 @@ impl Agent {
     }
 }
 
-/// The W3C trace context an `Assign` carries, read by the propagator.
-struct TraceHeaders {
-    traceparent: String,
-    tracestate: String,
+/// The worker's span of one execution, from its start until its result.
+struct ExecutionTrace {
+    sink: SpanSink,
+    trace_id: TraceId,
+    /// The controller's span of the attempt.
+    parent_span_id: SpanId,
+    start: std::time::SystemTime,
+    /// The attempt's identity; the outcome is added at the end.
+    attributes: Vec<KeyValue>,
 }
 
-impl Extractor for TraceHeaders {
-    fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            "traceparent" => Some(self.traceparent.as_str()),
-            "tracestate" => Some(self.tracestate.as_str()),
-            _ => None,
+impl ExecutionTrace {
+    /// Exports the span, ending now, with the attempt's outcome.
+    fn export(mut self, result: &AttemptResult) {
+        self.attributes
+            .push(KeyValue::new("outcome", outcome_name(result.outcome)));
+        if let Some(exit_code) = result.exit_code {
+            self.attributes
+                .push(KeyValue::new("exit_code", i64::from(exit_code)));
         }
-        .filter(|value| !value.is_empty())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec!["traceparent", "tracestate"]
+        let failed = baton_common::states::outcome_is_failure(result.outcome);
+        self.sink.export(BuiltSpan {
+            trace_id: self.trace_id,
+            span_id: RandomIdGenerator::default().new_span_id(),
+            parent_span_id: self.parent_span_id,
+            parent_is_remote: true,
+            name: "execute",
+            start: self.start,
+            end: std::time::SystemTime::now(),
+            attributes: self.attributes,
+            status: baton_common::traces::status(failed, Some(&result.error)),
+        });
     }
 }
 

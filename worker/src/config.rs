@@ -25,7 +25,7 @@ pub const DEFAULT_QUEUE: &str = "default";
 
 /// How a worker connects, what it serves and how it treats the processes it
 /// runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Addresses of controller replicas (`host:port` or URLs), separated by
     /// commas: `10.0.0.1:7070,10.0.0.2:7070`. Any replica will do, since a
@@ -74,11 +74,12 @@ pub struct WorkerConfig {
     /// a segment (up to 1 MiB) at a time: a window below that slows sending
     /// down to one segment per linger period.
     pub max_unacked_log_bytes: usize,
-    /// Make each attempt's `execute` span a child of the controller's span
-    /// of the attempt (the W3C trace context its `Assign` carries), so it
-    /// joins the run's trace. Set by the process when it exports traces;
-    /// off, the context is not even parsed.
-    pub join_traces: bool,
+    /// Where to export each attempt's `execute` span, a child of the
+    /// controller's span of the attempt (the W3C trace context its `Assign`
+    /// carries), so it joins the run's trace; only for a run the controller
+    /// samples. Set by the process when it exports traces; `None`, the
+    /// context is not even parsed.
+    pub traces: Option<baton_common::traces::SpanSink>,
 }
 
 impl WorkerConfig {
@@ -110,7 +111,7 @@ impl WorkerConfig {
             drain_grace: Duration::from_secs(60),
             reconnect_max_backoff: Duration::from_secs(5),
             max_unacked_log_bytes: 16 * 1024 * 1024,
-            join_traces: false,
+            traces: None,
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use baton_common::client::normalize_addr;
 use baton_common::ids::{QueueName, WorkerId};
+use baton_common::traces::SpanSink;
 use baton_controller::ControllerConfig;
 use baton_controller::config::{ClusterConfig, ConfigFile};
 use baton_worker::{WorkerConfig, WorkerMetrics};
@@ -245,9 +246,9 @@ async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {address}"))
 }
 
-/// Runs a controller; `traces`: export run and attempt spans (the process
-/// installed an OTLP exporter).
-pub async fn controller(args: ControllerArgs, traces: bool) -> anyhow::Result<Outcome> {
+/// Runs a controller; `traces`: where to export run and attempt spans (when
+/// the process installed an OTLP exporter).
+pub async fn controller(args: ControllerArgs, traces: Option<SpanSink>) -> anyhow::Result<Outcome> {
     let mut listen = args.listen;
     let mut config = ControllerConfig::new(PathBuf::from("/var/lib/baton"));
     if let Some(path) = &args.config {
@@ -313,7 +314,7 @@ pub async fn controller(args: ControllerArgs, traces: bool) -> anyhow::Result<Ou
             cluster.advertise_address = format!("http://{listen}");
         }
     }
-    config.export_traces = traces;
+    config.traces = traces;
     config.validate()?;
     let shutdown = shutdown_on_signal()?;
     let listener = bind(listen).await?;
@@ -338,7 +339,11 @@ fn apply_timings(
     }
 }
 
-fn worker_config(args: WorkerArgs, addr: &str, traces: bool) -> anyhow::Result<WorkerConfig> {
+fn worker_config(
+    args: WorkerArgs,
+    addr: &str,
+    traces: Option<SpanSink>,
+) -> anyhow::Result<WorkerConfig> {
     let work_dir = args
         .work_dir
         .unwrap_or_else(|| std::env::temp_dir().join("baton-worker"));
@@ -365,17 +370,18 @@ fn worker_config(args: WorkerArgs, addr: &str, traces: bool) -> anyhow::Result<W
     }
     config.kill_grace = args.kill_grace;
     config.drain_grace = args.drain_grace;
-    config.join_traces = traces;
+    config.traces = traces;
     config.validate()?;
     Ok(config)
 }
 
-/// Runs a worker (or drains one); `traces`: attempts' spans join their
-/// runs' traces (the process installed an OTLP exporter).
+/// Runs a worker (or drains one); `traces`: where to export the spans of
+/// executions, which join their runs' traces (when the process installed
+/// an OTLP exporter).
 pub async fn worker(
     mut args: WorkerArgs,
     context: &Context,
-    traces: bool,
+    traces: Option<SpanSink>,
 ) -> anyhow::Result<Outcome> {
     if let Some(WorkerAction::Drain { worker_id, grace }) = args.action.take() {
         let mut client = context.client().await?;
@@ -436,9 +442,9 @@ pub async fn worker(
     Ok(Outcome::Success)
 }
 
-/// Runs a controller and a worker in one process; `traces`: export run and
-/// attempt spans and join the worker's to them.
-pub async fn dev(args: DevArgs, traces: bool) -> anyhow::Result<Outcome> {
+/// Runs a controller and a worker in one process; `traces`: where to export
+/// run and attempt spans, and the worker's execution spans under them.
+pub async fn dev(args: DevArgs, traces: Option<SpanSink>) -> anyhow::Result<Outcome> {
     let data_dir = std::path::absolute(&args.data_dir).unwrap_or(args.data_dir.clone());
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -459,7 +465,7 @@ pub async fn dev(args: DevArgs, traces: bool) -> anyhow::Result<Outcome> {
     if let Some(address) = args.metrics_listen {
         config.metrics_listen = Some(address);
     }
-    config.export_traces = traces;
+    config.traces = traces.clone();
     apply_timings(
         &mut config,
         args.heartbeat_interval,
@@ -486,7 +492,9 @@ pub async fn dev(args: DevArgs, traces: bool) -> anyhow::Result<Outcome> {
         // previous process's attempts are gone.
         worker_config.worker_id = WorkerId::new("dev-worker").expect("valid id");
         worker_config.drain_grace = Duration::from_secs(10);
-        worker_config.join_traces = traces;
+        worker_config.traces = traces
+            .as_ref()
+            .map(|sink| sink.with_scope(baton_common::traces::WORKER_SCOPE));
         if let Some(slots) = args.slots {
             worker_config.slots = slots;
         }

@@ -85,7 +85,7 @@ use crate::plan::{PlanRef, TaskIndex};
 use crate::store::{
     BatchOutcome, Conditional, Op, Precondition, StoreError, StoreResult, get_record, keys,
 };
-use crate::traces::{AttemptSpanFields, FinishedSpan, RunSpanFields};
+use crate::traces::{AttemptSpanFields, RunSpanFields, attempt_span, run_span, run_trace_id};
 
 /// Commands taken from the queue per loop turn before flushing, so that a
 /// burst shares one batch without delaying the batch indefinitely.
@@ -118,9 +118,9 @@ struct PendingEvent {
 
 pub struct Scheduler {
     parts: SchedulerParts,
-    /// Exports run and attempt spans; `None` when traces are off, and then
+    /// Where run and attempt spans go; `None` when traces are off, and then
     /// no trace id or context is derived at all.
-    run_tracer: Option<crate::traces::RunTracer>,
+    traces: Option<baton_common::traces::SpanSink>,
     log_writer: mpsc::UnboundedSender<LogCommand>,
     commands: mpsc::Receiver<Command>,
     self_sender: mpsc::Sender<Command>,
@@ -248,13 +248,10 @@ impl Scheduler {
                 retention_stop.clone(),
             ))
         });
-        let run_tracer = parts
-            .config
-            .export_traces
-            .then(crate::traces::RunTracer::default);
+        let traces = parts.config.traces.clone();
         let mut scheduler = Scheduler {
             parts,
-            run_tracer,
+            traces,
             log_writer,
             commands,
             self_sender: sender.clone(),
@@ -1665,6 +1662,7 @@ impl Scheduler {
     }
 
     fn finish_run(&mut self, run_id: RunId, state: RunState, reason: Option<String>) {
+        let traced = self.samples(run_id);
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
@@ -1676,8 +1674,8 @@ impl Scheduler {
         entry.reason = reason;
         let duration_ms = (entry.ended_at - entry.started_at.max(entry.created_at)) / 1_000;
         info!(dag_id = %entry.dag_id, %run_id, state = baton_common::states::run_state_name(state), duration_ms, "run finished");
-        if self.run_tracer.is_some() {
-            let span = FinishedSpan::run(RunSpanFields {
+        if traced {
+            let span = run_span(RunSpanFields {
                 dag_id: entry.dag_id.as_str(),
                 run_id,
                 created_at: entry.created_at,
@@ -1884,10 +1882,13 @@ impl Scheduler {
         self.limits.acquire(attempt_id, &entry.dag_id, task);
         self.attempts.insert(attempt_id, (run_id, index));
         debug!(dag_id = %entry.dag_id, %run_id, %task_id, attempt, %attempt_id, worker = %worker_id, "task leased");
-        let traceparent = if self.run_tracer.is_some() {
-            crate::traces::attempt_traceparent(run_id, attempt_id)
-        } else {
-            String::new()
+        let traceparent = match &self.traces {
+            Some(traces) => crate::traces::attempt_traceparent(
+                run_id,
+                attempt_id,
+                traces.samples(run_trace_id(run_id)),
+            ),
+            None => String::new(),
         };
         let assign = api::Assign {
             attempt_id: attempt_id.to_string(),
@@ -1985,6 +1986,14 @@ impl Scheduler {
         }
     }
 
+    /// Whether the spans of this run are exported: traces are on and the
+    /// sampler keeps its trace.
+    fn samples(&self, run_id: RunId) -> bool {
+        self.traces
+            .as_ref()
+            .is_some_and(|traces| traces.samples(run_trace_id(run_id)))
+    }
+
     /// Writes the record of the task's current attempt, which just ended,
     /// and seals its log.
     fn record_attempt_end(&mut self, run_id: RunId, index: TaskIndex, log_bytes: u64) {
@@ -1995,10 +2004,10 @@ impl Scheduler {
         let task_id = entry.task_id(index);
         let mut record = views::attempt_record(entry, index, log_bytes);
         record.leader_term = self.parts.term;
-        if self.run_tracer.is_some() {
+        if self.samples(run_id) {
             let slot = entry.slot(index);
             if let Some(attempt_id) = slot.attempt_id {
-                let span = FinishedSpan::attempt(AttemptSpanFields {
+                let span = attempt_span(AttemptSpanFields {
                     dag_id: entry.dag_id.as_str(),
                     run_id,
                     task_id: task_id.as_str(),
@@ -2008,7 +2017,7 @@ impl Scheduler {
                     leased_at: slot.leased_at,
                     recorded_at: slot.ended_at.max(now_micros()),
                     outcome: baton_common::states::outcome_name(slot.outcome),
-                    failed: attempt_failed(slot.outcome),
+                    failed: baton_common::states::outcome_is_failure(slot.outcome),
                     exit_code: slot.exit_code,
                     error: slot.error.as_deref(),
                 });
@@ -2672,8 +2681,8 @@ impl Scheduler {
                 notification,
             } => self.parts.notifications.submit(targets, *notification),
             Effect::ExportSpan(span) => {
-                if let Some(tracer) = &self.run_tracer {
-                    tracer.export(*span);
+                if let Some(traces) = &self.traces {
+                    traces.export(*span);
                 }
             }
             Effect::Log(command) => {
@@ -2741,20 +2750,6 @@ fn trigger_kind(trigger: &DagTrigger) -> DagTriggerKind {
         DagTrigger::Events(_) => DagTriggerKind::Events,
         DagTrigger::Assets(_) => DagTriggerKind::Assets,
     }
-}
-
-/// Whether an attempt's span is marked as an error: the attempt did not
-/// succeed for a reason of its own (a cancel, a drained worker or a
-/// reschedule is not a failure).
-fn attempt_failed(outcome: AttemptOutcome) -> bool {
-    !matches!(
-        outcome,
-        AttemptOutcome::Succeeded
-            | AttemptOutcome::Cancelled
-            | AttemptOutcome::Rescheduled
-            | AttemptOutcome::WorkerDrained
-            | AttemptOutcome::Unspecified
-    )
 }
 
 /// Checks a task's output: JSON, within the size limit.

@@ -50,7 +50,7 @@ pub enum Effect {
     },
     /// Export the span of an attempt or run that ended in this batch (only
     /// when traces are on).
-    ExportSpan(Box<crate::traces::FinishedSpan>),
+    ExportSpan(Box<baton_common::traces::BuiltSpan>),
 }
 
 /// What a conditional write claims: at most one run per idempotency key or
