@@ -11,8 +11,9 @@
 //! a tag and the id). So every controller (a new leader after a failover
 //! included) and every worker agrees on the ids without storing anything,
 //! and an attempt's `traceparent` can be sent with its `Assign` before its
-//! span exists. Whether a run is sampled depends on its trace id alone
-//! ([`SpanSink::samples`]), so every leader agrees on that too.
+//! span exists. Whether a run is sampled depends on its id alone
+//! ([`run_sampling_id`], [`SpanSink::samples`]), so every leader agrees on
+//! that too.
 //!
 //! # Spans are exported once durable
 //! The controller exports a span when what it describes has ended and that
@@ -43,6 +44,23 @@ use baton_common::traces::SpanSink;
 /// The trace of a run: its id is the run id.
 pub fn run_trace_id(run_id: RunId) -> TraceId {
     TraceId::from_bytes(*run_id.as_uuid().as_bytes())
+}
+
+/// The trace id the sampler decides a run on: 16 bytes of a SHA-256 of the
+/// run id. The SDK's ratio sampler reads a trace id's low 8 bytes as a
+/// uniform number, but those of a run id (a UUID v7) are not: they start
+/// with the variant bits, always `10`, and a counter that keeps ids ordered
+/// within a millisecond, so a ratio sampler given the run id itself keeps
+/// no run below a ratio of 0.5 and all of them from 0.75.
+pub fn run_sampling_id(run_id: RunId) -> TraceId {
+    let digest = Sha256::new()
+        .chain_update(b"baton sample")
+        .chain_update([0])
+        .chain_update(run_id.as_uuid().as_bytes())
+        .finalize();
+    let mut bytes = [0; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    TraceId::from_bytes(bytes)
 }
 
 /// The span id of a run's own span (the root of its trace).
@@ -197,6 +215,31 @@ mod tests {
             sampled_parent(&attempt_traceparent(run_id, attempt_id, false)),
             None
         );
+    }
+
+    #[test]
+    fn a_ratio_sampler_keeps_that_share_of_runs() {
+        use opentelemetry::trace::SpanKind;
+        use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
+
+        for ratio in [0.1, 0.5, 0.9] {
+            let sampler = Sampler::TraceIdRatioBased(ratio);
+            let runs = 10_000;
+            let kept = (0..runs)
+                .filter(|_| {
+                    let id = run_sampling_id(RunId::generate());
+                    let result =
+                        sampler.should_sample(None, id, "run", &SpanKind::Internal, &[], &[]);
+                    result.decision == SamplingDecision::RecordAndSample
+                })
+                .count();
+            let share = kept as f64 / f64::from(runs);
+            // The binomial spread at 10,000 runs is at most 0.005.
+            assert!(
+                (share - ratio).abs() < 0.03,
+                "ratio {ratio}: kept {share} of the runs"
+            );
+        }
     }
 
     #[test]

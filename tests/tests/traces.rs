@@ -5,7 +5,8 @@
 //! span, with the trace context carried in `Assign` from the controller's
 //! process to the worker's. `baton dev` flushes its spans on SIGTERM. A
 //! controller killed while an attempt runs and started again exports the
-//! same trace: every id is derived from the run and attempt ids.
+//! same trace: every id is derived from the run and attempt ids. A sampler
+//! keeps or drops whole runs, and the worker follows the controller.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -352,5 +353,65 @@ tasks:
         "baton-controller",
         "baton-worker",
         "steady-worker",
+    );
+}
+
+/// Sampling keeps or drops whole runs. The controller samples half of the
+/// runs by trace id (`traceidratio` 0.5); the worker, whose own sampler
+/// keeps everything, follows the decision each `Assign` carries. So every
+/// run has either all its spans (run, attempt, execution) or none, and
+/// both kinds occur.
+#[tokio::test]
+async fn a_run_is_traced_whole_or_not_at_all_as_the_controller_samples_it() {
+    const RUNS: usize = 16;
+    let (collector, mut sandbox) = traced_sandbox("traces-sampling", "100").await;
+    sandbox.set_env("OTEL_TRACES_SAMPLER", "traceidratio");
+    sandbox.set_env("OTEL_TRACES_SAMPLER_ARG", "0.5");
+    let mut controller = sandbox.start_controller(&[]).await;
+    sandbox.set_env("OTEL_TRACES_SAMPLER", "always_on");
+    let mut worker = sandbox.start_worker("sampling-worker", &[]).await;
+    let mut api = sandbox.api().await;
+    api.register("id: sampled\ntasks:\n  - id: only\n    kind: noop\n")
+        .await;
+    let mut run_ids = Vec::new();
+    for _ in 0..RUNS {
+        run_ids.push(api.trigger("sampled").await.run_id);
+    }
+    for run_id in &run_ids {
+        let view = api.wait_for_run(run_id, WAIT).await;
+        assert_eq!(view.state(), RunState::Success, "{}", view.describe());
+    }
+    // A graceful stop exports every span still queued.
+    for process in [&mut worker, &mut controller] {
+        process.signal(Signal::SIGTERM);
+        let status = process.wait_exit(WAIT).await;
+        assert!(status.success(), "{} exited with {status}", process.name());
+    }
+
+    let spans = collector.spans();
+    let mut traced = 0;
+    for run_id in &run_ids {
+        let trace_id = trace_id_of(run_id);
+        let mut names: Vec<&str> = spans
+            .iter()
+            .filter(|span| span.trace_id == trace_id)
+            .map(|span| span.name.as_str())
+            .collect();
+        names.sort_unstable();
+        match names.as_slice() {
+            [] => {}
+            ["attempt", "execute", "run"] => traced += 1,
+            partial => panic!(
+                "run {run_id} is traced in part: {partial:?}\n{}",
+                describe(&spans)
+            ),
+        }
+    }
+    // Each run is kept with probability 1/2: all 16 alike is a 1 in 32,768
+    // chance.
+    assert!(
+        0 < traced && traced < RUNS,
+        "{traced} of {RUNS} runs traced: the sampler should keep about half\n{}",
+        describe(&spans)
     );
 }

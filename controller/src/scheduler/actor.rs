@@ -85,7 +85,7 @@ use crate::plan::{PlanRef, TaskIndex};
 use crate::store::{
     BatchOutcome, Conditional, Op, Precondition, StoreError, StoreResult, get_record, keys,
 };
-use crate::traces::{AttemptSpanFields, RunSpanFields, attempt_span, run_span, run_trace_id};
+use crate::traces::{AttemptSpanFields, RunSpanFields, attempt_span, run_sampling_id, run_span};
 
 /// Commands taken from the queue per loop turn before flushing, so that a
 /// burst shares one batch without delaying the batch indefinitely.
@@ -1864,13 +1864,18 @@ impl Scheduler {
                 return;
             }
         };
+        let attempt_id = AttemptId::generate();
+        let traceparent = if self.traces.is_some() {
+            crate::traces::attempt_traceparent(run_id, attempt_id, self.samples(run_id))
+        } else {
+            String::new()
+        };
         let Some(worker) = self.workers.get_mut(worker_id) else {
             return;
         };
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
-        let attempt_id = AttemptId::generate();
         let now = now_micros();
         entry.set_state(index, TaskState::Leased);
         entry
@@ -1882,14 +1887,6 @@ impl Scheduler {
         self.limits.acquire(attempt_id, &entry.dag_id, task);
         self.attempts.insert(attempt_id, (run_id, index));
         debug!(dag_id = %entry.dag_id, %run_id, %task_id, attempt, %attempt_id, worker = %worker_id, "task leased");
-        let traceparent = match &self.traces {
-            Some(traces) => crate::traces::attempt_traceparent(
-                run_id,
-                attempt_id,
-                traces.samples(run_trace_id(run_id)),
-            ),
-            None => String::new(),
-        };
         let assign = api::Assign {
             attempt_id: attempt_id.to_string(),
             dag_id: entry.dag_id.to_string(),
@@ -1991,7 +1988,7 @@ impl Scheduler {
     fn samples(&self, run_id: RunId) -> bool {
         self.traces
             .as_ref()
-            .is_some_and(|traces| traces.samples(run_trace_id(run_id)))
+            .is_some_and(|traces| traces.samples(run_sampling_id(run_id)))
     }
 
     /// Writes the record of the task's current attempt, which just ended,
