@@ -1,7 +1,9 @@
-//! `fanout`: throughput of one wide run on `baton dev`.
+//! `fanout` and `command`: throughput of one wide run on `baton dev`.
 //!
-//! One `baton dev --slots N` process; the DAG is `start` → `width` noops →
-//! `end`. Runs are triggered one at a time. Per run: tasks/s =
+//! One `baton dev --slots N` process; the DAG is `start` → `width` tasks →
+//! `end`: noops for `fanout`, `command: ["true"]` for `command` (a process
+//! spawned, its output spooled and its result sent for each). Runs are
+//! triggered one at a time. Per run: tasks/s =
 //! (width + 2) / (`run.ended_at` − `run.started_at`) from the run record
 //! (`GetRun`), and the wall time from the `TriggerRun` call to the poll
 //! (`GetRun` without tasks, every [`POLL`]) that first saw the run final.
@@ -15,13 +17,51 @@ use std::time::{Duration, Instant};
 use crate::procs::{memory, settle, start_dev};
 use crate::reference::compare;
 use crate::report::{Figure, Goal, Report, number};
-use crate::runs::{fanout_spec, micros, register, run_seconds, trigger, wait_success};
+use serde_json::{Value, json};
+
+use crate::runs::{fanout_spec_of, micros, register, run_seconds, trigger, wait_success};
 
 pub const SCENARIO: &str = "fanout";
-const DAG_ID: &str = "bench-fanout";
+pub const COMMAND_SCENARIO: &str = "command";
+/// Command tasks of `command`.
+pub const COMMAND_WIDTH: usize = 2_000;
 const POLL: Duration = Duration::from_millis(5);
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 pub const TARGET_TASKS_PER_S: f64 = 5_000.0;
+/// Issue 8's target for `command` on the embedded store.
+pub const COMMAND_TARGET_TASKS_PER_S: f64 = 1_000.0;
+
+/// What a fan-out scenario runs in the middle.
+pub struct Shape {
+    pub scenario: &'static str,
+    dag_id: &'static str,
+    /// The middle tasks, for the heading.
+    what: &'static str,
+    body: Value,
+    target: f64,
+}
+
+/// `fanout`: noops.
+pub fn noops() -> Shape {
+    Shape {
+        scenario: SCENARIO,
+        dag_id: "bench-fanout",
+        what: "noop",
+        body: json!({"kind": "noop"}),
+        target: TARGET_TASKS_PER_S,
+    }
+}
+
+/// `command`: `true`, spawned as a process per task.
+pub fn commands() -> Shape {
+    Shape {
+        scenario: COMMAND_SCENARIO,
+        dag_id: "bench-command",
+        what: "`true` command",
+        body: json!({"command": ["true"]}),
+        target: COMMAND_TARGET_TASKS_PER_S,
+    }
+}
 
 pub async fn run(
     binary: &Path,
@@ -29,16 +69,19 @@ pub async fn run(
     repeat: usize,
     slots: u32,
     width: usize,
+    shape: Shape,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let scenario = shape.scenario;
     let tasks = width + 2;
     println!(
-        "== fanout: start → {} noop → end ({} tasks), baton dev --slots {slots}, {repeat} runs ==",
+        "== {scenario}: start → {} {} → end ({} tasks), baton dev --slots {slots}, {repeat} runs ==",
         number(width as f64),
+        shape.what,
         number(tasks as f64)
     );
-    let (mut dev, mut client) = start_dev(binary, work, "fanout", slots).await?;
-    let spec = fanout_spec(DAG_ID, width);
+    let (mut dev, mut client) = start_dev(binary, work, scenario, slots).await?;
+    let spec = fanout_spec_of(shape.dag_id, width, &shape.body);
     let registered = Instant::now();
     register(&mut client, spec).await?;
     println!(
@@ -52,7 +95,7 @@ pub async fn run(
     let mut busy = Vec::new();
     for round in 0..repeat {
         let triggered = Instant::now();
-        let run_id = trigger(&mut client, DAG_ID).await?;
+        let run_id = trigger(&mut client, shape.dag_id).await?;
         let finished =
             wait_success(&mut client, &mut dev, &run_id, POLL, RUN_TIMEOUT, || {}).await?;
         let wall = finished.observed.duration_since(triggered).as_secs_f64();
@@ -89,43 +132,43 @@ pub async fn run(
     );
     report.figures.push(
         Figure::new(
-            SCENARIO,
+            scenario,
             "tasks_per_s",
             format!("{} tasks / (ended_at − started_at)", number(tasks as f64)),
             "tasks/s",
             rates,
         )
-        .goal(Goal::AtLeast(TARGET_TASKS_PER_S)),
+        .goal(Goal::AtLeast(shape.target)),
     );
     report.figures.push(Figure::new(
-        SCENARIO,
+        scenario,
         "wall_s",
         "wall: trigger → completion seen",
         "s",
         walls,
     ));
     report.figures.push(Figure::new(
-        SCENARIO,
+        scenario,
         "start_delay_ms",
         "run created_at → started_at",
         "ms",
         queued,
     ));
     report.figures.push(Figure::new(
-        SCENARIO,
+        scenario,
         "busy_after_run_s",
         "dev process busy after success was seen",
         "s",
         busy,
     ));
     report.notes.push(format!(
-        "fanout: baton dev --slots {slots}; peak RSS of the dev process over all runs {} MiB",
+        "{scenario}: baton dev --slots {slots}; peak RSS of the dev process over all runs {} MiB",
         number(peak)
     ));
-    if let Some(rate) = report.median(SCENARIO, "tasks_per_s") {
+    if let Some(rate) = report.median(scenario, "tasks_per_s") {
         let lines = compare(
             report,
-            &format!("fanout {} tasks/s", number(rate)),
+            &format!("{scenario} {} tasks/s", number(rate)),
             rate,
             true,
         );

@@ -47,6 +47,9 @@ const DEFAULT_MAP_WIDTH: usize = map::MAX_WIDTH;
 enum Scenario {
     /// Tasks/s of a 1 → 10,000 → 1 noop run on `baton dev`.
     Fanout,
+    /// Tasks/s of a 1 → 2,000 → 1 run of `command: ["true"]` tasks on
+    /// `baton dev` (a process spawned per task).
+    Command,
     /// Hop latency along a 1,000-noop chain on `baton dev`.
     Chain,
     /// Dynamic fan-out on `baton dev`: a list output of 10,000 items mapped
@@ -74,7 +77,7 @@ enum Scenario {
     Failover,
     /// cluster-fanout, cluster-chain, failover.
     Cluster,
-    /// reference, fanout, chain, map, memory, observability, fleet,
+    /// reference, fanout, command, chain, map, memory, observability, fleet,
     /// cluster-fanout, cluster-chain, failover, then one summary.
     All,
 }
@@ -301,9 +304,23 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             repeat,
             args.slots,
             args.fanout_width,
+            fanout::noops(),
             &mut report,
         );
         record(&mut failures, fanout::SCENARIO, scenario).await;
+    }
+    if wanted(Scenario::Command) {
+        println!();
+        let scenario = fanout::run(
+            &binary,
+            &work,
+            repeat,
+            args.slots,
+            fanout::COMMAND_WIDTH,
+            fanout::commands(),
+            &mut report,
+        );
+        record(&mut failures, fanout::COMMAND_SCENARIO, scenario).await;
     }
     if wanted(Scenario::Chain) {
         println!();

@@ -29,11 +29,20 @@ where
 
 /// `start` → `width` parallel noops → `end`, as JSON.
 pub fn fanout_spec(dag_id: &str, width: usize) -> String {
+    fanout_spec_of(dag_id, width, &json!({"kind": "noop"}))
+}
+
+/// `start` → `width` tasks with this body (`kind`, `command`...) → `end`,
+/// as JSON; `start` and `end` are noops.
+pub fn fanout_spec_of(dag_id: &str, width: usize, body: &Value) -> String {
     let ids: Vec<String> = (0..width).map(|index| format!("n{index:06}")).collect();
     let mut tasks = Vec::with_capacity(width + 2);
     tasks.push(json!({"id": "start", "kind": "noop"}));
     for id in &ids {
-        tasks.push(json!({"id": id, "kind": "noop", "depends_on": ["start"]}));
+        let mut task = body.clone();
+        task["id"] = json!(id);
+        task["depends_on"] = json!(["start"]);
+        tasks.push(task);
     }
     tasks.push(json!({"id": "end", "kind": "noop", "depends_on": ids}));
     json!({"id": dag_id, "description": "baton-bench fan-out", "tasks": tasks}).to_string()
@@ -168,6 +177,17 @@ mod tests {
         let tasks = fanout["tasks"].as_array().unwrap();
         assert_eq!(tasks.len(), 5);
         assert_eq!(tasks[4]["depends_on"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            tasks[1],
+            json!({"id": "n000000", "kind": "noop", "depends_on": ["start"]})
+        );
+        let command: Value =
+            serde_json::from_str(&fanout_spec_of("f", 2, &json!({"command": ["true"]}))).unwrap();
+        assert_eq!(
+            command["tasks"][2],
+            json!({"id": "n000001", "command": ["true"], "depends_on": ["start"]})
+        );
+        assert_eq!(command["tasks"][3]["kind"], "noop");
         let chain: Value = serde_json::from_str(&chain_spec("c", 3)).unwrap();
         let tasks = chain["tasks"].as_array().unwrap();
         assert_eq!(tasks[2]["depends_on"][0], "c00001");
