@@ -296,31 +296,24 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     )
     .await;
     let wanted = |scenario| args.scenario == scenario || args.scenario == Scenario::All;
-    if wanted(Scenario::Fanout) {
-        println!();
-        let scenario = fanout::run(
-            &binary,
-            &work,
-            repeat,
-            args.slots,
-            args.fanout_width,
-            fanout::noops(),
-            &mut report,
-        );
-        record(&mut failures, fanout::SCENARIO, scenario).await;
-    }
-    if wanted(Scenario::Command) {
-        println!();
-        let scenario = fanout::run(
-            &binary,
-            &work,
-            repeat,
-            args.slots,
-            fanout::COMMAND_WIDTH,
-            fanout::commands(),
-            &mut report,
-        );
-        record(&mut failures, fanout::COMMAND_SCENARIO, scenario).await;
+    for (scenario, shape, width) in [
+        (Scenario::Fanout, fanout::noops(), args.fanout_width),
+        (Scenario::Command, fanout::commands(), fanout::COMMAND_WIDTH),
+    ] {
+        if wanted(scenario) {
+            println!();
+            let name = shape.scenario;
+            let result = fanout::run(
+                &binary,
+                &work,
+                repeat,
+                args.slots,
+                width,
+                shape,
+                &mut report,
+            );
+            record(&mut failures, name, result).await;
+        }
     }
     if wanted(Scenario::Chain) {
         println!();
