@@ -100,13 +100,12 @@ impl SpanCounter {
     }
 }
 
-/// The OTLP/gRPC `TraceService`, with its one method `Export`.
+/// The one method of the OTLP/gRPC `TraceService`.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The OTLP/gRPC `TraceService`'s `Export`, served at [`EXPORT_PATH`].
 #[derive(Debug, Clone)]
 struct Receiver(Arc<SpanCounter>);
-
-impl tonic::server::NamedService for Receiver {
-    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
-}
 
 impl tonic::server::UnaryService<UndecodedExport> for Receiver {
     type Response = ExportTraceServiceResponse;
@@ -124,7 +123,11 @@ impl tonic::server::UnaryService<UndecodedExport> for Receiver {
     }
 }
 
-impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Receiver {
+impl<B> tonic::codegen::Service<http::Request<B>> for Receiver
+where
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send,
+{
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
     type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
@@ -136,15 +139,9 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Receiver {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let service = self.clone();
         Box::pin(async move {
-            if request.uri().path() != "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-            {
-                // The gRPC status for a method a server does not have, as
-                // generated servers answer it; TraceService has only Export.
-                return Ok(Status::unimplemented("only Export is served").into_http());
-            }
             let codec =
                 tonic_prost::ProstCodec::<ExportTraceServiceResponse, UndecodedExport>::default();
             Ok(tonic::server::Grpc::new(codec)
@@ -164,9 +161,13 @@ async fn start_receiver(
         .await
         .context("cannot bind the OTLP receiver")?;
     let address = listener.local_addr()?;
+    // Tonic's routes answer any other method as unimplemented.
+    let mut routes = tonic::service::Routes::default();
+    let router = routes.axum_router_mut();
+    *router = std::mem::take(router).route_service(EXPORT_PATH, Receiver(counter));
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
-            .add_service(Receiver(counter))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
             .await;
         if let Err(error) = served {
