@@ -1350,8 +1350,9 @@ impl Scheduler {
 
     /// Puts a run in memory (new, recovered or reloaded) and queues what can
     /// proceed. `grace_deadline` is set when recovering after a restart.
-    fn install_run(&mut self, entry: RunEntry, grace_deadline: Option<Instant>) {
+    fn install_run(&mut self, mut entry: RunEntry, grace_deadline: Option<Instant>) {
         let run_id = entry.run_id;
+        entry.traced = self.sampled(run_id);
         let lost_at = grace_deadline
             .unwrap_or_else(|| Instant::now() + self.parts.config.worker_lost_timeout);
         if let Some(claim) = RunClaim::of(&entry) {
@@ -1662,7 +1663,6 @@ impl Scheduler {
     }
 
     fn finish_run(&mut self, run_id: RunId, state: RunState, reason: Option<String>) {
-        let traced = self.samples(run_id);
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
         };
@@ -1674,7 +1674,7 @@ impl Scheduler {
         entry.reason = reason;
         let duration_ms = (entry.ended_at - entry.started_at.max(entry.created_at)) / 1_000;
         info!(dag_id = %entry.dag_id, %run_id, state = baton_common::states::run_state_name(state), duration_ms, "run finished");
-        if traced {
+        if entry.traced {
             let span = run_span(RunSpanFields {
                 dag_id: entry.dag_id.as_str(),
                 run_id,
@@ -1864,17 +1864,17 @@ impl Scheduler {
                 return;
             }
         };
-        let attempt_id = AttemptId::generate();
-        let traceparent = if self.traces.is_some() {
-            crate::traces::attempt_traceparent(run_id, attempt_id, self.samples(run_id))
-        } else {
-            String::new()
-        };
         let Some(worker) = self.workers.get_mut(worker_id) else {
             return;
         };
         let Some(entry) = self.runs.get_mut(&run_id) else {
             return;
+        };
+        let attempt_id = AttemptId::generate();
+        let traceparent = if self.traces.is_some() {
+            crate::traces::attempt_traceparent(run_id, attempt_id, entry.traced)
+        } else {
+            String::new()
         };
         let now = now_micros();
         entry.set_state(index, TaskState::Leased);
@@ -1983,9 +1983,9 @@ impl Scheduler {
         }
     }
 
-    /// Whether the spans of this run are exported: traces are on and the
-    /// sampler keeps its trace.
-    fn samples(&self, run_id: RunId) -> bool {
+    /// Whether the spans of this run are to be exported: traces are on and
+    /// the sampler keeps it. Asked once per run ([`RunEntry::traced`]).
+    fn sampled(&self, run_id: RunId) -> bool {
         self.traces
             .as_ref()
             .is_some_and(|traces| traces.samples(run_sampling_id(run_id)))
@@ -2001,7 +2001,7 @@ impl Scheduler {
         let task_id = entry.task_id(index);
         let mut record = views::attempt_record(entry, index, log_bytes);
         record.leader_term = self.parts.term;
-        if self.samples(run_id) {
+        if entry.traced {
             let slot = entry.slot(index);
             if let Some(attempt_id) = slot.attempt_id {
                 let span = attempt_span(AttemptSpanFields {

@@ -395,6 +395,9 @@ pub struct RunEntry {
     pub map_items: std::collections::HashMap<TaskIndex, Arc<Vec<serde_json::Value>>>,
     /// Changes not yet written into the run's history.
     pub changes: Vec<Change>,
+    /// The run's spans are exported: traces are on and the sampler keeps
+    /// the run. Decided once, when the scheduler takes the run in.
+    pub traced: bool,
 }
 
 impl RunEntry {
@@ -437,6 +440,7 @@ impl RunEntry {
                     to: RunState::Queued,
                 },
             }],
+            traced: false,
         }
     }
 
