@@ -12,10 +12,11 @@
 //!
 //! # Sampling whole runs
 //! A run is a trace. Every span of it is kept or dropped together: the
-//! process's sampler (`OTEL_TRACES_SAMPLER`) is asked once per span as if
-//! for the root of the trace, which for the standard samplers depends on
-//! the trace id alone, so every controller agrees. A worker follows the
-//! sampled flag of the trace context its `Assign` carries.
+//! controller asks the process's sampler (`OTEL_TRACES_SAMPLER`) once per
+//! run, as if for the root of a trace, about an id derived from the run
+//! id; the standard samplers decide on that id alone, so every controller
+//! agrees. A worker follows the sampled flag of the trace context its
+//! `Assign` carries.
 
 use std::fmt;
 use std::sync::Arc;

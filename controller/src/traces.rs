@@ -53,11 +53,7 @@ pub fn run_trace_id(run_id: RunId) -> TraceId {
 /// within a millisecond, so a ratio sampler given the run id itself keeps
 /// no run below a ratio of 0.5 and all of them from 0.75.
 pub fn run_sampling_id(run_id: RunId) -> TraceId {
-    let digest = Sha256::new()
-        .chain_update(b"baton sample")
-        .chain_update([0])
-        .chain_update(run_id.as_uuid().as_bytes())
-        .finalize();
+    let digest = tagged_digest(b"baton sample", run_id.as_uuid().as_bytes());
     let mut bytes = [0; 16];
     bytes.copy_from_slice(&digest[..16]);
     TraceId::from_bytes(bytes)
@@ -73,12 +69,19 @@ pub fn attempt_span_id(attempt_id: AttemptId) -> SpanId {
     derived_span_id(b"baton attempt", attempt_id.as_uuid().as_bytes())
 }
 
-fn derived_span_id(tag: &[u8], id: &[u8]) -> SpanId {
-    let digest = Sha256::new()
+/// SHA-256 of a tag and an id: ids derived from one id for different
+/// uses differ.
+fn tagged_digest(tag: &[u8], id: &[u8]) -> [u8; 32] {
+    Sha256::new()
         .chain_update(tag)
         .chain_update([0])
         .chain_update(id)
-        .finalize();
+        .finalize()
+        .into()
+}
+
+fn derived_span_id(tag: &[u8], id: &[u8]) -> SpanId {
+    let digest = tagged_digest(tag, id);
     let mut bytes = [0; 8];
     bytes.copy_from_slice(&digest[..8]);
     if bytes == [0; 8] {
