@@ -55,6 +55,7 @@ const POLL: Duration = Duration::from_millis(5);
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often the `on` process's `/metrics` is scraped.
 const SCRAPE_EVERY: Duration = Duration::from_secs(5);
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The exporter's batch delay, so the last spans of a run leave soon after
 /// it (full batches of 512 leave at once anyway).
 const BATCH_DELAY_MS: &str = "1000";
@@ -185,22 +186,6 @@ struct Scrapes {
     last_bytes: AtomicU64,
 }
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    // Plain HTTP only; the TLS configuration is there because the client
-    // wants one.
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("cannot build the HTTP client")
-}
-
 /// Scrapes `url` every [`SCRAPE_EVERY`] until `stop`.
 fn start_scraper(
     client: reqwest::Client,
@@ -219,6 +204,7 @@ fn start_scraper(
             let body = async {
                 client
                     .get(&url)
+                    .timeout(SCRAPE_TIMEOUT)
                     .send()
                     .await?
                     .error_for_status()?
@@ -381,7 +367,10 @@ pub async fn run(
     let counter = Arc::new(SpanCounter::default());
     let endpoint = start_receiver(Arc::clone(&counter), stop.clone()).await?;
     let scrapes = Arc::new(Scrapes::default());
-    let http = http_client()?;
+    // Plain HTTP only: a missing CA bundle does not matter.
+    let http = baton_common::http::build_client("baton-bench")
+        .map_err(anyhow::Error::msg)?
+        .client;
     let spec = fanout_spec(DAG_ID, width);
     // The exporter's queue: Baton's default unless this process's
     // environment says otherwise (to see what a smaller queue drops).
