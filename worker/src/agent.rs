@@ -433,10 +433,9 @@ impl Agent {
             }
         };
         let attempt_id = spec.attempt_id;
-        let trace = self.execution_trace(&traceparent, &spec);
         let stop = StopSignal::default();
         if matches!(spec.kind, TaskKind::Noop) {
-            self.run_noop(&spec, trace, stop);
+            self.run_noop(&spec, &traceparent, stop);
             return;
         }
         let log_path = spool::log_path(&self.config.work_dir, attempt_id);
@@ -444,6 +443,7 @@ impl Agent {
             debug!(%attempt_id, "duplicate assignment ignored");
             return;
         }
+        let trace = self.execution_trace(&traceparent, &spec);
         if let Some(metrics) = &self.metrics {
             metrics.attempt_started();
         }
@@ -562,12 +562,13 @@ impl Agent {
     /// the worker die before the controller acknowledges the result, the
     /// controller never saw the attempt start, so it gives the task back
     /// without using a retry; a noop is cheap to run again.
-    fn run_noop(&mut self, spec: &AttemptSpec, trace: Option<ExecutionTrace>, stop: StopSignal) {
+    fn run_noop(&mut self, spec: &AttemptSpec, traceparent: &str, stop: StopSignal) {
         let attempt_id = spec.attempt_id;
         if !self.outbox.insert(attempt_id, stop, None) {
             debug!(%attempt_id, "duplicate assignment ignored");
             return;
         }
+        let trace = self.execution_trace(traceparent, spec);
         // No `execute` span: a noop logs one debug line, and a span's
         // fields would be formatted for the log even with no line written.
         debug!(dag_id = %spec.dag_id, run_id = %spec.run_id, task_id = %spec.task_id, attempt = spec.attempt, %attempt_id, "noop attempt succeeded");
