@@ -162,7 +162,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => server::dev(args, controller_traces).await,
+            Command::Dev(args) => server::dev(args, controller_traces, worker_traces).await,
             Command::Controller(args) => server::controller(args, controller_traces).await,
             Command::Worker(args) => server::worker(args, &context, worker_traces).await,
             Command::Dag(command) => dag::run(command, &context).await,

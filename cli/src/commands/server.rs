@@ -442,9 +442,14 @@ pub async fn worker(
     Ok(Outcome::Success)
 }
 
-/// Runs a controller and a worker in one process; `traces`: where to export
-/// run and attempt spans, and the worker's execution spans under them.
-pub async fn dev(args: DevArgs, traces: Option<SpanSink>) -> anyhow::Result<Outcome> {
+/// Runs a controller and a worker in one process; `traces` and
+/// `worker_traces`: where to export run and attempt spans, and the worker's
+/// execution spans under them.
+pub async fn dev(
+    args: DevArgs,
+    traces: Option<SpanSink>,
+    worker_traces: Option<SpanSink>,
+) -> anyhow::Result<Outcome> {
     let data_dir = std::path::absolute(&args.data_dir).unwrap_or(args.data_dir.clone());
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -465,7 +470,7 @@ pub async fn dev(args: DevArgs, traces: Option<SpanSink>) -> anyhow::Result<Outc
     if let Some(address) = args.metrics_listen {
         config.metrics_listen = Some(address);
     }
-    config.traces = traces.clone();
+    config.traces = traces;
     apply_timings(
         &mut config,
         args.heartbeat_interval,
@@ -492,9 +497,7 @@ pub async fn dev(args: DevArgs, traces: Option<SpanSink>) -> anyhow::Result<Outc
         // previous process's attempts are gone.
         worker_config.worker_id = WorkerId::new("dev-worker").expect("valid id");
         worker_config.drain_grace = Duration::from_secs(10);
-        worker_config.traces = traces
-            .as_ref()
-            .map(|sink| sink.with_scope(baton_common::traces::WORKER_SCOPE));
+        worker_config.traces = worker_traces;
         if let Some(slots) = args.slots {
             worker_config.slots = slots;
         }
