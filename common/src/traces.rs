@@ -25,6 +25,10 @@ use std::time::SystemTime;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
+
+use crate::ids::{AttemptId, RunId};
+use crate::pb::api::AttemptOutcome;
+use crate::states::{outcome_is_failure, outcome_name};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{
     SamplingDecision, ShouldSample, SpanData, SpanEvents, SpanLinks, SpanProcessor,
@@ -129,6 +133,46 @@ impl SpanSink {
             instrumentation_scope: self.scope.clone(),
         });
     }
+}
+
+/// The attributes naming an attempt, on the controller's span of it and
+/// the worker's alike.
+pub fn attempt_attributes(
+    dag_id: &str,
+    run_id: RunId,
+    task_id: &str,
+    attempt: u32,
+    attempt_id: AttemptId,
+    worker_id: Option<&str>,
+) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(8);
+    attributes.extend([
+        KeyValue::new("dag_id", dag_id.to_string()),
+        KeyValue::new("run_id", run_id.to_string()),
+        KeyValue::new("task_id", task_id.to_string()),
+        KeyValue::new("attempt", i64::from(attempt)),
+        KeyValue::new("attempt_id", attempt_id.to_string()),
+    ]);
+    if let Some(worker_id) = worker_id {
+        attributes.push(KeyValue::new("worker_id", worker_id.to_string()));
+    }
+    attributes
+}
+
+/// Adds how an attempt ended to its span's attributes (`outcome`,
+/// `exit_code`) and gives the span's status: an error, with the attempt's
+/// error, when it failed for a reason of its own.
+pub fn attempt_outcome(
+    attributes: &mut Vec<KeyValue>,
+    outcome: AttemptOutcome,
+    exit_code: Option<i32>,
+    error: Option<&str>,
+) -> Status {
+    attributes.push(KeyValue::new("outcome", outcome_name(outcome)));
+    if let Some(exit_code) = exit_code {
+        attributes.push(KeyValue::new("exit_code", i64::from(exit_code)));
+    }
+    status(outcome_is_failure(outcome), error)
 }
 
 /// A span's status: an error with its description, or unset.

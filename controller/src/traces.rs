@@ -32,8 +32,9 @@
 //! ```
 
 use baton_common::ids::{AttemptId, RunId};
+use baton_common::pb::api::AttemptOutcome;
 use baton_common::time::{Micros, micros_to_system_time};
-use baton_common::traces::{BuiltSpan, status, traceparent};
+use baton_common::traces::{BuiltSpan, attempt_attributes, attempt_outcome, status, traceparent};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest, Sha256};
@@ -111,8 +112,7 @@ pub struct AttemptSpanFields<'a> {
     /// When the controller recorded the end: at or after the end the worker
     /// reported, so the span encloses the worker's.
     pub recorded_at: Micros,
-    pub outcome: &'static str,
-    pub failed: bool,
+    pub outcome: AttemptOutcome,
     pub exit_code: Option<i32>,
     pub error: Option<&'a str>,
 }
@@ -132,21 +132,20 @@ pub struct RunSpanFields<'a> {
 /// The controller's span of an attempt that ended, a child of its run's
 /// span.
 pub fn attempt_span(fields: AttemptSpanFields<'_>) -> BuiltSpan {
-    let mut attributes = Vec::with_capacity(8);
-    attributes.extend([
-        KeyValue::new("dag_id", fields.dag_id.to_string()),
-        KeyValue::new("run_id", fields.run_id.to_string()),
-        KeyValue::new("task_id", fields.task_id.to_string()),
-        KeyValue::new("attempt", i64::from(fields.attempt)),
-        KeyValue::new("attempt_id", fields.attempt_id.to_string()),
-        KeyValue::new("outcome", fields.outcome),
-    ]);
-    if let Some(worker_id) = fields.worker_id {
-        attributes.push(KeyValue::new("worker_id", worker_id.to_string()));
-    }
-    if let Some(exit_code) = fields.exit_code {
-        attributes.push(KeyValue::new("exit_code", i64::from(exit_code)));
-    }
+    let mut attributes = attempt_attributes(
+        fields.dag_id,
+        fields.run_id,
+        fields.task_id,
+        fields.attempt,
+        fields.attempt_id,
+        fields.worker_id,
+    );
+    let status = attempt_outcome(
+        &mut attributes,
+        fields.outcome,
+        fields.exit_code,
+        fields.error,
+    );
     let start = if fields.leased_at > 0 {
         fields.leased_at
     } else {
@@ -161,7 +160,7 @@ pub fn attempt_span(fields: AttemptSpanFields<'_>) -> BuiltSpan {
         start: micros_to_system_time(start),
         end: micros_to_system_time(fields.recorded_at.max(start)),
         attributes,
-        status: status(fields.failed, fields.error),
+        status,
     }
 }
 
@@ -267,8 +266,7 @@ mod tests {
             worker_id: Some("w1"),
             leased_at: 2_000,
             recorded_at: 3_000,
-            outcome: "failed",
-            failed: true,
+            outcome: AttemptOutcome::Failed,
             exit_code: Some(3),
             error: Some("exit code 3"),
         });

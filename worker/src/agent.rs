@@ -24,9 +24,10 @@ use std::time::Duration;
 
 use baton_common::ids::AttemptId;
 use baton_common::pb::api::{self, controller_message, worker_message};
-use baton_common::states::outcome_name;
 use baton_common::time;
-use baton_common::traces::{BuiltSpan, SpanSink, sampled_parent};
+use baton_common::traces::{
+    BuiltSpan, SpanSink, attempt_attributes, attempt_outcome, sampled_parent,
+};
 use futures::FutureExt;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, TraceId};
@@ -631,14 +632,14 @@ impl Agent {
             trace_id,
             parent_span_id,
             start: std::time::SystemTime::now(),
-            attributes: vec![
-                KeyValue::new("dag_id", spec.dag_id.to_string()),
-                KeyValue::new("run_id", spec.run_id.to_string()),
-                KeyValue::new("task_id", spec.task_id.to_string()),
-                KeyValue::new("attempt", i64::from(spec.attempt)),
-                KeyValue::new("attempt_id", spec.attempt_id.to_string()),
-                KeyValue::new("worker_id", self.config.worker_id.to_string()),
-            ],
+            attributes: attempt_attributes(
+                spec.dag_id.as_str(),
+                spec.run_id,
+                spec.task_id.as_str(),
+                spec.attempt,
+                spec.attempt_id,
+                Some(self.config.worker_id.as_str()),
+            ),
         })
     }
 
@@ -682,13 +683,12 @@ struct ExecutionTrace {
 impl ExecutionTrace {
     /// Exports the span, ending now, with the attempt's outcome.
     fn export(mut self, result: &AttemptResult) {
-        self.attributes
-            .push(KeyValue::new("outcome", outcome_name(result.outcome)));
-        if let Some(exit_code) = result.exit_code {
-            self.attributes
-                .push(KeyValue::new("exit_code", i64::from(exit_code)));
-        }
-        let failed = baton_common::states::outcome_is_failure(result.outcome);
+        let status = attempt_outcome(
+            &mut self.attributes,
+            result.outcome,
+            result.exit_code,
+            Some(&result.error),
+        );
         self.sink.export(BuiltSpan {
             trace_id: self.trace_id,
             span_id: RandomIdGenerator::default().new_span_id(),
@@ -698,7 +698,7 @@ impl ExecutionTrace {
             start: self.start,
             end: std::time::SystemTime::now(),
             attributes: self.attributes,
-            status: baton_common::traces::status(failed, Some(&result.error)),
+            status,
         });
     }
 }

@@ -2013,8 +2013,7 @@ impl Scheduler {
                     worker_id: slot.worker.as_deref(),
                     leased_at: slot.leased_at,
                     recorded_at: slot.ended_at.max(now_micros()),
-                    outcome: baton_common::states::outcome_name(slot.outcome),
-                    failed: baton_common::states::outcome_is_failure(slot.outcome),
+                    outcome: slot.outcome,
                     exit_code: slot.exit_code,
                     error: slot.error.as_deref(),
                 });
