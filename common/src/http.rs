@@ -16,8 +16,46 @@ pub struct HttpClient {
     pub tls_problem: Option<String>,
 }
 
-/// Builds the client. It reads the system's CA certificates, so callers
-/// build it when first needed, on a blocking thread.
+/// The client of a component that may never need one, built the first
+/// time it is asked for, on a blocking thread (it reads the system's CA
+/// certificates), and shared by its clones.
+#[derive(Debug, Clone)]
+pub struct LazyClient {
+    user_agent: &'static str,
+    cell: Arc<tokio::sync::OnceCell<Result<HttpClient, String>>>,
+}
+
+impl LazyClient {
+    pub fn new(user_agent: &'static str) -> Self {
+        Self {
+            user_agent,
+            cell: Arc::default(),
+        }
+    }
+
+    /// The client, or why it cannot be built. `built` sees the outcome of
+    /// the one build, so that the caller can log it once.
+    pub async fn get(
+        &self,
+        built: impl FnOnce(&Result<HttpClient, String>),
+    ) -> Result<&HttpClient, &str> {
+        let user_agent = self.user_agent;
+        self.cell
+            .get_or_init(|| async move {
+                let result = tokio::task::spawn_blocking(move || build_client(user_agent))
+                    .await
+                    .unwrap_or_else(|error| Err(format!("cannot build the HTTP client: {error}")));
+                built(&result);
+                result
+            })
+            .await
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
+/// Builds the client. It reads the system's CA certificates: call it on a
+/// blocking thread, or use [`LazyClient`].
 pub fn build_client(user_agent: &str) -> Result<HttpClient, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_common::error::{FieldViolation, error_chain};
+use baton_common::http::{HttpClient, LazyClient};
 use baton_common::spec::{Notifier, NotifyEvent, NotifyFormat, SecretValue};
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Serialize;
@@ -372,7 +373,7 @@ async fn run_deliveries(
 ) {
     // Built for the first notification: it reads the system's CA
     // certificates, which a controller that never notifies need not do.
-    let mut client: Option<Result<Arc<reqwest::Client>, String>> = None;
+    let client = LazyClient::new(concat!("baton-controller/", env!("CARGO_PKG_VERSION")));
     let settings = Arc::new(settings);
     let slots = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
     let mut in_flight = JoinSet::new();
@@ -397,11 +398,8 @@ async fn run_deliveries(
             },
         };
         while in_flight.try_join_next().is_some() {}
-        if client.is_none() {
-            client = Some(build_client().await);
-        }
-        let client = match client.as_ref().expect("built above") {
-            Ok(client) => Arc::clone(client),
+        let client = match client.get(log_client_built).await {
+            Ok(built) => built.client.clone(),
             Err(error) => {
                 NotificationCounters::add(&counters.failed, 1);
                 warn!(
@@ -438,25 +436,19 @@ async fn run_deliveries(
     }
 }
 
-/// The notifier's HTTP client, built on a blocking thread (it reads the
-/// system's CA certificates); a failure is logged once.
-async fn build_client() -> Result<Arc<reqwest::Client>, String> {
-    let built = tokio::task::spawn_blocking(|| {
-        baton_common::http::build_client(concat!("baton-controller/", env!("CARGO_PKG_VERSION")))
-    })
-    .await
-    .unwrap_or_else(|error| Err(format!("cannot build the HTTP client: {error}")));
+/// Logs, once, what building the notifier's HTTP client found.
+fn log_client_built(built: &Result<HttpClient, String>) {
     match built {
-        Ok(built) => {
-            if let Some(error) = built.tls_problem {
-                // Plain HTTP still works; HTTPS fails to verify any receiver.
-                warn!(%error, "no CA certificates found; notifications to https URLs cannot be delivered");
-            }
-            Ok(Arc::new(built.client))
+        // Plain HTTP still works; HTTPS fails to verify any receiver.
+        Ok(HttpClient {
+            tls_problem: Some(error),
+            ..
+        }) => {
+            warn!(%error, "no CA certificates found; notifications to https URLs cannot be delivered");
         }
+        Ok(_) => {}
         Err(error) => {
             warn!(%error, "cannot build the HTTP client; notifications will not be delivered");
-            Err(error)
         }
     }
 }

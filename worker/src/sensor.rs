@@ -39,10 +39,10 @@
 //! move it.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use baton_common::error::error_chain;
+use baton_common::http::LazyClient;
 use baton_common::pb::api::{self, AttemptOutcome};
 use baton_common::time;
 use tokio::time::Instant;
@@ -321,46 +321,33 @@ fn redacted_url(url: &reqwest::Url) -> String {
 /// The worker's HTTP client for sensors, built on the first HTTP poke (it
 /// loads the system's CA certificates) and shared by every attempt, so
 /// connections are reused across pokes.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct HttpClient {
-    cell: Arc<tokio::sync::OnceCell<Result<Prober, String>>>,
-}
+#[derive(Debug, Clone)]
+pub(crate) struct HttpClient(LazyClient);
 
-#[derive(Debug)]
-struct Prober {
-    client: reqwest::Client,
-    /// Why HTTPS cannot verify servers (no CA certificates found), added to
-    /// the log line of a failed HTTPS poke.
-    tls_problem: Option<String>,
-}
-
-impl HttpClient {
-    async fn prober(&self) -> Result<&Prober, String> {
-        let built = self
-            .cell
-            .get_or_init(|| async {
-                match tokio::task::spawn_blocking(build_prober).await {
-                    Ok(result) => result,
-                    Err(error) => Err(format!("cannot build the HTTP client: {error}")),
-                }
-            })
-            .await;
-        built.as_ref().map_err(Clone::clone)
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self(LazyClient::new(concat!(
+            "baton-worker/",
+            env!("CARGO_PKG_VERSION")
+        )))
     }
 }
 
-fn build_prober() -> Result<Prober, String> {
-    let built =
-        baton_common::http::build_client(concat!("baton-worker/", env!("CARGO_PKG_VERSION")))?;
-    // Plain HTTP still works; HTTPS fails to verify any server.
-    let tls_problem = built.tls_problem.map(|error| {
-        warn!(%error, "no CA certificates found; HTTPS sensors cannot succeed");
-        format!("the worker cannot verify HTTPS servers: {error}")
-    });
-    Ok(Prober {
-        client: built.client,
-        tls_problem,
-    })
+impl HttpClient {
+    async fn prober(&self) -> Result<&baton_common::http::HttpClient, &str> {
+        self.0
+            .get(|built| {
+                // Plain HTTP still works; HTTPS fails to verify any server.
+                if let Ok(baton_common::http::HttpClient {
+                    tls_problem: Some(error),
+                    ..
+                }) = built
+                {
+                    warn!(%error, "no CA certificates found; HTTPS sensors cannot succeed");
+                }
+            })
+            .await
+    }
 }
 
 /// What one poke found.
@@ -398,7 +385,7 @@ async fn poke(condition: &Condition, http: &HttpClient) -> Poke {
         }
         Condition::Http(condition) => match http.prober().await {
             Ok(prober) => check_http(condition, prober).await,
-            Err(error) => Poke::not_met(error),
+            Err(error) => Poke::not_met(error.to_string()),
         },
     }
 }
@@ -436,7 +423,7 @@ fn check_file(file: &FileCondition) -> Poke {
     }
 }
 
-async fn check_http(condition: &HttpCondition, prober: &Prober) -> Poke {
+async fn check_http(condition: &HttpCondition, prober: &baton_common::http::HttpClient) -> Poke {
     let method = match condition.method {
         HttpMethod::Get => reqwest::Method::GET,
         HttpMethod::Head => reqwest::Method::HEAD,
@@ -465,7 +452,9 @@ async fn check_http(condition: &HttpCondition, prober: &Prober) -> Poke {
             if condition.url.scheme() == "https"
                 && let Some(problem) = &prober.tls_problem
             {
-                detail.push_str(&format!(" ({problem})"));
+                detail.push_str(&format!(
+                    " (the worker cannot verify HTTPS servers: {problem})"
+                ));
             }
             Poke::not_met(detail)
         }
@@ -623,8 +612,8 @@ pub(crate) async fn run_sensor(
 mod tests {
     use std::net::SocketAddr;
     use std::path::PathBuf;
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use axum::Router;
     use axum::extract::RawQuery;
