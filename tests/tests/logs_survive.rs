@@ -62,7 +62,9 @@ async fn stored_log(api: &mut Api, run_id: &str, task_id: &str) -> Vec<u8> {
     panic!("the log of {task_id} did not end");
 }
 
-/// The attempts in the worker's spool, and whether each has its result.
+/// The spool slots of the worker that hold an attempt the controller does
+/// not have all of yet (a slot's `acked` says `forgotten` once it does),
+/// and whether each has its result.
 fn spooled_attempts(work_dir: &Path) -> Vec<(PathBuf, bool)> {
     let spool = work_dir.join("workers").join("w").join("spool");
     let Ok(entries) = std::fs::read_dir(spool) else {
@@ -70,10 +72,14 @@ fn spooled_attempts(work_dir: &Path) -> Vec<(PathBuf, bool)> {
     };
     entries
         .flatten()
-        .map(|entry| {
-            let path = entry.path();
-            let finished = path.join("result.json").exists();
-            (path, finished)
+        .map(|entry| entry.path())
+        .filter(|slot| {
+            std::fs::read_to_string(slot.join("acked")).unwrap_or_default() != "forgotten"
+        })
+        .map(|slot| {
+            let finished = std::fs::metadata(slot.join("result.json"))
+                .is_ok_and(|metadata| metadata.len() > 0);
+            (slot, finished)
         })
         .collect()
 }
@@ -200,14 +206,14 @@ tasks:
         first_difference(&stored, &expected)
     );
 
-    // Everything acknowledged: the spool is gone.
+    // Everything acknowledged: the spool holds nothing to send.
     let emptied = poll_until(WAIT, Duration::from_millis(50), async || {
         spooled_attempts(&work_dir).is_empty().then_some(())
     })
     .await;
     assert!(
         emptied.is_some(),
-        "the spool is removed once acknowledged: {:?}",
+        "the spool is cleared once acknowledged: {:?}",
         spooled_attempts(&work_dir)
     );
     api.check_each_task_succeeded_once(&view)

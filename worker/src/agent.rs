@@ -16,9 +16,9 @@
 //! cancel what remains at the grace deadline, wait a bounded time for the
 //! last results to be acknowledged, then stop.
 
+use std::collections::HashMap;
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ use crate::executor::{
 use crate::metrics::WorkerMetrics;
 use crate::outbox::{AckEffect, Outbox};
 use crate::sensor::HttpClient;
-use crate::spool::{self, Recovered, SpoolMeta, SpoolWriter};
+use crate::spool::{Recovered, Spool, SpoolMeta, SpoolSlot, SpoolWriter};
 
 /// Heartbeat interval when `Registered` carries none.
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -106,25 +106,32 @@ pub(crate) struct Agent {
     shutdown_seen: bool,
     /// Recorded into when the process serves metrics.
     metrics: Option<Arc<WorkerMetrics>>,
+    /// Where attempts that run something keep their output and result.
+    spool: Arc<Spool>,
+    /// The spool slot of each attempt the outbox keeps that has one.
+    spooled: HashMap<AttemptId, Arc<SpoolSlot>>,
 }
 
 impl Agent {
     /// `recovered`: finished attempts found in the spool, whose log and
-    /// result the controller may not have.
+    /// result the controller may not have, with their slots.
     pub(crate) fn new(
         config: WorkerConfig,
-        recovered: Vec<Recovered>,
+        spool: Arc<Spool>,
+        recovered: Vec<(Arc<SpoolSlot>, Recovered)>,
         metrics: Option<Arc<WorkerMetrics>>,
     ) -> Self {
         let (events, event_receiver) = mpsc::unbounded_channel();
         let (reads, read_receiver) = mpsc::unbounded_channel();
         let link = Link::new(config.controller_addrs(), config.reconnect_max_backoff);
         let mut outbox = Outbox::new(config.max_unacked_log_bytes);
-        for attempt in recovered {
+        let mut spooled = HashMap::new();
+        for (slot, attempt) in recovered {
             let attempt_id = attempt.meta.attempt_id;
             info!(%attempt_id, run_id = %attempt.meta.run_id, task_id = %attempt.meta.task_id, attempt = attempt.meta.attempt,
                 log_bytes = attempt.log_len, acked = attempt.acked, "resuming a finished attempt from the spool");
-            outbox.restore(attempt, spool::log_path(&config.work_dir, attempt_id));
+            outbox.restore(attempt, slot.log_path());
+            spooled.insert(attempt_id, slot);
         }
         Self {
             config: Arc::new(config),
@@ -140,6 +147,8 @@ impl Agent {
             draining: None,
             shutdown_seen: false,
             metrics,
+            spool,
+            spooled,
         }
     }
 
@@ -373,27 +382,24 @@ impl Agent {
                 let Some(attempt_id) = parse_attempt_id(&ack.attempt_id, "ack") else {
                     return;
                 };
-                let spooled = self.outbox.is_spooled(attempt_id);
                 match self.outbox.on_ack(&ack, attempt_id) {
                     AckEffect::Unknown => {
                         debug!(%attempt_id, "ack for an unknown attempt; ignored")
                     }
                     AckEffect::Kept { note_acked } => {
-                        if let Some(offset) = note_acked {
-                            spool::write_acked(&self.config.work_dir, attempt_id, offset);
+                        if let Some(offset) = note_acked
+                            && let Some(slot) = self.spooled.get(&attempt_id)
+                        {
+                            slot.write_acked(offset);
                         }
                     }
                     AckEffect::Forgotten => {
                         debug!(%attempt_id, "attempt fully acknowledged");
-                        if spooled {
-                            self.remove_spool(attempt_id);
-                        }
+                        self.forget_spool(attempt_id);
                     }
                     AckEffect::Stale => {
                         info!(%attempt_id, reason = %ack.reason, "attempt is stale; stopped and forgotten");
-                        if spooled {
-                            self.remove_spool(attempt_id);
-                        }
+                        self.forget_spool(attempt_id);
                     }
                 }
                 self.pump();
@@ -439,11 +445,15 @@ impl Agent {
             self.run_noop(&spec, &traceparent, stop);
             return;
         }
-        let log_path = spool::log_path(&self.config.work_dir, attempt_id);
-        if !self.outbox.insert(attempt_id, stop.clone(), Some(log_path)) {
+        let slot = self.spool.take();
+        if !self
+            .outbox
+            .insert(attempt_id, stop.clone(), Some(slot.log_path()))
+        {
             debug!(%attempt_id, "duplicate assignment ignored");
             return;
         }
+        self.spooled.insert(attempt_id, Arc::clone(&slot));
         let trace = self.execution_trace(&traceparent, &spec);
         if let Some(metrics) = &self.metrics {
             metrics.attempt_started();
@@ -456,7 +466,6 @@ impl Agent {
             info!(%attempt_id, "assignment received while draining; running it");
         }
         let span = self.execute_span(&spec);
-        let work_dir = self.config.work_dir.clone();
         let kill_grace = self.config.kill_grace;
         let events = self.events.clone();
         let http = self.http.clone();
@@ -468,7 +477,7 @@ impl Agent {
                     task_id: spec.task_id.clone(),
                     attempt: spec.attempt,
                 };
-                let spool = match SpoolWriter::create(&work_dir, &meta).await {
+                let spool = match SpoolWriter::create(slot, meta).await {
                     Ok(spool) => spool,
                     Err(error) => {
                         error!(%error, "cannot create the attempt's spool; reporting the attempt as an error");
@@ -480,7 +489,6 @@ impl Agent {
                     }
                 };
                 let context = AttemptContext {
-                    work_dir,
                     kill_grace,
                     events: events.clone(),
                     spool,
@@ -643,10 +651,12 @@ impl Agent {
         })
     }
 
-    /// Removes a forgotten attempt's spool, off the loop.
-    fn remove_spool(&self, attempt_id: AttemptId) {
-        let work_dir: PathBuf = self.config.work_dir.clone();
-        tokio::task::spawn_blocking(move || spool::remove(&work_dir, attempt_id));
+    /// Marks a forgotten attempt's spool slot as such, off the loop; the
+    /// slot is free once that is done and the attempt no longer runs.
+    fn forget_spool(&mut self, attempt_id: AttemptId) {
+        if let Some(slot) = self.spooled.remove(&attempt_id) {
+            tokio::task::spawn_blocking(move || slot.forget());
+        }
     }
 
     /// Stops every executor still alive (stale attempts being killed, or

@@ -49,10 +49,10 @@ pub struct WorkerConfig {
     /// cores and memory.
     pub resources: Resources,
     /// The worker keeps its files in `<work_dir>/workers/<worker_id>/`
-    /// (locked while it runs); each attempt gets `attempts/<attempt_id>/`
-    /// there for its output file and process group record, removed once the
-    /// result is built, and `spool/<attempt_id>/` for its log and result,
-    /// removed once the controller acknowledged them. A worker started again
+    /// (locked while it runs); each attempt takes a slot `spool/<n>/`
+    /// there, reused from attempt to attempt, for its log, result, output
+    /// file and process group record, kept until the controller
+    /// acknowledged the log and result. A worker started again
     /// with the same id on the same work dir resends what its previous run
     /// left unacknowledged. Several workers may share a work dir.
     pub work_dir: PathBuf,

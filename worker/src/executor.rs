@@ -346,7 +346,6 @@ impl StopSignal {
 /// Everything an executor needs besides the spec.
 #[derive(Debug)]
 pub(crate) struct AttemptContext {
-    pub work_dir: PathBuf,
     pub kill_grace: Duration,
     pub events: mpsc::UnboundedSender<AttemptEvent>,
     /// Where the output and the result go; created by the caller.
@@ -354,11 +353,6 @@ pub(crate) struct AttemptContext {
     pub stop: StopSignal,
     /// Shared by the worker's sensors (built on first use).
     pub http: HttpClient,
-}
-
-/// `<work_dir>/attempts/<attempt_id>`: the attempt's private directory.
-pub(crate) fn attempt_dir(work_dir: &Path, attempt_id: AttemptId) -> PathBuf {
-    work_dir.join("attempts").join(attempt_id.to_string())
 }
 
 /// Runs the attempt to its end, stores its result in the spool and returns
@@ -397,16 +391,7 @@ async fn execute(spec: &AttemptSpec, context: AttemptContext) -> (AttemptResult,
             };
             (result, context.spool)
         }
-        TaskKind::Command(command) => {
-            let dir = attempt_dir(&context.work_dir, spec.attempt_id);
-            let (result, spool) = run_command(spec, command, context).await;
-            if let Err(error) = tokio::fs::remove_dir_all(&dir).await
-                && error.kind() != io::ErrorKind::NotFound
-            {
-                warn!(path = %dir.display(), %error, "cannot remove the attempt directory");
-            }
-            (result, spool)
-        }
+        TaskKind::Command(command) => run_command(spec, command, context).await,
         TaskKind::Sensor(sensor_spec) => sensor::run_sensor(spec, sensor_spec, context).await,
     }
 }
@@ -434,16 +419,18 @@ async fn run_command(
     context: AttemptContext,
 ) -> (AttemptResult, SpoolWriter) {
     let AttemptContext {
-        work_dir,
         kill_grace,
         events,
         spool,
         stop,
         http: _,
     } = context;
+    let slot_dir = spool.slot().dir().to_path_buf();
+    let output_path = spool.slot().output_path();
     let mut log = LogSink::new(spec.attempt_id, events.clone(), spool);
     let context = ProcessContext {
-        work_dir,
+        slot_dir,
+        output_path,
         kill_grace,
         events,
         stop,
@@ -454,7 +441,10 @@ async fn run_command(
 
 /// [`AttemptContext`] without the spool, which the [`LogSink`] owns.
 struct ProcessContext {
-    work_dir: PathBuf,
+    /// The attempt's spool slot, which holds its private files.
+    slot_dir: PathBuf,
+    /// `$BATON_OUTPUT`, in the slot.
+    output_path: PathBuf,
     kill_grace: Duration,
     events: mpsc::UnboundedSender<AttemptEvent>,
     stop: StopSignal,
@@ -493,19 +483,7 @@ async fn run_process(
         };
     }
 
-    let dir = attempt_dir(&context.work_dir, spec.attempt_id);
-    if let Err(error) = tokio::fs::create_dir_all(&dir).await {
-        return fail_to_start(
-            log,
-            started_at,
-            format!(
-                "cannot create the attempt directory `{}`: {error}",
-                dir.display()
-            ),
-        )
-        .await;
-    }
-    let output_path = dir.join("output.json");
+    let output_path = &context.output_path;
     if let Some(cwd) = &command.cwd {
         match tokio::fs::metadata(cwd).await {
             Ok(metadata) if metadata.is_dir() => {}
@@ -540,7 +518,7 @@ async fn run_process(
         .env("BATON_ATTEMPT", spec.attempt.to_string())
         .env("BATON_ATTEMPT_ID", spec.attempt_id.to_string())
         .env("BATON_PARAMS", &spec.params_json)
-        .env("BATON_OUTPUT", &output_path)
+        .env("BATON_OUTPUT", output_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -580,7 +558,7 @@ async fn run_process(
     };
     let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
     let mut group = ProcessGroupGuard { pgid: Some(pgid) };
-    if let Err(error) = crate::workdir::record_group(&dir, pid) {
+    if let Err(error) = crate::workdir::record_group(&context.slot_dir, pid) {
         // Only the clean-up after a killed worker depends on it.
         debug!(%error, "cannot record the attempt's process group");
     }
@@ -708,7 +686,7 @@ async fn run_process(
             result.error = error;
         }
         None => match (exit.code(), exit.signal()) {
-            (Some(0), _) => match read_output(&output_path, spec.max_output_bytes).await {
+            (Some(0), _) => match read_output(output_path, spec.max_output_bytes).await {
                 Ok(output_json) => result.output_json = output_json,
                 Err(error) => {
                     result.outcome = AttemptOutcome::Error;
@@ -841,6 +819,10 @@ async fn read_output(path: &Path, limit: u64) -> Result<String, String> {
     if bytes.len() as u64 > limit {
         return Err(too_big(bytes.len() as u64));
     }
+    // Read once: the slot's next attempt must not find it.
+    if let Err(error) = tokio::fs::remove_file(path).await {
+        warn!(path = %path.display(), %error, "cannot remove the output file");
+    }
     let text =
         String::from_utf8(bytes).map_err(|error| format!("output file is not UTF-8: {error}"))?;
     let text = text.trim();
@@ -873,6 +855,8 @@ fn signal_name(signal: Option<i32>) -> String {
 #[cfg(test)]
 pub(crate) mod for_tests {
     use tokio::task::JoinHandle;
+
+    use crate::spool::{Spool, SpoolSlot};
 
     use super::*;
 
@@ -908,12 +892,11 @@ pub(crate) mod for_tests {
     pub(crate) struct Running {
         pub(crate) events: mpsc::UnboundedReceiver<AttemptEvent>,
         pub(crate) stop: StopSignal,
-        pub(crate) attempt_id: AttemptId,
         pub(crate) task: JoinHandle<AttemptResult>,
         /// Log bytes the test already took through [`next_event`].
         pub(crate) consumed_log: u64,
-        _work_dir: tempfile::TempDir,
-        pub(crate) work_dir: PathBuf,
+        pub(crate) slot: Arc<SpoolSlot>,
+        pub(crate) work_dir: tempfile::TempDir,
     }
 
     pub(crate) async fn start(spec: AttemptSpec, kill_grace: Duration) -> Running {
@@ -927,9 +910,9 @@ pub(crate) mod for_tests {
             task_id: spec.task_id.clone(),
             attempt: spec.attempt,
         };
-        let spool = SpoolWriter::create(work_dir.path(), &meta).await.unwrap();
+        let slot = Spool::empty(work_dir.path()).take();
+        let spool = SpoolWriter::create(Arc::clone(&slot), meta).await.unwrap();
         let context = AttemptContext {
-            work_dir: work_dir.path().to_path_buf(),
             kill_grace,
             events: events_sender,
             spool,
@@ -940,11 +923,10 @@ pub(crate) mod for_tests {
         Running {
             events,
             stop,
-            attempt_id,
             task,
             consumed_log: 0,
-            work_dir: work_dir.path().to_path_buf(),
-            _work_dir: work_dir,
+            slot,
+            work_dir,
         }
     }
 
@@ -961,20 +943,22 @@ pub(crate) mod for_tests {
             events.push(event);
         }
         let end = last_log_end(&events, running.consumed_log);
-        let spooled = std::fs::read(crate::spool::log_path(
-            &running.work_dir,
-            running.attempt_id,
-        ))
-        .expect("the log is spooled");
+        let spooled = std::fs::read(running.slot.log_path()).expect("the log is spooled");
         assert_eq!(
             result.log_bytes, end,
             "log_bytes counts every byte reported"
         );
         assert_eq!(spooled.len() as u64, end, "every reported byte is spooled");
-        let recovered = crate::spool::load(&running.work_dir);
+        if result.outcome == AttemptOutcome::Succeeded {
+            assert!(
+                !running.slot.output_path().exists(),
+                "the output file is read once and removed"
+            );
+        }
+        let (_, recovered) = crate::spool::load(running.work_dir.path());
         assert_eq!(recovered.len(), 1, "the result is spooled");
         let micros = |time: SystemTime| time::system_time_to_micros(time);
-        let spooled_result = &recovered[0].result;
+        let spooled_result = &recovered[0].1.result;
         assert_eq!(
             (
                 spooled_result.outcome,
@@ -1270,12 +1254,11 @@ mod tests {
         });
         let spec = spec(kind);
         let running = start(spec.clone(), Duration::from_millis(500)).await;
-        let work_dir = running.work_dir.clone();
+        let output_path = running.slot.output_path();
         let (result, _, log) = finish(running).await;
         assert_eq!(result.outcome, AttemptOutcome::Succeeded, "{result:?}");
         let text = String::from_utf8(log).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        let output_path = attempt_dir(&work_dir, spec.attempt_id).join("output.json");
         let expected = [
             "etl".to_string(),
             spec.run_id.to_string(),
@@ -1292,10 +1275,6 @@ mod tests {
             "ready".to_string(),
         ];
         assert_eq!(lines, expected);
-        assert!(
-            !attempt_dir(&work_dir, spec.attempt_id).exists(),
-            "the attempt directory is removed"
-        );
     }
 
     #[tokio::test]

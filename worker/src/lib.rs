@@ -19,8 +19,8 @@
 //!   (log bytes, start, result), and the messages that (re)send it, read
 //!   back from the spool within a window.
 //! - `spool`: each attempt's output, identity and result on local disk
-//!   (`spool/<attempt_id>/`) until acknowledged; found again after a
-//!   restart.
+//!   in a reused slot (`spool/<slot>/`) until acknowledged; found again
+//!   after a restart.
 //! - `workdir`: the worker's locked directory, and killing the process
 //!   groups a worker that was killed left behind.
 //! - `executor`: runs one attempt: a `command` in its own process group
@@ -91,10 +91,10 @@ pub async fn run(
     config.validate()?;
     let work_dir = config.work_dir.clone();
     let worker_id = config.worker_id.to_string();
-    let (own, recovered) = tokio::task::spawn_blocking(move || {
+    let (own, (spool, recovered)) = tokio::task::spawn_blocking(move || {
         workdir::WorkDir::acquire(&work_dir, &worker_id).map(|own| {
-            let recovered = spool::load(own.root());
-            (own, recovered)
+            let spool = spool::load(own.root());
+            (own, spool)
         })
     })
     .await
@@ -104,7 +104,7 @@ pub async fn run(
     })??;
     // Attempts keep their files under the worker's own, locked directory.
     config.work_dir = own.root().to_path_buf();
-    let result = agent::Agent::new(config, recovered, metrics)
+    let result = agent::Agent::new(config, spool, recovered, metrics)
         .run(shutdown)
         .await;
     drop(own);

@@ -160,14 +160,6 @@ impl Outbox {
         true
     }
 
-    /// Whether the attempt's output and result are spooled on disk (noop
-    /// attempts and refused assignments are kept in memory only).
-    pub(crate) fn is_spooled(&self, attempt_id: AttemptId) -> bool {
-        self.attempts
-            .get(&attempt_id)
-            .is_some_and(|entry| entry.log_path.is_some())
-    }
-
     /// Takes back a finished attempt found in the spool after a restart.
     pub(crate) fn restore(&mut self, recovered: Recovered, log_path: PathBuf) {
         let Recovered {

@@ -656,11 +656,7 @@ mod tests {
 
     /// The log's lines so far (what the test took with [`next_event`]).
     fn log_so_far(running: &Running) -> String {
-        let log = std::fs::read(crate::spool::log_path(
-            &running.work_dir,
-            running.attempt_id,
-        ))
-        .unwrap();
+        let log = std::fs::read(running.slot.log_path()).unwrap();
         String::from_utf8(log[..running.consumed_log as usize].to_vec()).unwrap()
     }
 

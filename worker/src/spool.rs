@@ -1,55 +1,203 @@
-//! The attempt spool: each attempt's combined output, its identity and,
-//! once it finished, its result, on the worker's local disk until the
-//! controller has acknowledged all of them.
+//! The attempt spool: each attempt's combined output and, once it
+//! finished, its result, on the worker's local disk until the controller
+//! has acknowledged both; and the attempt's private files while it runs.
 //!
-//! Layout, under the worker's own directory (`<work_dir>/workers/<id>/`):
+//! The spool is a set of numbered slots, each a directory reused from one
+//! attempt to the next, under the worker's own directory
+//! (`<work_dir>/workers/<id>/`):
 //!
 //! ```text
-//! spool/<attempt_id>/meta.json    identity (run, task, attempt number), written when the attempt starts
-//! spool/<attempt_id>/log          every byte the task printed, appended as it is read from the pipes
-//! spool/<attempt_id>/result.json  the result, written (tmp + fsync + rename) after the log was synced
-//! spool/<attempt_id>/acked        the log offset the controller acknowledged last (a hint, never synced)
+//! spool/<slot>/log          every byte the task printed, appended as it is read from the pipes
+//! spool/<slot>/result.json  the attempt's identity and result, written (and synced) after the log was synced
+//! spool/<slot>/acked        the log offset the controller acknowledged last (a hint, never synced),
+//!                           or `forgotten` once the controller has everything
+//! spool/<slot>/group        the process group of the attempt's command (see `workdir`)
+//! spool/<slot>/output.json  `$BATON_OUTPUT`, read and removed when the command exits
 //! ```
+//!
+//! Files are truncated and rewritten in place, never created and removed
+//! per attempt: allocating and freeing inodes for every attempt made ext4
+//! search ever longer past recently freed ones, and each run of short
+//! commands slower than the last. A slot is taken by one attempt at a time
+//! and goes back to the free list once the attempt is both forgotten (the
+//! controller acknowledged all of it, or called it stale) and no longer
+//! running.
 //!
 //! The log file is the only copy of the output the worker keeps: chunks are
 //! read back from it to be sent, so the memory an attempt needs does not
 //! grow with what it prints. A worker killed (SIGKILL) and started again
 //! with the same id on the same work dir [`load`]s the finished attempts
-//! (those with a `result.json`) and sends their log from the `acked` hint
-//! (the controller skips bytes it already has) and then their result.
-//! Attempts without a result were still running when the worker died: their
-//! processes are killed by the work dir's reaper and their spool is removed,
-//! as the controller fails them as `worker_lost`.
+//! (slots with a `result.json` that are not marked forgotten) and sends
+//! their log from the `acked` hint (the controller skips bytes it already
+//! has) and then their result. Attempts without a result were still running
+//! when the worker died: their processes are killed by the work dir's
+//! reaper and their slots are freed, as the controller fails them as
+//! `worker_lost`. A `result.json` cut short by a crash of the machine reads
+//! as no result, the same as a crash just before it was written.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use baton_common::ids::{AttemptId, RunId, TaskId};
 use baton_common::pb::api::AttemptOutcome;
 use baton_common::time::{self, micros_to_system_time};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::executor::AttemptResult;
 
 const SPOOL_DIR: &str = "spool";
-const META_FILE: &str = "meta.json";
 const LOG_FILE: &str = "log";
 const RESULT_FILE: &str = "result.json";
 const ACKED_FILE: &str = "acked";
+/// File in a slot naming the process group of the attempt's command.
+pub(crate) const GROUP_FILE: &str = "group";
+const OUTPUT_FILE: &str = "output.json";
+/// What `acked` holds once the controller has all of the attempt.
+const FORGOTTEN: &str = "forgotten";
 
-/// `spool/<attempt_id>` under the worker's directory.
-pub(crate) fn attempt_spool_dir(worker_root: &Path, attempt_id: AttemptId) -> PathBuf {
-    worker_root.join(SPOOL_DIR).join(attempt_id.to_string())
+/// `spool` under the worker's directory.
+pub(crate) fn spool_dir(worker_root: &Path) -> PathBuf {
+    worker_root.join(SPOOL_DIR)
 }
 
-/// The attempt's spooled log.
-pub(crate) fn log_path(worker_root: &Path, attempt_id: AttemptId) -> PathBuf {
-    attempt_spool_dir(worker_root, attempt_id).join(LOG_FILE)
+/// The worker's spool: which of its slots are free.
+#[derive(Debug)]
+pub(crate) struct Spool {
+    dir: PathBuf,
+    slots: Mutex<FreeSlots>,
 }
 
-/// Who an attempt is, as `meta.json` keeps it.
+#[derive(Debug, Default)]
+struct FreeSlots {
+    free: Vec<u32>,
+    /// Slots `0..next` exist or were handed out.
+    next: u32,
+}
+
+impl Spool {
+    /// A spool whose slots `0..next` are free but `busy`.
+    fn new(dir: PathBuf, next: u32, busy: &[u32]) -> Arc<Self> {
+        // Popped from the end: the lowest numbers are reused first.
+        let free = (0..next)
+            .rev()
+            .filter(|index| !busy.contains(index))
+            .collect();
+        Arc::new(Self {
+            dir,
+            slots: Mutex::new(FreeSlots { free, next }),
+        })
+    }
+
+    /// An empty spool under the worker's directory.
+    #[cfg(test)]
+    pub(crate) fn empty(worker_root: &Path) -> Arc<Self> {
+        Self::new(spool_dir(worker_root), 0, &[])
+    }
+
+    /// Takes a free slot, or a new one when none is free. Its files are
+    /// made ready by [`SpoolWriter::create`].
+    pub(crate) fn take(self: &Arc<Self>) -> Arc<SpoolSlot> {
+        let index = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots.free.pop().unwrap_or_else(|| {
+                slots.next += 1;
+                slots.next - 1
+            })
+        };
+        self.slot(index)
+    }
+
+    fn slot(self: &Arc<Self>, index: u32) -> Arc<SpoolSlot> {
+        Arc::new(SpoolSlot {
+            spool: Arc::clone(self),
+            index,
+            dir: self.dir.join(index.to_string()),
+        })
+    }
+
+    /// Slots free now.
+    #[cfg(test)]
+    pub(crate) fn free_count(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .free
+            .len()
+    }
+}
+
+/// One slot of the spool, shared by whoever still uses it: the agent until
+/// the attempt is forgotten, the executor until it ended. The slot is free
+/// again when the last of them lets go.
+#[derive(Debug)]
+pub(crate) struct SpoolSlot {
+    spool: Arc<Spool>,
+    index: u32,
+    dir: PathBuf,
+}
+
+impl SpoolSlot {
+    /// The slot's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The spooled log.
+    pub(crate) fn log_path(&self) -> PathBuf {
+        self.dir.join(LOG_FILE)
+    }
+
+    /// `$BATON_OUTPUT`.
+    pub(crate) fn output_path(&self) -> PathBuf {
+        self.dir.join(OUTPUT_FILE)
+    }
+
+    /// Notes the acknowledged log offset, so a restarted worker resends
+    /// less. Not synced: a stale value only means more bytes are resent
+    /// (and skipped by the controller).
+    pub(crate) fn write_acked(&self, offset: u64) {
+        if let Err(error) = write_in_place(
+            &self.dir.join(ACKED_FILE),
+            offset.to_string().as_bytes(),
+            false,
+        ) {
+            warn!(slot = self.index, %error, "cannot note the acknowledged log offset");
+        }
+    }
+
+    /// The controller has everything of the attempt (or called it stale):
+    /// marks the slot so that a restarted worker does not send it again,
+    /// and gives the log's space back. Blocking.
+    pub(crate) fn forget(&self) {
+        let forgotten = write_in_place(&self.dir.join(ACKED_FILE), FORGOTTEN.as_bytes(), false)
+            .and_then(|()| {
+                File::options()
+                    .write(true)
+                    .open(self.log_path())?
+                    .set_len(0)
+            });
+        if let Err(error) = forgotten {
+            warn!(slot = self.index, %error, "cannot clear a forgotten attempt's spool");
+        }
+    }
+}
+
+impl Drop for SpoolSlot {
+    fn drop(&mut self) {
+        self.spool
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .free
+            .push(self.index);
+    }
+}
+
+/// Who an attempt is, as its `result.json` keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SpoolMeta {
     pub attempt_id: AttemptId,
@@ -58,9 +206,11 @@ pub(crate) struct SpoolMeta {
     pub attempt: u32,
 }
 
-/// `result.json`: the result and the start, in plain fields.
+/// `result.json`: the identity, the result and the start, in plain fields.
 #[derive(Debug, Serialize, Deserialize)]
 struct SpooledResult {
+    #[serde(flatten)]
+    meta: SpoolMeta,
     /// `AttemptOutcome` by name, so the file outlives renumbering.
     outcome: String,
     exit_code: Option<i32>,
@@ -74,23 +224,31 @@ struct SpooledResult {
 /// Writes an attempt's spool while it runs.
 #[derive(Debug)]
 pub(crate) struct SpoolWriter {
-    dir: PathBuf,
+    slot: Arc<SpoolSlot>,
+    meta: SpoolMeta,
     log: tokio::fs::File,
     len: u64,
 }
 
 impl SpoolWriter {
-    /// Creates the attempt's directory, its `meta.json` and an empty log.
-    pub(crate) async fn create(worker_root: &Path, meta: &SpoolMeta) -> io::Result<Self> {
-        let dir = attempt_spool_dir(worker_root, meta.attempt_id);
-        tokio::fs::create_dir_all(&dir).await?;
-        let text = serde_json::to_vec(meta).map_err(io::Error::other)?;
-        let meta_dir = dir.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&meta_dir, META_FILE, &text, true))
+    /// Makes the slot ready for the attempt: no result, no acknowledged
+    /// offset, no output file, an empty log.
+    pub(crate) async fn create(slot: Arc<SpoolSlot>, meta: SpoolMeta) -> io::Result<Self> {
+        let dir = slot.dir.clone();
+        let log = tokio::task::spawn_blocking(move || prepare(&dir))
             .await
             .map_err(io::Error::other)??;
-        let log = tokio::fs::File::create(dir.join(LOG_FILE)).await?;
-        Ok(Self { dir, log, len: 0 })
+        Ok(Self {
+            slot,
+            meta,
+            log: tokio::fs::File::from_std(log),
+            len: 0,
+        })
+    }
+
+    /// The slot the attempt writes in.
+    pub(crate) fn slot(&self) -> &SpoolSlot {
+        &self.slot
     }
 
     /// Bytes spooled so far.
@@ -109,12 +267,15 @@ impl SpoolWriter {
         Ok(self.len)
     }
 
-    /// The attempt ended: syncs the log, then stores the result atomically
-    /// (a `result.json` is never there without every log byte it counts).
+    /// The attempt ended: syncs the log, then stores the result (a
+    /// `result.json` is never there without every log byte it counts).
     pub(crate) async fn finish(mut self, result: &AttemptResult) -> io::Result<()> {
         self.log.flush().await?;
-        self.log.sync_data().await?;
+        if self.len > 0 {
+            self.log.sync_data().await?;
+        }
         let spooled = SpooledResult {
+            meta: self.meta,
             outcome: result.outcome.as_str_name().to_string(),
             exit_code: result.exit_code,
             error: result.error.clone(),
@@ -124,11 +285,40 @@ impl SpoolWriter {
             log_bytes: result.log_bytes,
         };
         let text = serde_json::to_vec(&spooled).map_err(io::Error::other)?;
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&dir, RESULT_FILE, &text, true))
+        let path = self.slot.dir.join(RESULT_FILE);
+        tokio::task::spawn_blocking(move || write_in_place(&path, &text, true))
             .await
             .map_err(io::Error::other)?
     }
+}
+
+/// Empties a slot's files for a new attempt, creating them (and the
+/// slot) on its first use; returns the log, open for writing.
+fn prepare(dir: &Path) -> io::Result<File> {
+    let new = match std::fs::create_dir(dir) {
+        Ok(()) => true,
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            true
+        }
+        Err(error) => return Err(error),
+    };
+    // The result first: a worker that dies in between finds no result,
+    // whatever `acked` says.
+    File::create(dir.join(RESULT_FILE))?;
+    File::create(dir.join(ACKED_FILE))?;
+    File::create(dir.join(GROUP_FILE))?;
+    match std::fs::remove_file(dir.join(OUTPUT_FILE)) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let log = File::create(dir.join(LOG_FILE))?;
+    if new {
+        // Once per slot: the names of its files survive a machine crash.
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(log)
 }
 
 /// A finished attempt found in the spool at start-up.
@@ -136,57 +326,71 @@ impl SpoolWriter {
 pub(crate) struct Recovered {
     pub meta: SpoolMeta,
     pub result: AttemptResult,
-    /// Bytes in the log file.
+    /// Bytes of the attempt's log in the log file.
     pub log_len: u64,
     /// The last acknowledged offset the worker noted (0 when unknown).
     pub acked: u64,
 }
 
-/// Reads the spool after a restart: finished attempts are returned (in
-/// attempt id order); the spool of attempts that were still running, or
-/// that cannot be read, is removed.
-pub(crate) fn load(worker_root: &Path) -> Vec<Recovered> {
-    let Ok(entries) = std::fs::read_dir(worker_root.join(SPOOL_DIR)) else {
-        return Vec::new();
-    };
-    let mut recovered = Vec::new();
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        match load_one(&dir) {
-            Ok(Some(attempt)) => recovered.push(attempt),
-            Ok(None) => {
-                info!(path = %dir.display(), "dropping the spool of an attempt that was running when the worker stopped");
-                remove_dir(&dir);
-            }
+/// Reads the spool after a restart: the spool, with the slots of finished
+/// attempts taken and returned with them (in attempt id order); every
+/// other slot is free. What is not a slot is removed.
+pub(crate) fn load(worker_root: &Path) -> (Arc<Spool>, Vec<(Arc<SpoolSlot>, Recovered)>) {
+    let dir = spool_dir(worker_root);
+    let mut next = 0;
+    let mut finished = Vec::new();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Some(index) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            warn!(path = %path.display(), "removing what is not a spool slot");
+            remove_entry(&path);
+            continue;
+        };
+        next = next.max(index.saturating_add(1));
+        match load_one(&path) {
+            Ok(Some(attempt)) => finished.push((index, attempt)),
+            Ok(None) => {}
             Err(error) => {
-                warn!(path = %dir.display(), %error, "dropping an unreadable attempt spool");
-                remove_dir(&dir);
+                warn!(path = %path.display(), %error, "dropping an unreadable attempt spool");
             }
         }
     }
-    recovered.sort_by_key(|attempt| attempt.meta.attempt_id);
-    recovered
+    let busy: Vec<u32> = finished.iter().map(|(index, _)| *index).collect();
+    let spool = Spool::new(dir, next, &busy);
+    let mut recovered: Vec<_> = finished
+        .into_iter()
+        .map(|(index, attempt)| (spool.slot(index), attempt))
+        .collect();
+    recovered.sort_by_key(|(_, attempt)| attempt.meta.attempt_id);
+    (spool, recovered)
 }
 
+/// The finished attempt a slot holds, if any.
 fn load_one(dir: &Path) -> io::Result<Option<Recovered>> {
     let result_text = match std::fs::read(dir.join(RESULT_FILE)) {
-        Ok(text) => text,
+        Ok(text) if !text.is_empty() => text,
+        Ok(_) => return Ok(None),
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
     };
-    let meta: SpoolMeta =
-        serde_json::from_slice(&std::fs::read(dir.join(META_FILE))?).map_err(io::Error::other)?;
+    let acked = std::fs::read_to_string(dir.join(ACKED_FILE)).unwrap_or_default();
+    if acked.trim() == FORGOTTEN {
+        return Ok(None);
+    }
     let spooled: SpooledResult = serde_json::from_slice(&result_text).map_err(io::Error::other)?;
     let log_len = match std::fs::metadata(dir.join(LOG_FILE)) {
         Ok(metadata) => metadata.len(),
         Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
         Err(error) => return Err(error),
     };
-    let acked = std::fs::read_to_string(dir.join(ACKED_FILE))
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(0_u64)
-        .min(log_len);
+    // Past what the result counts is an earlier attempt's log that a crash
+    // of the machine brought back (an empty log is not synced).
+    let log_len = log_len.min(spooled.log_bytes);
+    let acked = acked.trim().parse().unwrap_or(0_u64).min(log_len);
     let outcome = AttemptOutcome::from_str_name(&spooled.outcome).unwrap_or(AttemptOutcome::Error);
     let result = AttemptResult {
         outcome,
@@ -198,57 +402,43 @@ fn load_one(dir: &Path) -> io::Result<Option<Recovered>> {
         log_bytes: spooled.log_bytes,
     };
     Ok(Some(Recovered {
-        meta,
+        meta: spooled.meta,
         result,
         log_len,
         acked,
     }))
 }
 
-/// Notes the acknowledged log offset, so a restarted worker resends less.
-/// Not synced: a stale value only means more bytes are resent (and skipped
-/// by the controller).
-pub(crate) fn write_acked(worker_root: &Path, attempt_id: AttemptId, offset: u64) {
-    let dir = attempt_spool_dir(worker_root, attempt_id);
-    if let Err(error) = write_atomically(&dir, ACKED_FILE, offset.to_string().as_bytes(), false) {
-        warn!(%attempt_id, %error, "cannot note the acknowledged log offset");
-    }
-}
-
-/// Removes an attempt's spool (everything was acknowledged, or the attempt
-/// is stale).
-pub(crate) fn remove(worker_root: &Path, attempt_id: AttemptId) {
-    remove_dir(&attempt_spool_dir(worker_root, attempt_id));
-}
-
-fn remove_dir(dir: &Path) {
-    if let Err(error) = std::fs::remove_dir_all(dir)
+fn remove_entry(path: &Path) {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    if let Err(error) = removed
         && error.kind() != io::ErrorKind::NotFound
     {
-        warn!(path = %dir.display(), %error, "cannot remove an attempt spool");
+        warn!(path = %path.display(), %error, "cannot remove it");
     }
 }
 
-/// Writes `dir/name` through a temporary file and a rename, so a reader
-/// sees the old or the new content, never a part; with `sync` the file and
-/// the directory are synced so the new content survives a machine crash.
-fn write_atomically(dir: &Path, name: &str, contents: &[u8], sync: bool) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
+/// Replaces the content of `path` in place (no new inode); with `sync` it
+/// survives a crash of the machine once this returns. A crash while it
+/// writes can leave it cut short: readers treat what does not parse as
+/// absent.
+fn write_in_place(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
+    let mut file = File::create(path)?;
     file.write_all(contents)?;
     if sync {
-        file.sync_all()?;
-    }
-    drop(file);
-    std::fs::rename(&tmp, dir.join(name))?;
-    if sync {
-        std::fs::File::open(dir)?.sync_all()?;
+        file.sync_data()?;
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     fn meta() -> SpoolMeta {
@@ -260,45 +450,148 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn finished_attempts_are_found_again_and_running_ones_dropped() {
-        let root = tempfile::tempdir().unwrap();
-        let finished = meta();
-        let mut writer = SpoolWriter::create(root.path(), &finished).await.unwrap();
-        assert_eq!(writer.append(b"hello ").await.unwrap(), 6);
-        assert_eq!(writer.append(b"world\n").await.unwrap(), 12);
-        let result = AttemptResult {
+    fn failed(log_bytes: u64) -> AttemptResult {
+        AttemptResult {
             outcome: AttemptOutcome::Failed,
             exit_code: Some(3),
             error: "exited with status 3".into(),
             output_json: String::new(),
             started_at: micros_to_system_time(1_000_000),
             ended_at: micros_to_system_time(2_000_000),
-            log_bytes: 12,
-        };
-        writer.finish(&result).await.unwrap();
-        write_acked(root.path(), finished.attempt_id, 6);
+            log_bytes,
+        }
+    }
 
-        let running = meta();
-        let mut writer = SpoolWriter::create(root.path(), &running).await.unwrap();
+    #[tokio::test]
+    async fn finished_attempts_are_found_again_and_running_ones_dropped() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::empty(root.path());
+        let finished = meta();
+        let finished_slot = spool.take();
+        let mut writer = SpoolWriter::create(Arc::clone(&finished_slot), finished.clone())
+            .await
+            .unwrap();
+        assert_eq!(writer.append(b"hello ").await.unwrap(), 6);
+        assert_eq!(writer.append(b"world\n").await.unwrap(), 12);
+        writer.finish(&failed(12)).await.unwrap();
+        finished_slot.write_acked(6);
+
+        let running_slot = spool.take();
+        let mut writer = SpoolWriter::create(Arc::clone(&running_slot), meta())
+            .await
+            .unwrap();
         writer.append(b"partial").await.unwrap();
+        // A worker killed now: nothing of it runs on.
+        drop((writer, finished_slot, running_slot, spool));
 
-        let recovered = load(root.path());
+        let (spool, recovered) = load(root.path());
         assert_eq!(recovered.len(), 1, "{recovered:?}");
-        let attempt = &recovered[0];
+        let (slot, attempt) = &recovered[0];
         assert_eq!(attempt.meta, finished);
-        assert_eq!(attempt.result, result);
+        assert_eq!(attempt.result, failed(12));
         assert_eq!(attempt.log_len, 12);
         assert_eq!(attempt.acked, 6);
-        assert_eq!(
-            std::fs::read(log_path(root.path(), finished.attempt_id)).unwrap(),
-            b"hello world\n"
-        );
+        assert_eq!(std::fs::read(slot.log_path()).unwrap(), b"hello world\n");
+        assert_eq!(spool.free_count(), 1, "the running attempt's slot is free");
+
+        // Acknowledged: not found again, and its log's space is given back.
+        slot.forget();
+        assert_eq!(std::fs::metadata(slot.log_path()).unwrap().len(), 0);
+        drop(recovered);
+        assert_eq!(spool.free_count(), 2);
+        let (_, recovered) = load(root.path());
+        assert!(recovered.is_empty(), "{recovered:?}");
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_free_once_forgotten_and_ended_and_reused_in_place() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::empty(root.path());
+        let slot = spool.take();
+        let mut writer = SpoolWriter::create(Arc::clone(&slot), meta())
+            .await
+            .unwrap();
+        writer.append(b"output\n").await.unwrap();
+        std::fs::write(slot.output_path(), "{}").unwrap();
+        let inode = |name: &str| std::fs::metadata(slot.dir().join(name)).unwrap().ino();
+        let inodes = [inode(LOG_FILE), inode(RESULT_FILE), inode(ACKED_FILE)];
+
+        // Called stale while it still runs: the agent forgets it first.
+        slot.forget();
+        drop(slot);
+        assert_eq!(spool.free_count(), 0, "still held by the running attempt");
+        // The stopped attempt stores its result after it was forgotten.
+        writer.finish(&failed(7)).await.unwrap();
+        let (_, recovered) = load(root.path());
         assert!(
-            !attempt_spool_dir(root.path(), running.attempt_id).exists(),
-            "the spool of a running attempt is dropped"
+            recovered.is_empty(),
+            "a forgotten attempt is not sent again"
         );
-        remove(root.path(), finished.attempt_id);
-        assert!(load(root.path()).is_empty());
+        assert_eq!(spool.free_count(), 1, "free once the attempt ended too");
+
+        let again = spool.take();
+        assert_eq!(spool.free_count(), 0);
+        let writer = SpoolWriter::create(Arc::clone(&again), meta())
+            .await
+            .unwrap();
+        assert_eq!(writer.slot().dir(), again.dir(), "the same slot");
+        let inode = |name: &str| std::fs::metadata(again.dir().join(name)).unwrap().ino();
+        assert_eq!(
+            [inode(LOG_FILE), inode(RESULT_FILE), inode(ACKED_FILE)],
+            inodes,
+            "files are reused, not created again"
+        );
+        for name in [LOG_FILE, RESULT_FILE, ACKED_FILE] {
+            let len = std::fs::metadata(again.dir().join(name)).unwrap().len();
+            assert_eq!(len, 0, "{name} is empty for the new attempt");
+        }
+        assert!(
+            !again.output_path().exists(),
+            "no output file before the task writes one"
+        );
+        let (_, recovered) = load(root.path());
+        assert!(recovered.is_empty(), "a new attempt has no result yet");
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_read_is_no_result_and_what_is_no_slot_is_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::empty(root.path());
+        let slot = spool.take();
+        let writer = SpoolWriter::create(Arc::clone(&slot), meta())
+            .await
+            .unwrap();
+        writer.finish(&failed(0)).await.unwrap();
+        // Cut short by a crash of the machine.
+        let text = std::fs::read(slot.dir().join(RESULT_FILE)).unwrap();
+        std::fs::write(slot.dir().join(RESULT_FILE), &text[..text.len() / 2]).unwrap();
+        let stray = spool_dir(root.path()).join("0193a2b4-not-a-slot");
+        std::fs::create_dir_all(&stray).unwrap();
+        drop((slot, spool));
+
+        let (spool, recovered) = load(root.path());
+        assert!(recovered.is_empty(), "{recovered:?}");
+        assert_eq!(spool.free_count(), 1);
+        assert!(!stray.exists());
+        let (first, second) = (spool.take(), spool.take());
+        assert_eq!(first.dir(), spool_dir(root.path()).join("0"));
+        assert_eq!(second.dir(), spool_dir(root.path()).join("1"));
+    }
+
+    #[tokio::test]
+    async fn a_log_longer_than_its_result_counts_is_cut_to_the_count() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::empty(root.path());
+        let slot = spool.take();
+        let writer = SpoolWriter::create(Arc::clone(&slot), meta())
+            .await
+            .unwrap();
+        writer.finish(&failed(0)).await.unwrap();
+        // An earlier attempt's unsynced truncation undone by a crash.
+        std::fs::write(slot.log_path(), b"an earlier attempt's log").unwrap();
+        drop((slot, spool));
+        let (_, recovered) = load(root.path());
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].1.log_len, 0);
     }
 }

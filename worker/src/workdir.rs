@@ -3,12 +3,15 @@
 //!
 //! A worker holds an exclusive lock on its directory's `lock` file for as
 //! long as it runs, and records each running attempt's process group (pid
-//! and start time) in `attempts/<attempt_id>/group`. A worker killed with
-//! SIGKILL cannot kill its tasks' process groups, so the next worker that
-//! starts on the same work dir does it: every worker directory whose lock it
-//! can take belongs to a worker that is gone; the groups recorded there whose
-//! leader still has the recorded start time (so the pid was not reused) are
-//! killed, and the directory is removed. A second worker with the same id on
+//! and start time) in the attempt's spool slot, `spool/<slot>/group`. A
+//! worker killed with SIGKILL cannot kill its tasks' process groups, so the
+//! next worker that starts on the same work dir does it: every worker
+//! directory whose lock it can take belongs to a worker that is gone; the
+//! groups recorded there whose leader still has the recorded start time (so
+//! the pid was not reused, and a group recorded by an attempt that ended
+//! long ago is left alone) are killed, and the directory is removed; a
+//! worker restarted with its own id does the same in its own spool, which
+//! it then reads for finished attempts. A second worker with the same id on
 //! the same work dir is refused. Workers take turns (`workers/.lock`) to
 //! create, lock and clean up, so two starting together never take each
 //! other's directory for abandoned.
@@ -24,9 +27,7 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use crate::WorkerError;
-
-/// File in an attempt's directory naming its process group.
-const GROUP_FILE: &str = "group";
+use crate::spool::{GROUP_FILE, spool_dir};
 
 /// The locked directory of a running worker.
 pub(crate) struct WorkDir {
@@ -52,7 +53,7 @@ impl WorkDir {
         let turn = File::create(&turn_path).map_err(|source| io_error(&turn_path, source))?;
         let _turn = Flock::lock(turn, FlockArg::LockExclusive)
             .map_err(|(_, errno)| io_error(&turn_path, io::Error::from(errno)))?;
-        std::fs::create_dir_all(root.join("attempts")).map_err(|source| io_error(&root, source))?;
+        std::fs::create_dir_all(spool_dir(&root)).map_err(|source| io_error(&root, source))?;
         let lock_path = root.join("lock");
         let file = File::create(&lock_path).map_err(|source| io_error(&lock_path, source))?;
         let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -68,9 +69,9 @@ impl WorkDir {
             }
             Err((_, errno)) => return Err(io_error(&lock_path, io::Error::from(errno))),
         };
-        // Our own leftovers first (a previous run of this worker), then
-        // other workers that are gone.
-        reap_attempts(&root.join("attempts"));
+        // Our own leftovers first (a previous run of this worker, whose
+        // spool the worker reads next), then other workers that are gone.
+        kill_recorded_groups(&spool_dir(&root));
         if let Ok(entries) = std::fs::read_dir(&workers) {
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -101,17 +102,16 @@ fn reap_if_abandoned(dir: &Path) {
     let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
         return;
     };
-    reap_attempts(&dir.join("attempts"));
+    kill_recorded_groups(&spool_dir(dir));
     if let Err(error) = std::fs::remove_dir_all(dir) {
         warn!(path = %dir.display(), %error, "cannot remove an abandoned worker directory");
     }
     drop(lock);
 }
 
-/// Kills the process groups recorded under `attempts` and removes the
-/// attempts' directories.
-fn reap_attempts(attempts: &Path) {
-    let Ok(entries) = std::fs::read_dir(attempts) else {
+/// Kills the process groups recorded in the slots of a spool.
+fn kill_recorded_groups(spool: &Path) {
+    let Ok(entries) = std::fs::read_dir(spool) else {
         return;
     };
     for entry in entries.flatten() {
@@ -127,22 +127,16 @@ fn reap_attempts(attempts: &Path) {
                 Err(error) => warn!(pgid, %error, "cannot kill a leftover process group"),
             }
         }
-        if let Err(error) = std::fs::remove_dir_all(&dir) {
-            warn!(path = %dir.display(), %error, "cannot remove a leftover attempt directory");
-        }
     }
 }
 
-/// Records the process group an attempt's process leads, so it can be
-/// killed even if this worker is not there to do it.
-pub(crate) fn record_group(attempt_dir: &Path, pid: u32) -> io::Result<()> {
+/// Records the process group an attempt's process leads in its spool
+/// slot, so it can be killed even if this worker is not there to do it.
+pub(crate) fn record_group(slot_dir: &Path, pid: u32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
     let start_time =
         process_start_time(pid).ok_or_else(|| io::Error::other("process already gone"))?;
-    std::fs::write(
-        attempt_dir.join(GROUP_FILE),
-        format!("{pid} {start_time}\n"),
-    )
+    std::fs::write(slot_dir.join(GROUP_FILE), format!("{pid} {start_time}\n"))
 }
 
 fn read_group(path: &Path) -> Option<(i32, u64)> {
@@ -189,7 +183,7 @@ mod tests {
         // A worker that was SIGKILLed: its directory exists, unlocked, with
         // a running process group recorded.
         let dead = work_dir.path().join("workers").join("dead");
-        let attempt = dead.join("attempts").join("a1");
+        let attempt = spool_dir(&dead).join("0");
         std::fs::create_dir_all(&attempt).unwrap();
         File::create(dead.join("lock")).unwrap();
         let mut child = Command::new("sh")
@@ -208,18 +202,18 @@ mod tests {
         }
         assert!(!alive(pid), "the leftover group is killed");
         assert!(!dead.exists(), "the gone worker's directory is removed");
-        assert!(live.root().join("attempts").is_dir());
+        assert!(spool_dir(live.root()).is_dir());
     }
 
     #[test]
     fn a_running_workers_directory_is_left_alone_and_its_id_cannot_be_reused() {
         let work_dir = tempfile::tempdir().unwrap();
         let first = WorkDir::acquire(work_dir.path(), "w1").unwrap();
-        std::fs::create_dir_all(first.root().join("attempts").join("a1")).unwrap();
+        std::fs::create_dir_all(spool_dir(first.root()).join("0")).unwrap();
         let _second = WorkDir::acquire(work_dir.path(), "w2").unwrap();
         assert!(
-            first.root().join("attempts").join("a1").exists(),
-            "a live worker's attempts stay"
+            spool_dir(first.root()).join("0").exists(),
+            "a live worker's spool stays"
         );
         let error = WorkDir::acquire(work_dir.path(), "w1")
             .err()
@@ -244,7 +238,7 @@ mod tests {
         });
         for workdir in &started {
             assert!(
-                workdir.root().join("attempts").is_dir(),
+                spool_dir(workdir.root()).is_dir(),
                 "{} kept",
                 workdir.root().display()
             );

@@ -484,17 +484,41 @@ async fn unacknowledged_results_are_resent_after_reconnecting() {
     session.expect_end().await;
     drop(session);
     join_worker(worker).await;
+    // The attempt's slot keeps neither its output file nor its log.
+    let spool = work_dir
+        .path()
+        .join("workers")
+        .join(config.worker_id.as_str())
+        .join("spool");
+    for slot in spool.read_dir().expect("spool dir").flatten() {
+        let slot = slot.path();
+        assert!(!slot.join("output.json").exists(), "{}", slot.display());
+        let log = std::fs::metadata(slot.join("log")).expect("log").len();
+        assert_eq!(log, 0, "{}", slot.display());
+    }
+
+    // Started again with the same id: the acknowledged attempt is not
+    // announced or sent again.
+    let worker_id = config.worker_id.clone();
+    let (_, shutdown, worker) = start_worker(&controller.addr, work_dir.path(), |config| {
+        config.worker_id = worker_id;
+    });
+    let mut session = controller.accept().await;
+    let register = session.expect_register().await;
     assert!(
-        work_dir
-            .path()
-            .join("workers")
-            .join(config.worker_id.as_str())
-            .join("attempts")
-            .read_dir()
-            .expect("attempts dir")
-            .next()
-            .is_none()
+        register.attempt_ids.is_empty(),
+        "{:?}",
+        register.attempt_ids
     );
+    session.register_ok();
+    session
+        .expect_only_heartbeats(Duration::from_millis(400))
+        .await;
+    shutdown.cancel();
+    session.recv_draining_heartbeat().await;
+    session.expect_end().await;
+    drop(session);
+    join_worker(worker).await;
     controller.stop().await;
 }
 
