@@ -8,17 +8,18 @@
 //!
 //! ```text
 //! spool/<slot>/log          every byte the task printed, appended as it is read from the pipes
-//! spool/<slot>/result.json  the attempt's identity and result, written (and synced) after the log was synced
+//! spool/<slot>/result.json  `running`, then the attempt's identity and result, written (and synced) after the log was synced
 //! spool/<slot>/acked        the log offset the controller acknowledged last (a hint, never synced),
 //!                           or `forgotten` once the controller has everything
 //! spool/<slot>/group        the process group of the attempt's command (see `workdir`)
 //! spool/<slot>/output.json  `$BATON_OUTPUT`, read and removed when the command exits
 //! ```
 //!
-//! Files are truncated and rewritten in place, never created and removed
-//! per attempt: allocating and freeing inodes for every attempt made ext4
-//! search ever longer past recently freed ones, and each run of short
-//! commands slower than the last. A slot is taken by one attempt at a time
+//! Files are rewritten in place, never created and removed per attempt:
+//! allocating and freeing inodes for every attempt made ext4 search ever
+//! longer past recently freed ones, and each run of short commands slower
+//! than the last. Nor are they cut to zero and written again, which makes
+//! ext4 write them out at once. A slot is taken by one attempt at a time
 //! and goes back to the free list once the attempt is both forgotten (the
 //! controller acknowledged all of it, or called it stale) and no longer
 //! running.
@@ -58,6 +59,8 @@ pub(crate) const GROUP_FILE: &str = "group";
 const OUTPUT_FILE: &str = "output.json";
 /// What `acked` holds once the controller has all of the attempt.
 const FORGOTTEN: &str = "forgotten";
+/// What `result.json` holds while its attempt runs.
+const NO_RESULT: &[u8] = b"running";
 
 /// `spool` under the worker's directory.
 pub(crate) fn spool_dir(worker_root: &Path) -> PathBuf {
@@ -305,14 +308,16 @@ fn prepare(dir: &Path) -> io::Result<File> {
         Err(error) => return Err(error),
     };
     // The result first: a worker that dies in between finds no result,
-    // whatever `acked` says.
-    File::create(dir.join(RESULT_FILE))?;
-    File::create(dir.join(ACKED_FILE))?;
-    File::create(dir.join(GROUP_FILE))?;
+    // whatever `acked` says. The group file keeps the last attempt's
+    // record until this one's process starts: harmless, as the reaper
+    // checks the recorded start time.
+    write_in_place(&dir.join(RESULT_FILE), NO_RESULT, false)?;
+    write_in_place(&dir.join(ACKED_FILE), b"0", false)?;
     match std::fs::remove_file(dir.join(OUTPUT_FILE)) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
         _ => {}
     }
+    // Empty already when the last attempt was forgotten.
     let log = File::create(dir.join(LOG_FILE))?;
     if new {
         // Once per slot: the names of its files survive a machine crash.
@@ -372,7 +377,7 @@ pub(crate) fn load(worker_root: &Path) -> (Arc<Spool>, Vec<(Arc<SpoolSlot>, Reco
 /// The finished attempt a slot holds, if any.
 fn load_one(dir: &Path) -> io::Result<Option<Recovered>> {
     let result_text = match std::fs::read(dir.join(RESULT_FILE)) {
-        Ok(text) if !text.is_empty() => text,
+        Ok(text) if !text.is_empty() && text != NO_RESULT => text,
         Ok(_) => return Ok(None),
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
@@ -424,11 +429,18 @@ fn remove_entry(path: &Path) {
 
 /// Replaces the content of `path` in place (no new inode); with `sync` it
 /// survives a crash of the machine once this returns. A crash while it
-/// writes can leave it cut short: readers treat what does not parse as
-/// absent.
-fn write_in_place(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
-    let mut file = File::create(path)?;
+/// writes can leave it cut short or mixed with what it held: readers treat
+/// what does not parse as absent. `contents` must not be empty.
+pub(crate) fn write_in_place(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
+    // Overwritten, then cut to length, never cut to zero first: ext4
+    // writes out at once a file cut to zero and written again.
+    let mut file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
     file.write_all(contents)?;
+    file.set_len(contents.len() as u64)?;
     if sync {
         file.sync_data()?;
     }
@@ -541,10 +553,10 @@ mod tests {
             inodes,
             "files are reused, not created again"
         );
-        for name in [LOG_FILE, RESULT_FILE, ACKED_FILE] {
-            let len = std::fs::metadata(again.dir().join(name)).unwrap().len();
-            assert_eq!(len, 0, "{name} is empty for the new attempt");
-        }
+        let read = |name: &str| std::fs::read(again.dir().join(name)).unwrap();
+        assert_eq!(read(LOG_FILE), b"", "an empty log for the new attempt");
+        assert_eq!(read(RESULT_FILE), NO_RESULT, "no result yet");
+        assert_eq!(read(ACKED_FILE), b"0", "nothing acknowledged yet");
         assert!(
             !again.output_path().exists(),
             "no output file before the task writes one"

@@ -27,7 +27,7 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use crate::WorkerError;
-use crate::spool::{GROUP_FILE, spool_dir};
+use crate::spool::{GROUP_FILE, spool_dir, write_in_place};
 
 /// The locked directory of a running worker.
 pub(crate) struct WorkDir {
@@ -136,7 +136,11 @@ pub(crate) fn record_group(slot_dir: &Path, pid: u32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
     let start_time =
         process_start_time(pid).ok_or_else(|| io::Error::other("process already gone"))?;
-    std::fs::write(slot_dir.join(GROUP_FILE), format!("{pid} {start_time}\n"))
+    write_in_place(
+        &slot_dir.join(GROUP_FILE),
+        format!("{pid} {start_time}\n").as_bytes(),
+        false,
+    )
 }
 
 fn read_group(path: &Path) -> Option<(i32, u64)> {
