@@ -4,7 +4,7 @@
 //! the stores' own cost measured in the same invocation.
 //!
 //! ```text
-//! cargo run --release -p baton-bench -- <fanout|chain|map|memory|observability|fleet|reference|all> \
+//! cargo run --release -p baton-bench -- <fanout|command|etl-runs|mixed|scale|chain|map|memory|observability|fleet|reference|all> \
 //!     [--repeat 5] [--slots 256] [--json PATH]
 //! ```
 //!
@@ -17,16 +17,19 @@ mod cluster;
 mod cluster_chain;
 mod cluster_fanout;
 mod etcd;
+mod etl_runs;
 mod failover;
 mod fanout;
 mod fleet;
 mod map;
 mod memory;
+mod mixed;
 mod observability;
 mod procs;
 mod reference;
 mod report;
 mod runs;
+mod scale;
 mod sim_worker;
 mod stats;
 
@@ -50,6 +53,15 @@ enum Scenario {
     /// Tasks/s of a 1 → 2,000 → 1 run of `command: ["true"]` tasks on
     /// `baton dev` (a process spawned per task).
     Command,
+    /// Runs/s of 1,000 runs of the 5-task ETL shape (noops) triggered at
+    /// once on `baton dev`.
+    EtlRuns,
+    /// Tasks/s of one run each of 100 DAGs of 100 noops with random
+    /// dependencies, triggered at once on `baton dev`.
+    Mixed,
+    /// µs per task of fan-outs of 1,000, 10,000 and 100,000 noops on
+    /// `baton dev`: flat when the cost is per event.
+    Scale,
     /// Hop latency along a 1,000-noop chain on `baton dev`.
     Chain,
     /// Dynamic fan-out on `baton dev`: a list output of 10,000 items mapped
@@ -77,8 +89,9 @@ enum Scenario {
     Failover,
     /// cluster-fanout, cluster-chain, failover.
     Cluster,
-    /// reference, fanout, command, chain, map, memory, observability, fleet,
-    /// cluster-fanout, cluster-chain, failover, then one summary.
+    /// reference, fanout, command, etl-runs, mixed, scale, chain, map,
+    /// memory, observability, fleet, cluster-fanout, cluster-chain,
+    /// failover, then one summary.
     All,
 }
 
@@ -314,6 +327,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             );
             record(&mut failures, name, result).await;
         }
+    }
+    if wanted(Scenario::EtlRuns) {
+        println!();
+        let scenario = etl_runs::run(&binary, &work, repeat, args.slots, &mut report);
+        record(&mut failures, etl_runs::SCENARIO, scenario).await;
+    }
+    if wanted(Scenario::Mixed) {
+        println!();
+        let scenario = mixed::run(&binary, &work, repeat, args.slots, &mut report);
+        record(&mut failures, mixed::SCENARIO, scenario).await;
+    }
+    if wanted(Scenario::Scale) {
+        println!();
+        let scenario = scale::run(&binary, &work, repeat, args.slots, &mut report);
+        record(&mut failures, scale::SCENARIO, scenario).await;
     }
     if wanted(Scenario::Chain) {
         println!();

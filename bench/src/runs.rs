@@ -1,7 +1,10 @@
 //! The benchmark DAGs (as JSON specs of `noop` tasks) and the client calls a
-//! scenario makes: register, trigger, and wait for a run's final state by
-//! polling `GetRun` (without tasks) at a fixed interval.
+//! scenario makes: register, trigger (one run, or many at once), and wait
+//! for a run's final state by polling `GetRun` (without tasks), or for
+//! many runs by polling `ListRuns` for any still active, at a fixed
+//! interval.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -10,8 +13,10 @@ use baton_common::pb::api::{self, RunState};
 use baton_common::states::{run_state_is_final, run_state_name};
 use baton_common::time::{Micros, timestamp_opt_to_micros};
 use serde_json::{Value, json};
+use tokio::task::JoinSet;
 
-use crate::procs::Alive;
+use crate::procs::{Alive, Proc, settle};
+use crate::stats;
 
 /// Bound on one API call (registering a 100,000-task spec included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -147,6 +152,199 @@ pub async fn wait_success(
         tokio::time::sleep_until(next.max(tokio::time::Instant::now())).await;
     }
     bail!("run {run_id} did not finish within {timeout:?}")
+}
+
+/// `TriggerRun` calls in flight at once in [`trigger_many`].
+const TRIGGERS_IN_FLIGHT: usize = 16;
+/// `ListRuns`' largest page.
+const LIST_PAGE: u32 = 1_000;
+
+/// Triggers one run of each DAG in `dag_ids` (a DAG may appear many times),
+/// [`TRIGGERS_IN_FLIGHT`] calls at a time; returns the runs' ids.
+pub async fn trigger_many(
+    client: &BatonClient,
+    dag_ids: &[String],
+) -> anyhow::Result<HashSet<String>> {
+    let mut lanes = JoinSet::new();
+    for lane in 0..TRIGGERS_IN_FLIGHT {
+        let mut client = client.clone();
+        let dags: Vec<String> = dag_ids
+            .iter()
+            .skip(lane)
+            .step_by(TRIGGERS_IN_FLIGHT)
+            .cloned()
+            .collect();
+        lanes.spawn(async move {
+            let mut ids = Vec::with_capacity(dags.len());
+            for dag_id in &dags {
+                ids.push(trigger(&mut client, dag_id).await?);
+            }
+            anyhow::Ok(ids)
+        });
+    }
+    let mut ids = HashSet::with_capacity(dag_ids.len());
+    while let Some(lane) = lanes.join_next().await {
+        ids.extend(lane.context("a trigger task failed")??);
+    }
+    if ids.len() != dag_ids.len() {
+        bail!(
+            "{} runs triggered, {} ids returned",
+            dag_ids.len(),
+            ids.len()
+        );
+    }
+    Ok(ids)
+}
+
+/// Asks every `interval` (`ListRuns`, one run per page) until no run of
+/// `dag_id` (of any DAG when empty) is queued or running.
+pub async fn wait_no_active_run(
+    client: &mut BatonClient,
+    process: &mut dyn Alive,
+    dag_id: &str,
+    interval: Duration,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let max_polls = (timeout.as_micros() / interval.as_micros().max(1)) as u32 + 1;
+    for polls in 1..=max_polls {
+        let request = api::ListRunsRequest {
+            dag_id: dag_id.to_string(),
+            states: vec![RunState::Queued as i32, RunState::Running as i32],
+            page_size: 1,
+            page_token: String::new(),
+        };
+        let page = within("ListRuns", client.runs.list_runs(request))
+            .await?
+            .into_inner();
+        if page.runs.is_empty() {
+            return Ok(());
+        }
+        if polls.is_multiple_of(100) {
+            process.check_alive()?;
+        }
+        if started.elapsed() > timeout {
+            break;
+        }
+        tokio::time::sleep(interval).await;
+    }
+    bail!("runs were still active after {timeout:?}")
+}
+
+/// The records of the runs `ids` of `dag_id` (of any DAG when empty), all
+/// of which must have succeeded.
+pub async fn succeeded_runs(
+    client: &mut BatonClient,
+    dag_id: &str,
+    ids: &HashSet<String>,
+) -> anyhow::Result<Vec<api::Run>> {
+    let mut runs = Vec::with_capacity(ids.len());
+    let mut page_token = String::new();
+    // Bounded by what the process holds: 100 times the runs asked about.
+    for _ in 0..=ids.len() * 100 / LIST_PAGE as usize + 1 {
+        let request = api::ListRunsRequest {
+            dag_id: dag_id.to_string(),
+            states: Vec::new(),
+            page_size: LIST_PAGE,
+            page_token: page_token.clone(),
+        };
+        let page = within("ListRuns", client.runs.list_runs(request))
+            .await?
+            .into_inner();
+        runs.extend(
+            page.runs
+                .into_iter()
+                .filter(|run| ids.contains(&run.run_id)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if runs.len() != ids.len() {
+        bail!(
+            "{} of the {} runs triggered are listed",
+            runs.len(),
+            ids.len()
+        );
+    }
+    if let Some(run) = runs
+        .iter()
+        .find(|run| run.state != RunState::Success as i32)
+    {
+        let state = RunState::try_from(run.state).unwrap_or(RunState::Unspecified);
+        bail!(
+            "run {} ended {} ({})",
+            run.run_id,
+            run_state_name(state),
+            run.reason
+        );
+    }
+    Ok(runs)
+}
+
+/// Runs that overlapped: seconds from the first `created_at` to the last
+/// `ended_at`, and each run's `ended_at` − `created_at` in ms.
+pub fn overlapping_runs(runs: &[api::Run]) -> anyhow::Result<(f64, Vec<f64>)> {
+    let mut first_created = i64::MAX;
+    let mut last_ended = i64::MIN;
+    let mut durations = Vec::with_capacity(runs.len());
+    for run in runs {
+        let created = micros(run.created_at.as_ref(), "run.created_at")?;
+        let ended = micros(run.ended_at.as_ref(), "run.ended_at")?;
+        first_created = first_created.min(created);
+        last_ended = last_ended.max(ended);
+        durations.push((ended - created) as f64 / 1e3);
+    }
+    if last_ended <= first_created {
+        bail!("the runs ended ({last_ended}) before they were created ({first_created})");
+    }
+    Ok(((last_ended - first_created) as f64 / 1e6, durations))
+}
+
+/// How often [`Round::run`] asks whether runs are still active.
+const ROUND_POLL: Duration = Duration::from_millis(10);
+
+/// What one round of overlapping runs measured.
+pub struct Round {
+    pub triggered_s: f64,
+    /// From the first run's `created_at` to the last one's `ended_at`.
+    pub span_s: f64,
+    /// Each run's `ended_at` − `created_at`.
+    pub durations_ms: Vec<f64>,
+}
+
+impl Round {
+    /// Triggers a run of each of `dag_ids` at once and waits until they
+    /// all succeeded and the process is idle again.
+    pub async fn run(
+        client: &mut BatonClient,
+        dev: &mut Proc,
+        dag_ids: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let ids = trigger_many(client, dag_ids).await?;
+        let triggered_s = started.elapsed().as_secs_f64();
+        // Any DAG: the rounds of one scenario do not overlap.
+        wait_no_active_run(client, dev, "", ROUND_POLL, timeout).await?;
+        settle(dev.pid()).await?;
+        let runs = succeeded_runs(client, "", &ids).await?;
+        let (span_s, durations_ms) = overlapping_runs(&runs)?;
+        Ok(Self {
+            triggered_s,
+            span_s,
+            durations_ms,
+        })
+    }
+
+    pub fn p50_ms(&self) -> f64 {
+        stats::percentile(&self.durations_ms, 50.0)
+    }
+
+    pub fn p99_ms(&self) -> f64 {
+        stats::percentile(&self.durations_ms, 99.0)
+    }
 }
 
 /// Microseconds of a timestamp that must be set.

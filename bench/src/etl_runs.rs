@@ -1,0 +1,164 @@
+//! `etl-runs`: runs/s of many small runs triggered at once on `baton dev`.
+//!
+//! One `baton dev --slots N` process; the DAG has the shape of
+//! `examples/etl.yaml` with `noop` tasks (two extracts in parallel →
+//! transform → validate → load) and `max_active_runs` high enough for all
+//! of them. Each round triggers [`RUNS`] runs as fast as the API takes
+//! them (16 `TriggerRun` calls in flight), then asks every 10 ms
+//! whether any run of the DAG is still queued or running. Per round, from
+//! the run records: runs/s = runs / (latest `ended_at` − earliest
+//! `created_at`), and the p50 and p99 of each run's `ended_at` −
+//! `created_at`. Every run must succeed. Before the next round the process
+//! is left to go idle.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::procs::start_dev;
+use crate::reference::compare;
+use crate::report::{Figure, Goal, Report, number};
+use crate::runs::{Round, register};
+
+pub const SCENARIO: &str = "etl-runs";
+const DAG_ID: &str = "bench-etl";
+/// Runs triggered per round.
+pub const RUNS: usize = 1_000;
+const ROUND_TIMEOUT: Duration = Duration::from_secs(600);
+/// Issue 8's target on the embedded store.
+pub const TARGET_RUNS_PER_S: f64 = 1_000.0;
+
+/// The ETL shape of `examples/etl.yaml`, every task a noop, as JSON.
+pub fn etl_spec(dag_id: &str, max_active_runs: usize) -> String {
+    let noop =
+        |id: &str, depends_on: &[&str]| json!({"id": id, "kind": "noop", "depends_on": depends_on});
+    json!({
+        "id": dag_id,
+        "description": "baton-bench ETL shape",
+        "max_active_runs": max_active_runs,
+        "tasks": [
+            noop("extract_orders", &[]),
+            noop("extract_customers", &[]),
+            noop("transform", &["extract_orders", "extract_customers"]),
+            noop("validate", &["transform"]),
+            noop("load", &["validate"]),
+        ],
+    })
+    .to_string()
+}
+
+pub async fn run(
+    binary: &Path,
+    work: &Path,
+    repeat: usize,
+    slots: u32,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    println!(
+        "== {SCENARIO}: {} runs of the 5-noop ETL shape triggered at once, baton dev --slots {slots}, {repeat} rounds ==",
+        number(RUNS as f64)
+    );
+    let (mut dev, mut client) = start_dev(binary, work, SCENARIO, slots).await?;
+    register(&mut client, etl_spec(DAG_ID, RUNS)).await?;
+    let dag_ids = vec![DAG_ID.to_string(); RUNS];
+    let mut rates = Vec::new();
+    let mut triggering = Vec::new();
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for round_number in 1..=repeat {
+        let round = Round::run(&mut client, &mut dev, &dag_ids, ROUND_TIMEOUT).await?;
+        let rate = RUNS as f64 / round.span_s;
+        println!(
+            "  round #{round_number}: {} runs/s (first created → last ended {} s), triggered in {} s; run created → ended p50 {} ms, p99 {} ms",
+            number(rate),
+            number(round.span_s),
+            number(round.triggered_s),
+            number(round.p50_ms()),
+            number(round.p99_ms())
+        );
+        rates.push(rate);
+        triggering.push(round.triggered_s);
+        p50s.push(round.p50_ms());
+        p99s.push(round.p99_ms());
+    }
+    let stop = dev.stop().await;
+    println!("  stopped in {} ms", number(stop.as_secs_f64() * 1e3));
+    report.figures.push(
+        Figure::new(
+            SCENARIO,
+            "runs_per_s",
+            format!(
+                "{} runs / (last ended_at − first created_at)",
+                number(RUNS as f64)
+            ),
+            "runs/s",
+            rates,
+        )
+        .goal(Goal::AtLeast(TARGET_RUNS_PER_S)),
+    );
+    push_round_figures(report, SCENARIO, RUNS, triggering, p50s, p99s);
+    if let Some(rate) = report.median(SCENARIO, "runs_per_s") {
+        let lines = compare(
+            report,
+            &format!("{SCENARIO} {} runs/s", number(rate)),
+            rate,
+            true,
+        );
+        report.comparisons.extend(lines);
+    }
+    Ok(())
+}
+
+/// The figures every scenario of overlapping runs reports besides its rate.
+pub fn push_round_figures(
+    report: &mut Report,
+    scenario: &'static str,
+    runs: usize,
+    triggering: Vec<f64>,
+    p50s: Vec<f64>,
+    p99s: Vec<f64>,
+) {
+    report.figures.push(Figure::new(
+        scenario,
+        "trigger_s",
+        format!("{} TriggerRun calls", number(runs as f64)),
+        "s",
+        triggering,
+    ));
+    report.figures.push(Figure::new(
+        scenario,
+        "run_p50_ms",
+        "run created_at → ended_at p50",
+        "ms",
+        p50s,
+    ));
+    report.figures.push(Figure::new(
+        scenario,
+        "run_p99_ms",
+        "run created_at → ended_at p99",
+        "ms",
+        p99s,
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn the_spec_has_the_etl_shape() {
+        let spec: Value = serde_json::from_str(&etl_spec("e", 1_000)).unwrap();
+        assert_eq!(spec["max_active_runs"], 1_000);
+        let tasks = spec["tasks"].as_array().unwrap();
+        assert_eq!(tasks.len(), 5);
+        assert!(tasks.iter().all(|task| task["kind"] == "noop"));
+        assert_eq!(
+            tasks[2]["depends_on"],
+            json!(["extract_orders", "extract_customers"])
+        );
+        assert_eq!(tasks[4]["depends_on"], json!(["validate"]));
+    }
+}
