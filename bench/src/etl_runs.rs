@@ -11,23 +11,24 @@
 //! `created_at`. Every run must succeed. Before the next round the process
 //! is left to go idle.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::procs::start_dev;
-use crate::reference::compare;
 use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{Round, register};
+use crate::target::Target;
 
 pub const SCENARIO: &str = "etl-runs";
+pub const CLUSTER_SCENARIO: &str = "cluster-etl-runs";
 const DAG_ID: &str = "bench-etl";
 /// Runs triggered per round.
 pub const RUNS: usize = 1_000;
 const ROUND_TIMEOUT: Duration = Duration::from_secs(600);
-/// Issue 8's target on the embedded store.
+/// Issue 8's targets: on the embedded store, and on etcd with 3
+/// controllers.
 pub const TARGET_RUNS_PER_S: f64 = 1_000.0;
+pub const CLUSTER_TARGET_RUNS_PER_S: f64 = 300.0;
 
 /// The ETL shape of `examples/etl.yaml`, every task a noop, as JSON.
 pub fn etl_spec(dag_id: &str, max_active_runs: usize) -> String {
@@ -48,26 +49,28 @@ pub fn etl_spec(dag_id: &str, max_active_runs: usize) -> String {
     .to_string()
 }
 
+/// `scenario` names the figures: [`SCENARIO`] on `baton dev`,
+/// [`CLUSTER_SCENARIO`] on a cluster.
 pub async fn run(
-    binary: &Path,
-    work: &Path,
+    target: &mut Target,
+    scenario: &'static str,
     repeat: usize,
     slots: u32,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     println!(
-        "== {SCENARIO}: {} runs of the 5-noop ETL shape triggered at once, baton dev --slots {slots}, {repeat} rounds ==",
-        number(RUNS as f64)
+        "== {scenario}: {} runs of the 5-noop ETL shape triggered at once, {}, {repeat} rounds ==",
+        number(RUNS as f64),
+        target.describe(slots)
     );
-    let (mut dev, mut client) = start_dev(binary, work, SCENARIO, slots).await?;
-    register(&mut client, etl_spec(DAG_ID, RUNS)).await?;
+    register(&mut target.client, etl_spec(DAG_ID, RUNS)).await?;
     let dag_ids = vec![DAG_ID.to_string(); RUNS];
     let mut rates = Vec::new();
     let mut triggering = Vec::new();
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
     for round_number in 1..=repeat {
-        let round = Round::run(&mut client, &mut dev, &dag_ids, ROUND_TIMEOUT).await?;
+        let round = Round::run(target, &dag_ids, ROUND_TIMEOUT).await?;
         let rate = RUNS as f64 / round.span_s;
         println!(
             "  round #{round_number}: {} runs/s (first created → last ended {} s), triggered in {} s; run created → ended p50 {} ms, p99 {} ms",
@@ -82,11 +85,14 @@ pub async fn run(
         p50s.push(round.p50_ms());
         p99s.push(round.p99_ms());
     }
-    let stop = dev.stop().await;
-    println!("  stopped in {} ms", number(stop.as_secs_f64() * 1e3));
+    let target_rate = if target.is_cluster() {
+        CLUSTER_TARGET_RUNS_PER_S
+    } else {
+        TARGET_RUNS_PER_S
+    };
     report.figures.push(
         Figure::new(
-            SCENARIO,
+            scenario,
             "runs_per_s",
             format!(
                 "{} runs / (last ended_at − first created_at)",
@@ -95,13 +101,13 @@ pub async fn run(
             "runs/s",
             rates,
         )
-        .goal(Goal::AtLeast(TARGET_RUNS_PER_S)),
+        .goal(Goal::AtLeast(target_rate)),
     );
-    push_round_figures(report, SCENARIO, RUNS, triggering, p50s, p99s);
-    if let Some(rate) = report.median(SCENARIO, "runs_per_s") {
-        let lines = compare(
+    push_round_figures(report, scenario, RUNS, triggering, p50s, p99s);
+    if let Some(rate) = report.median(scenario, "runs_per_s") {
+        let lines = target.compare(
             report,
-            &format!("{SCENARIO} {} runs/s", number(rate)),
+            &format!("{scenario} {} runs/s", number(rate)),
             rate,
             true,
         );

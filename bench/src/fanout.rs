@@ -1,9 +1,10 @@
-//! `fanout` and `command`: throughput of one wide run on `baton dev`.
+//! `fanout`, `command` and `cluster-command`: throughput of one wide run.
 //!
-//! One `baton dev --slots N` process; the DAG is `start` → `width` tasks →
-//! `end`: noops for `fanout`, `command: ["true"]` for `command` (a process
-//! spawned, its output spooled and its result sent for each). Runs are
-//! triggered one at a time. Per run: tasks/s =
+//! One `baton dev --slots N` process (`cluster-command`: a cluster on etcd,
+//! see [`Target`]); the DAG is `start` → `width` tasks → `end`: noops for
+//! `fanout`, `command: ["true"]` for `command` (a process spawned, its
+//! output spooled and its result sent for each). Runs are triggered one at
+//! a time. Per run: tasks/s =
 //! (width + 2) / (`run.ended_at` − `run.started_at`) from the run record
 //! (`GetRun`), and the wall time from the `TriggerRun` call to the poll
 //! (`GetRun` without tasks, every [`POLL`]) that first saw the run final.
@@ -11,25 +12,27 @@
 //! growing); how long that took after the run's success was seen is
 //! reported too.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::procs::{memory, settle, start_dev};
-use crate::reference::compare;
-use crate::report::{Figure, Goal, Report, number};
 use serde_json::{Value, json};
 
+use crate::procs::memory;
+use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{fanout_spec_of, micros, register, run_seconds, trigger, wait_success};
+use crate::target::Target;
 
 pub const SCENARIO: &str = "fanout";
 pub const COMMAND_SCENARIO: &str = "command";
+pub const CLUSTER_COMMAND_SCENARIO: &str = "cluster-command";
 /// Command tasks of `command`.
 pub const COMMAND_WIDTH: usize = 2_000;
 const POLL: Duration = Duration::from_millis(5);
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 pub const TARGET_TASKS_PER_S: f64 = 5_000.0;
-/// Issue 8's target for `command` on the embedded store.
+/// Issue 8's targets for `command`: on the embedded store, and on etcd
+/// with 3 controllers.
 pub const COMMAND_TARGET_TASKS_PER_S: f64 = 1_000.0;
+pub const CLUSTER_COMMAND_TARGET_TASKS_PER_S: f64 = 800.0;
 
 /// What a fan-out scenario runs in the middle.
 pub struct Shape {
@@ -63,9 +66,17 @@ pub fn commands() -> Shape {
     }
 }
 
+/// `cluster-command`: `command` on a cluster.
+pub fn cluster_commands() -> Shape {
+    Shape {
+        scenario: CLUSTER_COMMAND_SCENARIO,
+        target: CLUSTER_COMMAND_TARGET_TASKS_PER_S,
+        ..commands()
+    }
+}
+
 pub async fn run(
-    binary: &Path,
-    work: &Path,
+    target: &mut Target,
     repeat: usize,
     slots: u32,
     width: usize,
@@ -75,19 +86,19 @@ pub async fn run(
     let scenario = shape.scenario;
     let tasks = width + 2;
     println!(
-        "== {scenario}: start → {} {} → end ({} tasks), baton dev --slots {slots}, {repeat} runs ==",
+        "== {scenario}: start → {} {} → end ({} tasks), {}, {repeat} runs ==",
         number(width as f64),
         shape.what,
-        number(tasks as f64)
+        number(tasks as f64),
+        target.describe(slots)
     );
-    let (mut dev, mut client) = start_dev(binary, work, scenario, slots).await?;
+    let mut client = target.client.clone();
     let spec = fanout_spec_of(shape.dag_id, width, &shape.body);
     let registered = Instant::now();
     register(&mut client, spec).await?;
     println!(
-        "  registered in {} ms (baton dev pid {})",
-        number(registered.elapsed().as_secs_f64() * 1e3),
-        dev.pid()
+        "  registered in {} ms",
+        number(registered.elapsed().as_secs_f64() * 1e3)
     );
     let mut rates = Vec::new();
     let mut walls = Vec::new();
@@ -96,12 +107,11 @@ pub async fn run(
     for round in 0..repeat {
         let triggered = Instant::now();
         let run_id = trigger(&mut client, shape.dag_id).await?;
-        let finished =
-            wait_success(&mut client, &mut dev, &run_id, POLL, RUN_TIMEOUT, || {}).await?;
+        let finished = wait_success(&mut client, target, &run_id, POLL, RUN_TIMEOUT, || {}).await?;
         let wall = finished.observed.duration_since(triggered).as_secs_f64();
         // The next run starts on an idle process, so runs do not overlap
         // with work left over from the previous one.
-        let settled = settle(dev.pid()).await?;
+        let settled = target.settle().await?;
         let seconds = run_seconds(&finished.run)?;
         let rate = tasks as f64 / seconds;
         let start_delay = (micros(finished.run.started_at.as_ref(), "run.started_at")?
@@ -123,13 +133,14 @@ pub async fn run(
         walls.push(wall);
         queued.push(start_delay);
     }
-    let peak = memory(dev.pid())?.hwm as f64 / 1024.0 / 1024.0;
-    let stop = dev.stop().await;
-    println!(
-        "  baton dev peak RSS {} MiB; stopped in {} ms",
-        number(peak),
-        number(stop.as_secs_f64() * 1e3)
-    );
+    if let Some(pid) = target.dev_pid() {
+        let peak = memory(pid)?.hwm as f64 / 1024.0 / 1024.0;
+        println!("  baton dev peak RSS {} MiB", number(peak));
+        report.notes.push(format!(
+            "{scenario}: baton dev --slots {slots}; peak RSS of the dev process over all runs {} MiB",
+            number(peak)
+        ));
+    }
     report.figures.push(
         Figure::new(
             scenario,
@@ -161,12 +172,8 @@ pub async fn run(
         "s",
         busy,
     ));
-    report.notes.push(format!(
-        "{scenario}: baton dev --slots {slots}; peak RSS of the dev process over all runs {} MiB",
-        number(peak)
-    ));
     if let Some(rate) = report.median(scenario, "tasks_per_s") {
-        let lines = compare(
+        let lines = target.compare(
             report,
             &format!("{scenario} {} tasks/s", number(rate)),
             rate,

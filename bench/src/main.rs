@@ -32,6 +32,7 @@ mod runs;
 mod scale;
 mod sim_worker;
 mod stats;
+mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,7 @@ use clap::builder::TypedValueParser as _;
 use clap::{Parser, ValueEnum};
 
 use crate::report::{Machine, Report};
+use crate::target::Target;
 
 const DEFAULT_FANOUT_WIDTH: usize = 10_000;
 const DEFAULT_CHAIN_LENGTH: usize = 1_000;
@@ -87,11 +89,21 @@ enum Scenario {
     /// SIGKILL / SIGTERM of the leader mid-run → first dispatch by the new
     /// leader, at lease TTL 5 s and 2 s.
     Failover,
-    /// cluster-fanout, cluster-chain, failover.
+    /// `command` on 3 controllers (`--controllers`) + 4 workers over the
+    /// etcd cluster.
+    ClusterCommand,
+    /// `etl-runs` on the same cluster shape.
+    ClusterEtlRuns,
+    /// `mixed` on the same cluster shape.
+    ClusterMixed,
+    /// `scale` on the same cluster shape.
+    ClusterScale,
+    /// cluster-fanout, cluster-chain, failover, cluster-command,
+    /// cluster-etl-runs, cluster-mixed, cluster-scale.
     Cluster,
     /// reference, fanout, command, etl-runs, mixed, scale, chain, map,
-    /// memory, observability, fleet, cluster-fanout, cluster-chain,
-    /// failover, then one summary.
+    /// memory, observability, fleet, then every cluster scenario, then one
+    /// summary.
     All,
 }
 
@@ -119,6 +131,10 @@ struct Args {
     /// Slots of each of the 4 workers of the cluster scenarios.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     worker_slots: u32,
+    /// Controllers of cluster-command, cluster-etl-runs, cluster-mixed and
+    /// cluster-scale (1 measures etcd without standbys).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5).map(|v| v as usize))]
+    controllers: usize,
     /// Members of the etcd cluster of the cluster scenarios (3 is what users
     /// deploy).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5).map(|v| v as usize))]
@@ -184,6 +200,67 @@ fn main() -> ExitCode {
 
 /// Awaits one scenario and keeps its error, if any, in `failures` under
 /// `name`: the scenarios after it still run.
+/// The scenarios written against a [`Target`]: on `baton dev`, and (but
+/// `fanout`, whose cluster variant measures more) on a cluster.
+#[derive(Debug, Clone, Copy)]
+enum OnTarget {
+    Fanout,
+    Command,
+    EtlRuns,
+    Mixed,
+    Scale,
+}
+
+impl OnTarget {
+    fn name(self, cluster: bool) -> &'static str {
+        match (self, cluster) {
+            (Self::Fanout, _) => fanout::SCENARIO,
+            (Self::Command, false) => fanout::COMMAND_SCENARIO,
+            (Self::Command, true) => fanout::CLUSTER_COMMAND_SCENARIO,
+            (Self::EtlRuns, false) => etl_runs::SCENARIO,
+            (Self::EtlRuns, true) => etl_runs::CLUSTER_SCENARIO,
+            (Self::Mixed, false) => mixed::SCENARIO,
+            (Self::Mixed, true) => mixed::CLUSTER_SCENARIO,
+            (Self::Scale, false) => scale::SCENARIO,
+            (Self::Scale, true) => scale::CLUSTER_SCENARIO,
+        }
+    }
+
+    /// Starts `target`, runs the scenario on it and stops it.
+    async fn run(
+        self,
+        target: impl std::future::Future<Output = anyhow::Result<Target>>,
+        args: &Args,
+        slots: u32,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let mut target = target.await?;
+        let cluster = target.is_cluster();
+        let name = self.name(cluster);
+        let repeat = args.repeat as usize;
+        let target = &mut target;
+        let result = match self {
+            Self::Fanout => {
+                let shape = fanout::noops();
+                fanout::run(target, repeat, slots, args.fanout_width, shape, report).await
+            }
+            Self::Command => {
+                let shape = if cluster {
+                    fanout::cluster_commands()
+                } else {
+                    fanout::commands()
+                };
+                fanout::run(target, repeat, slots, fanout::COMMAND_WIDTH, shape, report).await
+            }
+            Self::EtlRuns => etl_runs::run(target, name, repeat, slots, report).await,
+            Self::Mixed => mixed::run(target, name, repeat, slots, report).await,
+            Self::Scale => scale::run(target, name, repeat, slots, report).await,
+        };
+        target.stop().await;
+        result
+    }
+}
+
 async fn record(
     failures: &mut Vec<String>,
     name: &str,
@@ -254,6 +331,27 @@ async fn cluster_scenarios(
             );
             record(&mut failures, "failover", scenario).await;
         }
+        for (scenario, on) in [
+            (Scenario::ClusterCommand, OnTarget::Command),
+            (Scenario::ClusterEtlRuns, OnTarget::EtlRuns),
+            (Scenario::ClusterMixed, OnTarget::Mixed),
+            (Scenario::ClusterScale, OnTarget::Scale),
+        ] {
+            if wanted(scenario) {
+                println!();
+                let name = on.name(true);
+                let target = Target::cluster(
+                    binary,
+                    work,
+                    &etcd,
+                    name,
+                    args.controllers,
+                    args.worker_slots,
+                );
+                let result = on.run(target, args, args.worker_slots, report);
+                record(&mut failures, name, result).await;
+            }
+        }
         if args.etcd_members != 3 {
             report.notes.push(format!(
                 "cluster scenarios ran on {} etcd member(s), not the 3 users deploy",
@@ -309,39 +407,20 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     )
     .await;
     let wanted = |scenario| args.scenario == scenario || args.scenario == Scenario::All;
-    for (scenario, shape, width) in [
-        (Scenario::Fanout, fanout::noops(), args.fanout_width),
-        (Scenario::Command, fanout::commands(), fanout::COMMAND_WIDTH),
+    for (scenario, on) in [
+        (Scenario::Fanout, OnTarget::Fanout),
+        (Scenario::Command, OnTarget::Command),
+        (Scenario::EtlRuns, OnTarget::EtlRuns),
+        (Scenario::Mixed, OnTarget::Mixed),
+        (Scenario::Scale, OnTarget::Scale),
     ] {
         if wanted(scenario) {
             println!();
-            let name = shape.scenario;
-            let result = fanout::run(
-                &binary,
-                &work,
-                repeat,
-                args.slots,
-                width,
-                shape,
-                &mut report,
-            );
+            let name = on.name(false);
+            let target = Target::dev(&binary, &work, name, args.slots);
+            let result = on.run(target, &args, args.slots, &mut report);
             record(&mut failures, name, result).await;
         }
-    }
-    if wanted(Scenario::EtlRuns) {
-        println!();
-        let scenario = etl_runs::run(&binary, &work, repeat, args.slots, &mut report);
-        record(&mut failures, etl_runs::SCENARIO, scenario).await;
-    }
-    if wanted(Scenario::Mixed) {
-        println!();
-        let scenario = mixed::run(&binary, &work, repeat, args.slots, &mut report);
-        record(&mut failures, mixed::SCENARIO, scenario).await;
-    }
-    if wanted(Scenario::Scale) {
-        println!();
-        let scenario = scale::run(&binary, &work, repeat, args.slots, &mut report);
-        record(&mut failures, scale::SCENARIO, scenario).await;
     }
     if wanted(Scenario::Chain) {
         println!();
@@ -407,6 +486,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         Scenario::ClusterFanout
             | Scenario::ClusterChain
             | Scenario::Failover
+            | Scenario::ClusterCommand
+            | Scenario::ClusterEtlRuns
+            | Scenario::ClusterMixed
+            | Scenario::ClusterScale
             | Scenario::Cluster
             | Scenario::All
     );

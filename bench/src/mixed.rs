@@ -8,7 +8,6 @@
 //! / (latest `ended_at` − earliest `created_at`), and the p50 and p99 of
 //! each run's `ended_at` − `created_at`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -16,12 +15,12 @@ use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};
 
 use crate::etl_runs::push_round_figures;
-use crate::procs::start_dev;
-use crate::reference::compare;
 use crate::report::{Figure, Report, number};
 use crate::runs::{Round, register};
+use crate::target::Target;
 
 pub const SCENARIO: &str = "mixed";
+pub const CLUSTER_SCENARIO: &str = "cluster-mixed";
 pub const DAGS: usize = 100;
 pub const TASKS: usize = 100;
 /// Most upstreams a task draws.
@@ -58,30 +57,32 @@ pub fn random_spec(dag_id: &str, tasks: usize, seed: u64) -> String {
     json!({"id": dag_id, "description": "baton-bench random DAG", "tasks": tasks}).to_string()
 }
 
+/// `scenario` names the figures: [`SCENARIO`] on `baton dev`,
+/// [`CLUSTER_SCENARIO`] on a cluster.
 pub async fn run(
-    binary: &Path,
-    work: &Path,
+    target: &mut Target,
+    scenario: &'static str,
     repeat: usize,
     slots: u32,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let all_tasks = DAGS * TASKS;
     println!(
-        "== {SCENARIO}: one run each of {DAGS} DAGs of {TASKS} noops with random dependencies, at once, baton dev --slots {slots}, {repeat} rounds =="
+        "== {scenario}: one run each of {DAGS} DAGs of {TASKS} noops with random dependencies, at once, {}, {repeat} rounds ==",
+        target.describe(slots)
     );
-    let (mut dev, mut client) = start_dev(binary, work, SCENARIO, slots).await?;
     let dag_ids: Vec<String> = (0..DAGS)
         .map(|index| format!("bench-mixed-{index:03}"))
         .collect();
     for (seed, dag_id) in dag_ids.iter().enumerate() {
-        register(&mut client, random_spec(dag_id, TASKS, seed as u64)).await?;
+        register(&mut target.client, random_spec(dag_id, TASKS, seed as u64)).await?;
     }
     let mut rates = Vec::new();
     let mut triggering = Vec::new();
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
     for round_number in 1..=repeat {
-        let round = Round::run(&mut client, &mut dev, &dag_ids, ROUND_TIMEOUT).await?;
+        let round = Round::run(target, &dag_ids, ROUND_TIMEOUT).await?;
         let rate = all_tasks as f64 / round.span_s;
         println!(
             "  round #{round_number}: {} tasks/s (first created → last ended {} s), triggered in {} s; run created → ended p50 {} ms, p99 {} ms",
@@ -96,10 +97,8 @@ pub async fn run(
         p50s.push(round.p50_ms());
         p99s.push(round.p99_ms());
     }
-    let stop = dev.stop().await;
-    println!("  stopped in {} ms", number(stop.as_secs_f64() * 1e3));
     report.figures.push(Figure::new(
-        SCENARIO,
+        scenario,
         "tasks_per_s",
         format!(
             "{} tasks in {DAGS} runs / (last ended_at − first created_at)",
@@ -108,11 +107,11 @@ pub async fn run(
         "tasks/s",
         rates,
     ));
-    push_round_figures(report, SCENARIO, DAGS, triggering, p50s, p99s);
-    if let Some(rate) = report.median(SCENARIO, "tasks_per_s") {
-        let lines = compare(
+    push_round_figures(report, scenario, DAGS, triggering, p50s, p99s);
+    if let Some(rate) = report.median(scenario, "tasks_per_s") {
+        let lines = target.compare(
             report,
-            &format!("{SCENARIO} {} tasks/s", number(rate)),
+            &format!("{scenario} {} tasks/s", number(rate)),
             rate,
             true,
         );

@@ -15,8 +15,9 @@ use baton_common::time::{Micros, timestamp_opt_to_micros};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::procs::{Alive, Proc, settle};
+use crate::procs::Alive;
 use crate::stats;
+use crate::target::Target;
 
 /// Bound on one API call (registering a 100,000-task spec included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -316,20 +317,20 @@ pub struct Round {
 
 impl Round {
     /// Triggers a run of each of `dag_ids` at once and waits until they
-    /// all succeeded and the process is idle again.
+    /// all succeeded and the target is idle again.
     pub async fn run(
-        client: &mut BatonClient,
-        dev: &mut Proc,
+        target: &mut Target,
         dag_ids: &[String],
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        let mut client = target.client.clone();
         let started = Instant::now();
-        let ids = trigger_many(client, dag_ids).await?;
+        let ids = trigger_many(&client, dag_ids).await?;
         let triggered_s = started.elapsed().as_secs_f64();
         // Any DAG: the rounds of one scenario do not overlap.
-        wait_no_active_run(client, dev, "", ROUND_POLL, timeout).await?;
-        settle(dev.pid()).await?;
-        let runs = succeeded_runs(client, "", &ids).await?;
+        wait_no_active_run(&mut client, target, "", ROUND_POLL, timeout).await?;
+        target.settle().await?;
+        let runs = succeeded_runs(&mut client, "", &ids).await?;
         let (span_s, durations_ms) = overlapping_runs(&runs)?;
         Ok(Self {
             triggered_s,

@@ -9,15 +9,15 @@
 //! growing with the width; the figure judged is the median at the widest
 //! over the median at the narrowest (≤ 1.5: the cost is per event).
 
-use std::path::Path;
 use std::time::Duration;
 
-use crate::procs::{settle, start_dev};
 use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{fanout_spec, register, run_seconds, trigger, wait_success};
 use crate::stats;
+use crate::target::Target;
 
 pub const SCENARIO: &str = "scale";
+pub const CLUSTER_SCENARIO: &str = "cluster-scale";
 /// Middle tasks of the three fan-outs (the widest makes 100,000 tasks with
 /// `start` and `end`, the most a DAG may have).
 pub const WIDTHS: [usize; 3] = [1_000, 10_000, 99_998];
@@ -28,18 +28,21 @@ pub const TARGET_GROWTH: f64 = 1.5;
 /// The figures' keys, one per width.
 const KEYS: [&str; 3] = ["us_per_task_1k", "us_per_task_10k", "us_per_task_100k"];
 
+/// `scenario` names the figures: [`SCENARIO`] on `baton dev`,
+/// [`CLUSTER_SCENARIO`] on a cluster.
 pub async fn run(
-    binary: &Path,
-    work: &Path,
+    target: &mut Target,
+    scenario: &'static str,
     repeat: usize,
     slots: u32,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     println!(
-        "== {SCENARIO}: µs per task of fan-outs of {} noops, baton dev --slots {slots}, {repeat} runs each ==",
-        WIDTHS.map(|width| number(width as f64)).join(" / ")
+        "== {scenario}: µs per task of fan-outs of {} noops, {}, {repeat} runs each ==",
+        WIDTHS.map(|width| number(width as f64)).join(" / "),
+        target.describe(slots)
     );
-    let (mut dev, mut client) = start_dev(binary, work, SCENARIO, slots).await?;
+    let mut client = target.client.clone();
     let mut medians = Vec::new();
     for (width, key) in WIDTHS.into_iter().zip(KEYS) {
         let dag_id = format!("bench-scale-{width}");
@@ -49,8 +52,8 @@ pub async fn run(
         for round in 1..=repeat {
             let run_id = trigger(&mut client, &dag_id).await?;
             let finished =
-                wait_success(&mut client, &mut dev, &run_id, POLL, RUN_TIMEOUT, || {}).await?;
-            settle(dev.pid()).await?;
+                wait_success(&mut client, target, &run_id, POLL, RUN_TIMEOUT, || {}).await?;
+            target.settle().await?;
             let micros = run_seconds(&finished.run)? * 1e6 / tasks as f64;
             println!(
                 "  {} tasks, run #{round}: {} µs per task ({} tasks/s)",
@@ -62,19 +65,17 @@ pub async fn run(
         }
         medians.push(stats::median(&per_task));
         report.figures.push(Figure::new(
-            SCENARIO,
+            scenario,
             key,
             format!("µs per task, {} tasks at once", number(width as f64)),
             "µs",
             per_task,
         ));
     }
-    let stop = dev.stop().await;
-    println!("  stopped in {} ms", number(stop.as_secs_f64() * 1e3));
     let growth = medians[medians.len() - 1] / medians[0];
     report.figures.push(
         Figure::new(
-            SCENARIO,
+            scenario,
             "growth",
             format!(
                 "µs per task, {} over {} tasks at once",

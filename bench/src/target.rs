@@ -1,0 +1,149 @@
+//! Where a scenario's runs go: one `baton dev` process (the embedded
+//! store), or a cluster of controllers and workers on etcd. The scenarios
+//! that run on both (`command`, `etl-runs`, `mixed`, `scale` and their
+//! `cluster-` variants) are written against [`Target`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use baton_common::client::BatonClient;
+
+use crate::cluster::{Cluster, DEFAULT_TTL, WORKERS};
+use crate::etcd::EtcdCluster;
+use crate::procs::{Alive, Proc, Settled, quiet_cpu, settle, settle_above, start_dev};
+use crate::reference::{compare, compare_cluster};
+use crate::report::Report;
+
+enum Deployment {
+    Dev(Proc),
+    Cluster {
+        cluster: Cluster,
+        /// CPU the leader uses over a quiet window with nothing to do.
+        floor: Duration,
+        etcd_members: usize,
+    },
+}
+
+/// A running deployment and a client of it (calls reach the leader).
+pub struct Target {
+    pub client: BatonClient,
+    deployment: Deployment,
+}
+
+impl Target {
+    /// One `baton dev --slots slots`.
+    pub async fn dev(binary: &Path, work: &Path, name: &str, slots: u32) -> anyhow::Result<Self> {
+        let (process, client) = start_dev(binary, work, name, slots).await?;
+        Ok(Self {
+            client,
+            deployment: Deployment::Dev(process),
+        })
+    }
+
+    /// `controllers` controllers on `etcd` (keys under `/bench-<name>`,
+    /// the default lease TTL) and [`WORKERS`] workers of `slots` slots.
+    pub async fn cluster(
+        binary: &Path,
+        work: &Path,
+        etcd: &EtcdCluster,
+        name: &str,
+        controllers: usize,
+        slots: u32,
+    ) -> anyhow::Result<Self> {
+        let mut cluster = Cluster::start(
+            binary,
+            &work.join(name),
+            etcd,
+            &format!("/bench-{name}"),
+            DEFAULT_TTL,
+            controllers,
+            WORKERS,
+            slots,
+        )
+        .await?;
+        let status = cluster.wait_whole().await?;
+        let leader = cluster.index_of(&status.leader_id)?;
+        // A controller of a cluster is never quite idle (leases, leader
+        // tracking): what it uses with nothing to do is the floor of "idle".
+        let floor = quiet_cpu(cluster.process_of(leader)?.pid()).await?;
+        Ok(Self {
+            client: cluster.client.clone(),
+            deployment: Deployment::Cluster {
+                cluster,
+                floor,
+                etcd_members: etcd.members.len(),
+            },
+        })
+    }
+
+    /// What it is, for headings and notes.
+    pub fn describe(&self, slots: u32) -> String {
+        match &self.deployment {
+            Deployment::Dev(_) => format!("baton dev --slots {slots}"),
+            Deployment::Cluster {
+                cluster,
+                etcd_members,
+                ..
+            } => format!(
+                "etcd {etcd_members} members, {} controllers, {WORKERS} workers × --slots {slots}",
+                cluster.controllers.len()
+            ),
+        }
+    }
+
+    /// Whether it runs on etcd (its figures are compared with the etcd
+    /// cluster's).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.deployment, Deployment::Cluster { .. })
+    }
+
+    /// `what` (a rate when `is_rate`, else a latency) beside the reference
+    /// of its store measured in the same invocation.
+    pub fn compare(&self, report: &Report, what: &str, value: f64, is_rate: bool) -> Vec<String> {
+        if self.is_cluster() {
+            compare_cluster(report, what, value, is_rate)
+        } else {
+            compare(report, what, value, is_rate)
+        }
+    }
+
+    /// The `baton dev` process, whose memory a scenario may report.
+    pub fn dev_pid(&self) -> Option<u32> {
+        match &self.deployment {
+            Deployment::Dev(process) => Some(process.pid()),
+            Deployment::Cluster { .. } => None,
+        }
+    }
+
+    /// Waits until it is idle again: the dev process, or the leader of a
+    /// whole cluster down to its floor.
+    pub async fn settle(&mut self) -> anyhow::Result<Settled> {
+        match &mut self.deployment {
+            Deployment::Dev(process) => settle(process.pid()).await,
+            Deployment::Cluster { cluster, floor, .. } => {
+                let status = cluster.wait_whole().await?;
+                let leader = cluster.index_of(&status.leader_id)?;
+                settle_above(cluster.process_of(leader)?.pid(), *floor).await
+            }
+        }
+    }
+
+    /// Stops every process it started.
+    pub async fn stop(&mut self) {
+        match &mut self.deployment {
+            Deployment::Dev(process) => {
+                process.stop().await;
+            }
+            Deployment::Cluster { cluster, .. } => cluster.stop().await,
+        }
+    }
+}
+
+impl Alive for Target {
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        match &mut self.deployment {
+            Deployment::Dev(process) => process.check_alive(),
+            Deployment::Cluster { cluster, .. } => cluster.check_alive(),
+        }
+    }
+}
