@@ -27,7 +27,7 @@ pub const SCENARIO: &str = "chain";
 const DAG_ID: &str = "bench-chain";
 const POLL: Duration = Duration::from_millis(5);
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
-pub const TARGET_HOP_P50_MS: f64 = 2.0;
+pub const TARGET_HOP_P50_MS: f64 = 1.0;
 
 /// hop i = `started_at`(task i+1) − `ended_at`(task i), in ms, for the
 /// tasks `ids` (in chain order) of a `GetRun{include_tasks: true}` answer.

@@ -54,7 +54,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// came.
 const WATCH_DRAIN: Duration = Duration::from_millis(300);
 /// Target: hop p50 ≤ this × etcd-cluster single put p50.
-pub const TARGET_PUT_MULTIPLE: f64 = 3.0;
+pub const TARGET_PUT_MULTIPLE: f64 = 2.0;
 
 /// When each task was leased (`leased_at` of its record: the leader's clock
 /// when it decided the lease) and when the etcd write holding the lease was

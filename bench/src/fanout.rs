@@ -28,7 +28,8 @@ pub const CLUSTER_COMMAND_SCENARIO: &str = "cluster-command";
 pub const COMMAND_WIDTH: usize = 2_000;
 const POLL: Duration = Duration::from_millis(5);
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
-pub const TARGET_TASKS_PER_S: f64 = 5_000.0;
+/// Issue 8: fan-out of 10,000 on the embedded store.
+pub const TARGET_TASKS_PER_S: f64 = 20_000.0;
 /// Issue 8's targets for `command`: on the embedded store, and on etcd
 /// with 3 controllers.
 pub const COMMAND_TARGET_TASKS_PER_S: f64 = 1_000.0;

@@ -24,7 +24,7 @@ const DAG_ID: &str = "bench-memory";
 const POLL: Duration = Duration::from_millis(20);
 const SETTLE: Duration = Duration::from_secs(1);
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
-pub const TARGET_PEAK_MIB: f64 = 300.0;
+pub const TARGET_PEAK_MIB: f64 = 200.0;
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1024.0 / 1024.0
