@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::report::{Figure, Goal, Report, number};
-use crate::runs::{Round, register};
+use crate::runs::{Rounds, register};
 use crate::target::Target;
 
 pub const SCENARIO: &str = "etl-runs";
@@ -65,26 +65,7 @@ pub async fn run(
     );
     register(&mut target.client, etl_spec(DAG_ID, RUNS)).await?;
     let dag_ids = vec![DAG_ID.to_string(); RUNS];
-    let mut rates = Vec::new();
-    let mut triggering = Vec::new();
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
-    for round_number in 1..=repeat {
-        let round = Round::run(target, &dag_ids, ROUND_TIMEOUT).await?;
-        let rate = RUNS as f64 / round.span_s;
-        println!(
-            "  round #{round_number}: {} runs/s (first created → last ended {} s), triggered in {} s; run created → ended p50 {} ms, p99 {} ms",
-            number(rate),
-            number(round.span_s),
-            number(round.triggered_s),
-            number(round.p50_ms()),
-            number(round.p99_ms())
-        );
-        rates.push(rate);
-        triggering.push(round.triggered_s);
-        p50s.push(round.p50_ms());
-        p99s.push(round.p99_ms());
-    }
+    let rounds = Rounds::run(target, &dag_ids, repeat, ROUND_TIMEOUT, RUNS, "runs").await?;
     let target_rate = if target.is_cluster() {
         CLUSTER_TARGET_RUNS_PER_S
     } else {
@@ -99,11 +80,11 @@ pub async fn run(
                 number(RUNS as f64)
             ),
             "runs/s",
-            rates,
+            rounds.rates.clone(),
         )
         .goal(Goal::AtLeast(target_rate)),
     );
-    push_round_figures(report, scenario, RUNS, triggering, p50s, p99s);
+    rounds.push_figures(report, scenario);
     if let Some(rate) = report.median(scenario, "runs_per_s") {
         let lines = target.compare(
             report,
@@ -114,38 +95,6 @@ pub async fn run(
         report.comparisons.extend(lines);
     }
     Ok(())
-}
-
-/// The figures every scenario of overlapping runs reports besides its rate.
-pub fn push_round_figures(
-    report: &mut Report,
-    scenario: &'static str,
-    runs: usize,
-    triggering: Vec<f64>,
-    p50s: Vec<f64>,
-    p99s: Vec<f64>,
-) {
-    report.figures.push(Figure::new(
-        scenario,
-        "trigger_s",
-        format!("{} TriggerRun calls", number(runs as f64)),
-        "s",
-        triggering,
-    ));
-    report.figures.push(Figure::new(
-        scenario,
-        "run_p50_ms",
-        "run created_at → ended_at p50",
-        "ms",
-        p50s,
-    ));
-    report.figures.push(Figure::new(
-        scenario,
-        "run_p99_ms",
-        "run created_at → ended_at p99",
-        "ms",
-        p99s,
-    ));
 }
 
 #[cfg(test)]

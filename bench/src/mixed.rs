@@ -14,9 +14,8 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};
 
-use crate::etl_runs::push_round_figures;
 use crate::report::{Figure, Report, number};
-use crate::runs::{Round, register};
+use crate::runs::{Rounds, register};
 use crate::target::Target;
 
 pub const SCENARIO: &str = "mixed";
@@ -77,26 +76,7 @@ pub async fn run(
     for (seed, dag_id) in dag_ids.iter().enumerate() {
         register(&mut target.client, random_spec(dag_id, TASKS, seed as u64)).await?;
     }
-    let mut rates = Vec::new();
-    let mut triggering = Vec::new();
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
-    for round_number in 1..=repeat {
-        let round = Round::run(target, &dag_ids, ROUND_TIMEOUT).await?;
-        let rate = all_tasks as f64 / round.span_s;
-        println!(
-            "  round #{round_number}: {} tasks/s (first created → last ended {} s), triggered in {} s; run created → ended p50 {} ms, p99 {} ms",
-            number(rate),
-            number(round.span_s),
-            number(round.triggered_s),
-            number(round.p50_ms()),
-            number(round.p99_ms())
-        );
-        rates.push(rate);
-        triggering.push(round.triggered_s);
-        p50s.push(round.p50_ms());
-        p99s.push(round.p99_ms());
-    }
+    let rounds = Rounds::run(target, &dag_ids, repeat, ROUND_TIMEOUT, all_tasks, "tasks").await?;
     report.figures.push(Figure::new(
         scenario,
         "tasks_per_s",
@@ -105,9 +85,9 @@ pub async fn run(
             number(all_tasks as f64)
         ),
         "tasks/s",
-        rates,
+        rounds.rates.clone(),
     ));
-    push_round_figures(report, scenario, DAGS, triggering, p50s, p99s);
+    rounds.push_figures(report, scenario);
     if let Some(rate) = report.median(scenario, "tasks_per_s") {
         let lines = target.compare(
             report,

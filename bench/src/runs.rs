@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::procs::Alive;
+use crate::report::{Figure, Report, number};
 use crate::stats;
 use crate::target::Target;
 
@@ -345,6 +346,80 @@ impl Round {
 
     pub fn p99_ms(&self) -> f64 {
         stats::percentile(&self.durations_ms, 99.0)
+    }
+}
+
+/// The rounds of a scenario of overlapping runs: the rate of what each
+/// round did (runs or tasks per second), and its other figures.
+pub struct Rounds {
+    /// Runs triggered per round.
+    runs: usize,
+    pub rates: Vec<f64>,
+    triggering: Vec<f64>,
+    p50s: Vec<f64>,
+    p99s: Vec<f64>,
+}
+
+impl Rounds {
+    /// `repeat` [`Round`]s of a run of each of `dag_ids`, each counted as
+    /// `work` `unit`s (runs, or tasks) done; prints each.
+    pub async fn run(
+        target: &mut Target,
+        dag_ids: &[String],
+        repeat: usize,
+        timeout: Duration,
+        work: usize,
+        unit: &str,
+    ) -> anyhow::Result<Self> {
+        let mut rounds = Self {
+            runs: dag_ids.len(),
+            rates: Vec::new(),
+            triggering: Vec::new(),
+            p50s: Vec::new(),
+            p99s: Vec::new(),
+        };
+        for round_number in 1..=repeat {
+            let round = Round::run(target, dag_ids, timeout).await?;
+            let rate = work as f64 / round.span_s;
+            println!(
+                "  round #{round_number}: {} {unit}/s (first created → last ended {} s), triggered in {} s; run created → ended p50 {} ms, p99 {} ms",
+                number(rate),
+                number(round.span_s),
+                number(round.triggered_s),
+                number(round.p50_ms()),
+                number(round.p99_ms())
+            );
+            rounds.rates.push(rate);
+            rounds.triggering.push(round.triggered_s);
+            rounds.p50s.push(round.p50_ms());
+            rounds.p99s.push(round.p99_ms());
+        }
+        Ok(rounds)
+    }
+
+    /// The figures besides the rate, which the scenario reports itself.
+    pub fn push_figures(self, report: &mut Report, scenario: &'static str) {
+        report.figures.push(Figure::new(
+            scenario,
+            "trigger_s",
+            format!("{} TriggerRun calls", number(self.runs as f64)),
+            "s",
+            self.triggering,
+        ));
+        report.figures.push(Figure::new(
+            scenario,
+            "run_p50_ms",
+            "run created_at → ended_at p50",
+            "ms",
+            self.p50s,
+        ));
+        report.figures.push(Figure::new(
+            scenario,
+            "run_p99_ms",
+            "run created_at → ended_at p99",
+            "ms",
+            self.p99s,
+        ));
     }
 }
 
