@@ -169,7 +169,7 @@ pub async fn run(
     report.figures.push(Figure::new(
         scenario,
         "busy_after_run_s",
-        "dev process busy after success was seen",
+        "busy after success was seen (dev process, or the leader above its idle floor)",
         "s",
         busy,
     ));
