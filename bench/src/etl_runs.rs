@@ -85,15 +85,7 @@ pub async fn run(
         .goal(Goal::AtLeast(target_rate)),
     );
     rounds.push_figures(report, scenario);
-    if let Some(rate) = report.median(scenario, "runs_per_s") {
-        let lines = target.compare(
-            report,
-            &format!("{scenario} {} runs/s", number(rate)),
-            rate,
-            true,
-        );
-        report.comparisons.extend(lines);
-    }
+    target.compare_median(report, scenario, "runs_per_s", "runs");
     Ok(())
 }
 

@@ -173,14 +173,6 @@ pub async fn run(
         "s",
         busy,
     ));
-    if let Some(rate) = report.median(scenario, "tasks_per_s") {
-        let lines = target.compare(
-            report,
-            &format!("{scenario} {} tasks/s", number(rate)),
-            rate,
-            true,
-        );
-        report.comparisons.extend(lines);
-    }
+    target.compare_median(report, scenario, "tasks_per_s", "tasks");
     Ok(())
 }

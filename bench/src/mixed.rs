@@ -88,15 +88,7 @@ pub async fn run(
         rounds.rates.clone(),
     ));
     rounds.push_figures(report, scenario);
-    if let Some(rate) = report.median(scenario, "tasks_per_s") {
-        let lines = target.compare(
-            report,
-            &format!("{scenario} {} tasks/s", number(rate)),
-            rate,
-            true,
-        );
-        report.comparisons.extend(lines);
-    }
+    target.compare_median(report, scenario, "tasks_per_s", "tasks");
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use crate::cluster::{Cluster, DEFAULT_TTL, WORKERS};
 use crate::etcd::EtcdCluster;
 use crate::procs::{Alive, Proc, Settled, quiet_cpu, settle, settle_above, start_dev};
 use crate::reference::{compare, compare_cluster};
-use crate::report::Report;
+use crate::report::{Report, number};
 
 enum Deployment {
     Dev(Proc),
@@ -99,11 +99,21 @@ impl Target {
 
     /// `what` (a rate when `is_rate`, else a latency) beside the reference
     /// of its store measured in the same invocation.
-    pub fn compare(&self, report: &Report, what: &str, value: f64, is_rate: bool) -> Vec<String> {
+    fn compare(&self, report: &Report, what: &str, value: f64, is_rate: bool) -> Vec<String> {
         if self.is_cluster() {
             compare_cluster(report, what, value, is_rate)
         } else {
             compare(report, what, value, is_rate)
+        }
+    }
+
+    /// Adds the comparison of the median rate `key` of `scenario` (in
+    /// `unit`/s) with the references to the report.
+    pub fn compare_median(&self, report: &mut Report, scenario: &str, key: &str, unit: &str) {
+        if let Some(rate) = report.median(scenario, key) {
+            let what = format!("{scenario} {} {unit}/s", number(rate));
+            let lines = self.compare(report, &what, rate, true);
+            report.comparisons.extend(lines);
         }
     }
 
