@@ -426,7 +426,7 @@ async fn run_command(
         http: _,
     } = context;
     let slot_dir = spool.slot().dir().to_path_buf();
-    let output_path = spool.slot().output_path();
+    let output_path = spool.output_path();
     let mut log = LogSink::new(spec.attempt_id, events.clone(), spool);
     let context = ProcessContext {
         slot_dir,
@@ -950,8 +950,11 @@ pub(crate) mod for_tests {
         );
         assert_eq!(spooled.len() as u64, end, "every reported byte is spooled");
         if result.outcome == AttemptOutcome::Succeeded {
-            assert!(
-                !running.slot.output_path().exists(),
+            assert_eq!(
+                std::fs::read_dir(running.slot.output_dir())
+                    .unwrap()
+                    .count(),
+                0,
                 "the output file is read once and removed"
             );
         }
@@ -1256,7 +1259,10 @@ mod tests {
         });
         let spec = spec(kind);
         let running = start(spec.clone(), Duration::from_millis(500)).await;
-        let output_path = running.slot.output_path();
+        let output_path = running
+            .slot
+            .output_dir()
+            .join(format!("{}.json", spec.attempt_id));
         let (result, _, log) = finish(running).await;
         assert_eq!(result.outcome, AttemptOutcome::Succeeded, "{result:?}");
         let text = String::from_utf8(log).unwrap();

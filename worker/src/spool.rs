@@ -12,14 +12,18 @@
 //! spool/<slot>/acked        the log offset the controller acknowledged last (a hint, never synced),
 //!                           or `forgotten` once the controller has everything
 //! spool/<slot>/group        the process group of the attempt's command (see `workdir`)
-//! spool/<slot>/output.json  `$BATON_OUTPUT`, read and removed when the command exits
+//! spool/<slot>/out/         holds `$BATON_OUTPUT`, `out/<attempt_id>.json`, read and removed when
+//!                           the command exits; emptied when the slot is taken again
 //! ```
 //!
 //! Files are rewritten in place, never created and removed per attempt:
 //! allocating and freeing inodes for every attempt made ext4 search ever
 //! longer past recently freed ones, and each run of short commands slower
-//! than the last. Nor are they cut to zero and written again, which makes
-//! ext4 write them out at once. A slot is taken by one attempt at a time
+//! than the last. The small files are not cut to zero and written again,
+//! which makes ext4 write them out at once (the log is, when it is
+//! emptied). The task's own file has a name of its attempt in a directory
+//! of its own, so that a task may put other files beside it and a process
+//! an earlier attempt left behind cannot write this attempt's output. A slot is taken by one attempt at a time
 //! and goes back to the free list once the attempt is both forgotten (the
 //! controller acknowledged all of it, or called it stale) and no longer
 //! running.
@@ -39,6 +43,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use baton_common::ids::{AttemptId, RunId, TaskId};
@@ -56,7 +61,8 @@ const RESULT_FILE: &str = "result.json";
 const ACKED_FILE: &str = "acked";
 /// File in a slot naming the process group of the attempt's command.
 pub(crate) const GROUP_FILE: &str = "group";
-const OUTPUT_FILE: &str = "output.json";
+/// The directory of `$BATON_OUTPUT` in a slot.
+const OUTPUT_DIR: &str = "out";
 /// What `acked` holds once the controller has all of the attempt.
 const FORGOTTEN: &str = "forgotten";
 /// What `result.json` holds while its attempt runs.
@@ -84,7 +90,8 @@ struct FreeSlots {
 impl Spool {
     /// A spool whose slots `0..next` are free but `busy`.
     fn new(dir: PathBuf, next: u32, busy: &[u32]) -> Arc<Self> {
-        // Popped from the end: the lowest numbers are reused first.
+        // Popped from the end: at start-up the lowest numbers go first;
+        // afterwards the slot freed last is reused first.
         let free = (0..next)
             .rev()
             .filter(|index| !busy.contains(index))
@@ -119,6 +126,7 @@ impl Spool {
             spool: Arc::clone(self),
             index,
             dir: self.dir.join(index.to_string()),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -141,6 +149,9 @@ pub(crate) struct SpoolSlot {
     spool: Arc<Spool>,
     index: u32,
     dir: PathBuf,
+    /// Its files could not be made ready: it does not go back to the free
+    /// list.
+    retired: AtomicBool,
 }
 
 impl SpoolSlot {
@@ -154,9 +165,9 @@ impl SpoolSlot {
         self.dir.join(LOG_FILE)
     }
 
-    /// `$BATON_OUTPUT`.
-    pub(crate) fn output_path(&self) -> PathBuf {
-        self.dir.join(OUTPUT_FILE)
+    /// The directory that holds `$BATON_OUTPUT`.
+    pub(crate) fn output_dir(&self) -> PathBuf {
+        self.dir.join(OUTPUT_DIR)
     }
 
     /// Notes the acknowledged log offset, so a restarted worker resends
@@ -191,6 +202,9 @@ impl SpoolSlot {
 
 impl Drop for SpoolSlot {
     fn drop(&mut self) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         self.spool
             .slots
             .lock()
@@ -235,12 +249,28 @@ pub(crate) struct SpoolWriter {
 
 impl SpoolWriter {
     /// Makes the slot ready for the attempt: no result, no acknowledged
-    /// offset, no output file, an empty log.
+    /// offset, an empty output directory, an empty log. A slot that
+    /// cannot be made ready (a task changed what it holds) is made anew;
+    /// failing that, it is retired.
     pub(crate) async fn create(slot: Arc<SpoolSlot>, meta: SpoolMeta) -> io::Result<Self> {
         let dir = slot.dir.clone();
-        let log = tokio::task::spawn_blocking(move || prepare(&dir))
-            .await
-            .map_err(io::Error::other)??;
+        let index = slot.index;
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare(&dir).or_else(|error| {
+                warn!(slot = index, %error, "cannot reuse a spool slot; making it anew");
+                std::fs::remove_dir_all(&dir)?;
+                prepare(&dir)
+            })
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let log = match prepared {
+            Ok(log) => log,
+            Err(error) => {
+                slot.retired.store(true, Ordering::Relaxed);
+                return Err(error);
+            }
+        };
         Ok(Self {
             slot,
             meta,
@@ -252,6 +282,14 @@ impl SpoolWriter {
     /// The slot the attempt writes in.
     pub(crate) fn slot(&self) -> &SpoolSlot {
         &self.slot
+    }
+
+    /// `$BATON_OUTPUT`: named after the attempt, in the slot's output
+    /// directory.
+    pub(crate) fn output_path(&self) -> PathBuf {
+        self.slot
+            .output_dir()
+            .join(format!("{}.json", self.meta.attempt_id))
     }
 
     /// Bytes spooled so far.
@@ -313,10 +351,7 @@ fn prepare(dir: &Path) -> io::Result<File> {
     // checks the recorded start time.
     write_in_place(&dir.join(RESULT_FILE), NO_RESULT, false)?;
     write_in_place(&dir.join(ACKED_FILE), b"0", false)?;
-    match std::fs::remove_file(dir.join(OUTPUT_FILE)) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
-        _ => {}
-    }
+    empty_output_dir(&dir.join(OUTPUT_DIR))?;
     // Empty already when the last attempt was forgotten.
     let log = File::create(dir.join(LOG_FILE))?;
     if new {
@@ -324,6 +359,30 @@ fn prepare(dir: &Path) -> io::Result<File> {
         File::open(dir)?.sync_all()?;
     }
     Ok(log)
+}
+
+/// Leaves `out` an empty directory: whatever an earlier attempt's task
+/// left there, or put in its place, goes.
+fn empty_output_dir(out: &Path) -> io::Result<()> {
+    match std::fs::read_dir(out) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry?.path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => std::fs::create_dir(out),
+        Err(error) if error.kind() == io::ErrorKind::NotADirectory => {
+            std::fs::remove_file(out)?;
+            std::fs::create_dir(out)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// A finished attempt found in the spool at start-up.
@@ -524,7 +583,10 @@ mod tests {
             .await
             .unwrap();
         writer.append(b"output\n").await.unwrap();
-        std::fs::write(slot.output_path(), "{}").unwrap();
+        let first_output = writer.output_path();
+        std::fs::write(&first_output, "{}").unwrap();
+        // What a task may leave beside its output.
+        std::fs::write(slot.output_dir().join("rows.tmp"), "1,2").unwrap();
         let inode = |name: &str| std::fs::metadata(slot.dir().join(name)).unwrap().ino();
         let inodes = [inode(LOG_FILE), inode(RESULT_FILE), inode(ACKED_FILE)];
 
@@ -557,12 +619,52 @@ mod tests {
         assert_eq!(read(LOG_FILE), b"", "an empty log for the new attempt");
         assert_eq!(read(RESULT_FILE), NO_RESULT, "no result yet");
         assert_eq!(read(ACKED_FILE), b"0", "nothing acknowledged yet");
-        assert!(
-            !again.output_path().exists(),
-            "no output file before the task writes one"
+        assert_ne!(
+            writer.output_path(),
+            first_output,
+            "named after its attempt"
+        );
+        assert_eq!(
+            std::fs::read_dir(again.output_dir()).unwrap().count(),
+            0,
+            "nothing of the last attempt's output directory is left"
         );
         let (_, recovered) = load(root.path());
         assert!(recovered.is_empty(), "a new attempt has no result yet");
+    }
+
+    #[tokio::test]
+    async fn a_slot_a_task_broke_is_made_anew() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::empty(root.path());
+        let slot = spool.take();
+        let writer = SpoolWriter::create(Arc::clone(&slot), meta())
+            .await
+            .unwrap();
+        // The task removed its output directory and put a file there.
+        std::fs::remove_dir(slot.output_dir()).unwrap();
+        std::fs::write(slot.output_dir(), "not a directory").unwrap();
+        writer.finish(&failed(0)).await.unwrap();
+        slot.forget();
+        drop(slot);
+        let again = spool.take();
+        let writer = SpoolWriter::create(Arc::clone(&again), meta())
+            .await
+            .unwrap();
+        assert!(again.output_dir().is_dir());
+        std::fs::write(writer.output_path(), "{}").unwrap();
+        // A directory where the result goes: reading it fails, so the slot
+        // is removed and made again.
+        drop(writer);
+        std::fs::remove_file(again.dir().join(RESULT_FILE)).unwrap();
+        std::fs::create_dir(again.dir().join(RESULT_FILE)).unwrap();
+        drop(again);
+        let third = spool.take();
+        SpoolWriter::create(Arc::clone(&third), meta())
+            .await
+            .unwrap();
+        assert!(third.dir().join(RESULT_FILE).is_file());
+        assert_eq!(spool.free_count(), 0);
     }
 
     #[tokio::test]

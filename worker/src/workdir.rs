@@ -7,9 +7,10 @@
 //! worker killed with SIGKILL cannot kill its tasks' process groups, so the
 //! next worker that starts on the same work dir does it: every worker
 //! directory whose lock it can take belongs to a worker that is gone; the
-//! groups recorded there whose leader still has the recorded start time (so
-//! the pid was not reused, and a group recorded by an attempt that ended
-//! long ago is left alone) are killed, and the directory is removed; a
+//! groups recorded there whose leader still has the recorded start time in
+//! the recorded boot (so the pid was not reused, and a group recorded by an
+//! attempt that ended long ago, before a reboot included, is left alone)
+//! are killed, and the directory is removed; a
 //! worker restarted with its own id does the same in its own spool, which
 //! it then reads for finished attempts. A second worker with the same id on
 //! the same work dir is refused. Workers take turns (`workers/.lock`) to
@@ -19,6 +20,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -28,6 +30,9 @@ use tracing::{info, warn};
 
 use crate::WorkerError;
 use crate::spool::{GROUP_FILE, spool_dir, write_in_place};
+
+/// Where a worker of an earlier version recorded its attempts' groups.
+const LEGACY_ATTEMPTS_DIR: &str = "attempts";
 
 /// The locked directory of a running worker.
 pub(crate) struct WorkDir {
@@ -72,6 +77,7 @@ impl WorkDir {
         // Our own leftovers first (a previous run of this worker, whose
         // spool the worker reads next), then other workers that are gone.
         kill_recorded_groups(&spool_dir(&root));
+        sweep_legacy_attempts(&root);
         if let Ok(entries) = std::fs::read_dir(&workers) {
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -103,22 +109,37 @@ fn reap_if_abandoned(dir: &Path) {
         return;
     };
     kill_recorded_groups(&spool_dir(dir));
+    sweep_legacy_attempts(dir);
     if let Err(error) = std::fs::remove_dir_all(dir) {
         warn!(path = %dir.display(), %error, "cannot remove an abandoned worker directory");
     }
     drop(lock);
 }
 
-/// Kills the process groups recorded in the slots of a spool.
-fn kill_recorded_groups(spool: &Path) {
-    let Ok(entries) = std::fs::read_dir(spool) else {
+/// A worker of an earlier version recorded groups in
+/// `attempts/<attempt_id>/group`: kills them, and removes the directory.
+fn sweep_legacy_attempts(worker_dir: &Path) {
+    let attempts = worker_dir.join(LEGACY_ATTEMPTS_DIR);
+    if attempts.is_dir() {
+        kill_recorded_groups(&attempts);
+        if let Err(error) = std::fs::remove_dir_all(&attempts) {
+            warn!(path = %attempts.display(), %error, "cannot remove an earlier version's attempt directories");
+        }
+    }
+}
+
+/// Kills the process groups recorded in the directories of `parent` (the
+/// slots of a spool) whose leader still runs.
+fn kill_recorded_groups(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for entry in entries.flatten() {
         let dir = entry.path();
-        if let Some((pgid, start_time)) = read_group(&dir.join(GROUP_FILE))
-            && process_start_time(pgid) == Some(start_time)
+        if let Some(record) = read_group(&dir.join(GROUP_FILE))
+            && record.leader_still_runs()
         {
+            let pgid = record.pgid;
             match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
                 Ok(()) => {
                     info!(pgid, attempt = %dir.display(), "killed a process group left by a worker that is gone")
@@ -132,23 +153,66 @@ fn kill_recorded_groups(spool: &Path) {
 
 /// Records the process group an attempt's process leads in its spool
 /// slot, so it can be killed even if this worker is not there to do it.
+/// The record stays after the attempt: its leader's start time, and the
+/// boot it ran in, tell it from a later process with the same pid.
 pub(crate) fn record_group(slot_dir: &Path, pid: u32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
     let start_time =
         process_start_time(pid).ok_or_else(|| io::Error::other("process already gone"))?;
+    let boot = boot_id().unwrap_or("-");
     write_in_place(
         &slot_dir.join(GROUP_FILE),
-        format!("{pid} {start_time}\n").as_bytes(),
+        format!("{pid} {start_time} {boot}\n").as_bytes(),
         false,
     )
 }
 
-fn read_group(path: &Path) -> Option<(i32, u64)> {
+/// A recorded process group.
+#[derive(Debug, PartialEq, Eq)]
+struct GroupRecord {
+    pgid: i32,
+    /// Its leader's start, in clock ticks since boot.
+    start_time: u64,
+    /// The boot it was recorded in; `None` in an earlier version's record.
+    boot: Option<String>,
+}
+
+impl GroupRecord {
+    /// Whether the recorded leader is the process running now under that
+    /// pid: same start time, and (a start time repeats across boots) the
+    /// same boot.
+    fn leader_still_runs(&self) -> bool {
+        let same_boot = match (&self.boot, boot_id()) {
+            (Some(recorded), Some(now)) => recorded == now,
+            _ => true,
+        };
+        same_boot && process_start_time(self.pgid) == Some(self.start_time)
+    }
+}
+
+fn read_group(path: &Path) -> Option<GroupRecord> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut parts = text.split_whitespace();
     let pgid = parts.next()?.parse().ok()?;
     let start_time = parts.next()?.parse().ok()?;
-    Some((pgid, start_time))
+    let boot = parts.next().map(str::to_string);
+    Some(GroupRecord {
+        pgid,
+        start_time,
+        boot,
+    })
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> Option<&'static str> {
+    static BOOT_ID: OnceLock<Option<String>> = OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_string())
+        })
+        .as_deref()
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of
@@ -250,15 +314,58 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_pid_is_not_killed() {
+    fn a_reused_pid_or_a_record_of_another_boot_is_not_taken_for_the_leader() {
         let dir = tempfile::tempdir().unwrap();
         let own = std::process::id() as i32;
-        std::fs::write(dir.path().join(GROUP_FILE), format!("{own} 1\n")).unwrap();
-        assert_eq!(read_group(&dir.path().join(GROUP_FILE)), Some((own, 1)));
-        assert_ne!(
-            process_start_time(own),
-            Some(1),
-            "start time differs, so the group is not ours"
+        let start_time = process_start_time(own).unwrap();
+        let record = |text: String| {
+            std::fs::write(dir.path().join(GROUP_FILE), text).unwrap();
+            read_group(&dir.path().join(GROUP_FILE)).unwrap()
+        };
+        let boot = boot_id().expect("this boot's id");
+        let current = record(format!("{own} {start_time} {boot}\n"));
+        assert_eq!(current.boot.as_deref(), Some(boot));
+        assert!(current.leader_still_runs(), "this process, this boot");
+        assert!(
+            !record(format!("{own} 1 {boot}\n")).leader_still_runs(),
+            "the start time differs: the pid was reused"
         );
+        assert!(
+            !record(format!(
+                "{own} {start_time} 00000000-0000-0000-0000-000000000000\n"
+            ))
+            .leader_still_runs(),
+            "recorded in another boot, where start times repeat"
+        );
+        assert!(
+            record(format!("{own} {start_time}\n")).leader_still_runs(),
+            "an earlier version's record, without a boot, is judged by its start time"
+        );
+    }
+
+    #[test]
+    fn groups_an_earlier_version_recorded_are_killed_and_their_directories_removed() {
+        let work_dir = tempfile::tempdir().unwrap();
+        let root = work_dir.path().join("workers").join("w1");
+        let attempt = root.join(LEGACY_ATTEMPTS_DIR).join("a1");
+        std::fs::create_dir_all(&attempt).unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 600 & sleep 600"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let start_time = process_start_time(pid).unwrap();
+        // The earlier format: pid and start time only.
+        std::fs::write(attempt.join(GROUP_FILE), format!("{pid} {start_time}\n")).unwrap();
+
+        let own = WorkDir::acquire(work_dir.path(), "w1").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let _ = child.wait();
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "the earlier version's group is killed");
+        assert!(!own.root().join(LEGACY_ATTEMPTS_DIR).exists());
     }
 }
