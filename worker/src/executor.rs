@@ -819,7 +819,8 @@ async fn read_output(path: &Path, limit: u64) -> Result<String, String> {
     if bytes.len() as u64 > limit {
         return Err(too_big(bytes.len() as u64));
     }
-    // Read once: the slot's next attempt must not find it.
+    // Read once: its space is given back now rather than when the slot is
+    // next taken (which empties its output directory anyway).
     if let Err(error) = tokio::fs::remove_file(path).await {
         warn!(path = %path.display(), %error, "cannot remove the output file");
     }

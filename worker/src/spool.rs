@@ -367,12 +367,7 @@ fn empty_output_dir(out: &Path) -> io::Result<()> {
     match std::fs::read_dir(out) {
         Ok(entries) => {
             for entry in entries {
-                let path = entry?.path();
-                if path.is_dir() {
-                    std::fs::remove_dir_all(&path)?;
-                } else {
-                    std::fs::remove_file(&path)?;
-                }
+                remove_path(&entry?.path())?;
             }
             Ok(())
         }
@@ -411,7 +406,11 @@ pub(crate) fn load(worker_root: &Path) -> (Arc<Spool>, Vec<(Arc<SpoolSlot>, Reco
             .and_then(|name| name.parse::<u32>().ok())
         else {
             warn!(path = %path.display(), "removing what is not a spool slot");
-            remove_entry(&path);
+            if let Err(error) = remove_path(&path)
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                warn!(path = %path.display(), %error, "cannot remove it");
+            }
             continue;
         };
         next = next.max(index.saturating_add(1));
@@ -473,16 +472,12 @@ fn load_one(dir: &Path) -> io::Result<Option<Recovered>> {
     }))
 }
 
-fn remove_entry(path: &Path) {
-    let removed = if path.is_dir() {
+/// Removes a file, or a directory with what it holds.
+fn remove_path(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
         std::fs::remove_dir_all(path)
     } else {
         std::fs::remove_file(path)
-    };
-    if let Err(error) = removed
-        && error.kind() != io::ErrorKind::NotFound
-    {
-        warn!(path = %path.display(), %error, "cannot remove it");
     }
 }
 
@@ -521,6 +516,13 @@ mod tests {
         }
     }
 
+    /// A slot of `spool` made ready for an attempt `meta`.
+    async fn started(spool: &Arc<Spool>, meta: SpoolMeta) -> (Arc<SpoolSlot>, SpoolWriter) {
+        let slot = spool.take();
+        let writer = SpoolWriter::create(Arc::clone(&slot), meta).await.unwrap();
+        (slot, writer)
+    }
+
     fn failed(log_bytes: u64) -> AttemptResult {
         AttemptResult {
             outcome: AttemptOutcome::Failed,
@@ -538,19 +540,13 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let spool = Spool::empty(root.path());
         let finished = meta();
-        let finished_slot = spool.take();
-        let mut writer = SpoolWriter::create(Arc::clone(&finished_slot), finished.clone())
-            .await
-            .unwrap();
+        let (finished_slot, mut writer) = started(&spool, finished.clone()).await;
         assert_eq!(writer.append(b"hello ").await.unwrap(), 6);
         assert_eq!(writer.append(b"world\n").await.unwrap(), 12);
         writer.finish(&failed(12)).await.unwrap();
         finished_slot.write_acked(6);
 
-        let running_slot = spool.take();
-        let mut writer = SpoolWriter::create(Arc::clone(&running_slot), meta())
-            .await
-            .unwrap();
+        let (running_slot, mut writer) = started(&spool, meta()).await;
         writer.append(b"partial").await.unwrap();
         // A worker killed now: nothing of it runs on.
         drop((writer, finished_slot, running_slot, spool));
@@ -578,10 +574,7 @@ mod tests {
     async fn a_slot_is_free_once_forgotten_and_ended_and_reused_in_place() {
         let root = tempfile::tempdir().unwrap();
         let spool = Spool::empty(root.path());
-        let slot = spool.take();
-        let mut writer = SpoolWriter::create(Arc::clone(&slot), meta())
-            .await
-            .unwrap();
+        let (slot, mut writer) = started(&spool, meta()).await;
         writer.append(b"output\n").await.unwrap();
         let first_output = writer.output_path();
         std::fs::write(&first_output, "{}").unwrap();
@@ -637,20 +630,14 @@ mod tests {
     async fn a_slot_a_task_broke_is_made_anew() {
         let root = tempfile::tempdir().unwrap();
         let spool = Spool::empty(root.path());
-        let slot = spool.take();
-        let writer = SpoolWriter::create(Arc::clone(&slot), meta())
-            .await
-            .unwrap();
+        let (slot, writer) = started(&spool, meta()).await;
         // The task removed its output directory and put a file there.
         std::fs::remove_dir(slot.output_dir()).unwrap();
         std::fs::write(slot.output_dir(), "not a directory").unwrap();
         writer.finish(&failed(0)).await.unwrap();
         slot.forget();
         drop(slot);
-        let again = spool.take();
-        let writer = SpoolWriter::create(Arc::clone(&again), meta())
-            .await
-            .unwrap();
+        let (again, writer) = started(&spool, meta()).await;
         assert!(again.output_dir().is_dir());
         std::fs::write(writer.output_path(), "{}").unwrap();
         // A directory where the result goes: reading it fails, so the slot
@@ -659,10 +646,7 @@ mod tests {
         std::fs::remove_file(again.dir().join(RESULT_FILE)).unwrap();
         std::fs::create_dir(again.dir().join(RESULT_FILE)).unwrap();
         drop(again);
-        let third = spool.take();
-        SpoolWriter::create(Arc::clone(&third), meta())
-            .await
-            .unwrap();
+        let (third, _writer) = started(&spool, meta()).await;
         assert!(third.dir().join(RESULT_FILE).is_file());
         assert_eq!(spool.free_count(), 0);
     }
@@ -671,10 +655,7 @@ mod tests {
     async fn what_cannot_be_read_is_no_result_and_what_is_no_slot_is_removed() {
         let root = tempfile::tempdir().unwrap();
         let spool = Spool::empty(root.path());
-        let slot = spool.take();
-        let writer = SpoolWriter::create(Arc::clone(&slot), meta())
-            .await
-            .unwrap();
+        let (slot, writer) = started(&spool, meta()).await;
         writer.finish(&failed(0)).await.unwrap();
         // Cut short by a crash of the machine.
         let text = std::fs::read(slot.dir().join(RESULT_FILE)).unwrap();
@@ -696,10 +677,7 @@ mod tests {
     async fn a_log_longer_than_its_result_counts_is_cut_to_the_count() {
         let root = tempfile::tempdir().unwrap();
         let spool = Spool::empty(root.path());
-        let slot = spool.take();
-        let writer = SpoolWriter::create(Arc::clone(&slot), meta())
-            .await
-            .unwrap();
+        let (slot, writer) = started(&spool, meta()).await;
         writer.finish(&failed(0)).await.unwrap();
         // An earlier attempt's unsynced truncation undone by a crash.
         std::fs::write(slot.log_path(), b"an earlier attempt's log").unwrap();

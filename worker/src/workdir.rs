@@ -245,6 +245,27 @@ mod tests {
             .unwrap_or(false)
     }
 
+    /// A process group of two sleeps, as a task's would be.
+    fn spawn_group() -> std::process::Child {
+        Command::new("sh")
+            .args(["-c", "sleep 600 & sleep 600"])
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits up to 5 s for the group's leader to be gone; whether it is
+    /// still alive then.
+    fn alive_after_waiting(child: &mut std::process::Child) -> bool {
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let _ = child.wait();
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        alive(pid)
+    }
+
     #[test]
     fn a_gone_workers_process_groups_are_killed_and_its_directory_removed() {
         let work_dir = tempfile::tempdir().unwrap();
@@ -254,21 +275,14 @@ mod tests {
         let attempt = spool_dir(&dead).join("0");
         std::fs::create_dir_all(&attempt).unwrap();
         File::create(dead.join("lock")).unwrap();
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 600 & sleep 600"])
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
+        let mut child = spawn_group();
         record_group(&attempt, child.id()).unwrap();
 
         let live = WorkDir::acquire(work_dir.path(), "new").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let _ = child.wait();
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!alive(pid), "the leftover group is killed");
+        assert!(
+            !alive_after_waiting(&mut child),
+            "the leftover group is killed"
+        );
         assert!(!dead.exists(), "the gone worker's directory is removed");
         assert!(spool_dir(live.root()).is_dir());
     }
@@ -349,23 +363,17 @@ mod tests {
         let root = work_dir.path().join("workers").join("w1");
         let attempt = root.join(LEGACY_ATTEMPTS_DIR).join("a1");
         std::fs::create_dir_all(&attempt).unwrap();
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 600 & sleep 600"])
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_group();
         let pid = child.id() as i32;
         let start_time = process_start_time(pid).unwrap();
         // The earlier format: pid and start time only.
         std::fs::write(attempt.join(GROUP_FILE), format!("{pid} {start_time}\n")).unwrap();
 
         let own = WorkDir::acquire(work_dir.path(), "w1").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let _ = child.wait();
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!alive(pid), "the earlier version's group is killed");
+        assert!(
+            !alive_after_waiting(&mut child),
+            "the earlier version's group is killed"
+        );
         assert!(!own.root().join(LEGACY_ATTEMPTS_DIR).exists());
     }
 }
