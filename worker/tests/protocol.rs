@@ -247,6 +247,20 @@ impl Session {
         }
     }
 
+    /// Takes a Register that announces no attempt, accepts it, and sees
+    /// nothing but heartbeats for a while.
+    async fn register_announcing_nothing(&mut self) {
+        let register = self.expect_register().await;
+        assert!(
+            register.attempt_ids.is_empty(),
+            "{:?}",
+            register.attempt_ids
+        );
+        self.register_ok();
+        self.expect_only_heartbeats(Duration::from_millis(400))
+            .await;
+    }
+
     async fn expect_register(&mut self) -> api::Register {
         match self.recv().await {
             FromWorker::Register(register) => register,
@@ -466,16 +480,7 @@ async fn unacknowledged_results_are_resent_after_reconnecting() {
     drop(session);
 
     let mut session = controller.accept().await;
-    let register = session.expect_register().await;
-    assert!(
-        register.attempt_ids.is_empty(),
-        "{:?}",
-        register.attempt_ids
-    );
-    session.register_ok();
-    session
-        .expect_only_heartbeats(Duration::from_millis(400))
-        .await;
+    session.register_announcing_nothing().await;
 
     // Shutdown with nothing running: a draining heartbeat, then `run` ends.
     shutdown.cancel();
@@ -492,7 +497,8 @@ async fn unacknowledged_results_are_resent_after_reconnecting() {
         .join("spool");
     for slot in spool.read_dir().expect("spool dir").flatten() {
         let slot = slot.path();
-        assert!(!slot.join("output.json").exists(), "{}", slot.display());
+        let outputs = std::fs::read_dir(slot.join("out")).expect("out").count();
+        assert_eq!(outputs, 0, "{}", slot.display());
         let log = std::fs::metadata(slot.join("log")).expect("log").len();
         assert_eq!(log, 0, "{}", slot.display());
     }
@@ -504,16 +510,7 @@ async fn unacknowledged_results_are_resent_after_reconnecting() {
         config.worker_id = worker_id;
     });
     let mut session = controller.accept().await;
-    let register = session.expect_register().await;
-    assert!(
-        register.attempt_ids.is_empty(),
-        "{:?}",
-        register.attempt_ids
-    );
-    session.register_ok();
-    session
-        .expect_only_heartbeats(Duration::from_millis(400))
-        .await;
+    session.register_announcing_nothing().await;
     shutdown.cancel();
     session.recv_draining_heartbeat().await;
     session.expect_end().await;
