@@ -4,7 +4,8 @@
 //! A plan holds the resolved tasks in file order with both edge directions
 //! as index lists, so that a completion reaches its downstream tasks in
 //! O(out-degree) and a run's per-task state is a plain vector indexed like
-//! the plan.
+//! the plan. Per-task lists are [`IndexLists`]: one flat vector each, since a
+//! 100,000-task plan is held for as long as the DAG is registered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,9 +34,9 @@ pub struct DagPlan {
     pub version: u32,
     pub tasks: Vec<ResolvedTask>,
     /// `upstream[i]`: tasks that task `i` depends on.
-    pub upstream: Vec<Vec<TaskIndex>>,
+    pub upstream: IndexLists,
     /// `downstream[i]`: tasks that depend on task `i`.
-    pub downstream: Vec<Vec<TaskIndex>>,
+    pub downstream: IndexLists,
     /// `routes[i]`: what a worker must offer to take task `i`.
     pub routes: Vec<Arc<Route>>,
     /// Tasks of the DAG leased or running at once, across its runs.
@@ -45,11 +46,11 @@ pub struct DagPlan {
     /// `template_reads[i]`: tasks whose output the templated fields of
     /// task `i` read (upstream of it, as validation checks), so that
     /// rendering looks only at those.
-    pub template_reads: Vec<Vec<TaskIndex>>,
+    pub template_reads: IndexLists,
     /// `expression_reads[i]`: the same for its `run_if` and `map_over`,
     /// apart, so that rendering each mapped instance does not copy the
     /// list its task went over.
-    pub expression_reads: Vec<Vec<TaskIndex>>,
+    pub expression_reads: IndexLists,
     /// Tasks with an `sla`.
     pub sla_tasks: Vec<TaskIndex>,
     /// Sensors the controller evaluates itself (time, delta, external).
@@ -87,18 +88,18 @@ impl DagPlan {
     pub fn compile(version: u32, dag: ValidatedDag) -> Self {
         let count = dag.tasks.len();
         let (template_reads, expression_reads) = template_reads(&dag.tasks);
-        let mut upstream = Vec::with_capacity(count);
-        let mut downstream: Vec<Vec<TaskIndex>> = vec![Vec::new(); count];
-        let mut by_id = HashMap::with_capacity(count);
-        for (index, task) in dag.tasks.iter().enumerate() {
-            let index = index as TaskIndex;
-            by_id.insert(task.id.clone(), index);
-            let ups: Vec<TaskIndex> = task.depends_on.iter().map(|&u| u as TaskIndex).collect();
-            for &up in &ups {
-                downstream[up as usize].push(index);
-            }
-            upstream.push(ups);
-        }
+        let by_id = dag
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(index, task)| (task.id.clone(), index as TaskIndex))
+            .collect();
+        let upstream = IndexLists::from_lists(
+            dag.tasks
+                .iter()
+                .map(|task| task.depends_on.iter().map(|&up| up as TaskIndex)),
+        );
+        let downstream = upstream.reversed(count);
         Self {
             dag_id: dag.dag_id,
             version,
@@ -190,10 +191,90 @@ impl DagPlan {
     }
 }
 
+/// One list of task indices per task, all in one vector: where a vector per
+/// task costs 24 bytes and a heap block for each non-empty list, this costs
+/// the lists' entries and 8 bytes per list. `lists[i]` is list `i`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct IndexLists {
+    /// `ends[i]`: where list `i` ends in `entries` (it starts where list
+    /// `i - 1` ends).
+    ends: Vec<usize>,
+    entries: Vec<TaskIndex>,
+}
+
+impl IndexLists {
+    pub fn from_lists<L: IntoIterator<Item = TaskIndex>>(
+        lists: impl IntoIterator<Item = L>,
+    ) -> Self {
+        let mut built = Self::default();
+        for list in lists {
+            built.push(list);
+        }
+        built.shrink_to_fit();
+        built
+    }
+
+    /// Adds the next list.
+    fn push(&mut self, list: impl IntoIterator<Item = TaskIndex>) {
+        self.entries.extend(list);
+        self.ends.push(self.entries.len());
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.ends.shrink_to_fit();
+        self.entries.shrink_to_fit();
+    }
+
+    /// The lists of `count` tasks where list `j` holds every `i` whose list
+    /// here holds `j`, in increasing `i` (upstream lists give downstream
+    /// lists).
+    fn reversed(&self, count: usize) -> Self {
+        let mut ends = vec![0usize; count];
+        for &entry in &self.entries {
+            ends[entry as usize] += 1;
+        }
+        let mut total = 0;
+        for end in &mut ends {
+            total += *end;
+            *end = total;
+        }
+        // Filled back to front so that each list comes out in increasing order.
+        let mut next = ends.clone();
+        let mut entries = vec![0; total];
+        for from in (0..self.len()).rev() {
+            for &to in self[from].iter().rev() {
+                next[to as usize] -= 1;
+                entries[next[to as usize]] = from as TaskIndex;
+            }
+        }
+        Self { ends, entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+impl std::ops::Index<usize> for IndexLists {
+    type Output = [TaskIndex];
+
+    fn index(&self, list: usize) -> &[TaskIndex] {
+        let start = match list {
+            0 => 0,
+            _ => self.ends[list - 1],
+        };
+        &self.entries[start..self.ends[list]]
+    }
+}
+
 /// For each task, the tasks whose outputs its templated fields read, and
 /// those its expressions (`run_if`, `map_over`) read: those they name, or
 /// every task upstream of it when one picks a task by a computed name.
-fn template_reads(tasks: &[ResolvedTask]) -> (Vec<Vec<TaskIndex>>, Vec<Vec<TaskIndex>>) {
+fn template_reads(tasks: &[ResolvedTask]) -> (IndexLists, IndexLists) {
     let by_id: HashMap<&str, TaskIndex> = tasks
         .iter()
         .enumerate()
@@ -217,26 +298,29 @@ fn template_reads(tasks: &[ResolvedTask]) -> (Vec<Vec<TaskIndex>>, Vec<Vec<TaskI
         reads.dedup();
         reads
     };
-    tasks
-        .iter()
-        .map(|task| {
-            let expressions = task
-                .run_if
-                .iter()
-                .chain(task.map_over.as_ref().map(|map| &map.expression))
-                .filter_map(|expression| template::check_expression(expression).ok())
-                .collect();
-            let fields = if task.templated {
-                templated_fields(task)
-                    .into_iter()
-                    .filter_map(|(_, source)| template::check(source).ok())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (reads(task, fields), reads(task, expressions))
-        })
-        .unzip()
+    let mut field_reads = IndexLists::default();
+    let mut expression_reads = IndexLists::default();
+    for task in tasks {
+        let expressions = task
+            .run_if
+            .iter()
+            .chain(task.map_over.as_ref().map(|map| &map.expression))
+            .filter_map(|expression| template::check_expression(expression).ok())
+            .collect();
+        let fields = if task.templated {
+            templated_fields(task)
+                .into_iter()
+                .filter_map(|(_, source)| template::check(source).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        field_reads.push(reads(task, fields));
+        expression_reads.push(reads(task, expressions));
+    }
+    field_reads.shrink_to_fit();
+    expression_reads.shrink_to_fit();
+    (field_reads, expression_reads)
 }
 
 /// Every task upstream of `task`, directly or not.
@@ -462,6 +546,54 @@ mod tests {
             .await
             .unwrap();
         store
+    }
+
+    #[test]
+    fn a_plan_lists_each_tasks_upstream_and_downstream_in_file_order() {
+        // a → c, b → c, a → d, c → e, d → e; f stands alone.
+        let spec = serde_json::json!({
+            "id": "edges",
+            "tasks": [
+                {"id": "a", "kind": "noop"},
+                {"id": "b", "kind": "noop"},
+                {"id": "c", "kind": "noop", "depends_on": ["b", "a"]},
+                {"id": "d", "kind": "noop", "depends_on": ["a"]},
+                {"id": "e", "kind": "noop", "depends_on": ["d", "c"]},
+                {"id": "f", "kind": "noop"},
+            ],
+        });
+        let dag =
+            spec::parse_dag(&spec.to_string(), SpecFormat::Json, &SpecLimits::default()).unwrap();
+        let plan = DagPlan::compile(1, dag);
+        let lists = |lists: &IndexLists| {
+            (0..lists.len())
+                .map(|i| lists[i].to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lists(&plan.upstream),
+            vec![vec![], vec![], vec![1, 0], vec![0], vec![3, 2], vec![]],
+            "as written"
+        );
+        assert_eq!(
+            lists(&plan.downstream),
+            vec![vec![2, 3], vec![2], vec![4], vec![4], vec![], vec![]],
+            "in file order"
+        );
+        assert_eq!(plan.starters, vec![0, 1, 5]);
+        assert_eq!(plan.downstream_closure(0), vec![0, 2, 3, 4]);
+        assert_eq!(plan.upstream_closure(4), vec![0, 1, 2, 3]);
+        assert!(plan.template_reads[4].is_empty() && plan.expression_reads[4].is_empty());
+    }
+
+    #[test]
+    fn index_lists_keep_empty_lists_and_their_order() {
+        let lists = IndexLists::from_lists([vec![], vec![7, 3], vec![], vec![0]]);
+        assert_eq!(lists.len(), 4);
+        assert!(lists[0].is_empty() && lists[2].is_empty());
+        assert_eq!(&lists[1], &[7, 3]);
+        assert_eq!(&lists[3], &[0]);
+        assert!(IndexLists::from_lists(Vec::<Vec<TaskIndex>>::new()).is_empty());
     }
 
     #[tokio::test]

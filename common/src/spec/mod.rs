@@ -229,12 +229,15 @@ impl Resources {
     }
 }
 
+/// What a task runs. The variants with settings are boxed: a plan keeps one
+/// per task for as long as its DAG is registered, most tasks of wide DAGs
+/// are noops, and the sensor's settings would make every task 128 bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
-    Command(CommandTask),
+    Command(Box<CommandTask>),
     Noop,
-    Custom(CustomTask),
-    Sensor(SensorTask),
+    Custom(Box<CustomTask>),
+    Sensor(Box<SensorTask>),
 }
 
 /// A task that waits for a condition.

@@ -998,11 +998,11 @@ tasks:
         assert!(task.depends_on.is_empty());
         assert_eq!(
             task.kind,
-            TaskKind::Command(CommandTask {
+            TaskKind::Command(Box::new(CommandTask {
                 argv: vec!["true".into()],
                 env: BTreeMap::new(),
                 cwd: None
-            })
+            }))
         );
         assert_eq!(dag.description, "");
         assert_eq!(dag.schedule, None);

@@ -1078,17 +1078,17 @@ fn resolve(
         });
         let kind = match task.kind.unwrap_or(TaskKindSpec::Command).runs_as() {
             TaskKindSpec::Noop => TaskKind::Noop,
-            TaskKindSpec::Sensor => TaskKind::Sensor(
+            TaskKindSpec::Sensor => TaskKind::Sensor(Box::new(
                 resolve_sensor(&task.sensor.clone().unwrap_or_default()).map_err(internal)?,
-            ),
-            TaskKindSpec::Custom => TaskKind::Custom(CustomTask {
+            )),
+            TaskKindSpec::Custom => TaskKind::Custom(Box::new(CustomTask {
                 handler: HandlerName::new(task.handler.clone().unwrap_or_default())
                     .map_err(|error| internal(error.reason))?,
                 payload_json: task
                     .payload
                     .as_ref()
                     .map_or_else(|| "null".to_string(), ToString::to_string),
-            }),
+            })),
             TaskKindSpec::Command | TaskKindSpec::Branch => {
                 let env = if defaults.env.is_empty() {
                     task.env
@@ -1097,11 +1097,11 @@ fn resolve(
                     env.extend(task.env);
                     env
                 };
-                TaskKind::Command(CommandTask {
+                TaskKind::Command(Box::new(CommandTask {
                     argv: task.command.map(CommandSpec::into_argv).unwrap_or_default(),
                     env,
                     cwd: task.cwd.or_else(|| defaults.cwd.clone()),
-                })
+                }))
             }
         };
         let pick_duration = |on_task: Option<SpecDuration>, on_defaults: Option<SpecDuration>| {
