@@ -18,6 +18,7 @@
 //! - `output.rs`: tables for people and JSON for scripts.
 
 mod commands;
+mod malloc;
 mod output;
 mod telemetry;
 
@@ -133,6 +134,9 @@ pub enum Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Dev(_) | Command::Controller(_)) {
+        malloc::limit_arenas_for_controller();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
