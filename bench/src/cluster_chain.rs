@@ -34,7 +34,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::chain::hop_latencies;
-use crate::cluster::{CONTROLLERS, Cluster, DEFAULT_TTL, WORKERS};
+use crate::cluster::{Cluster, DEFAULT_TTL, WORKERS};
 use crate::etcd::EtcdCluster;
 use crate::procs::{quiet_cpu, settle_above};
 use crate::reference::{self, ETCD_CLUSTER_PUT_P50, compare_cluster, put_latencies};
@@ -169,17 +169,19 @@ fn split_hops(
     Ok(parts)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     binary: &Path,
     work: &Path,
     etcd: &EtcdCluster,
+    controllers: usize,
     repeat: usize,
     slots: u32,
     length: usize,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     println!(
-        "== cluster-chain: {} noop in a line; etcd {} members, {CONTROLLERS} controllers (lease TTL {} s), {WORKERS} workers × --slots {slots}; {repeat} runs ==",
+        "== cluster-chain: {} noop in a line; etcd {} members, {controllers} controllers (lease TTL {} s), {WORKERS} workers × --slots {slots}; {repeat} runs ==",
         number(length as f64),
         etcd.members.len(),
         DEFAULT_TTL.as_secs()
@@ -190,7 +192,7 @@ pub async fn run(
         etcd,
         PREFIX,
         DEFAULT_TTL,
-        CONTROLLERS,
+        controllers,
         WORKERS,
         slots,
     )

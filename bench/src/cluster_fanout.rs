@@ -1,6 +1,6 @@
 //! `cluster-fanout`: throughput of one wide run on a cluster.
 //!
-//! [`CONTROLLERS`] controllers on the etcd cluster (keys under
+//! `--controllers` controllers (3 by default) on the etcd cluster (keys under
 //! `/bench-cluster-fanout`, default lease TTL) and [`WORKERS`] workers of N
 //! slots each. The DAG is `start` → `width` noops → `end`. Runs are
 //! triggered one at a time, each once the cluster is whole again (every
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use baton_common::client::BatonClient;
 
-use crate::cluster::{CONTROLLERS, Cluster, DEFAULT_TTL, WORKERS, cpu_snapshot, cpu_used};
+use crate::cluster::{Cluster, DEFAULT_TTL, WORKERS, cpu_snapshot, cpu_used};
 use crate::etcd::EtcdCluster;
 use crate::procs::{quiet_cpu, settle_above};
 use crate::reference::compare_cluster;
@@ -30,10 +30,12 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// Issue 8: fan-out of 10,000 on etcd with 3 controllers.
 pub const TARGET_TASKS_PER_S: f64 = 5_000.0;
 
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     binary: &Path,
     work: &Path,
     etcd: &EtcdCluster,
+    controllers: usize,
     repeat: usize,
     slots: u32,
     width: usize,
@@ -41,7 +43,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let tasks = width + 2;
     println!(
-        "== cluster-fanout: start → {} noop → end ({} tasks); etcd {} members, {CONTROLLERS} controllers (lease TTL {} s), {WORKERS} workers × --slots {slots}; {repeat} runs ==",
+        "== cluster-fanout: start → {} noop → end ({} tasks); etcd {} members, {controllers} controllers (lease TTL {} s), {WORKERS} workers × --slots {slots}; {repeat} runs ==",
         number(width as f64),
         number(tasks as f64),
         etcd.members.len(),
@@ -53,7 +55,7 @@ pub async fn run(
         etcd,
         "/bench-cluster-fanout",
         DEFAULT_TTL,
-        CONTROLLERS,
+        controllers,
         WORKERS,
         slots,
     )
@@ -130,7 +132,7 @@ pub async fn run(
         walls,
     ));
     report.notes.push(format!(
-        "{SCENARIO}: etcd {} members, {CONTROLLERS} controllers, {WORKERS} workers × --slots {slots}",
+        "{SCENARIO}: etcd {} members, {controllers} controllers, {WORKERS} workers × --slots {slots}",
         etcd.members.len()
     ));
     if let Some(rate) = report.median(SCENARIO, "tasks_per_s") {

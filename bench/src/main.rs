@@ -4,7 +4,7 @@
 //! the stores' own cost measured in the same invocation.
 //!
 //! ```text
-//! cargo run --release -p baton-bench -- <fanout|command|etl-runs|mixed|scale|chain|map|memory|observability|fleet|reference|all> \
+//! cargo run --release -p baton-bench -- <fanout|command|etl-runs|mixed|scale|chain|map|memory|observability|fleet|reference|cluster-…|cluster|all> \
 //!     [--repeat 5] [--slots 256] [--json PATH]
 //! ```
 //!
@@ -98,8 +98,14 @@ enum Scenario {
     ClusterMixed,
     /// `scale` on the same cluster shape.
     ClusterScale,
+    /// `map` on the same cluster shape.
+    ClusterMap,
+    /// Peak RSS of the leader (and of the standbys) of a fresh cluster of
+    /// the same shape running a 1 → 99,998 → 1 noop run (100,000 tasks).
+    ClusterMemory,
     /// cluster-fanout, cluster-chain, failover, cluster-command,
-    /// cluster-etl-runs, cluster-mixed, cluster-scale.
+    /// cluster-etl-runs, cluster-mixed, cluster-scale, cluster-map,
+    /// cluster-memory.
     Cluster,
     /// reference, fanout, command, etl-runs, mixed, scale, chain, map,
     /// memory, observability, fleet, then every cluster scenario, then one
@@ -131,8 +137,8 @@ struct Args {
     /// Slots of each of the 4 workers of the cluster scenarios.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     worker_slots: u32,
-    /// Controllers of cluster-command, cluster-etl-runs, cluster-mixed and
-    /// cluster-scale (1 measures etcd without standbys).
+    /// Controllers of every cluster scenario but failover (1 measures etcd
+    /// without standbys).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5).map(|v| v as usize))]
     controllers: usize,
     /// Members of the etcd cluster of the cluster scenarios (3 is what users
@@ -151,7 +157,8 @@ struct Args {
     /// default only; 10,000 is the default `max_map_length`).
     #[arg(long, default_value_t = DEFAULT_MAP_WIDTH, value_parser = clap::value_parser!(u64).range(1..=map::MAX_WIDTH as u64).map(|v| v as usize))]
     map_width: usize,
-    /// Parallel noops of `memory` (targets apply to the default only).
+    /// Parallel noops of `memory` (targets apply to the default only);
+    /// `cluster-memory` runs at most 99,998 (the default task limit).
     #[arg(long, default_value_t = DEFAULT_MEMORY_WIDTH, value_parser = clap::value_parser!(u64).range(1..=199_998).map(|v| v as usize))]
     memory_width: usize,
     /// Simulated workers (1 slot each) of `fleet` (targets apply to the
@@ -209,6 +216,7 @@ enum OnTarget {
     EtlRuns,
     Mixed,
     Scale,
+    Map,
 }
 
 impl OnTarget {
@@ -223,6 +231,8 @@ impl OnTarget {
             (Self::Mixed, true) => mixed::CLUSTER_SCENARIO,
             (Self::Scale, false) => scale::SCENARIO,
             (Self::Scale, true) => scale::CLUSTER_SCENARIO,
+            (Self::Map, false) => map::SCENARIO,
+            (Self::Map, true) => map::CLUSTER_SCENARIO,
         }
     }
 
@@ -255,6 +265,7 @@ impl OnTarget {
             Self::EtlRuns => etl_runs::run(target, name, repeat, slots, report).await,
             Self::Mixed => mixed::run(target, name, repeat, slots, report).await,
             Self::Scale => scale::run(target, name, repeat, slots, report).await,
+            Self::Map => map::run(target, name, repeat, slots, args.map_width, report).await,
         };
         target.stop().await;
         result
@@ -299,6 +310,7 @@ async fn cluster_scenarios(
                 binary,
                 work,
                 &etcd,
+                args.controllers,
                 repeat,
                 args.worker_slots,
                 args.fanout_width,
@@ -312,6 +324,7 @@ async fn cluster_scenarios(
                 binary,
                 work,
                 &etcd,
+                args.controllers,
                 repeat,
                 args.worker_slots,
                 args.chain_length,
@@ -336,6 +349,7 @@ async fn cluster_scenarios(
             (Scenario::ClusterEtlRuns, OnTarget::EtlRuns),
             (Scenario::ClusterMixed, OnTarget::Mixed),
             (Scenario::ClusterScale, OnTarget::Scale),
+            (Scenario::ClusterMap, OnTarget::Map),
         ] {
             if wanted(scenario) {
                 println!();
@@ -352,10 +366,31 @@ async fn cluster_scenarios(
                 record(&mut failures, name, result).await;
             }
         }
+        if wanted(Scenario::ClusterMemory) {
+            println!();
+            let scenario = memory::run_cluster(
+                binary,
+                work,
+                &etcd,
+                args.controllers,
+                repeat,
+                args.worker_slots,
+                args.memory_width.min(memory::CLUSTER_MAX_WIDTH),
+                report,
+            );
+            record(&mut failures, memory::CLUSTER_SCENARIO, scenario).await;
+        }
         if args.etcd_members != 3 {
             report.notes.push(format!(
                 "cluster scenarios ran on {} etcd member(s), not the 3 users deploy",
                 args.etcd_members
+            ));
+        }
+        if args.controllers != cluster::CONTROLLERS {
+            report.notes.push(format!(
+                "cluster scenarios but failover ran with {} controller(s); the etcd targets are set for {}",
+                args.controllers,
+                cluster::CONTROLLERS
             ));
         }
         if failures.is_empty() {
@@ -436,14 +471,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if wanted(Scenario::Map) {
         println!();
-        let scenario = map::run(
-            &binary,
-            &work,
-            repeat,
-            args.slots,
-            args.map_width,
-            &mut report,
-        );
+        let target = Target::dev(&binary, &work, map::SCENARIO, args.slots);
+        let scenario = OnTarget::Map.run(target, &args, args.slots, &mut report);
         record(&mut failures, map::SCENARIO, scenario).await;
     }
     if wanted(Scenario::Memory) {
@@ -490,6 +519,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             | Scenario::ClusterEtlRuns
             | Scenario::ClusterMixed
             | Scenario::ClusterScale
+            | Scenario::ClusterMap
+            | Scenario::ClusterMemory
             | Scenario::Cluster
             | Scenario::All
     );
@@ -503,7 +534,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         (fanout::SCENARIO, args.fanout_width != DEFAULT_FANOUT_WIDTH),
         (chain::SCENARIO, args.chain_length != DEFAULT_CHAIN_LENGTH),
         (map::SCENARIO, args.map_width != DEFAULT_MAP_WIDTH),
+        (map::CLUSTER_SCENARIO, args.map_width != DEFAULT_MAP_WIDTH),
         (memory::SCENARIO, args.memory_width != DEFAULT_MEMORY_WIDTH),
+        (
+            memory::CLUSTER_SCENARIO,
+            args.memory_width < memory::CLUSTER_MAX_WIDTH,
+        ),
         (
             observability::SCENARIO,
             args.fanout_width != DEFAULT_FANOUT_WIDTH,

@@ -1,6 +1,8 @@
-//! `map`: dynamic fan-out (`map_over`) on `baton dev`.
+//! `map`: dynamic fan-out (`map_over`) on `baton dev`; `cluster-map`: the
+//! same on a cluster (each controller's and worker's clock is this
+//! machine's).
 //!
-//! One `baton dev --slots N` process; the DAG is `list` (a command writing
+//! One `baton dev --slots N` process (or the cluster); the DAG is `list` (a command writing
 //! `{"items": [0, 1, …, width − 1]}` as its output) → `each` (a `noop`
 //! with `map_over: tasks.list.output.items`, so `width` instances `each[i]`)
 //! → `sum` (a `noop` fan-in). Runs are triggered one at a time; once a run
@@ -17,19 +19,18 @@
 //!
 //! Before the next run the process is left to go idle.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use baton_common::pb::api;
 use serde_json::json;
 
-use crate::procs::{settle, start_dev};
-use crate::reference::compare;
 use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{micros, register, run_seconds, trigger, wait_success, within};
+use crate::target::Target;
 
 pub const SCENARIO: &str = "map";
+pub const CLUSTER_SCENARIO: &str = "cluster-map";
 const DAG_ID: &str = "bench-map";
 const LIST: &str = "list";
 const MAPPED: &str = "each";
@@ -128,19 +129,22 @@ pub fn map_times(response: &api::GetRunResponse, width: usize) -> anyhow::Result
     })
 }
 
+/// `scenario` names the figures: [`SCENARIO`] on `baton dev`,
+/// [`CLUSTER_SCENARIO`] on a cluster.
 pub async fn run(
-    binary: &Path,
-    work: &Path,
+    target: &mut Target,
+    scenario: &'static str,
     repeat: usize,
     slots: u32,
     width: usize,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     println!(
-        "== map: list → {} mapped noop instances → sum, baton dev --slots {slots}, {repeat} runs ==",
-        number(width as f64)
+        "== {scenario}: list → {} mapped noop instances → sum, {}, {repeat} runs ==",
+        number(width as f64),
+        target.describe(slots)
     );
-    let (mut dev, mut client) = start_dev(binary, work, SCENARIO, slots).await?;
+    let mut client = target.client.clone();
     register(&mut client, map_spec(DAG_ID, width)).await?;
     let mut dispatch = Vec::new();
     let mut first = Vec::new();
@@ -148,10 +152,9 @@ pub async fn run(
     let mut runs = Vec::new();
     for round in 0..repeat {
         let run_id = trigger(&mut client, DAG_ID).await?;
-        let finished =
-            wait_success(&mut client, &mut dev, &run_id, POLL, RUN_TIMEOUT, || {}).await?;
+        let finished = wait_success(&mut client, target, &run_id, POLL, RUN_TIMEOUT, || {}).await?;
         // Runs do not overlap with work left over from the previous one.
-        settle(dev.pid()).await?;
+        target.settle().await?;
         let request = api::GetRunRequest {
             run_id: run_id.clone(),
             include_tasks: true,
@@ -177,52 +180,49 @@ pub async fn run(
         fan_in.push(fan_in_ms);
         runs.push(seconds);
     }
-    let stop = dev.stop().await;
-    println!(
-        "  baton dev stopped in {} ms",
-        number(stop.as_secs_f64() * 1e3)
+    let dispatch = Figure::new(
+        scenario,
+        "dispatch_s",
+        format!(
+            "list ended → last of {} instances started",
+            number(width as f64)
+        ),
+        "s",
+        dispatch,
     );
-    report.figures.push(
-        Figure::new(
-            SCENARIO,
-            "dispatch_s",
-            format!(
-                "list ended → last of {} instances started",
-                number(width as f64)
-            ),
-            "s",
-            dispatch,
-        )
-        .goal(Goal::AtMost(TARGET_DISPATCH_S)),
-    );
+    // The target was set for `baton dev`; on a cluster the figure is shown.
+    report.figures.push(match target.is_cluster() {
+        false => dispatch.goal(Goal::AtMost(TARGET_DISPATCH_S)),
+        true => dispatch,
+    });
     report.figures.push(Figure::new(
-        SCENARIO,
+        scenario,
         "first_instance_ms",
         "list ended → first instance started",
         "ms",
         first,
     ));
     report.figures.push(Figure::new(
-        SCENARIO,
+        scenario,
         "fan_in_ms",
         "last instance ended → sum started",
         "ms",
         fan_in,
     ));
     report.figures.push(Figure::new(
-        SCENARIO,
+        scenario,
         "run_s",
         "run ended_at − started_at",
         "s",
         runs,
     ));
-    if let Some(seconds) = report.median(SCENARIO, "dispatch_s")
+    if let Some(seconds) = report.median(scenario, "dispatch_s")
         && seconds > 0.0
     {
         let rate = width as f64 / seconds;
-        let lines = compare(
+        let lines = target.compare(
             report,
-            &format!("map dispatch {} instances/s", number(rate)),
+            &format!("{scenario} dispatch {} instances/s", number(rate)),
             rate,
             true,
         );

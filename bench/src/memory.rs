@@ -11,15 +11,28 @@
 //! run on the same controller shows whether the first run's memory is
 //! reused (`VmRSS` and `VmHWM` after it); the per-run figures are read
 //! before it.
+//!
+//! `cluster-memory`: per repeat, a fresh cluster on the etcd cluster
+//! (`--controllers` controllers, keys under `/bench-cluster-memory-<n>`, 4
+//! workers) runs 1 → 99,998 noops → 1 (100,000 tasks, the default
+//! `max_tasks_per_dag`); the leader's `VmRSS` is read as above and its
+//! `VmHWM` at the end, with the highest `VmHWM` among the standbys (which
+//! only follow the leader and serve reads).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::etcd::EtcdCluster;
 use crate::procs::{Proc, connect_baton, free_port, memory, settle};
 use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{fanout_spec, register, run_seconds, trigger, wait_success};
+use crate::target::Target;
 
 pub const SCENARIO: &str = "memory";
+pub const CLUSTER_SCENARIO: &str = "cluster-memory";
+/// Middle noops of `cluster-memory` at most: with `start` and `end`, the
+/// default `max_tasks_per_dag` (its controllers run with the defaults).
+pub const CLUSTER_MAX_WIDTH: usize = 99_998;
 const DAG_ID: &str = "bench-memory";
 const POLL: Duration = Duration::from_millis(20);
 const SETTLE: Duration = Duration::from_secs(1);
@@ -292,5 +305,125 @@ pub async fn run(
             number(tasks as f64)
         ));
     }
+    Ok(())
+}
+
+/// `cluster-memory` (see the module's doc): `width` middle noops, at most
+/// [`CLUSTER_MAX_WIDTH`].
+#[allow(clippy::too_many_arguments)]
+pub async fn run_cluster(
+    binary: &Path,
+    work: &Path,
+    etcd: &EtcdCluster,
+    controllers: usize,
+    repeat: usize,
+    slots: u32,
+    width: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let tasks = width + 2;
+    println!(
+        "== {CLUSTER_SCENARIO}: 1 → {} noop → 1 ({} tasks), etcd {} members, {controllers} controllers, 4 workers × --slots {slots}, fresh cluster per run, {repeat} runs ==",
+        number(width as f64),
+        number(tasks as f64),
+        etcd.members.len()
+    );
+    let spec = fanout_spec(DAG_ID, width);
+    let mut idle = Vec::new();
+    let mut registered_rss = Vec::new();
+    let mut peak = Vec::new();
+    let mut standby_peak = Vec::new();
+    let mut rates = Vec::new();
+    for round in 0..repeat {
+        let name = format!("{CLUSTER_SCENARIO}-{round}");
+        let mut target = Target::cluster(binary, work, etcd, &name, controllers, slots).await?;
+        let measured = async {
+            let pids = target.controller_pids().await?;
+            let leader = pids[0];
+            let mut client = target.client.clone();
+            let idle_rss = memory(leader)?.rss;
+            register(&mut client, spec.clone()).await?;
+            let registered = memory(leader)?.rss;
+            let run_id = trigger(&mut client, DAG_ID).await?;
+            let finished =
+                wait_success(&mut client, &mut target, &run_id, POLL, RUN_TIMEOUT, || {}).await?;
+            if target.controller_pids().await?[0] != leader {
+                anyhow::bail!("the leader changed during the run; its peak would not be the run's");
+            }
+            let end = memory(leader)?;
+            let standby_hwm = pids[1..]
+                .iter()
+                .map(|&pid| memory(pid).map(|memory| memory.hwm))
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .into_iter()
+                .max();
+            let rate = tasks as f64 / run_seconds(&finished.run)?;
+            anyhow::Ok((idle_rss, registered, end.hwm, standby_hwm, rate))
+        }
+        .await;
+        target.stop().await;
+        let (idle_rss, registered, hwm, standby_hwm, rate) = measured?;
+        println!(
+            "  run #{}: leader RSS idle {} MiB, after RegisterDag {} MiB, VmHWM {} MiB; standbys' highest VmHWM {}; {} tasks/s",
+            round + 1,
+            number(mib(idle_rss)),
+            number(mib(registered)),
+            number(mib(hwm)),
+            standby_hwm.map_or_else(
+                || "— (none)".to_string(),
+                |hwm| format!("{} MiB", number(mib(hwm)))
+            ),
+            number(rate),
+        );
+        idle.push(mib(idle_rss));
+        registered_rss.push(mib(registered));
+        peak.push(mib(hwm));
+        if let Some(hwm) = standby_hwm {
+            standby_peak.push(mib(hwm));
+        }
+        rates.push(rate);
+        // The data of this repeat is not needed any more.
+        let _ = std::fs::remove_dir_all(work.join(&name));
+    }
+    report.figures.push(
+        Figure::new(
+            CLUSTER_SCENARIO,
+            "peak_rss_mib",
+            "leader peak RSS (VmHWM)",
+            "MiB",
+            peak,
+        )
+        .goal(Goal::AtMost(TARGET_PEAK_MIB)),
+    );
+    report.figures.push(Figure::new(
+        CLUSTER_SCENARIO,
+        "idle_rss_mib",
+        "leader RSS idle after start",
+        "MiB",
+        idle,
+    ));
+    report.figures.push(Figure::new(
+        CLUSTER_SCENARIO,
+        "registered_rss_mib",
+        "leader RSS after RegisterDag",
+        "MiB",
+        registered_rss,
+    ));
+    if !standby_peak.is_empty() {
+        report.figures.push(Figure::new(
+            CLUSTER_SCENARIO,
+            "standby_peak_rss_mib",
+            "standbys' highest peak RSS (VmHWM)",
+            "MiB",
+            standby_peak,
+        ));
+    }
+    report.figures.push(Figure::new(
+        CLUSTER_SCENARIO,
+        "tasks_per_s",
+        format!("{} tasks / (ended_at − started_at)", number(tasks as f64)),
+        "tasks/s",
+        rates,
+    ));
     Ok(())
 }

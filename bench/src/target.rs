@@ -1,7 +1,8 @@
 //! Where a scenario's runs go: one `baton dev` process (the embedded
 //! store), or a cluster of controllers and workers on etcd. The scenarios
-//! that run on both (`command`, `etl-runs`, `mixed`, `scale` and their
-//! `cluster-` variants) are written against [`Target`].
+//! that run on both (`command`, `etl-runs`, `mixed`, `scale`, `map` and
+//! their `cluster-` variants, and `cluster-memory`) are written against
+//! [`Target`].
 
 use std::path::Path;
 use std::time::Duration;
@@ -99,7 +100,7 @@ impl Target {
 
     /// `what` (a rate when `is_rate`, else a latency) beside the reference
     /// of its store measured in the same invocation.
-    fn compare(&self, report: &Report, what: &str, value: f64, is_rate: bool) -> Vec<String> {
+    pub fn compare(&self, report: &Report, what: &str, value: f64, is_rate: bool) -> Vec<String> {
         if self.is_cluster() {
             compare_cluster(report, what, value, is_rate)
         } else {
@@ -122,6 +123,29 @@ impl Target {
         match &self.deployment {
             Deployment::Dev(process) => Some(process.pid()),
             Deployment::Cluster { .. } => None,
+        }
+    }
+
+    /// The PIDs of its controllers, the one that schedules (the dev process,
+    /// or the leader) first.
+    pub async fn controller_pids(&mut self) -> anyhow::Result<Vec<u32>> {
+        match &mut self.deployment {
+            Deployment::Dev(process) => Ok(vec![process.pid()]),
+            Deployment::Cluster { cluster, .. } => {
+                let status = cluster.wait_whole().await?;
+                let leader = cluster.index_of(&status.leader_id)?;
+                let mut pids = vec![cluster.process_of(leader)?.pid()];
+                pids.extend(
+                    cluster
+                        .controllers
+                        .iter()
+                        .enumerate()
+                        .filter(|(index, _)| *index != leader)
+                        .filter_map(|(_, controller)| controller.process.as_ref())
+                        .map(Proc::pid),
+                );
+                Ok(pids)
+            }
         }
     }
 
