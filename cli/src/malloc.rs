@@ -5,12 +5,12 @@
 //! arenas. A controller parses a large DAG on a blocking thread and then
 //! schedules its run on the runtime's threads, so memory freed in one arena
 //! is not reused by the next and the process's RSS grows by the difference:
-//! a run of a 100,000-task DAG peaked at 227 MiB with the default arenas and
-//! at 187–195 MiB with one or two (`bench/README.md`, "memory").
+//! the `memory` benchmark's 100,000-task run peaked at 205 MiB with the
+//! default arenas and at 175 MiB with two (`bench/README.md`, "memory").
 
 /// Arenas a controller's process uses unless `MALLOC_ARENA_MAX` says
-/// otherwise: one per core of the 2-core machine the targets are set on
-/// keeps the threads from waiting on one lock.
+/// otherwise. Two, not one: the runtime's threads and the blocking pool
+/// then share two locks; one arena saved only ~6 MiB more in a trial.
 const CONTROLLER_ARENAS: i32 = 2;
 
 /// Caps malloc's arenas at [`CONTROLLER_ARENAS`]; a `MALLOC_ARENA_MAX` in
