@@ -135,7 +135,7 @@ pub enum Outcome {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Dev(_) | Command::Controller(_)) {
-        malloc::limit_arenas_for_controller();
+        malloc::tune_for_controller();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

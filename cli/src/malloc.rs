@@ -7,29 +7,51 @@
 //! is not reused by the next and the process's RSS grows by the difference:
 //! the `memory` benchmark's 100,000-task run peaked at 205 MiB with the
 //! default arenas and at 175 MiB with two (`bench/README.md`, "memory").
+//!
+//! Large short-lived buffers (a 100,000-task spec, the first batch of a run
+//! that size) are also kept out of the arenas: by default glibc raises its
+//! mmap threshold to the size of each mapped block freed, so the next
+//! buffers of that size come from an arena and stay in the process's RSS
+//! once freed, and every further run of a large DAG grew the peak.
 
 /// Arenas a controller's process uses unless `MALLOC_ARENA_MAX` says
 /// otherwise. Two, not one: the runtime's threads and the blocking pool
 /// then share two locks; one arena saved only ~6 MiB more in a trial.
 const CONTROLLER_ARENAS: i32 = 2;
 
-/// Caps malloc's arenas at [`CONTROLLER_ARENAS`]; a `MALLOC_ARENA_MAX` in
-/// the environment (which glibc reads itself) is left to decide. Call it
-/// before any thread is started, so that no thread has taken an arena yet.
+/// Blocks of this size or more are mapped on their own and given back when
+/// freed, unless `MALLOC_MMAP_THRESHOLD_` says otherwise. Setting it keeps
+/// glibc from raising it.
+const CONTROLLER_MMAP_THRESHOLD: i32 = 1024 * 1024;
+
+/// Caps malloc's arenas at [`CONTROLLER_ARENAS`] and fixes its mmap
+/// threshold at [`CONTROLLER_MMAP_THRESHOLD`]; either one set in the
+/// environment (which glibc reads itself) is left to decide. Call it before
+/// any thread is started, so that no thread has taken an arena yet.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn limit_arenas_for_controller() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    // SAFETY: `mallopt` sets a parameter of glibc's allocator and is safe
-    // to call at any time; `M_ARENA_MAX` with a positive value is one it
-    // documents. It takes no pointers.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, CONTROLLER_ARENAS);
+pub fn tune_for_controller() {
+    let settings = [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, CONTROLLER_ARENAS),
+        (
+            "MALLOC_MMAP_THRESHOLD_",
+            libc::M_MMAP_THRESHOLD,
+            CONTROLLER_MMAP_THRESHOLD,
+        ),
+    ];
+    for (variable, parameter, value) in settings {
+        if std::env::var_os(variable).is_some() {
+            continue;
+        }
+        // SAFETY: `mallopt` sets a parameter of glibc's allocator and is
+        // safe to call at any time; both parameters take the positive
+        // values given here, as glibc documents. It takes no pointers.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(parameter, value);
+        }
     }
 }
 
 /// Other allocators keep no per-thread arenas to cap.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn limit_arenas_for_controller() {}
+pub fn tune_for_controller() {}
