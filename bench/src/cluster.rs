@@ -36,6 +36,49 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
 /// registered, every worker connected to the leader).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What a cluster scenario runs with: the `baton` binary, the temp
+/// directory, the etcd cluster, the controllers (`--controllers`) and
+/// worker slots (`--worker-slots`) asked for, and the runs per scenario.
+#[derive(Clone, Copy)]
+pub struct OnCluster<'a> {
+    pub binary: &'a Path,
+    pub work: &'a Path,
+    pub etcd: &'a EtcdCluster,
+    pub controllers: usize,
+    pub slots: u32,
+    pub repeat: usize,
+}
+
+impl OnCluster<'_> {
+    /// The shape, for a scenario's heading.
+    pub fn describe(&self) -> String {
+        format!(
+            "etcd {} members, {} controllers (lease TTL {} s), {WORKERS} workers × --slots {}; {} runs",
+            self.etcd.members.len(),
+            self.controllers,
+            DEFAULT_TTL.as_secs(),
+            self.slots,
+            self.repeat
+        )
+    }
+
+    /// Starts the shape on the etcd cluster, at the default lease TTL,
+    /// with its files under `<work>/<name>` and its keys under `prefix`.
+    pub async fn start(&self, name: &str, prefix: &str) -> anyhow::Result<Cluster> {
+        Cluster::start(
+            self.binary,
+            &self.work.join(name),
+            self.etcd,
+            prefix,
+            DEFAULT_TTL,
+            self.controllers,
+            WORKERS,
+            self.slots,
+        )
+        .await
+    }
+}
+
 /// One controller replica; `process` is `None` while it is down.
 pub struct Controller {
     pub id: String,

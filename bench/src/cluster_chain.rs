@@ -21,7 +21,6 @@
 //! same etcd cluster, measured before (reference).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -34,7 +33,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::chain::hop_latencies;
-use crate::cluster::{Cluster, DEFAULT_TTL, WORKERS};
+use crate::cluster::OnCluster;
 use crate::etcd::EtcdCluster;
 use crate::procs::{quiet_cpu, settle_above};
 use crate::reference::{self, ETCD_CLUSTER_PUT_P50, compare_cluster, put_latencies};
@@ -169,34 +168,14 @@ fn split_hops(
     Ok(parts)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    binary: &Path,
-    work: &Path,
-    etcd: &EtcdCluster,
-    controllers: usize,
-    repeat: usize,
-    slots: u32,
-    length: usize,
-    report: &mut Report,
-) -> anyhow::Result<()> {
+pub async fn run(on: OnCluster<'_>, length: usize, report: &mut Report) -> anyhow::Result<()> {
+    let OnCluster { etcd, repeat, .. } = on;
     println!(
-        "== cluster-chain: {} noop in a line; etcd {} members, {controllers} controllers (lease TTL {} s), {WORKERS} workers × --slots {slots}; {repeat} runs ==",
+        "== cluster-chain: {} noop in a line; {} ==",
         number(length as f64),
-        etcd.members.len(),
-        DEFAULT_TTL.as_secs()
+        on.describe()
     );
-    let mut cluster = Cluster::start(
-        binary,
-        &work.join("cluster-chain"),
-        etcd,
-        PREFIX,
-        DEFAULT_TTL,
-        controllers,
-        WORKERS,
-        slots,
-    )
-    .await?;
+    let mut cluster = on.start("cluster-chain", PREFIX).await?;
     register(&mut cluster.client, chain_spec(DAG_ID, length)).await?;
     let ids = chain_ids(length);
     let mut p50s = Vec::new();

@@ -11,13 +11,11 @@
 //! from the trigger to the success being seen is printed. Before the next
 //! run, the leader is left to go idle.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use baton_common::client::BatonClient;
 
-use crate::cluster::{Cluster, DEFAULT_TTL, WORKERS, cpu_snapshot, cpu_used};
-use crate::etcd::EtcdCluster;
+use crate::cluster::{OnCluster, WORKERS, cpu_snapshot, cpu_used};
 use crate::procs::{quiet_cpu, settle_above};
 use crate::reference::compare_cluster;
 use crate::report::{Figure, Goal, Report, number};
@@ -30,36 +28,22 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// Issue 8: fan-out of 10,000 on etcd with 3 controllers.
 pub const TARGET_TASKS_PER_S: f64 = 5_000.0;
 
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    binary: &Path,
-    work: &Path,
-    etcd: &EtcdCluster,
-    controllers: usize,
-    repeat: usize,
-    slots: u32,
-    width: usize,
-    report: &mut Report,
-) -> anyhow::Result<()> {
+pub async fn run(on: OnCluster<'_>, width: usize, report: &mut Report) -> anyhow::Result<()> {
+    let OnCluster {
+        etcd,
+        controllers,
+        slots,
+        repeat,
+        ..
+    } = on;
     let tasks = width + 2;
     println!(
-        "== cluster-fanout: start → {} noop → end ({} tasks); etcd {} members, {controllers} controllers (lease TTL {} s), {WORKERS} workers × --slots {slots}; {repeat} runs ==",
+        "== cluster-fanout: start → {} noop → end ({} tasks); {} ==",
         number(width as f64),
         number(tasks as f64),
-        etcd.members.len(),
-        DEFAULT_TTL.as_secs()
+        on.describe()
     );
-    let mut cluster = Cluster::start(
-        binary,
-        &work.join("cluster-fanout"),
-        etcd,
-        "/bench-cluster-fanout",
-        DEFAULT_TTL,
-        controllers,
-        WORKERS,
-        slots,
-    )
-    .await?;
+    let mut cluster = on.start("cluster-fanout", "/bench-cluster-fanout").await?;
     let registered = Instant::now();
     register(&mut cluster.client, fanout_spec(DAG_ID, width)).await?;
     println!(

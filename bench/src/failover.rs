@@ -50,7 +50,7 @@ use etcd_client::{EventType, GetOptions, WatchOptions};
 use nix::sys::signal::Signal;
 use prost::Message as _;
 
-use crate::cluster::{CONTROLLERS, Cluster, DEFAULT_TTL, WORKERS};
+use crate::cluster::{CONTROLLERS, Cluster, DEFAULT_TTL, OnCluster, WORKERS};
 use crate::etcd::EtcdCluster;
 use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{fanout_spec, register, trigger, wait_success, within};
@@ -154,15 +154,17 @@ struct Samples {
     failed: Vec<f64>,
 }
 
-pub async fn run(
-    binary: &Path,
-    work: &Path,
-    etcd: &EtcdCluster,
-    repeat: usize,
-    slots: u32,
-    width: usize,
-    report: &mut Report,
-) -> anyhow::Result<()> {
+/// Always [`CONTROLLERS`] controllers, whatever `on` asks for: a failover
+/// needs a standby.
+pub async fn run(on: OnCluster<'_>, width: usize, report: &mut Report) -> anyhow::Result<()> {
+    let OnCluster {
+        binary,
+        work,
+        etcd,
+        slots,
+        repeat,
+        ..
+    } = on;
     for (scenario, ttl) in TTLS {
         run_ttl(
             binary, work, etcd, repeat, slots, width, scenario, ttl, report,

@@ -303,45 +303,27 @@ async fn cluster_scenarios(
                 || args.scenario == Scenario::All
                 || args.scenario == Scenario::Cluster
         };
+        let on_cluster = cluster::OnCluster {
+            binary,
+            work,
+            etcd: &etcd,
+            controllers: args.controllers,
+            slots: args.worker_slots,
+            repeat,
+        };
         let mut failures = Vec::new();
         if wanted(Scenario::ClusterFanout) {
             println!();
-            let scenario = cluster_fanout::run(
-                binary,
-                work,
-                &etcd,
-                args.controllers,
-                repeat,
-                args.worker_slots,
-                args.fanout_width,
-                report,
-            );
+            let scenario = cluster_fanout::run(on_cluster, args.fanout_width, report);
             record(&mut failures, cluster_fanout::SCENARIO, scenario).await;
         }
         if wanted(Scenario::ClusterChain) {
             println!();
-            let scenario = cluster_chain::run(
-                binary,
-                work,
-                &etcd,
-                args.controllers,
-                repeat,
-                args.worker_slots,
-                args.chain_length,
-                report,
-            );
+            let scenario = cluster_chain::run(on_cluster, args.chain_length, report);
             record(&mut failures, cluster_chain::SCENARIO, scenario).await;
         }
         if wanted(Scenario::Failover) {
-            let scenario = failover::run(
-                binary,
-                work,
-                &etcd,
-                repeat,
-                args.worker_slots,
-                args.fanout_width,
-                report,
-            );
+            let scenario = failover::run(on_cluster, args.fanout_width, report);
             record(&mut failures, "failover", scenario).await;
         }
         for (scenario, on) in [
@@ -354,30 +336,15 @@ async fn cluster_scenarios(
             if wanted(scenario) {
                 println!();
                 let name = on.name(true);
-                let target = Target::cluster(
-                    binary,
-                    work,
-                    &etcd,
-                    name,
-                    args.controllers,
-                    args.worker_slots,
-                );
+                let target = Target::cluster(on_cluster, name);
                 let result = on.run(target, args, args.worker_slots, report);
                 record(&mut failures, name, result).await;
             }
         }
         if wanted(Scenario::ClusterMemory) {
             println!();
-            let scenario = memory::run_cluster(
-                binary,
-                work,
-                &etcd,
-                args.controllers,
-                repeat,
-                args.worker_slots,
-                args.memory_width.min(memory::CLUSTER_MAX_WIDTH),
-                report,
-            );
+            let width = args.memory_width.min(memory::CLUSTER_MAX_WIDTH);
+            let scenario = memory::run_cluster(on_cluster, width, report);
             record(&mut failures, memory::CLUSTER_SCENARIO, scenario).await;
         }
         if args.etcd_members != 3 {

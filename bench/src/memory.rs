@@ -22,7 +22,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::etcd::EtcdCluster;
+use crate::cluster::OnCluster;
 use crate::procs::{Proc, connect_baton, free_port, memory, settle};
 use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{fanout_spec, register, run_seconds, trigger, wait_success};
@@ -310,23 +310,18 @@ pub async fn run(
 
 /// `cluster-memory` (see the module's doc): `width` middle noops, at most
 /// [`CLUSTER_MAX_WIDTH`].
-#[allow(clippy::too_many_arguments)]
 pub async fn run_cluster(
-    binary: &Path,
-    work: &Path,
-    etcd: &EtcdCluster,
-    controllers: usize,
-    repeat: usize,
-    slots: u32,
+    on: OnCluster<'_>,
     width: usize,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let OnCluster { work, repeat, .. } = on;
     let tasks = width + 2;
     println!(
-        "== {CLUSTER_SCENARIO}: 1 → {} noop → 1 ({} tasks), etcd {} members, {controllers} controllers, 4 workers × --slots {slots}, fresh cluster per run, {repeat} runs ==",
+        "== {CLUSTER_SCENARIO}: 1 → {} noop → 1 ({} tasks); {}, a fresh cluster per run ==",
         number(width as f64),
         number(tasks as f64),
-        etcd.members.len()
+        on.describe()
     );
     let spec = fanout_spec(DAG_ID, width);
     let mut idle = Vec::new();
@@ -336,7 +331,7 @@ pub async fn run_cluster(
     let mut rates = Vec::new();
     for round in 0..repeat {
         let name = format!("{CLUSTER_SCENARIO}-{round}");
-        let mut target = Target::cluster(binary, work, etcd, &name, controllers, slots).await?;
+        let mut target = Target::cluster(on, &name).await?;
         let measured = async {
             let pids = target.controller_pids().await?;
             let leader = pids[0];

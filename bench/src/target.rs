@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use baton_common::client::BatonClient;
 
-use crate::cluster::{Cluster, DEFAULT_TTL, WORKERS};
-use crate::etcd::EtcdCluster;
+use crate::cluster::{Cluster, DEFAULT_TTL, OnCluster, WORKERS};
 use crate::procs::{Alive, Proc, Settled, quiet_cpu, settle, settle_above, start_dev};
 use crate::reference::{compare, compare_cluster};
 use crate::report::{Report, number};
@@ -41,25 +40,19 @@ impl Target {
         })
     }
 
-    /// `controllers` controllers on `etcd` (keys under `/bench-<name>`,
-    /// the default lease TTL) and [`WORKERS`] workers of `slots` slots.
-    pub async fn cluster(
-        binary: &Path,
-        work: &Path,
-        etcd: &EtcdCluster,
-        name: &str,
-        controllers: usize,
-        slots: u32,
-    ) -> anyhow::Result<Self> {
+    /// `on.controllers` controllers on `on.etcd` (keys under
+    /// `/bench-<name>`, the default lease TTL) and [`WORKERS`] workers of
+    /// `on.slots` slots.
+    pub async fn cluster(on: OnCluster<'_>, name: &str) -> anyhow::Result<Self> {
         let mut cluster = Cluster::start(
-            binary,
-            &work.join(name),
-            etcd,
+            on.binary,
+            &on.work.join(name),
+            on.etcd,
             &format!("/bench-{name}"),
             DEFAULT_TTL,
-            controllers,
+            on.controllers,
             WORKERS,
-            slots,
+            on.slots,
         )
         .await?;
         let status = cluster.wait_whole().await?;
@@ -72,7 +65,7 @@ impl Target {
             deployment: Deployment::Cluster {
                 cluster,
                 floor,
-                etcd_members: etcd.members.len(),
+                etcd_members: on.etcd.members.len(),
             },
         })
     }
