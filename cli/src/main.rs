@@ -134,9 +134,11 @@ pub enum Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Dev(_) | Command::Controller(_)) {
-        malloc::tune_for_controller();
-    }
+    // Before the runtime starts any thread.
+    let refused_malloc_settings = match cli.command {
+        Command::Dev(_) | Command::Controller(_) => malloc::tune_for_controller(),
+        _ => Vec::new(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -158,6 +160,12 @@ fn main() -> ExitCode {
             }
         }
     };
+    for setting in refused_malloc_settings {
+        tracing::warn!(
+            setting,
+            "glibc refused this malloc setting; its default stays"
+        );
+    }
     let controller_traces = telemetry.span_sink(baton_common::traces::CONTROLLER_SCOPE);
     let worker_traces = telemetry.span_sink(baton_common::traces::WORKER_SCOPE);
     let context = commands::Context {

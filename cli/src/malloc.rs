@@ -26,32 +26,47 @@ const CONTROLLER_MMAP_THRESHOLD: i32 = 1024 * 1024;
 
 /// Caps malloc's arenas at [`CONTROLLER_ARENAS`] and fixes its mmap
 /// threshold at [`CONTROLLER_MMAP_THRESHOLD`]; either one set in the
-/// environment (which glibc reads itself) is left to decide. Call it before
-/// any thread is started, so that no thread has taken an arena yet.
+/// environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, or the same
+/// tunable in `GLIBC_TUNABLES`, which glibc reads itself) is left to
+/// decide. Call it from `main` before any thread is started: `mallopt` is
+/// not safe while other threads allocate, and no thread should have taken
+/// an arena yet. Returns the settings glibc refused, to be logged.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn tune_for_controller() {
+pub fn tune_for_controller() -> Vec<&'static str> {
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
     let settings = [
-        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, CONTROLLER_ARENAS),
+        (
+            "MALLOC_ARENA_MAX",
+            "glibc.malloc.arena_max",
+            libc::M_ARENA_MAX,
+            CONTROLLER_ARENAS,
+        ),
         (
             "MALLOC_MMAP_THRESHOLD_",
+            "glibc.malloc.mmap_threshold",
             libc::M_MMAP_THRESHOLD,
             CONTROLLER_MMAP_THRESHOLD,
         ),
     ];
-    for (variable, parameter, value) in settings {
-        if std::env::var_os(variable).is_some() {
+    let mut refused = Vec::new();
+    for (variable, tunable, parameter, value) in settings {
+        if std::env::var_os(variable).is_some() || tunables.contains(tunable) {
             continue;
         }
-        // SAFETY: `mallopt` sets a parameter of glibc's allocator and is
-        // safe to call at any time; both parameters take the positive
-        // values given here, as glibc documents. It takes no pointers.
+        // SAFETY: `mallopt` takes no pointers; both parameters take the
+        // positive values given here, as glibc documents. glibc marks it
+        // MT-unsafe, and the caller runs it before any other thread exists.
         #[allow(unsafe_code)]
-        unsafe {
-            libc::mallopt(parameter, value);
+        let accepted = unsafe { libc::mallopt(parameter, value) } == 1;
+        if !accepted {
+            refused.push(variable);
         }
     }
+    refused
 }
 
 /// Other allocators keep no per-thread arenas to cap.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn tune_for_controller() {}
+pub fn tune_for_controller() -> Vec<&'static str> {
+    Vec::new()
+}

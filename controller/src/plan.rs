@@ -4,8 +4,9 @@
 //! A plan holds the resolved tasks in file order with both edge directions
 //! as index lists, so that a completion reaches its downstream tasks in
 //! O(out-degree) and a run's per-task state is a plain vector indexed like
-//! the plan. Per-task lists are [`IndexLists`]: one flat vector each, since a
-//! 100,000-task plan is held for as long as the DAG is registered.
+//! the plan. Per-task lists are [`IndexLists`]: one vector of entries and an
+//! end offset per list, since a 100,000-task plan is held for as long as the
+//! DAG is registered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -254,6 +255,7 @@ impl IndexLists {
         self.ends.len()
     }
 
+    /// No lists at all (not: every list empty).
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }

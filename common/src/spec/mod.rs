@@ -231,7 +231,8 @@ impl Resources {
 
 /// What a task runs. The variants with settings are boxed: a plan keeps one
 /// per task for as long as its DAG is registered, most tasks of wide DAGs
-/// are noops, and the sensor's settings would make every task 128 bytes.
+/// are noops, and the sensor's settings would make every task's kind 128
+/// bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
     Command(Box<CommandTask>),
