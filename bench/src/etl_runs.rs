@@ -71,21 +71,12 @@ pub async fn run(
     } else {
         TARGET_RUNS_PER_S
     };
-    report.figures.push(
-        Figure::new(
-            scenario,
-            "runs_per_s",
-            format!(
-                "{} runs / (last ended_at − first created_at)",
-                number(RUNS as f64)
-            ),
-            "runs/s",
-            rounds.rates.clone(),
-        )
-        .goal(Goal::AtLeast(target_rate)),
+    let label = format!(
+        "{} runs / (last ended_at − first created_at)",
+        number(RUNS as f64)
     );
-    rounds.push_figures(report, scenario);
-    target.compare_median(report, scenario, "runs_per_s", "runs");
+    let rate = Figure::new(scenario, "runs_per_s", label, "runs/s", Vec::new());
+    rounds.report(report, target, rate.goal(Goal::AtLeast(target_rate)));
     Ok(())
 }
 

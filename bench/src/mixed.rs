@@ -77,18 +77,12 @@ pub async fn run(
         register(&mut target.client, random_spec(dag_id, TASKS, seed as u64)).await?;
     }
     let rounds = Rounds::run(target, &dag_ids, repeat, ROUND_TIMEOUT, all_tasks, "tasks").await?;
-    report.figures.push(Figure::new(
-        scenario,
-        "tasks_per_s",
-        format!(
-            "{} tasks in {DAGS} runs / (last ended_at − first created_at)",
-            number(all_tasks as f64)
-        ),
-        "tasks/s",
-        rounds.rates.clone(),
-    ));
-    rounds.push_figures(report, scenario);
-    target.compare_median(report, scenario, "tasks_per_s", "tasks");
+    let label = format!(
+        "{} tasks in {DAGS} runs / (last ended_at − first created_at)",
+        number(all_tasks as f64)
+    );
+    let rate = Figure::new(scenario, "tasks_per_s", label, "tasks/s", Vec::new());
+    rounds.report(report, target, rate);
     Ok(())
 }
 

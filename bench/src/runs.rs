@@ -354,7 +354,7 @@ impl Round {
 pub struct Rounds {
     /// Runs triggered per round.
     runs: usize,
-    pub rates: Vec<f64>,
+    rates: Vec<f64>,
     triggering: Vec<f64>,
     p50s: Vec<f64>,
     p99s: Vec<f64>,
@@ -397,8 +397,14 @@ impl Rounds {
         Ok(rounds)
     }
 
-    /// The figures besides the rate, which the scenario reports itself.
-    pub fn push_figures(self, report: &mut Report, scenario: &'static str) {
+    /// Adds the rounds' figures to the report: `rate` (a figure without
+    /// samples: the rounds' rates become them) with its comparison with
+    /// `target`'s references, then triggering time and run p50 / p99.
+    pub fn report(self, report: &mut Report, target: &Target, mut rate: Figure) {
+        let (scenario, key, unit) = (rate.scenario, rate.key, rate.unit);
+        rate.samples = self.rates;
+        report.figures.push(rate);
+        target.compare_median(report, scenario, key, unit.trim_end_matches("/s"));
         report.figures.push(Figure::new(
             scenario,
             "trigger_s",
