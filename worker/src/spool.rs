@@ -580,8 +580,11 @@ mod tests {
         std::fs::write(&first_output, "{}").unwrap();
         // What a task may leave beside its output.
         std::fs::write(slot.output_dir().join("rows.tmp"), "1,2").unwrap();
-        let inode = |name: &str| std::fs::metadata(slot.dir().join(name)).unwrap().ino();
-        let inodes = [inode(LOG_FILE), inode(RESULT_FILE), inode(ACKED_FILE)];
+        let inodes_of = |slot: &SpoolSlot| {
+            [LOG_FILE, RESULT_FILE, ACKED_FILE]
+                .map(|name| std::fs::metadata(slot.dir().join(name)).unwrap().ino())
+        };
+        let inodes = inodes_of(&slot);
 
         // Called stale while it still runs: the agent forgets it first.
         slot.forget();
@@ -602,9 +605,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(writer.slot().dir(), again.dir(), "the same slot");
-        let inode = |name: &str| std::fs::metadata(again.dir().join(name)).unwrap().ino();
         assert_eq!(
-            [inode(LOG_FILE), inode(RESULT_FILE), inode(ACKED_FILE)],
+            inodes_of(&again),
             inodes,
             "files are reused, not created again"
         );

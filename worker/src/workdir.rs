@@ -76,8 +76,7 @@ impl WorkDir {
         };
         // Our own leftovers first (a previous run of this worker, whose
         // spool the worker reads next), then other workers that are gone.
-        kill_recorded_groups(&spool_dir(&root));
-        sweep_legacy_attempts(&root);
+        kill_leftover_groups(&root);
         if let Ok(entries) = std::fs::read_dir(&workers) {
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -108,12 +107,18 @@ fn reap_if_abandoned(dir: &Path) {
     let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
         return;
     };
-    kill_recorded_groups(&spool_dir(dir));
-    sweep_legacy_attempts(dir);
+    kill_leftover_groups(dir);
     if let Err(error) = std::fs::remove_dir_all(dir) {
         warn!(path = %dir.display(), %error, "cannot remove an abandoned worker directory");
     }
     drop(lock);
+}
+
+/// Kills the process groups a worker that is gone left running: those its
+/// spool slots record, and those an earlier version recorded.
+fn kill_leftover_groups(worker_dir: &Path) {
+    kill_recorded_groups(&spool_dir(worker_dir));
+    sweep_legacy_attempts(worker_dir);
 }
 
 /// A worker of an earlier version recorded groups in
