@@ -87,7 +87,6 @@ impl DagSettings {
 
 impl DagPlan {
     pub fn compile(version: u32, dag: ValidatedDag) -> Self {
-        let count = dag.tasks.len();
         let (template_reads, expression_reads) = template_reads(&dag.tasks);
         let by_id = dag
             .tasks
@@ -100,7 +99,7 @@ impl DagPlan {
                 .iter()
                 .map(|task| task.depends_on.iter().map(|&up| up as TaskIndex)),
         );
-        let downstream = upstream.reversed(count);
+        let downstream = upstream.reversed();
         Self {
             dag_id: dag.dag_id,
             version,
@@ -226,11 +225,11 @@ impl IndexLists {
         self.entries.shrink_to_fit();
     }
 
-    /// The lists of `count` tasks where list `j` holds every `i` whose list
-    /// here holds `j`, in increasing `i` (upstream lists give downstream
-    /// lists).
-    fn reversed(&self, count: usize) -> Self {
-        let mut ends = vec![0usize; count];
+    /// The lists where list `j` holds every `i` whose list here holds `j`,
+    /// in increasing `i` (upstream lists give downstream lists); as many
+    /// lists as here, since entries index the same tasks.
+    fn reversed(&self) -> Self {
+        let mut ends = vec![0usize; self.len()];
         for &entry in &self.entries {
             ends[entry as usize] += 1;
         }
