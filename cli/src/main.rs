@@ -191,7 +191,7 @@ fn main() -> ExitCode {
     });
     // Spans still buffered go out before the runtime (and with it the
     // exporter's connection) stops.
-    telemetry.shutdown();
+    runtime.block_on(telemetry.shutdown());
     // Streams and background tasks are not waited for once the command is done.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {

@@ -1,5 +1,5 @@
 //! Run traces: the OpenTelemetry spans of runs and attempts, built from
-//! their records and queued on the process's [`SpanSink`] when the process
+//! their records and encoded for the process's [`SpanSink`] when the process
 //! exports traces ([`ControllerConfig::traces`](crate::config::ControllerConfig)).
 //! With it off, nothing here runs: no id is derived, no `traceparent` is
 //! sent to workers.
@@ -8,7 +8,7 @@
 //! A run is one trace whose id *is* the run id (a UUID is 128 bits, as a
 //! trace id is). Span ids are derived too: the run span's from the run id,
 //! an attempt span's from the attempt id (the first 8 bytes of a SHA-256 of
-//! a tag and the id). So every controller (a new leader after a failover
+//! a tag and the id, mixed; see [`derived_span_id`]). So every controller (a new leader after a failover
 //! included) and every worker agrees on the ids without storing anything,
 //! and an attempt's `traceparent` can be sent with its `Assign` before its
 //! span exists. Whether a run is sampled depends on its id alone
@@ -34,8 +34,9 @@
 use baton_common::ids::{AttemptId, RunId};
 use baton_common::pb::api::AttemptOutcome;
 use baton_common::time::{Micros, micros_to_system_time};
-use baton_common::traces::{BuiltSpan, attempt_attributes, attempt_outcome, status, traceparent};
-use opentelemetry::KeyValue;
+use baton_common::traces::{
+    AttemptIdentity, Attribute, Attributes, SpanRecord, attempt_attributes, status, traceparent,
+};
 use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest, Sha256};
 
@@ -62,13 +63,18 @@ pub fn run_sampling_id(run_id: RunId) -> TraceId {
 
 /// The span id of a run's own span (the root of its trace).
 pub fn run_span_id(run_id: RunId) -> SpanId {
-    derived_span_id(b"baton run", run_id.as_uuid().as_bytes())
+    derived_span_id(RUN_SPAN_TAG, run_id.as_uuid())
 }
 
 /// The span id of the controller's span of an attempt.
 pub fn attempt_span_id(attempt_id: AttemptId) -> SpanId {
-    derived_span_id(b"baton attempt", attempt_id.as_uuid().as_bytes())
+    derived_span_id(ATTEMPT_SPAN_TAG, attempt_id.as_uuid())
 }
+
+/// Tags that keep a run's and an attempt's span ids apart ("baton-ru",
+/// "baton-at").
+const RUN_SPAN_TAG: u64 = 0x6261_746f_6e2d_7275;
+const ATTEMPT_SPAN_TAG: u64 = 0x6261_746f_6e2d_6174;
 
 /// SHA-256 of a tag and an id: ids derived from one id for different
 /// uses differ.
@@ -81,15 +87,23 @@ fn tagged_digest(tag: &[u8], id: &[u8]) -> [u8; 32] {
         .into()
 }
 
-fn derived_span_id(tag: &[u8], id: &[u8]) -> SpanId {
-    let digest = tagged_digest(tag, id);
-    let mut bytes = [0; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    if bytes == [0; 8] {
-        // All zeros is the invalid span id.
-        bytes[7] = 1;
-    }
-    SpanId::from_bytes(bytes)
+/// A span id from a tag and a UUID: both halves of the UUID mixed with
+/// SplitMix64's finalizer, a bijection, so two ids that share a half never
+/// collide and others collide with a chance of 2⁻⁶⁴. It is computed twice
+/// per attempt (its `traceparent`, its span), so it is a few
+/// multiplications rather than a SHA-256; span ids need to be unique in
+/// their trace, not unpredictable.
+fn derived_span_id(tag: u64, id: &uuid::Uuid) -> SpanId {
+    let (high, low) = id.as_u64_pair();
+    let mixed = splitmix64(splitmix64(high ^ tag) ^ low);
+    // All zeros is the invalid span id.
+    SpanId::from_bytes(mixed.max(1).to_be_bytes())
+}
+
+fn splitmix64(mut value: u64) -> u64 {
+    value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    value ^ (value >> 31)
 }
 
 /// The W3C `traceparent` of an attempt's span, which its `Assign` carries
@@ -102,12 +116,7 @@ pub fn attempt_traceparent(run_id: RunId, attempt_id: AttemptId, sampled: bool) 
 /// What an attempt's span says about it.
 #[derive(Debug)]
 pub struct AttemptSpanFields<'a> {
-    pub dag_id: &'a str,
-    pub run_id: RunId,
-    pub task_id: &'a str,
-    pub attempt: u32,
-    pub attempt_id: AttemptId,
-    pub worker_id: Option<&'a str>,
+    pub identity: AttemptIdentity<'a>,
     pub leased_at: Micros,
     /// When the controller recorded the end: at or after the end the worker
     /// reported, so the span encloses the worker's.
@@ -131,30 +140,19 @@ pub struct RunSpanFields<'a> {
 
 /// The controller's span of an attempt that ended, a child of its run's
 /// span.
-pub fn attempt_span(fields: AttemptSpanFields<'_>) -> BuiltSpan {
-    let mut attributes = attempt_attributes(
-        fields.dag_id,
-        fields.run_id,
-        fields.task_id,
-        fields.attempt,
-        fields.attempt_id,
-        fields.worker_id,
-    );
-    let status = attempt_outcome(
-        &mut attributes,
-        fields.outcome,
-        fields.exit_code,
-        fields.error,
-    );
+pub fn attempt_span(fields: AttemptSpanFields<'_>) -> SpanRecord<'_> {
+    let identity = fields.identity;
+    let (attributes, status) =
+        attempt_attributes(&identity, fields.outcome, fields.exit_code, fields.error);
     let start = if fields.leased_at > 0 {
         fields.leased_at
     } else {
         fields.recorded_at
     };
-    BuiltSpan {
-        trace_id: run_trace_id(fields.run_id),
-        span_id: attempt_span_id(fields.attempt_id),
-        parent_span_id: run_span_id(fields.run_id),
+    SpanRecord {
+        trace_id: run_trace_id(identity.run_id),
+        span_id: attempt_span_id(identity.attempt_id),
+        parent_span_id: run_span_id(identity.run_id),
         parent_is_remote: false,
         name: "attempt",
         start: micros_to_system_time(start),
@@ -165,8 +163,12 @@ pub fn attempt_span(fields: AttemptSpanFields<'_>) -> BuiltSpan {
 }
 
 /// A run's span, the root of its trace.
-pub fn run_span(fields: RunSpanFields<'_>) -> BuiltSpan {
-    BuiltSpan {
+pub fn run_span(fields: RunSpanFields<'_>) -> SpanRecord<'_> {
+    let mut attributes = Attributes::new();
+    attributes.push(Attribute::str("dag_id", fields.dag_id));
+    attributes.push(Attribute::uuid("run_id", *fields.run_id.as_uuid()));
+    attributes.push(Attribute::str("state", fields.state));
+    SpanRecord {
         trace_id: run_trace_id(fields.run_id),
         span_id: run_span_id(fields.run_id),
         parent_span_id: SpanId::INVALID,
@@ -174,18 +176,14 @@ pub fn run_span(fields: RunSpanFields<'_>) -> BuiltSpan {
         name: "run",
         start: micros_to_system_time(fields.created_at),
         end: micros_to_system_time(fields.ended_at.max(fields.created_at)),
-        attributes: vec![
-            KeyValue::new("dag_id", fields.dag_id.to_string()),
-            KeyValue::new("run_id", fields.run_id.to_string()),
-            KeyValue::new("state", fields.state),
-        ],
+        attributes,
         status: status(fields.failed, fields.reason),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use baton_common::traces::sampled_parent;
+    use baton_common::traces::{AttributeValue, SpanStatus, sampled_parent};
 
     use super::*;
 
@@ -258,12 +256,14 @@ mod tests {
             reason: None,
         });
         let attempt = attempt_span(AttemptSpanFields {
-            dag_id: "etl",
-            run_id,
-            task_id: "load",
-            attempt: 2,
-            attempt_id,
-            worker_id: Some("w1"),
+            identity: AttemptIdentity {
+                dag_id: "etl",
+                run_id,
+                task_id: "load",
+                attempt: 2,
+                attempt_id,
+                worker_id: Some("w1"),
+            },
             leased_at: 2_000,
             recorded_at: 3_000,
             outcome: AttemptOutcome::Failed,
@@ -277,17 +277,15 @@ mod tests {
         let attribute = |key: &str| {
             attempt
                 .attributes
+                .as_slice()
                 .iter()
-                .find(|value| value.key.as_str() == key)
-                .map(|value| value.value.to_string())
+                .find(|attribute| attribute.key == key)
+                .map(|attribute| attribute.value)
         };
-        assert_eq!(attribute("task_id").as_deref(), Some("load"));
-        assert_eq!(attribute("attempt").as_deref(), Some("2"));
-        assert_eq!(attribute("exit_code").as_deref(), Some("3"));
-        assert_eq!(attribute("worker_id").as_deref(), Some("w1"));
-        assert_eq!(
-            attempt.status,
-            opentelemetry::trace::Status::error("exit code 3")
-        );
+        assert_eq!(attribute("task_id"), Some(AttributeValue::Str("load")));
+        assert_eq!(attribute("attempt"), Some(AttributeValue::Int(2)));
+        assert_eq!(attribute("exit_code"), Some(AttributeValue::Int(3)));
+        assert_eq!(attribute("worker_id"), Some(AttributeValue::Str("w1")));
+        assert_eq!(attempt.status, SpanStatus::Error("exit code 3"));
     }
 }

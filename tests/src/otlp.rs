@@ -46,6 +46,9 @@ impl CollectedSpan {
 #[derive(Debug, Default)]
 struct Received {
     spans: Mutex<Vec<CollectedSpan>>,
+    /// The value of the `x-baton-test` header of each request (empty when
+    /// absent).
+    test_headers: Mutex<Vec<String>>,
 }
 
 /// The service: appends what it is sent to the shared [`Received`].
@@ -58,6 +61,17 @@ impl TraceService for Receiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let test_header = request
+            .metadata()
+            .get(TEST_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        self.0
+            .test_headers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(test_header);
         let mut collected = Vec::new();
         for resource_spans in request.into_inner().resource_spans {
             let service_name = resource_spans
@@ -114,7 +128,10 @@ fn value_text(attribute: &KeyValue) -> String {
     }
 }
 
-/// A running OTLP trace receiver; stops when dropped.
+/// The request header the collector records ([`OtlpCollector::test_headers`]).
+pub const TEST_HEADER: &str = "x-baton-test";
+
+/// A running OTLP trace receiver (it accepts gzip); stops when dropped.
 #[derive(Debug)]
 pub struct OtlpCollector {
     endpoint: String,
@@ -132,7 +149,8 @@ impl OtlpCollector {
         let address = listener.local_addr().expect("collector address");
         let received = Arc::new(Received::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = TraceServiceServer::new(Receiver(Arc::clone(&received)));
+        let service = TraceServiceServer::new(Receiver(Arc::clone(&received)))
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
@@ -160,6 +178,15 @@ impl OtlpCollector {
     pub fn spans(&self) -> Vec<CollectedSpan> {
         self.received
             .spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The [`TEST_HEADER`] of every request so far, in order.
+    pub fn test_headers(&self) -> Vec<String> {
+        self.received
+            .test_headers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()

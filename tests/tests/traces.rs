@@ -11,8 +11,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use baton_tests::otlp::TEST_HEADER;
 use baton_tests::pb::{RunState, TaskState};
-use baton_tests::{CollectedSpan, OtlpCollector, Sandbox};
+use baton_tests::{BatonProcess, CollectedSpan, OtlpCollector, Sandbox};
 use nix::sys::signal::Signal;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -224,6 +225,13 @@ async fn traced_sandbox(name: &str, batch_delay_ms: &str) -> (OtlpCollector, San
 #[tokio::test]
 async fn a_run_is_one_trace_across_the_controller_and_worker_processes() {
     let (collector, mut sandbox) = traced_sandbox("traces-cluster", "100").await;
+    // Headers and compression as the OTLP variables set them; values are
+    // percent-encoded.
+    sandbox.set_env(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        &format!("{TEST_HEADER}=team%20data"),
+    );
+    sandbox.set_env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip");
     let mut controller = sandbox.start_controller(&[]).await;
     let mut worker = sandbox.start_worker("traced-worker", &[]).await;
     let mut api = sandbox.api().await;
@@ -251,6 +259,11 @@ async fn a_run_is_one_trace_across_the_controller_and_worker_processes() {
         "traced-worker",
     );
     assert_load_after_its_upstream(&trace);
+    let headers = collector.test_headers();
+    assert!(
+        !headers.is_empty() && headers.iter().all(|value| value == "team data"),
+        "{headers:?}"
+    );
 
     for process in [&mut worker, &mut controller] {
         process.signal(Signal::SIGTERM);
@@ -414,4 +427,56 @@ async fn a_run_is_traced_whole_or_not_at_all_as_the_controller_samples_it() {
         "{traced} of {RUNS} runs traced: the sampler should keep about half\n{}",
         describe(&spans)
     );
+}
+
+/// A malformed exporter variable stops the server at start, naming the
+/// variable, instead of exporting nothing or with defaults.
+#[tokio::test]
+async fn a_malformed_otlp_variable_is_refused_at_start() {
+    let sandbox = Sandbox::new("traces-bad-variable");
+    for (name, value, reason) in [
+        (
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "soon",
+            "is not a positive number of milliseconds",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://127.0.0.1:4317",
+            "TLS is not built into",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "no-equals-sign",
+            "is not key=value",
+        ),
+    ] {
+        let mut env = vec![(name.to_string(), value.to_string())];
+        if name != "OTEL_EXPORTER_OTLP_ENDPOINT" {
+            env.push((
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                "http://127.0.0.1:4317".to_string(),
+            ));
+        }
+        let args: Vec<String> = [
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &sandbox.path().join(name).to_string_lossy(),
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let mut process = BatonProcess::spawn_with_env(name, sandbox.path(), &args, &env);
+        let status = process.wait_exit(WAIT).await;
+        assert!(!status.success(), "{}", process.log_contents());
+        let log = process.log_contents();
+        assert!(
+            log.contains("cannot export traces")
+                && log.contains(&format!("{name}: `{value}`"))
+                && log.contains(reason),
+            "{log}"
+        );
+    }
 }

@@ -26,10 +26,9 @@ use baton_common::ids::AttemptId;
 use baton_common::pb::api::{self, controller_message, worker_message};
 use baton_common::time;
 use baton_common::traces::{
-    BuiltSpan, SpanSink, attempt_attributes, attempt_outcome, sampled_parent,
+    AttemptIdentity, SpanRecord, SpanSink, attempt_attributes, sampled_parent,
 };
 use futures::FutureExt;
-use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tokio::sync::mpsc;
@@ -469,6 +468,9 @@ impl Agent {
         let kill_grace = self.config.kill_grace;
         let events = self.events.clone();
         let http = self.http.clone();
+        let trace = trace
+            .zip(self.config.traces.clone())
+            .map(|(trace, sink)| (trace, sink, self.config.worker_id.clone()));
         self.executors.spawn(async move {
             let finished = async move {
                 let meta = SpoolMeta {
@@ -485,7 +487,7 @@ impl Agent {
                             format!("the worker cannot spool the attempt's output: {error}"),
                             0,
                         );
-                        return (result, events);
+                        return (result, events, spec);
                     }
                 };
                 let context = AttemptContext {
@@ -509,15 +511,15 @@ impl Agent {
                         )
                     }
                 };
-                (result, events)
+                (result, events, spec)
             }
             .instrument(span)
             .await;
-            let (result, events) = finished;
+            let (result, events, spec) = finished;
             // Exported before the result goes out, so that it ends within
             // the controller's span of the attempt.
-            if let Some(trace) = trace {
-                trace.export(&result);
+            if let Some((trace, sink, worker_id)) = trace {
+                trace.export(&sink, &spec, worker_id.as_str(), &result);
             }
             // Fails only when the agent is gone, and then nobody waits.
             let _ = events.send(AttemptEvent::Finished { attempt_id, result });
@@ -593,8 +595,10 @@ impl Agent {
         };
         // Exported before the result goes out, so that it ends within the
         // controller's span of the attempt.
-        if let Some(trace) = trace {
-            trace.export(&result);
+        if let Some(trace) = trace
+            && let Some(sink) = &self.config.traces
+        {
+            trace.export(sink, spec, self.config.worker_id.as_str(), &result);
         }
         self.count_finished(&result, false);
         self.outbox.on_finished(attempt_id, result);
@@ -628,7 +632,7 @@ impl Agent {
     /// Made only for an attempt that runs here, not for a duplicate
     /// assignment or an invalid one.
     fn execution_trace(&self, traceparent: &str, spec: &AttemptSpec) -> Option<ExecutionTrace> {
-        let sink = self.config.traces.as_ref()?;
+        self.config.traces.as_ref()?;
         let Some((trace_id, parent_span_id)) = sampled_parent(traceparent) else {
             if !traceparent.is_empty() {
                 debug!(attempt_id = %spec.attempt_id, traceparent, "no sampled trace context; the execution is not traced");
@@ -636,18 +640,9 @@ impl Agent {
             return None;
         };
         Some(ExecutionTrace {
-            sink: sink.clone(),
             trace_id,
             parent_span_id,
             start: std::time::SystemTime::now(),
-            attributes: attempt_attributes(
-                spec.dag_id.as_str(),
-                spec.run_id,
-                spec.task_id.as_str(),
-                spec.attempt,
-                spec.attempt_id,
-                Some(self.config.worker_id.as_str()),
-            ),
         })
     }
 
@@ -681,25 +676,31 @@ impl Agent {
 
 /// The worker's span of one execution, from its start until its result.
 struct ExecutionTrace {
-    sink: SpanSink,
     trace_id: TraceId,
     /// The controller's span of the attempt.
     parent_span_id: SpanId,
     start: std::time::SystemTime,
-    /// The attempt's identity; the outcome is added at the end.
-    attributes: Vec<KeyValue>,
 }
 
 impl ExecutionTrace {
-    /// Exports the span, ending now, with the attempt's outcome.
-    fn export(mut self, result: &AttemptResult) {
-        let status = attempt_outcome(
-            &mut self.attributes,
+    /// Exports the span, ending now, with the attempt's identity and
+    /// outcome.
+    fn export(self, sink: &SpanSink, spec: &AttemptSpec, worker_id: &str, result: &AttemptResult) {
+        let identity = AttemptIdentity {
+            dag_id: spec.dag_id.as_str(),
+            run_id: spec.run_id,
+            task_id: spec.task_id.as_str(),
+            attempt: spec.attempt,
+            attempt_id: spec.attempt_id,
+            worker_id: Some(worker_id),
+        };
+        let (attributes, status) = attempt_attributes(
+            &identity,
             result.outcome,
             result.exit_code,
             Some(&result.error),
         );
-        self.sink.export(BuiltSpan {
+        sink.export(&SpanRecord {
             trace_id: self.trace_id,
             span_id: RandomIdGenerator::default().new_span_id(),
             parent_span_id: self.parent_span_id,
@@ -707,7 +708,7 @@ impl ExecutionTrace {
             name: "execute",
             start: self.start,
             end: std::time::SystemTime::now(),
-            attributes: self.attributes,
+            attributes,
             status,
         });
     }

@@ -86,6 +86,7 @@ use crate::store::{
     BatchOutcome, Conditional, Op, Precondition, StoreError, StoreResult, get_record, keys,
 };
 use crate::traces::{AttemptSpanFields, RunSpanFields, attempt_span, run_sampling_id, run_span};
+use baton_common::traces::{AttemptIdentity, EncodedSpans};
 
 /// Commands taken from the queue per loop turn before flushing, so that a
 /// burst shares one batch without delaying the batch indefinitely.
@@ -1674,7 +1675,9 @@ impl Scheduler {
         entry.reason = reason;
         let duration_ms = (entry.ended_at - entry.started_at.max(entry.created_at)) / 1_000;
         info!(dag_id = %entry.dag_id, %run_id, state = baton_common::states::run_state_name(state), duration_ms, "run finished");
-        if entry.traced {
+        if entry.traced
+            && let Some(traces) = &self.traces
+        {
             let span = run_span(RunSpanFields {
                 dag_id: entry.dag_id.as_str(),
                 run_id,
@@ -1684,9 +1687,7 @@ impl Scheduler {
                 failed: state == RunState::Failed,
                 reason: entry.reason.as_deref(),
             });
-            self.pending
-                .effects
-                .push(Effect::ExportSpan(Box::new(span)));
+            traces.encode(&span, &mut self.pending.spans);
         }
         let (dag_id, logical_date) = (entry.dag_id.clone(), entry.logical_date());
         self.pending.ops.push(Op::delete(keys::active(&run_id)));
@@ -1983,6 +1984,16 @@ impl Scheduler {
         }
     }
 
+    /// Queues the spans of what a stored batch (or, with nothing to store,
+    /// the last round) ended.
+    fn export_spans(&self, spans: &mut EncodedSpans) {
+        if let Some(traces) = &self.traces
+            && !spans.is_empty()
+        {
+            traces.export_encoded(spans);
+        }
+    }
+
     /// Whether the spans of this run are to be exported: traces are on and
     /// the sampler keeps it. Asked once per run ([`RunEntry::traced`]).
     fn sampled(&self, run_id: RunId) -> bool {
@@ -2001,25 +2012,27 @@ impl Scheduler {
         let task_id = entry.task_id(index);
         let mut record = views::attempt_record(entry, index, log_bytes);
         record.leader_term = self.parts.term;
-        if entry.traced {
+        if entry.traced
+            && let Some(traces) = &self.traces
+        {
             let slot = entry.slot(index);
             if let Some(attempt_id) = slot.attempt_id {
                 let span = attempt_span(AttemptSpanFields {
-                    dag_id: entry.dag_id.as_str(),
-                    run_id,
-                    task_id: task_id.as_str(),
-                    attempt,
-                    attempt_id,
-                    worker_id: slot.worker.as_deref(),
+                    identity: AttemptIdentity {
+                        dag_id: entry.dag_id.as_str(),
+                        run_id,
+                        task_id: task_id.as_str(),
+                        attempt,
+                        attempt_id,
+                        worker_id: slot.worker.as_deref(),
+                    },
                     leased_at: slot.leased_at,
                     recorded_at: slot.ended_at.max(now_micros()),
                     outcome: slot.outcome,
                     exit_code: slot.exit_code,
                     error: slot.error.as_deref(),
                 });
-                self.pending
-                    .effects
-                    .push(Effect::ExportSpan(Box::new(span)));
+                traces.encode(&span, &mut self.pending.spans);
             }
         }
         self.pending.ops.push(Op::put(
@@ -2492,6 +2505,9 @@ impl Scheduler {
             for effect in effects {
                 self.apply(effect);
             }
+            let mut spans = std::mem::take(&mut self.pending.spans);
+            self.export_spans(&mut spans);
+            self.pending.spans = spans;
             return;
         }
         let mut ops = std::mem::take(&mut self.pending.ops);
@@ -2577,6 +2593,7 @@ impl Scheduler {
         self.in_flight = Some(InFlight {
             done,
             effects,
+            spans: std::mem::take(&mut self.pending.spans),
             creates,
             ops: op_count,
         });
@@ -2637,6 +2654,12 @@ impl Scheduler {
         for effect in batch.effects {
             self.apply(effect);
         }
+        let mut spans = batch.spans;
+        self.export_spans(&mut spans);
+        if self.pending.spans.is_empty() {
+            // Its memory serves the next batch's spans.
+            self.pending.spans = spans;
+        }
         for (key, applied) in batch.creates.into_iter().zip(outcome.applied) {
             self.finish_create(key, applied);
         }
@@ -2676,11 +2699,6 @@ impl Scheduler {
                 targets,
                 notification,
             } => self.parts.notifications.submit(targets, *notification),
-            Effect::ExportSpan(span) => {
-                if let Some(traces) = &self.traces {
-                    traces.export(*span);
-                }
-            }
             Effect::Log(command) => {
                 let _ = self.log_writer.send(command);
             }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use baton_common::ids::{DagId, RunId};
 use baton_common::pb::api::{ControllerMessage, WatchRunResponse};
 use baton_common::time::Micros;
+use baton_common::traces::EncodedSpans;
 use tokio::sync::oneshot;
 
 use super::WatchSender;
@@ -48,9 +49,6 @@ pub enum Effect {
         targets: Vec<baton_common::spec::Notifier>,
         notification: Box<crate::notify::Notification>,
     },
-    /// Export the span of an attempt or run that ended in this batch (only
-    /// when traces are on).
-    ExportSpan(Box<baton_common::traces::BuiltSpan>),
 }
 
 /// What a conditional write claims: at most one run per idempotency key or
@@ -79,6 +77,9 @@ pub struct Pending {
     pub ops: Vec<Op>,
     pub conditionals: Vec<(Conditional, CreateKey)>,
     pub effects: Vec<Effect>,
+    /// The spans of attempts and runs that ended (only when traces are
+    /// on), exported once what they describe is stored.
+    pub spans: EncodedSpans,
     pub dirty_runs: Vec<RunId>,
 }
 
@@ -92,6 +93,7 @@ impl Pending {
 pub struct InFlight {
     pub done: oneshot::Receiver<StoreResult<BatchOutcome>>,
     pub effects: Vec<Effect>,
+    pub spans: EncodedSpans,
     pub creates: Vec<CreateKey>,
     pub ops: usize,
 }

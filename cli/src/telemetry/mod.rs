@@ -8,28 +8,28 @@
 //! and the controller and worker are told not to derive or carry trace
 //! context: traces cost nothing when off.
 //!
-//! The exporter reads the standard `OTEL_*` variables itself (endpoint,
-//! headers, timeout, `OTEL_BSP_*` batching); `OTEL_SERVICE_NAME` and
-//! `OTEL_RESOURCE_ATTRIBUTES` name the process, `baton-controller`,
-//! `baton-worker` or `baton-dev` by default.
+//! The exporter (`export`) reads the standard `OTEL_*` variables (endpoint,
+//! headers, timeout, compression, `OTEL_BSP_*` batching) and refuses a
+//! malformed one by name; `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`
+//! name the process, `baton-controller`, `baton-worker` or `baton-dev` by
+//! default.
 //!
 //! The spans of runs, attempts and executions are built by the controller
-//! and the worker themselves and queued on the [`SpanSink`] this module
-//! hands out; it feeds the same batch exporter as the `tracing` layer. Its
-//! queue holds 65,536 spans unless `OTEL_BSP_MAX_QUEUE_SIZE` says
-//! otherwise; what it cannot hold is dropped, never waited for.
+//! and the worker themselves and encoded onto the [`SpanSink`] this module
+//! hands out; the `tracing` layer's spans are encoded onto the same queue
+//! by its span processor. The queue holds 65,536 spans unless
+//! `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise; what it cannot hold is
+//! dropped, never waited for.
 
-use std::sync::Arc;
+mod export;
+
 use std::time::Duration;
 
 use anyhow::Context as _;
-use baton_common::traces::SpanSink;
+use baton_common::traces::{EncodedResource, SpanQueue, SpanSink};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanProcessor,
-};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
@@ -43,11 +43,6 @@ use crate::LogFormat;
 /// Longest wait for the last spans to be exported when the process stops
 /// (the collector may be gone).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Spans the exporter's queue holds unless `OTEL_BSP_MAX_QUEUE_SIZE` says
-/// otherwise: a 10,000-task fan-out makes 20,000 in well under a second,
-/// more than the SDK's default of 2,048 holds. About 40 MiB when full.
-const DEFAULT_QUEUE_SIZE: usize = 65_536;
 
 /// Which server a process runs, for its default service name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +69,12 @@ pub struct Telemetry {
 }
 
 /// A tracer provider and the sink of the spans the process builds itself:
-/// both feed one batch exporter.
+/// both feed one queue, which one exporter drains.
 #[derive(Debug)]
 struct TraceExport {
     provider: SdkTracerProvider,
     sink: SpanSink,
+    exporter: export::Exporter,
 }
 
 impl Telemetry {
@@ -91,13 +87,15 @@ impl Telemetry {
             .map(|export| export.sink.with_scope(scope))
     }
 
-    /// Exports the spans still buffered, bounded in time. Call it while the
-    /// async runtime still runs: the exporter's connection lives on it.
-    pub fn shutdown(self) {
-        if let Some(export) = self.exporter
-            && let Err(error) = export.provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
-        {
-            tracing::warn!(%error, "cannot export the last spans");
+    /// Exports the spans still queued, bounded in time. Runs on the async
+    /// runtime: the exporter's connection lives on it.
+    pub async fn shutdown(self) {
+        if let Some(export) = self.exporter {
+            // Ends the tracer; its spans are already queued.
+            if let Err(error) = export.provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
+                tracing::warn!(%error, "cannot shut the tracer provider down");
+            }
+            export.exporter.shutdown(SHUTDOWN_TIMEOUT).await;
         }
     }
 }
@@ -182,67 +180,26 @@ where
 }
 
 fn trace_export(role: Role) -> anyhow::Result<TraceExport> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-        .context("cannot create the OTLP span exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")?;
-    // The builder reads the `OTEL_BSP_*` variables.
-    let mut batching = BatchConfigBuilder::default();
-    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
-        batching = batching.with_max_queue_size(DEFAULT_QUEUE_SIZE);
-    }
-    let mut processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batching.build())
-        .build();
+    let config = export::ExportConfig::from_vars(|name| std::env::var(name).ok())
+        .context("cannot export traces")?;
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|name| name.is_empty()) {
         resource = resource.with_service_name(role.service_name());
     }
     let resource = resource.build();
-    processor.set_resource(&resource);
-    let processor = Arc::new(processor);
+    let queue = SpanQueue::new(config.limits);
     // The sampler `OTEL_TRACES_SAMPLER` names, as the provider reads it.
     let sampler = opentelemetry_sdk::trace::Config::default().sampler;
-    let sink = SpanSink::new(
-        Arc::clone(&processor) as Arc<dyn SpanProcessor>,
-        sampler,
-        role.service_name(),
-    );
+    let sink = SpanSink::new(queue.clone(), sampler, role.service_name());
+    let exporter = export::Exporter::spawn(queue.clone(), EncodedResource::new(&resource), config)?;
     let provider = SdkTracerProvider::builder()
-        .with_span_processor(SharedProcessor(processor))
+        .with_span_processor(queue.processor())
         .with_resource(resource)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    Ok(TraceExport { provider, sink })
-}
-
-/// The batch processor the provider shares with the [`SpanSink`]: one
-/// queue, one exporter, one connection. The provider shuts it down.
-#[derive(Debug)]
-struct SharedProcessor(Arc<BatchSpanProcessor>);
-
-impl SpanProcessor for SharedProcessor {
-    fn on_start(
-        &self,
-        span: &mut opentelemetry_sdk::trace::Span,
-        context: &opentelemetry::Context,
-    ) {
-        self.0.on_start(span, context);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        self.0.on_end(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-
-    // The resource was set before the processor was shared; the provider's
-    // is the same.
-    fn set_resource(&mut self, _resource: &Resource) {}
+    Ok(TraceExport {
+        provider,
+        sink,
+        exporter,
+    })
 }

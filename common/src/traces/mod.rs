@@ -1,0 +1,624 @@
+//! The spans Baton builds from its own records (a run, an attempt, a
+//! worker's execution of an attempt), encoded in the OTLP wire format where
+//! they end and queued for the process's exporter, with the ids, times and
+//! attributes they must have.
+//!
+//! These are most of a process's spans (two per attempt), so they skip
+//! everything the SDK does for a span: no `Span` object, no id generator, no
+//! context, no `SpanData` with its attribute vector and strings. A span is
+//! borrowed fields ([`SpanRecord`]) written as protobuf into a chunk of the
+//! [`SpanQueue`], which the exporter sends as it is. Nothing here runs when
+//! traces are off: whoever would export holds no [`SpanSink`].
+//!
+//! # Sampling whole runs
+//! A run is a trace. Every span of it is kept or dropped together: the
+//! controller asks the process's sampler (`OTEL_TRACES_SAMPLER`) once per
+//! run, as if for the root of a trace, about an id derived from the run
+//! id; the standard samplers decide on that id alone, so every controller
+//! agrees. A worker follows the sampled flag of the trace context its
+//! `Assign` carries.
+//!
+//! # Layout
+//! - `otlp`: the wire format of spans, scopes, resources and requests.
+//! - `queue`: the bounded queue of encoded spans the exporter drains.
+
+mod otlp;
+mod queue;
+
+use std::fmt;
+use std::sync::Arc;
+
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
+pub use otlp::{Attribute, AttributeValue, EncodedResource, SpanRecord, SpanStatus};
+pub use queue::{Chunk, EncodedSpans, QueueLimits, QueueProcessor, SpanQueue};
+
+use crate::ids::{AttemptId, RunId};
+use crate::pb::api::AttemptOutcome;
+use crate::states::{outcome_is_failure, outcome_name};
+
+/// The instrumentation scope of the controller's spans.
+pub const CONTROLLER_SCOPE: &str = "baton-controller";
+/// The instrumentation scope of the worker's spans.
+pub const WORKER_SCOPE: &str = "baton-worker";
+
+/// Where the spans a process builds itself go: its span queue, with its
+/// sampler and the instrumentation scope that names the component. Cheap
+/// to clone.
+#[derive(Clone)]
+pub struct SpanSink {
+    queue: Arc<SpanQueue>,
+    sampler: Arc<dyn ShouldSample>,
+    scope: Arc<queue::ScopeQueue>,
+}
+
+impl fmt::Debug for SpanSink {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("SpanSink")
+            .field("scope", &self.scope.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpanSink {
+    /// `scope` names the component whose spans go through this sink.
+    pub fn new(queue: Arc<SpanQueue>, sampler: Box<dyn ShouldSample>, scope: &'static str) -> Self {
+        Self {
+            scope: queue.scope(scope, ""),
+            queue,
+            sampler: Arc::from(sampler),
+        }
+    }
+
+    /// The same queue and sampler, for another component of the process
+    /// (`baton dev`'s worker).
+    pub fn with_scope(&self, scope: &'static str) -> Self {
+        Self {
+            scope: self.queue.scope(scope, ""),
+            ..self.clone()
+        }
+    }
+
+    /// Whether the spans of this trace are kept: the sampler's decision
+    /// for a root span of it.
+    pub fn samples(&self, trace_id: TraceId) -> bool {
+        let result =
+            self.sampler
+                .should_sample(None, trace_id, "run", &SpanKind::Internal, &[], &[]);
+        matches!(result.decision, SamplingDecision::RecordAndSample)
+    }
+
+    /// Queues the span for export; never blocks (what the queue cannot hold
+    /// is dropped). Callers check [`SpanSink::samples`] first.
+    pub fn export(&self, span: &SpanRecord<'_>) {
+        self.queue.push(&self.scope, &span.message());
+    }
+
+    /// Encodes the span into `spans`, to be queued later with
+    /// [`SpanSink::export_encoded`] of this sink (the controller's spans
+    /// wait for the batch that stores what they describe).
+    pub fn encode(&self, span: &SpanRecord<'_>, spans: &mut EncodedSpans) {
+        spans.push(&span.message());
+    }
+
+    /// Queues spans encoded by [`SpanSink::encode`]; `spans` is left empty,
+    /// with its capacity.
+    pub fn export_encoded(&self, spans: &mut EncodedSpans) {
+        self.queue.push_encoded(&self.scope, spans);
+    }
+}
+
+/// At most this many attributes on a span built from a record.
+const MAX_ATTRIBUTES: usize = 8;
+
+/// The attributes of a span built from a record, on the stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    items: [Attribute<'a>; MAX_ATTRIBUTES],
+    len: usize,
+}
+
+impl<'a> Attributes<'a> {
+    pub const fn new() -> Self {
+        Self {
+            items: [Attribute::int("", 0); MAX_ATTRIBUTES],
+            len: 0,
+        }
+    }
+
+    /// Adds an attribute. Baton's spans have at most eight; a ninth would
+    /// be a bug here, and is left out rather than failing the export.
+    pub fn push(&mut self, attribute: Attribute<'a>) {
+        debug_assert!(self.len < MAX_ATTRIBUTES, "too many span attributes");
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = attribute;
+            self.len += 1;
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Attribute<'a>] {
+        &self.items[..self.len]
+    }
+}
+
+impl Default for Attributes<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What names an attempt, on the controller's span of it and the worker's
+/// alike.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptIdentity<'a> {
+    pub dag_id: &'a str,
+    pub run_id: RunId,
+    pub task_id: &'a str,
+    pub attempt: u32,
+    pub attempt_id: AttemptId,
+    pub worker_id: Option<&'a str>,
+}
+
+/// The attributes naming an attempt and how it ended (`outcome`,
+/// `exit_code`), and the span's status: an error, with the attempt's error,
+/// when it failed for a reason of its own.
+pub fn attempt_attributes<'a>(
+    identity: &AttemptIdentity<'a>,
+    outcome: AttemptOutcome,
+    exit_code: Option<i32>,
+    error: Option<&'a str>,
+) -> (Attributes<'a>, SpanStatus<'a>) {
+    let mut attributes = Attributes::new();
+    attributes.push(Attribute::str("dag_id", identity.dag_id));
+    attributes.push(Attribute::uuid("run_id", *identity.run_id.as_uuid()));
+    attributes.push(Attribute::str("task_id", identity.task_id));
+    attributes.push(Attribute::int("attempt", i64::from(identity.attempt)));
+    attributes.push(Attribute::uuid(
+        "attempt_id",
+        *identity.attempt_id.as_uuid(),
+    ));
+    if let Some(worker_id) = identity.worker_id {
+        attributes.push(Attribute::str("worker_id", worker_id));
+    }
+    attributes.push(Attribute::str("outcome", outcome_name(outcome)));
+    if let Some(exit_code) = exit_code {
+        attributes.push(Attribute::int("exit_code", i64::from(exit_code)));
+    }
+    (attributes, status(outcome_is_failure(outcome), error))
+}
+
+/// A span's status: an error with its description, or unset.
+pub fn status(failed: bool, description: Option<&str>) -> SpanStatus<'_> {
+    if failed {
+        SpanStatus::Error(description.unwrap_or_default())
+    } else {
+        SpanStatus::Unset
+    }
+}
+
+/// The W3C `traceparent` of a span: version 00, its trace and span ids,
+/// and whether the trace is sampled. Written directly, once per dispatch:
+/// it is the same text the W3C propagator writes.
+pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> String {
+    let mut text = String::with_capacity(TRACEPARENT_LEN);
+    text.push_str("00-");
+    push_hex(&mut text, &trace_id.to_bytes());
+    text.push('-');
+    push_hex(&mut text, &span_id.to_bytes());
+    text.push_str(if sampled { "-01" } else { "-00" });
+    text
+}
+
+/// Length of a version-00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(text: &mut String, bytes: &[u8]) {
+    for byte in bytes {
+        text.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(HEX_DIGITS[usize::from(byte & 0xf)]));
+    }
+}
+
+/// Lowercase hex digits as bytes (W3C trace context allows no uppercase).
+fn decode_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    let digit = |char: u8| match char {
+        b'0'..=b'9' => Some(char - b'0'),
+        b'a'..=b'f' => Some(char - b'a' + 10),
+        _ => None,
+    };
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut bytes = [0; N];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(bytes)
+}
+
+/// The parent a `traceparent` names, when it is valid (version 00, ids not
+/// all zeros) and sampled; `None` otherwise.
+pub fn sampled_parent(traceparent: &str) -> Option<(TraceId, SpanId)> {
+    let text = traceparent.as_bytes();
+    if text.len() != TRACEPARENT_LEN
+        || !text.starts_with(b"00-")
+        || text[35] != b'-'
+        || text[52] != b'-'
+    {
+        return None;
+    }
+    let trace_id = TraceId::from_bytes(decode_hex::<16>(&text[3..35])?);
+    let span_id = SpanId::from_bytes(decode_hex::<8>(&text[36..52])?);
+    let [flags] = decode_hex::<1>(&text[53..55])?;
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID && flags & 1 == 1)
+        .then_some((trace_id, span_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::{
+        Event, Link, SpanContext, Status, TraceContextExt, TraceFlags, TraceState,
+    };
+    use opentelemetry::{Context, InstrumentationScope, KeyValue};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::trace::v1::{Span, status};
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::{Sampler, SpanData, SpanEvents, SpanLinks, SpanProcessor};
+    use prost::Message as _;
+
+    use super::*;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_queued: 100,
+        max_batch: 10,
+    };
+
+    fn resource() -> EncodedResource {
+        EncodedResource::new(
+            &Resource::builder_empty()
+                .with_service_name("baton-test")
+                .build(),
+        )
+    }
+
+    /// Every chunk the queue holds, as the requests the exporter would send.
+    fn requests(queue: &SpanQueue) -> Vec<ExportTraceServiceRequest> {
+        let mut requests = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(chunk) = queue.take(true) {
+            queue.request(&chunk, &resource(), &mut buf);
+            requests.push(ExportTraceServiceRequest::decode(buf.as_slice()).unwrap());
+            queue.recycle(chunk);
+        }
+        requests
+    }
+
+    /// The spans of the requests, with their scope names.
+    fn spans(requests: &[ExportTraceServiceRequest]) -> Vec<(String, Span)> {
+        requests
+            .iter()
+            .flat_map(|request| &request.resource_spans)
+            .flat_map(|resource_spans| &resource_spans.scope_spans)
+            .flat_map(|scope_spans| {
+                let scope = scope_spans.scope.as_ref().unwrap().name.clone();
+                scope_spans
+                    .spans
+                    .iter()
+                    .map(move |span| (scope.clone(), span.clone()))
+            })
+            .collect()
+    }
+
+    fn attribute(span: &Span, key: &str) -> Option<any_value::Value> {
+        span.attributes
+            .iter()
+            .find(|attribute| attribute.key == key)
+            .and_then(|attribute| attribute.value.clone()?.value)
+    }
+
+    #[test]
+    fn traceparent_is_what_the_w3c_propagator_writes_and_reads_back() {
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span_id = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        for sampled in [true, false] {
+            let flags = if sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            };
+            let context = Context::new().with_remote_span_context(SpanContext::new(
+                trace_id,
+                span_id,
+                flags,
+                true,
+                TraceState::NONE,
+            ));
+            let mut headers = std::collections::HashMap::new();
+            TraceContextPropagator::new().inject_context(&context, &mut headers);
+            let written = traceparent(trace_id, span_id, sampled);
+            assert_eq!(headers.get("traceparent"), Some(&written));
+            let parent = sampled_parent(&written);
+            assert_eq!(parent, sampled.then_some((trace_id, span_id)));
+        }
+    }
+
+    #[test]
+    fn a_malformed_or_unsampled_traceparent_names_no_parent() {
+        for text in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00+4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+        ] {
+            assert_eq!(sampled_parent(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_span_record_reaches_the_request_with_its_ids_times_attributes_and_scope() {
+        let queue = SpanQueue::new(LIMITS);
+        let sink = SpanSink::new(queue.clone(), Box::new(Sampler::AlwaysOn), "baton-test");
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let run_id = RunId::generate();
+        let attempt_id = AttemptId::generate();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
+        assert!(sink.samples(trace_id));
+        let identity = AttemptIdentity {
+            dag_id: "etl",
+            run_id,
+            task_id: "load",
+            attempt: 2,
+            attempt_id,
+            worker_id: Some("w1"),
+        };
+        let (attributes, status) = attempt_attributes(
+            &identity,
+            AttemptOutcome::Failed,
+            Some(3),
+            Some("exit code 3"),
+        );
+        sink.with_scope("baton-other").export(&SpanRecord {
+            trace_id,
+            span_id: SpanId::from_bytes(7u64.to_be_bytes()),
+            parent_span_id: SpanId::from_bytes(3u64.to_be_bytes()),
+            parent_is_remote: true,
+            name: "execute",
+            start,
+            // Before the start: clamped to it.
+            end: start - Duration::from_secs(1),
+            attributes,
+            status,
+        });
+        let requests = requests(&queue);
+        let [(scope, span)] = spans(&requests).try_into().unwrap();
+        assert_eq!(scope, "baton-other");
+        let resource = requests[0].resource_spans[0].resource.as_ref().unwrap();
+        assert_eq!(resource.attributes[0].key, "service.name");
+        assert_eq!(span.trace_id, trace_id.to_bytes());
+        assert_eq!(span.span_id, 7u64.to_be_bytes());
+        assert_eq!(span.parent_span_id, 3u64.to_be_bytes());
+        // Sampled, with a remote parent.
+        assert_eq!(span.flags, 0x301);
+        assert_eq!(span.name, "execute");
+        assert_eq!(span.kind, 1);
+        assert_eq!(span.start_time_unix_nano, 10_000_000_000);
+        assert_eq!(span.end_time_unix_nano, 10_000_000_000);
+        let text = |value: &str| Some(any_value::Value::StringValue(value.to_string()));
+        assert_eq!(attribute(&span, "dag_id"), text("etl"));
+        assert_eq!(attribute(&span, "run_id"), text(&run_id.to_string()));
+        assert_eq!(attribute(&span, "task_id"), text("load"));
+        assert_eq!(
+            attribute(&span, "attempt"),
+            Some(any_value::Value::IntValue(2))
+        );
+        assert_eq!(
+            attribute(&span, "attempt_id"),
+            text(&attempt_id.to_string())
+        );
+        assert_eq!(attribute(&span, "worker_id"), text("w1"));
+        assert_eq!(attribute(&span, "outcome"), text("failed"));
+        assert_eq!(
+            attribute(&span, "exit_code"),
+            Some(any_value::Value::IntValue(3))
+        );
+        let status = span.status.unwrap();
+        assert_eq!(status.code, status::StatusCode::Error as i32);
+        assert_eq!(status.message, "exit code 3");
+    }
+
+    /// An SDK span with a value of every kind, an event and a link.
+    fn sdk_span(index: u64) -> SpanData {
+        let context = |trace: u128, span: u64| {
+            SpanContext::new(
+                TraceId::from_bytes(trace.to_be_bytes()),
+                SpanId::from_bytes(span.to_be_bytes()),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::from_key_value([("vendor", "x")]).unwrap(),
+            )
+        };
+        let start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + index);
+        let mut events = SpanEvents::default();
+        events.events.push(Event::new(
+            "retrying",
+            start + Duration::from_millis(1),
+            vec![KeyValue::new("delay_s", 1.5)],
+            2,
+        ));
+        let mut links = SpanLinks::default();
+        links.links.push(Link::with_context(context(9, 9)));
+        SpanData {
+            span_context: context(0xabc, 100 + index),
+            parent_span_id: SpanId::from_bytes(5u64.to_be_bytes()),
+            parent_span_is_remote: false,
+            span_kind: opentelemetry::trace::SpanKind::Server,
+            name: "TriggerRun".into(),
+            start_time: start,
+            end_time: start + Duration::from_millis(3),
+            attributes: vec![
+                KeyValue::new("text", "value"),
+                KeyValue::new("count", -7_i64),
+                KeyValue::new("ratio", 0.25),
+                KeyValue::new("flag", true),
+                KeyValue::new(
+                    "list",
+                    opentelemetry::Value::Array(opentelemetry::Array::String(vec![
+                        "a".into(),
+                        "b".into(),
+                    ])),
+                ),
+                KeyValue::new("empty", ""),
+            ],
+            dropped_attributes_count: 1,
+            events,
+            links,
+            status: Status::error("refused"),
+            instrumentation_scope: InstrumentationScope::builder("baton")
+                .with_version("1.2")
+                .build(),
+        }
+    }
+
+    #[test]
+    fn an_sdk_span_is_encoded_as_the_otlp_crate_converts_it() {
+        let queue = SpanQueue::new(LIMITS);
+        let span = sdk_span(0);
+        queue.processor().on_end(span.clone());
+        let requests = requests(&queue);
+        let scope_spans = &requests[0].resource_spans[0].scope_spans[0];
+        let scope = scope_spans.scope.as_ref().unwrap();
+        assert_eq!(
+            (scope.name.as_str(), scope.version.as_str()),
+            ("baton", "1.2")
+        );
+        assert_eq!(scope_spans.spans, vec![Span::from(span)]);
+    }
+
+    /// A span with an id and nothing else.
+    fn plain_record(index: u64) -> SpanRecord<'static> {
+        SpanRecord {
+            trace_id: TraceId::from_bytes(1u128.to_be_bytes()),
+            span_id: SpanId::from_bytes(index.to_be_bytes()),
+            parent_span_id: SpanId::INVALID,
+            parent_is_remote: false,
+            name: "attempt",
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+            attributes: Attributes::new(),
+            status: SpanStatus::Unset,
+        }
+    }
+
+    #[tokio::test]
+    async fn half_a_queue_calls_for_an_export_before_the_schedule() {
+        let queue = SpanQueue::new(QueueLimits {
+            max_queued: 20,
+            max_batch: 4,
+        });
+        let sink = SpanSink::new(queue.clone(), Box::new(Sampler::AlwaysOn), "baton-test");
+        let called = async || {
+            tokio::time::timeout(Duration::from_millis(20), queue.filled())
+                .await
+                .is_ok()
+        };
+        for index in 1..10 {
+            sink.export(&plain_record(index));
+        }
+        assert!(!called().await, "9 of 20 spans queued");
+        sink.export(&plain_record(10));
+        assert!(called().await, "10 of 20 spans queued");
+        // Once per crossing.
+        sink.export(&plain_record(11));
+        assert!(!called().await, "11 of 20 spans queued");
+    }
+
+    #[test]
+    fn chunks_hold_one_request_each_and_a_full_queue_drops_and_counts() {
+        let queue = SpanQueue::new(QueueLimits {
+            max_queued: 25,
+            max_batch: 10,
+        });
+        let controller = SpanSink::new(
+            queue.clone(),
+            Box::new(Sampler::AlwaysOn),
+            "baton-controller",
+        );
+        let worker = controller.with_scope("baton-worker");
+        // Half of them encoded first and queued together, as the
+        // controller does once a batch is stored.
+        let mut later = EncodedSpans::default();
+        for index in 1..=30 {
+            if index % 2 == 0 {
+                worker.export(&plain_record(index));
+            } else {
+                controller.encode(&plain_record(index), &mut later);
+            }
+        }
+        assert_eq!(later.len(), 15);
+        controller.export_encoded(&mut later);
+        assert!(later.is_empty());
+        assert_eq!(queue.queued(), 25);
+        assert_eq!(queue.dropped(), 5);
+        // Each scope has its own chunks: the controller's ten admitted
+        // spans fill one, the worker's fifteen one and a half. Whole ones
+        // go first; the rest only when partial ones are taken.
+        let ids = |requests: &[ExportTraceServiceRequest]| -> Vec<(String, u64)> {
+            spans(requests)
+                .into_iter()
+                .map(|(scope, span)| (scope, u64::from_be_bytes(span.span_id.try_into().unwrap())))
+                .collect()
+        };
+        let scoped = |scope: &str, ids: std::ops::RangeInclusive<u64>| -> Vec<(String, u64)> {
+            ids.step_by(2).map(|id| (scope.to_string(), id)).collect()
+        };
+        let mut whole = Vec::new();
+        while let Some(chunk) = queue.take(false) {
+            let mut buf = Vec::new();
+            queue.request(&chunk, &resource(), &mut buf);
+            whole.push(ExportTraceServiceRequest::decode(buf.as_slice()).unwrap());
+            queue.recycle(chunk);
+        }
+        // The controller's last five (21 to 29) were dropped.
+        let mut expected = scoped("baton-controller", 1..=19);
+        expected.extend(scoped("baton-worker", 2..=20));
+        assert_eq!(ids(&whole), expected);
+        assert_eq!(queue.queued(), 5);
+        let rest = requests(&queue);
+        assert_eq!(ids(&rest), scoped("baton-worker", 22..=30));
+        assert_eq!(queue.queued(), 0);
+    }
+
+    #[test]
+    fn a_ratio_sampler_keeps_or_drops_a_whole_trace() {
+        let sink = SpanSink::new(
+            SpanQueue::new(LIMITS),
+            Box::new(Sampler::TraceIdRatioBased(0.5)),
+            "baton-test",
+        );
+        // The ratio sampler keeps a trace id whose low 8 bytes, as a number,
+        // are below half of the range.
+        let kept = TraceId::from_hex("ffffffffffffffff0000000000000001").unwrap();
+        let dropped = TraceId::from_hex("0000000000000000ffffffffffffff00").unwrap();
+        for _ in 0..3 {
+            assert!(sink.samples(kept));
+            assert!(!sink.samples(dropped));
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The queue between the threads that end spans and the exporter: spans
+//! already encoded in the OTLP wire format, in chunks of at most one export
+//! request's worth, one list of chunks per instrumentation scope, bounded
+//! in spans overall.
+//!
+//! A span crosses threads as bytes appended to a chunk the exporter later
+//! takes whole and gives back for reuse, so the threads that end spans
+//! neither allocate per span nor free memory the exporter allocated (with
+//! glibc, freeing on one thread what another allocated costs more than the
+//! span's encoding). Each scope has its own lock, so the controller's
+//! scheduler and the worker's agent, which end most spans, never wait for
+//! each other. What the queue cannot hold is dropped and counted, never
+//! waited for.
+//!
+//! In a chunk, a span is its length (4 bytes, little endian) and its
+//! `Span` message.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
+use tokio::sync::Notify;
+
+use super::otlp::{
+    EncodedResource, Message, ScopeMessage, ScopeSpans, sdk_span_message, write_request,
+};
+
+/// Bytes before a span's message in a chunk: its length.
+const ENTRY_HEADER: usize = 4;
+
+/// How many spans the queue holds and sends per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Spans queued at most; more are dropped.
+    pub max_queued: usize,
+    /// Spans per export request at most.
+    pub max_batch: usize,
+}
+
+/// Spans of one scope encoded for export, in the queue's chunk format.
+#[derive(Debug, Default)]
+pub struct EncodedSpans {
+    bytes: Vec<u8>,
+    spans: usize,
+}
+
+impl EncodedSpans {
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    /// Appends a span.
+    pub(crate) fn push(&mut self, span: &impl Message) {
+        let len = span.encoded_len();
+        // A span is far below 4 GiB: its attributes are ids and names.
+        self.bytes
+            .extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+        let before = self.bytes.len();
+        span.encode(&mut self.bytes);
+        debug_assert_eq!(self.bytes.len() - before, len, "encoded length");
+        self.spans += 1;
+    }
+
+    /// Appends a span encoded elsewhere (its entry, header included).
+    fn push_entry(&mut self, entry: &[u8]) {
+        self.bytes.extend_from_slice(entry);
+        self.spans += 1;
+    }
+
+    /// The entries, each with its header.
+    fn entries(&self) -> Entries<'_> {
+        Entries(&self.bytes)
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans = 0;
+    }
+}
+
+/// The entries of a chunk: each span's whole entry (header and message).
+#[derive(Clone)]
+struct Entries<'a>(&'a [u8]);
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (header, _) = self.0.split_first_chunk::<ENTRY_HEADER>()?;
+        let len = ENTRY_HEADER + u32::from_le_bytes(*header) as usize;
+        let (entry, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(entry)
+    }
+}
+
+/// The spans of one export request, taken from the queue.
+#[derive(Debug)]
+pub struct Chunk {
+    scope: Arc<ScopeQueue>,
+    spans: EncodedSpans,
+}
+
+impl Chunk {
+    pub fn spans(&self) -> usize {
+        self.spans.spans
+    }
+}
+
+#[derive(Debug, Default)]
+struct Chunks {
+    /// Oldest first; only the last may be below the batch size.
+    queue: VecDeque<EncodedSpans>,
+    /// Emptied chunks given back by the exporter, for reuse.
+    spare: Vec<EncodedSpans>,
+}
+
+/// The chunks of one instrumentation scope.
+#[derive(Debug)]
+pub(crate) struct ScopeQueue {
+    name: String,
+    version: String,
+    chunks: Mutex<Chunks>,
+}
+
+impl ScopeQueue {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Chunks> {
+        // Chunks stay consistent across a panic: every change is one push.
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Encoded spans waiting for the exporter. Shared by every [`SpanSink`]
+/// and the SDK's span processor ([`SpanQueue::processor`]) of a process.
+///
+/// [`SpanSink`]: super::SpanSink
+#[derive(Debug)]
+pub struct SpanQueue {
+    scopes: RwLock<Vec<Arc<ScopeQueue>>>,
+    limits: QueueLimits,
+    queued: AtomicUsize,
+    /// Half the queue is used: export without waiting for the schedule.
+    filled: Notify,
+    dropped: AtomicU64,
+}
+
+impl SpanQueue {
+    pub fn new(limits: QueueLimits) -> Arc<Self> {
+        let max_queued = limits.max_queued.max(1);
+        Arc::new(Self {
+            scopes: RwLock::default(),
+            limits: QueueLimits {
+                max_queued,
+                max_batch: limits.max_batch.clamp(1, max_queued),
+            },
+            queued: AtomicUsize::new(0),
+            filled: Notify::new(),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    /// The queue of a scope, made on first use.
+    pub(crate) fn scope(&self, name: &str, version: &str) -> Arc<ScopeQueue> {
+        let known = |scopes: &[Arc<ScopeQueue>]| {
+            scopes
+                .iter()
+                .find(|scope| scope.name == name && scope.version == version)
+                .cloned()
+        };
+        if let Some(scope) = known(&self.scopes.read().unwrap_or_else(|e| e.into_inner())) {
+            return scope;
+        }
+        let mut scopes = self.scopes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(scope) = known(&scopes) {
+            return scope;
+        }
+        let scope = Arc::new(ScopeQueue {
+            name: name.to_string(),
+            version: version.to_string(),
+            chunks: Mutex::default(),
+        });
+        scopes.push(Arc::clone(&scope));
+        scope
+    }
+
+    /// Counts in as many of `count` more spans as the queue has room for,
+    /// and the rest as dropped; returns how many it took.
+    fn admit(&self, count: usize) -> usize {
+        let before = self.queued.fetch_add(count, Ordering::Relaxed);
+        let room = self.limits.max_queued.saturating_sub(before);
+        let admitted = count.min(room);
+        if admitted < count {
+            self.queued.fetch_sub(count - admitted, Ordering::Relaxed);
+            self.dropped
+                .fetch_add((count - admitted) as u64, Ordering::Relaxed);
+        }
+        let early = self.early_export_at();
+        if before < early && before + admitted >= early {
+            self.filled.notify_one();
+        }
+        admitted
+    }
+
+    /// How many queued spans call for an export before the schedule delay
+    /// ends: half the queue (at least a batch), so that a burst is sent
+    /// before the queue can overflow. Below it, spans wait for the delay:
+    /// a burst of work is not slowed by its own export, and requests go
+    /// out whole.
+    fn early_export_at(&self) -> usize {
+        (self.limits.max_queued / 2)
+            .max(self.limits.max_batch)
+            .min(self.limits.max_queued)
+    }
+
+    /// The chunk of `chunks` the next span goes to.
+    fn writable<'c>(&self, chunks: &'c mut Chunks) -> &'c mut EncodedSpans {
+        let full = chunks
+            .queue
+            .back()
+            .is_none_or(|chunk| chunk.spans >= self.limits.max_batch);
+        if full {
+            let chunk = chunks.spare.pop().unwrap_or_default();
+            chunks.queue.push_back(chunk);
+        }
+        chunks
+            .queue
+            .back_mut()
+            .expect("a chunk was pushed if there was none")
+    }
+
+    /// Queues one span of `scope`.
+    pub(crate) fn push(&self, scope: &ScopeQueue, span: &impl Message) {
+        if self.admit(1) == 1 {
+            self.writable(&mut scope.lock()).push(span);
+        }
+    }
+
+    /// Moves spans encoded for `scope` to the queue, leaving `spans` empty
+    /// with its capacity.
+    pub(crate) fn push_encoded(&self, scope: &ScopeQueue, spans: &mut EncodedSpans) {
+        let admitted = self.admit(spans.spans);
+        let mut chunks = scope.lock();
+        for entry in spans.entries().take(admitted) {
+            self.writable(&mut chunks).push_entry(entry);
+        }
+        drop(chunks);
+        spans.clear();
+    }
+
+    /// Waits until half the queue is used (or was since the last wait).
+    pub async fn filled(&self) {
+        self.filled.notified().await;
+    }
+
+    /// The oldest chunk of a scope, if it holds a whole batch or `partial`
+    /// allows less.
+    pub fn take(&self, partial: bool) -> Option<Chunk> {
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        scopes.iter().find_map(|scope| {
+            let mut chunks = scope.lock();
+            let front = chunks.queue.front()?;
+            if front.spans == 0 || (!partial && front.spans < self.limits.max_batch) {
+                return None;
+            }
+            let spans = chunks.queue.pop_front()?;
+            self.queued.fetch_sub(spans.spans, Ordering::Relaxed);
+            Some(Chunk {
+                scope: Arc::clone(scope),
+                spans,
+            })
+        })
+    }
+
+    /// Gives a sent (or abandoned) chunk's memory back for reuse.
+    pub fn recycle(&self, chunk: Chunk) {
+        let Chunk { scope, mut spans } = chunk;
+        spans.clear();
+        let mut chunks = scope.lock();
+        // Spare chunks for a full queue at most.
+        if chunks.spare.len() < self.limits.max_queued / self.limits.max_batch {
+            chunks.spare.push(spans);
+        }
+    }
+
+    /// Spans dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Spans waiting.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Writes the `ExportTraceServiceRequest` carrying `chunk` into `buf`
+    /// (cleared first): one resource, one scope.
+    pub fn request(&self, chunk: &Chunk, resource: &EncodedResource, buf: &mut Vec<u8>) {
+        buf.clear();
+        let scope = &chunk.scope;
+        // A span's tag and length take at most its entry header's 4 bytes
+        // and one more, so this is enough: no reallocation.
+        buf.reserve(
+            chunk.spans.bytes.len()
+                + chunk.spans.spans
+                + resource.overhead()
+                + scope.name.len()
+                + scope.version.len()
+                + 32,
+        );
+        let spans = || {
+            vec![ScopeSpans {
+                scope: ScopeMessage {
+                    name: &scope.name,
+                    version: &scope.version,
+                },
+                spans: chunk.spans.entries().map(|entry| &entry[ENTRY_HEADER..]),
+            }]
+        };
+        write_request(resource, spans, buf);
+    }
+
+    /// The SDK span processor that queues the spans of the process's
+    /// tracer (the `tracing` layer's) here.
+    pub fn processor(self: &Arc<Self>) -> QueueProcessor {
+        QueueProcessor(Arc::clone(self))
+    }
+}
+
+/// Queues the SDK's ended spans on a [`SpanQueue`], encoded on the thread
+/// that ends them. Flushing and shutting down are the exporter's.
+#[derive(Debug)]
+pub struct QueueProcessor(Arc<SpanQueue>);
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        let scope = self.0.scope(
+            span.instrumentation_scope.name(),
+            span.instrumentation_scope.version().unwrap_or_default(),
+        );
+        let trace_state = span.span_context.trace_state().header();
+        self.0.push(&scope, &sdk_span_message(&span, &trace_state));
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
