@@ -3,8 +3,8 @@
 //!
 //! # Layout
 //! - `main.rs`: arguments, the runtime, exit codes.
-//! - `telemetry.rs`: log lines (`--log-format`, `RUST_LOG`) and the
-//!   OpenTelemetry trace exporter of the server commands.
+//! - `telemetry/`: log lines (`--log-format`, `RUST_LOG`) and the
+//!   OpenTelemetry trace exporter of the server commands (`export.rs`).
 //! - `commands/server.rs`: `dev`, `controller`, `worker`, signal handling.
 //! - `commands/dag.rs`, `commands/run.rs`, `commands/task.rs`,
 //!   `commands/logs.rs`, `commands/pool.rs`, `commands/cluster.rs`: the

@@ -7,9 +7,9 @@
 //! # Ids without state
 //! A run is one trace whose id *is* the run id (a UUID is 128 bits, as a
 //! trace id is). Span ids are derived too: the run span's from the run id,
-//! an attempt span's from the attempt id (the first 8 bytes of a SHA-256 of
-//! a tag and the id, mixed; see [`derived_span_id`]). So every controller (a new leader after a failover
-//! included) and every worker agrees on the ids without storing anything,
+//! an attempt span's from the attempt id (see [`derived_span_id`]). So every
+//! controller (a new leader after a failover included) and every worker
+//! agrees on the ids without storing anything,
 //! and an attempt's `traceparent` can be sent with its `Assign` before its
 //! span exists. Whether a run is sampled depends on its id alone
 //! ([`run_sampling_id`], [`SpanSink::samples`]), so every leader agrees on

@@ -438,7 +438,7 @@ async fn a_malformed_otlp_variable_is_refused_at_start() {
         (
             "OTEL_EXPORTER_OTLP_TIMEOUT",
             "soon",
-            "is not a positive number of milliseconds",
+            "is not a whole number of milliseconds",
         ),
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -479,4 +479,36 @@ async fn a_malformed_otlp_variable_is_refused_at_start() {
             "{log}"
         );
     }
+}
+
+/// Spans do not wait for the schedule delay once half the queue is used:
+/// with a delay of ten minutes, a queue of 64 and requests of 8, a run of
+/// 40 noops (two spans each, from two scopes) is exported while the
+/// process still runs.
+#[tokio::test]
+async fn half_a_queue_is_exported_before_the_schedule_delay() {
+    let (collector, mut sandbox) = traced_sandbox("traces-early", "600000").await;
+    sandbox.set_env("OTEL_BSP_MAX_QUEUE_SIZE", "64");
+    sandbox.set_env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8");
+    let mut dev = sandbox.start_dev(&[]).await;
+    let mut api = sandbox.api().await;
+    let tasks: String = (0..40)
+        .map(|index| format!("  - id: n{index}\n    kind: noop\n"))
+        .collect();
+    api.register(&format!("id: burst\ntasks:\n{tasks}")).await;
+    let run = api.trigger("burst").await;
+    let view = api.wait_for_run(&run.run_id, WAIT).await;
+    assert_eq!(view.state(), RunState::Success, "{}", view.describe());
+    let spans = collector
+        .wait_for_spans(WAIT, |spans| spans.len() >= 32)
+        .await;
+    assert!(
+        spans.is_some(),
+        "{} spans arrived before the schedule delay\n{}",
+        collector.spans().len(),
+        dev.log_tail()
+    );
+    dev.signal(Signal::SIGTERM);
+    let status = dev.wait_exit(WAIT).await;
+    assert!(status.success(), "baton dev: {status}\n{}", dev.log_tail());
 }

@@ -6,15 +6,24 @@
 //! The spans are already in the wire format, so a request is the resource
 //! and scope headers around bytes copied from the queue; nothing is decoded
 //! or converted. Every schedule delay (`OTEL_BSP_SCHEDULE_DELAY`) the
-//! exporter sends what is queued, one request per
-//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans, one request in flight at a time;
-//! it does not wait for the delay when half the queue is used, so that a
-//! burst is sent before the queue can overflow. Unlike the SDK's batch
-//! processor it does not send each batch as soon as it is whole: a burst
-//! of work (a 10,000-task fan-out ends 20,000 spans in under a second) is
-//! not slowed by exporting its own spans on the same cores. A request that fails is logged and its spans
+//! exporter sends the spans queued at that moment, one request per chunk
+//! (at most `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans, of one scope), one
+//! request in flight at a time, the scopes in turn; spans that arrive
+//! meanwhile wait for the next round. It does not wait for the delay once
+//! half the queue is used, so that a burst is sent before the queue can
+//! overflow. Unlike the SDK's batch processor it does not send each batch
+//! as soon as it is whole: a burst of work (a 10,000-task fan-out ends
+//! 20,000 spans in under a second) is not slowed by exporting its own spans
+//! on the same cores. A request that fails is logged and its spans
 //! dropped, as the SDK's batch processor does: the collector's outage must
 //! not grow the process's memory.
+//!
+//! A malformed variable stops the process at start with its name, where
+//! the OpenTelemetry configuration says to log it and use the default: a
+//! server that exports nothing, or somewhere else, because of a typo is
+//! worse than one that does not start. `OTEL_EXPORTER_OTLP_PROTOCOL` other
+//! than `grpc` is refused the same way (an `http/protobuf` collector does
+//! not answer gRPC).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +47,8 @@ const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
 
 /// Spans queued at most unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise: a
 /// 10,000-task fan-out ends 20,000 in well under a second, more than the
-/// SDK's default of 2,048 holds. About 20 MiB when full.
+/// SDK's default of 2,048 holds. About 20 MiB when full, and at most as
+/// much again in emptied chunks kept for reuse.
 const DEFAULT_QUEUE_SIZE: usize = 65_536;
 
 /// What the exporter reads from the environment, validated.
@@ -47,8 +57,9 @@ pub struct ExportConfig {
     pub endpoint: String,
     pub headers: MetadataMap,
     /// The longest a request may take (`OTEL_EXPORTER_OTLP_TIMEOUT`,
-    /// bounded by `OTEL_BSP_EXPORT_TIMEOUT`).
-    pub timeout: Duration,
+    /// bounded by `OTEL_BSP_EXPORT_TIMEOUT`); `None` when both are 0 (no
+    /// limit, as the OpenTelemetry configuration says of 0).
+    pub timeout: Option<Duration>,
     pub compression: Option<CompressionEncoding>,
     pub schedule_delay: Duration,
     pub limits: QueueLimits,
@@ -94,14 +105,14 @@ impl ExportConfig {
             Some(value) => value
                 .trim()
                 .parse::<u64>()
-                .ok()
-                .filter(|millis| *millis > 0)
                 .map(Duration::from_millis)
                 .with_context(|| {
-                    format!("{name}: `{value}` is not a positive number of milliseconds")
+                    format!("{name}: `{value}` is not a whole number of milliseconds")
                 }),
             None => Ok(Duration::from_millis(default)),
         };
+        // 0 is no limit.
+        let limit = |duration: Duration| (!duration.is_zero()).then_some(duration);
         let (timeout_name, timeout) = match pick(
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
@@ -141,13 +152,18 @@ impl ExportConfig {
         Ok(Self {
             endpoint,
             headers,
-            timeout: request_timeout.min(export_timeout),
+            timeout: match (limit(request_timeout), limit(export_timeout)) {
+                (Some(request), Some(export)) => Some(request.min(export)),
+                (request, export) => request.or(export),
+            },
             compression,
+            // 0 is as soon as possible: every millisecond.
             schedule_delay: millis(
                 "OTEL_BSP_SCHEDULE_DELAY",
                 var("OTEL_BSP_SCHEDULE_DELAY"),
                 5_000,
-            )?,
+            )?
+            .max(Duration::from_millis(1)),
             limits: QueueLimits {
                 max_queued,
                 max_batch,
@@ -208,11 +224,12 @@ impl Exporter {
         resource: EncodedResource,
         config: ExportConfig,
     ) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(config.endpoint.clone())
-            .with_context(|| format!("cannot use the OTLP endpoint `{}`", config.endpoint))?
-            .connect_timeout(config.timeout)
-            .timeout(config.timeout)
-            .connect_lazy();
+        let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .with_context(|| format!("cannot use the OTLP endpoint `{}`", config.endpoint))?;
+        if let Some(timeout) = config.timeout {
+            endpoint = endpoint.connect_timeout(timeout).timeout(timeout);
+        }
+        let channel = endpoint.connect_lazy();
         let mut client = tonic::client::Grpc::new(channel);
         if let Some(encoding) = config.compression {
             client = client.send_compressed(encoding);
@@ -236,12 +253,16 @@ impl Exporter {
     pub async fn shutdown(self, timeout: Duration) {
         self.stop.cancel();
         let mut task = self.task;
-        if tokio::time::timeout(timeout, &mut task).await.is_err() {
-            task.abort();
-            tracing::warn!(
-                timeout_s = timeout.as_secs_f64(),
-                "the last spans were not all exported in time"
-            );
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the trace exporter failed"),
+            Err(_) => {
+                task.abort();
+                tracing::warn!(
+                    timeout_s = timeout.as_secs_f64(),
+                    "the last spans were not all exported in time"
+                );
+            }
         }
     }
 }
@@ -269,20 +290,33 @@ impl Export {
         schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         schedule.reset();
         loop {
-            let partial = tokio::select! {
+            tokio::select! {
                 () = stop.cancelled() => break,
-                () = self.queue.filled() => false,
-                _ = schedule.tick() => true,
-            };
-            self.send_queued(partial).await;
+                () = self.queue.filled() => {}
+                _ = schedule.tick() => {}
+            }
+            self.send_queued().await;
         }
-        self.send_queued(true).await;
+        self.send_queued().await;
+        let left = self.queue.queued();
+        if left > 0 || self.health.lost_spans > 0 {
+            tracing::warn!(
+                unsent = left,
+                lost_to_failed_requests = self.health.lost_spans,
+                "spans not exported when the exporter stopped"
+            );
+        }
     }
 
-    /// Sends every whole chunk, and with `partial` the last one too (on the
-    /// schedule and when stopping).
-    async fn send_queued(&mut self, partial: bool) {
-        while let Some(chunk) = self.queue.take(partial) {
+    /// Sends the spans queued when called, whole chunks and partial ones;
+    /// not those that arrive meanwhile (a round ends even while spans keep
+    /// coming, and leaves them to the next, in whole chunks).
+    async fn send_queued(&mut self) {
+        let mut budget = self.queue.queued();
+        while budget > 0
+            && let Some(chunk) = self.queue.take(true)
+        {
+            budget = budget.saturating_sub(chunk.spans());
             self.send(chunk).await;
         }
         let dropped = self.queue.dropped();
@@ -303,7 +337,9 @@ impl Export {
         self.queue.recycle(chunk);
         let mut request = tonic::Request::new(body);
         *request.metadata_mut() = self.config.headers.clone();
-        request.set_timeout(self.config.timeout);
+        if let Some(timeout) = self.config.timeout {
+            request.set_timeout(timeout);
+        }
         let client = &mut self.client;
         let call = async {
             client
@@ -313,11 +349,15 @@ impl Export {
             let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
             client.unary(request, path, RawCodec).await
         };
-        let outcome = match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(tonic::Status::deadline_exceeded(
-                "the collector did not answer in time",
-            )),
+        let outcome = match self.config.timeout {
+            Some(timeout) => tokio::time::timeout(timeout, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded(
+                        "the collector did not answer in time",
+                    ))
+                }),
+            None => call.await,
         };
         match outcome {
             Ok(response) => {
@@ -420,7 +460,7 @@ mod tests {
         let config = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).unwrap();
         assert_eq!(config.endpoint, "http://localhost:4317");
         assert!(config.headers.is_empty());
-        assert_eq!(config.timeout, Duration::from_secs(10));
+        assert_eq!(config.timeout, Some(Duration::from_secs(10)));
         assert_eq!(config.compression, None);
         assert_eq!(config.schedule_delay, Duration::from_secs(5));
         assert_eq!(
@@ -450,7 +490,7 @@ mod tests {
         assert_eq!(config.endpoint, "http://traces:4317");
         assert_eq!(config.headers.get("x-team").unwrap(), "data");
         assert_eq!(config.headers.get("x-key").unwrap(), "a b=c");
-        assert_eq!(config.timeout, Duration::from_millis(1500));
+        assert_eq!(config.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(config.compression, Some(CompressionEncoding::Gzip));
         assert_eq!(config.schedule_delay, Duration::from_millis(250));
         // The batch is at most the queue.
@@ -461,6 +501,24 @@ mod tests {
                 max_batch: 100
             }
         );
+    }
+
+    #[test]
+    fn zero_is_no_time_limit_and_the_shortest_schedule() {
+        let zero_timeout = config(&[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+        ])
+        .unwrap();
+        // The batch processor's own bound (30 s) still applies.
+        assert_eq!(zero_timeout.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(zero_timeout.schedule_delay, Duration::from_millis(1));
+        let no_limit = config(&[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
+        ])
+        .unwrap();
+        assert_eq!(no_limit.timeout, None);
     }
 
     #[test]
@@ -489,8 +547,9 @@ mod tests {
                 "not a valid header name",
             ),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s", "milliseconds"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "-5", "milliseconds"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "gzip or none"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "0", "milliseconds"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "1.5", "milliseconds"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "-1", "positive whole number"),
             (
                 "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",

@@ -107,7 +107,7 @@ fn otlp_endpoint_set() -> bool {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ]
     .iter()
-    .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
+    .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()))
 }
 
 /// Installs the process's subscriber. `server` is the role of a server
@@ -182,11 +182,20 @@ where
 fn trace_export(role: Role) -> anyhow::Result<TraceExport> {
     let config = export::ExportConfig::from_vars(|name| std::env::var(name).ok())
         .context("cannot export traces")?;
-    let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|name| name.is_empty()) {
-        resource = resource.with_service_name(role.service_name());
-    }
-    let resource = resource.build();
+    // `OTEL_SERVICE_NAME` or a `service.name` in `OTEL_RESOURCE_ATTRIBUTES`
+    // names the process; without either the SDK says `unknown_service`,
+    // and the role's name is used instead.
+    let detected = Resource::builder().build();
+    let named = detected
+        .get(&opentelemetry::Key::new("service.name"))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    let resource = if named {
+        detected
+    } else {
+        Resource::builder()
+            .with_service_name(role.service_name())
+            .build()
+    };
     let queue = SpanQueue::new(config.limits);
     // The sampler `OTEL_TRACES_SAMPLER` names, as the provider reads it.
     let sampler = opentelemetry_sdk::trace::Config::default().sampler;

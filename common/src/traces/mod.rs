@@ -100,7 +100,9 @@ impl SpanSink {
     /// [`SpanSink::export_encoded`] of this sink (the controller's spans
     /// wait for the batch that stores what they describe).
     pub fn encode(&self, span: &SpanRecord<'_>, spans: &mut EncodedSpans) {
-        spans.push(&span.message());
+        if !spans.push(&span.message()) {
+            self.queue.count_dropped(1);
+        }
     }
 
     /// Queues spans encoded by [`SpanSink::encode`]; `spans` is left empty,

@@ -55,16 +55,18 @@ impl EncodedSpans {
         self.spans
     }
 
-    /// Appends a span.
-    pub(crate) fn push(&mut self, span: &impl Message) {
-        let len = span.encoded_len();
-        // A span is far below 4 GiB: its attributes are ids and names.
-        self.bytes
-            .extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    /// Appends a span; `false` (nothing appended) for one of 4 GiB or
+    /// more, which its length header cannot say.
+    pub(crate) fn push(&mut self, span: &impl Message) -> bool {
+        let Ok(len) = u32::try_from(span.encoded_len()) else {
+            return false;
+        };
+        self.bytes.extend_from_slice(&len.to_le_bytes());
         let before = self.bytes.len();
         span.encode(&mut self.bytes);
-        debug_assert_eq!(self.bytes.len() - before, len, "encoded length");
+        debug_assert_eq!(self.bytes.len() - before, len as usize, "encoded length");
         self.spans += 1;
+        true
     }
 
     /// Appends a span encoded elsewhere (its entry, header included).
@@ -94,7 +96,13 @@ impl<'a> Iterator for Entries<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let (header, _) = self.0.split_first_chunk::<ENTRY_HEADER>()?;
         let len = ENTRY_HEADER + u32::from_le_bytes(*header) as usize;
-        let (entry, rest) = self.0.split_at(len);
+        // Every entry is written whole under the chunk's lock; a length past
+        // the end would be a bug, and ends the chunk rather than the process.
+        let Some((entry, rest)) = self.0.split_at_checked(len) else {
+            debug_assert!(false, "a span entry runs past its chunk");
+            self.0 = &[];
+            return None;
+        };
         self.0 = rest;
         Some(entry)
     }
@@ -152,6 +160,12 @@ pub struct SpanQueue {
     /// Half the queue is used: export without waiting for the schedule.
     filled: Notify,
     dropped: AtomicU64,
+    /// Emptied chunks kept for reuse, all scopes together: at most a full
+    /// queue's worth.
+    spare: AtomicUsize,
+    /// The scope [`SpanQueue::take`] looks at first, turning, so that no
+    /// scope's chunks wait behind another's.
+    next_scope: AtomicUsize,
 }
 
 impl SpanQueue {
@@ -166,6 +180,8 @@ impl SpanQueue {
             queued: AtomicUsize::new(0),
             filled: Notify::new(),
             dropped: AtomicU64::new(0),
+            spare: AtomicUsize::new(0),
+            next_scope: AtomicUsize::new(0),
         })
     }
 
@@ -198,21 +214,38 @@ impl SpanQueue {
     }
 
     /// Counts in as many of `count` more spans as the queue has room for,
-    /// and the rest as dropped; returns how many it took.
-    fn admit(&self, count: usize) -> usize {
+    /// and the rest as dropped. Returns how many it took, and whether they
+    /// bring the queue to [`SpanQueue::early_export_at`]: then the caller
+    /// calls [`SpanQueue::wake`] once they are written.
+    fn admit(&self, count: usize) -> (usize, bool) {
         let before = self.queued.fetch_add(count, Ordering::Relaxed);
         let room = self.limits.max_queued.saturating_sub(before);
         let admitted = count.min(room);
         if admitted < count {
             self.queued.fetch_sub(count - admitted, Ordering::Relaxed);
-            self.dropped
-                .fetch_add((count - admitted) as u64, Ordering::Relaxed);
+            self.count_dropped(count - admitted);
         }
         let early = self.early_export_at();
-        if before < early && before + admitted >= early {
+        (admitted, before < early && before + admitted >= early)
+    }
+
+    /// Spans admitted but not written: uncounted and counted as dropped.
+    fn unadmit(&self, count: usize) {
+        if count > 0 {
+            self.queued.fetch_sub(count, Ordering::Relaxed);
+            self.count_dropped(count);
+        }
+    }
+
+    pub(crate) fn count_dropped(&self, count: usize) {
+        self.dropped.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// Calls the exporter now, spans being written already.
+    fn wake(&self, crossed: bool) {
+        if crossed {
             self.filled.notify_one();
         }
-        admitted
     }
 
     /// How many queued spans call for an export before the schedule delay
@@ -220,7 +253,7 @@ impl SpanQueue {
     /// before the queue can overflow. Below it, spans wait for the delay:
     /// a burst of work is not slowed by its own export, and requests go
     /// out whole.
-    fn early_export_at(&self) -> usize {
+    pub fn early_export_at(&self) -> usize {
         (self.limits.max_queued / 2)
             .max(self.limits.max_batch)
             .min(self.limits.max_queued)
@@ -233,7 +266,13 @@ impl SpanQueue {
             .back()
             .is_none_or(|chunk| chunk.spans >= self.limits.max_batch);
         if full {
-            let chunk = chunks.spare.pop().unwrap_or_default();
+            let chunk = match chunks.spare.pop() {
+                Some(chunk) => {
+                    self.spare.fetch_sub(1, Ordering::Relaxed);
+                    chunk
+                }
+                None => EncodedSpans::default(),
+            };
             chunks.queue.push_back(chunk);
         }
         chunks
@@ -244,20 +283,29 @@ impl SpanQueue {
 
     /// Queues one span of `scope`.
     pub(crate) fn push(&self, scope: &ScopeQueue, span: &impl Message) {
-        if self.admit(1) == 1 {
-            self.writable(&mut scope.lock()).push(span);
+        let (admitted, crossed) = self.admit(1);
+        if admitted == 1 {
+            let pushed = self.writable(&mut scope.lock()).push(span);
+            if !pushed {
+                self.unadmit(1);
+            }
+            self.wake(crossed);
         }
     }
 
     /// Moves spans encoded for `scope` to the queue, leaving `spans` empty
     /// with its capacity.
     pub(crate) fn push_encoded(&self, scope: &ScopeQueue, spans: &mut EncodedSpans) {
-        let admitted = self.admit(spans.spans);
+        let (admitted, crossed) = self.admit(spans.spans);
         let mut chunks = scope.lock();
+        let mut moved = 0;
         for entry in spans.entries().take(admitted) {
             self.writable(&mut chunks).push_entry(entry);
+            moved += 1;
         }
         drop(chunks);
+        self.unadmit(admitted - moved);
+        self.wake(crossed);
         spans.clear();
     }
 
@@ -267,10 +315,12 @@ impl SpanQueue {
     }
 
     /// The oldest chunk of a scope, if it holds a whole batch or `partial`
-    /// allows less.
+    /// allows less; the scopes are looked at in turn.
     pub fn take(&self, partial: bool) -> Option<Chunk> {
         let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
-        scopes.iter().find_map(|scope| {
+        let first = self.next_scope.fetch_add(1, Ordering::Relaxed) % scopes.len().max(1);
+        let mut turn = scopes.iter().skip(first).chain(scopes.iter().take(first));
+        turn.find_map(|scope| {
             let mut chunks = scope.lock();
             let front = chunks.queue.front()?;
             if front.spans == 0 || (!partial && front.spans < self.limits.max_batch) {
@@ -289,10 +339,12 @@ impl SpanQueue {
     pub fn recycle(&self, chunk: Chunk) {
         let Chunk { scope, mut spans } = chunk;
         spans.clear();
-        let mut chunks = scope.lock();
-        // Spare chunks for a full queue at most.
-        if chunks.spare.len() < self.limits.max_queued / self.limits.max_batch {
-            chunks.spare.push(spans);
+        // Spare chunks for a full queue at most, all scopes together.
+        let budget = self.limits.max_queued.div_ceil(self.limits.max_batch);
+        if self.spare.fetch_add(1, Ordering::Relaxed) < budget {
+            scope.lock().spare.push(spans);
+        } else {
+            self.spare.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -311,8 +363,9 @@ impl SpanQueue {
     pub fn request(&self, chunk: &Chunk, resource: &EncodedResource, buf: &mut Vec<u8>) {
         buf.clear();
         let scope = &chunk.scope;
-        // A span's tag and length take at most its entry header's 4 bytes
-        // and one more, so this is enough: no reallocation.
+        // A span's tag and length take at most one byte more than its
+        // entry header (spans are below 4 GiB), so this is enough: no
+        // reallocation.
         buf.reserve(
             chunk.spans.bytes.len()
                 + chunk.spans.spans
