@@ -468,9 +468,12 @@ impl Agent {
         let kill_grace = self.config.kill_grace;
         let events = self.events.clone();
         let http = self.http.clone();
-        let trace = trace
-            .zip(self.config.traces.clone())
-            .map(|(trace, sink)| (trace, sink, self.config.worker_id.clone()));
+        // `execution_trace` gives a trace only when there is a sink; the
+        // sink and worker id are cloned for traced attempts only.
+        let trace = trace.and_then(|trace| {
+            let sink = self.config.traces.clone()?;
+            Some((trace, sink, self.config.worker_id.clone()))
+        });
         self.executors.spawn(async move {
             let finished = async move {
                 let meta = SpoolMeta {

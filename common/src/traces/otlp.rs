@@ -12,7 +12,10 @@
 use opentelemetry::trace::{Event, Link, SpanKind, Status};
 use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{
+    WireType, bool as pb_bool, double, encode_key, encode_varint, encoded_len_varint, fixed32,
+    fixed64, int64, key_len, uint64,
+};
 use uuid::Uuid;
 
 /// `SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`: the flags say whether
@@ -57,40 +60,47 @@ fn put_nonempty(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
     }
 }
 
+// Scalar fields of proto3 are left out at 0; prost writes the rest.
+
 fn uint_len(tag: u32, value: u64) -> usize {
     if value == 0 {
         0
     } else {
-        key_len(tag) + encoded_len_varint(value)
+        uint64::encoded_len(tag, &value)
     }
 }
 
 fn put_uint(tag: u32, value: u64, buf: &mut Vec<u8>) {
     if value != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(value, buf);
+        uint64::encode(tag, &value, buf);
     }
 }
 
 fn fixed64_len(tag: u32, value: u64) -> usize {
-    if value == 0 { 0 } else { key_len(tag) + 8 }
+    if value == 0 {
+        0
+    } else {
+        fixed64::encoded_len(tag, &value)
+    }
 }
 
 fn put_fixed64(tag: u32, value: u64, buf: &mut Vec<u8>) {
     if value != 0 {
-        encode_key(tag, WireType::SixtyFourBit, buf);
-        buf.extend_from_slice(&value.to_le_bytes());
+        fixed64::encode(tag, &value, buf);
     }
 }
 
 fn fixed32_len(tag: u32, value: u32) -> usize {
-    if value == 0 { 0 } else { key_len(tag) + 4 }
+    if value == 0 {
+        0
+    } else {
+        fixed32::encoded_len(tag, &value)
+    }
 }
 
 fn put_fixed32(tag: u32, value: u32, buf: &mut Vec<u8>) {
     if value != 0 {
-        encode_key(tag, WireType::ThirtyTwoBit, buf);
-        buf.extend_from_slice(&value.to_le_bytes());
+        fixed32::encode(tag, &value, buf);
     }
 }
 
@@ -169,12 +179,11 @@ fn string_value_len(value: &str) -> usize {
 }
 
 fn int_value_len(value: i64) -> usize {
-    key_len(INT_VALUE) + encoded_len_varint(value as u64)
+    int64::encoded_len(INT_VALUE, &value)
 }
 
 fn put_int_value(value: i64, buf: &mut Vec<u8>) {
-    encode_key(INT_VALUE, WireType::Varint, buf);
-    encode_varint(value as u64, buf);
+    int64::encode(INT_VALUE, &value, buf);
 }
 
 const UUID_TEXT_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
@@ -250,24 +259,18 @@ enum ArrayItem<'a> {
 impl Message for ArrayItem<'_> {
     fn encoded_len(&self) -> usize {
         match *self {
-            ArrayItem::Bool(_) => key_len(BOOL_VALUE) + 1,
+            ArrayItem::Bool(value) => pb_bool::encoded_len(BOOL_VALUE, &value),
             ArrayItem::Int(value) => int_value_len(value),
-            ArrayItem::Double(_) => key_len(DOUBLE_VALUE) + 8,
+            ArrayItem::Double(value) => double::encoded_len(DOUBLE_VALUE, &value),
             ArrayItem::Str(value) => string_value_len(value),
         }
     }
 
     fn encode(&self, buf: &mut Vec<u8>) {
         match *self {
-            ArrayItem::Bool(value) => {
-                encode_key(BOOL_VALUE, WireType::Varint, buf);
-                encode_varint(u64::from(value), buf);
-            }
+            ArrayItem::Bool(value) => pb_bool::encode(BOOL_VALUE, &value, buf),
             ArrayItem::Int(value) => put_int_value(value, buf),
-            ArrayItem::Double(value) => {
-                encode_key(DOUBLE_VALUE, WireType::SixtyFourBit, buf);
-                buf.extend_from_slice(&value.to_le_bytes());
-            }
+            ArrayItem::Double(value) => double::encode(DOUBLE_VALUE, &value, buf),
             ArrayItem::Str(value) => put_bytes(STRING_VALUE, value.as_bytes(), buf),
         }
     }
@@ -679,45 +682,32 @@ impl EncodedResource {
     }
 }
 
-/// One scope's spans in a request: its scope message and the encoded spans
-/// (each a `Span` message without tag or length).
-pub(crate) struct ScopeSpans<'a, I> {
-    pub scope: ScopeMessage<'a>,
-    pub spans: I,
-}
-
 /// Writes an `ExportTraceServiceRequest` with one `ResourceSpans` holding
-/// `scopes` into `buf`. `scopes` is called twice (lengths, then bytes) and
-/// must give the same spans each time.
+/// one `ScopeSpans`, of `scope` and the spans `spans` gives (each an
+/// encoded `Span` message without tag or length), into `buf`. `spans` is
+/// called twice (lengths, then bytes) and must give the same spans each
+/// time.
 pub(crate) fn write_request<'a, I>(
     resource: &EncodedResource,
-    scopes: impl Fn() -> Vec<ScopeSpans<'a, I>>,
+    scope: &ScopeMessage<'_>,
+    spans: impl Fn() -> I,
     buf: &mut Vec<u8>,
 ) where
     I: Iterator<Item = &'a [u8]>,
 {
-    let scope_spans_len = |scope: ScopeSpans<'a, I>| {
-        message_len(1, &scope.scope)
-            + scope
-                .spans
-                .map(|span| delimited_len(2, span.len()))
-                .sum::<usize>()
-    };
+    let scope_spans_len = message_len(1, scope)
+        + spans()
+            .map(|span| delimited_len(2, span.len()))
+            .sum::<usize>();
     let resource_spans_len = delimited_len(1, resource.resource.len())
-        + scopes()
-            .into_iter()
-            .map(|scope| delimited_len(2, scope_spans_len(scope)))
-            .sum::<usize>()
+        + delimited_len(2, scope_spans_len)
         + bytes_len(3, resource.schema_url.as_bytes());
     put_delimited_header(1, resource_spans_len, buf);
     put_bytes(1, &resource.resource, buf);
-    let lens: Vec<usize> = scopes().into_iter().map(scope_spans_len).collect();
-    for (scope, len) in scopes().into_iter().zip(lens) {
-        put_delimited_header(2, len, buf);
-        put_message(1, &scope.scope, buf);
-        for span in scope.spans {
-            put_bytes(2, span, buf);
-        }
+    put_delimited_header(2, scope_spans_len, buf);
+    put_message(1, scope, buf);
+    for span in spans() {
+        put_bytes(2, span, buf);
     }
     put_nonempty(3, resource.schema_url.as_bytes(), buf);
 }

@@ -23,9 +23,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 use tokio::sync::Notify;
 
-use super::otlp::{
-    EncodedResource, Message, ScopeMessage, ScopeSpans, sdk_span_message, write_request,
-};
+use super::otlp::{EncodedResource, Message, ScopeMessage, sdk_span_message, write_request};
 
 /// Bytes before a span's message in a chunk: its length.
 const ENTRY_HEADER: usize = 4;
@@ -374,16 +372,12 @@ impl SpanQueue {
                 + scope.version.len()
                 + 32,
         );
-        let spans = || {
-            vec![ScopeSpans {
-                scope: ScopeMessage {
-                    name: &scope.name,
-                    version: &scope.version,
-                },
-                spans: chunk.spans.entries().map(|entry| &entry[ENTRY_HEADER..]),
-            }]
+        let scope = ScopeMessage {
+            name: &scope.name,
+            version: &scope.version,
         };
-        write_request(resource, spans, buf);
+        let spans = || chunk.spans.entries().map(|entry| &entry[ENTRY_HEADER..]);
+        write_request(resource, &scope, spans, buf);
     }
 
     /// The SDK span processor that queues the spans of the process's
