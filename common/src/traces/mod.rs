@@ -390,11 +390,14 @@ mod tests {
             attempt_id,
             worker_id: Some("w1"),
         };
+        // A negative int64 and a message past 127 bytes take varints of
+        // more than one byte.
+        let error = format!("killed: {}", "x".repeat(300));
         let (attributes, status) = attempt_attributes(
             &identity,
             AttemptOutcome::Failed,
-            Some(3),
-            Some("exit code 3"),
+            Some(-9),
+            Some(&error),
         );
         sink.with_scope("baton-other").export(&SpanRecord {
             trace_id,
@@ -438,11 +441,11 @@ mod tests {
         assert_eq!(attribute(&span, "outcome"), text("failed"));
         assert_eq!(
             attribute(&span, "exit_code"),
-            Some(any_value::Value::IntValue(3))
+            Some(any_value::Value::IntValue(-9))
         );
         let status = span.status.unwrap();
         assert_eq!(status.code, status::StatusCode::Error as i32);
-        assert_eq!(status.message, "exit code 3");
+        assert_eq!(status.message, error);
     }
 
     /// An SDK span with a value of every kind, an event and a link.

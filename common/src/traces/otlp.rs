@@ -13,8 +13,8 @@ use opentelemetry::trace::{Event, Link, SpanKind, Status};
 use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 use prost::encoding::{
-    WireType, bool as pb_bool, double, encode_key, encode_varint, encoded_len_varint, fixed32,
-    fixed64, int64, key_len, uint64,
+    WireType, bool as pb_bool, double, encode_varint, encoded_len_varint, fixed32, fixed64, int64,
+    key_len, uint64,
 };
 use uuid::Uuid;
 
@@ -36,9 +36,27 @@ pub(crate) fn delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
+/// Writes a varint. Nearly every one in a span (field keys, lengths of
+/// ids, names and attributes, the kind) is below 128 and takes one byte,
+/// pushed here without the call into prost's general encoder, which
+/// showed as the largest single cost of encoding a span.
+#[inline(always)]
+fn put_varint(value: u64, buf: &mut Vec<u8>) {
+    if value < 0x80 {
+        buf.push(value as u8);
+    } else {
+        encode_varint(value, buf);
+    }
+}
+
+#[inline(always)]
+fn put_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+    put_varint(u64::from(tag << 3 | wire_type as u32), buf);
+}
+
 fn put_delimited_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+    put_key(tag, WireType::LengthDelimited, buf);
+    put_varint(len as u64, buf);
 }
 
 fn put_bytes(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
@@ -60,7 +78,8 @@ fn put_nonempty(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
     }
 }
 
-// Scalar fields of proto3 are left out at 0; prost writes the rest.
+// Scalar fields of proto3 are left out at 0. Lengths are prost's; the
+// writers below are its wire format with a one-byte fast path.
 
 fn uint_len(tag: u32, value: u64) -> usize {
     if value == 0 {
@@ -72,7 +91,8 @@ fn uint_len(tag: u32, value: u64) -> usize {
 
 fn put_uint(tag: u32, value: u64, buf: &mut Vec<u8>) {
     if value != 0 {
-        uint64::encode(tag, &value, buf);
+        put_key(tag, WireType::Varint, buf);
+        put_varint(value, buf);
     }
 }
 
@@ -86,7 +106,8 @@ fn fixed64_len(tag: u32, value: u64) -> usize {
 
 fn put_fixed64(tag: u32, value: u64, buf: &mut Vec<u8>) {
     if value != 0 {
-        fixed64::encode(tag, &value, buf);
+        put_key(tag, WireType::SixtyFourBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
     }
 }
 
@@ -100,7 +121,8 @@ fn fixed32_len(tag: u32, value: u32) -> usize {
 
 fn put_fixed32(tag: u32, value: u32, buf: &mut Vec<u8>) {
     if value != 0 {
-        fixed32::encode(tag, &value, buf);
+        put_key(tag, WireType::ThirtyTwoBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
     }
 }
 
@@ -183,7 +205,9 @@ fn int_value_len(value: i64) -> usize {
 }
 
 fn put_int_value(value: i64, buf: &mut Vec<u8>) {
-    int64::encode(INT_VALUE, &value, buf);
+    put_key(INT_VALUE, WireType::Varint, buf);
+    // int64 is the two's complement as a varint, as prost writes it.
+    put_varint(value as u64, buf);
 }
 
 const UUID_TEXT_LEN: usize = uuid::fmt::Hyphenated::LENGTH;

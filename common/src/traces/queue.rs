@@ -59,6 +59,9 @@ impl EncodedSpans {
         let Ok(len) = u32::try_from(span.encoded_len()) else {
             return false;
         };
+        // Room for the whole entry at once: its writes then never grow
+        // the buffer.
+        self.bytes.reserve(ENTRY_HEADER + len as usize);
         self.bytes.extend_from_slice(&len.to_le_bytes());
         let before = self.bytes.len();
         span.encode(&mut self.bytes);
