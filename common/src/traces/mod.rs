@@ -393,12 +393,8 @@ mod tests {
         // A negative int64 and a message past 127 bytes take varints of
         // more than one byte.
         let error = format!("killed: {}", "x".repeat(300));
-        let (attributes, status) = attempt_attributes(
-            &identity,
-            AttemptOutcome::Failed,
-            Some(-9),
-            Some(&error),
-        );
+        let (attributes, status) =
+            attempt_attributes(&identity, AttemptOutcome::Failed, Some(-9), Some(&error));
         sink.with_scope("baton-other").export(&SpanRecord {
             trace_id,
             span_id: SpanId::from_bytes(7u64.to_be_bytes()),
