@@ -192,10 +192,7 @@ pub async fn cluster(etcd: &EtcdCluster, repeat: usize, report: &mut Report) -> 
         .await?
         .header()
         .map_or(0, |header| header.revision());
-    if revision > 0 {
-        within_request(client.compact(revision, Some(CompactionOptions::new().with_physical())))
-            .await?;
-    }
+    compact_history(&mut etcd.client.kv_client(), revision).await?;
     println!(
         "  compacted etcd at revision {revision} in {} s",
         number(started.elapsed().as_secs_f64())
@@ -412,12 +409,18 @@ async fn measure_etcd(
             .await?
             .header()
             .map_or(0, |header| header.revision());
-        if revision > 0 {
-            within_request(kv.compact(revision, Some(CompactionOptions::new().with_physical())))
-                .await?;
-        }
+        compact_history(&mut kv, revision).await?;
     }
     Ok((p50, p99, best))
+}
+
+/// Drops etcd's history up to `revision` (none at 0) and frees its space.
+async fn compact_history(kv: &mut KvClient, revision: i64) -> anyhow::Result<()> {
+    if revision > 0 {
+        within_request(kv.compact(revision, Some(CompactionOptions::new().with_physical())))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Comparison lines of a scenario's figure with the reference figures that
