@@ -28,7 +28,7 @@
 //! ```text
 //! run                      root; trace id = run id; dag_id, run_id, state
 //! └── attempt              controller; dag_id, run_id, task_id, attempt, attempt_id, worker_id, outcome
-//!     └── execute          worker: the execution, a child through Assign.traceparent
+//!     └── execute          worker: the execution, a child through Assign.traceparent; worker_id, outcome
 //! ```
 
 use baton_common::ids::{AttemptId, RunId};

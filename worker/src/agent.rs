@@ -25,9 +25,7 @@ use std::time::Duration;
 use baton_common::ids::AttemptId;
 use baton_common::pb::api::{self, controller_message, worker_message};
 use baton_common::time;
-use baton_common::traces::{
-    AttemptIdentity, SpanRecord, SpanSink, attempt_attributes, sampled_parent,
-};
+use baton_common::traces::{SpanRecord, SpanSink, execution_attributes, sampled_parent};
 use futures::FutureExt;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
@@ -490,7 +488,7 @@ impl Agent {
                             format!("the worker cannot spool the attempt's output: {error}"),
                             0,
                         );
-                        return (result, events, spec);
+                        return (result, events);
                     }
                 };
                 let context = AttemptContext {
@@ -514,15 +512,15 @@ impl Agent {
                         )
                     }
                 };
-                (result, events, spec)
+                (result, events)
             }
             .instrument(span)
             .await;
-            let (result, events, spec) = finished;
+            let (result, events) = finished;
             // Exported before the result goes out, so that it ends within
             // the controller's span of the attempt.
             if let Some((trace, sink, worker_id)) = trace {
-                trace.export(&sink, &spec, worker_id.as_str(), &result);
+                trace.export(&sink, worker_id.as_str(), &result);
             }
             // Fails only when the agent is gone, and then nobody waits.
             let _ = events.send(AttemptEvent::Finished { attempt_id, result });
@@ -601,7 +599,7 @@ impl Agent {
         if let Some(trace) = trace
             && let Some(sink) = &self.config.traces
         {
-            trace.export(sink, spec, self.config.worker_id.as_str(), &result);
+            trace.export(sink, self.config.worker_id.as_str(), &result);
         }
         self.count_finished(&result, false);
         self.outbox.on_finished(attempt_id, result);
@@ -686,19 +684,11 @@ struct ExecutionTrace {
 }
 
 impl ExecutionTrace {
-    /// Exports the span, ending now, with the attempt's identity and
-    /// outcome.
-    fn export(self, sink: &SpanSink, spec: &AttemptSpec, worker_id: &str, result: &AttemptResult) {
-        let identity = AttemptIdentity {
-            dag_id: spec.dag_id.as_str(),
-            run_id: spec.run_id,
-            task_id: spec.task_id.as_str(),
-            attempt: spec.attempt,
-            attempt_id: spec.attempt_id,
-            worker_id: Some(worker_id),
-        };
-        let (attributes, status) = attempt_attributes(
-            &identity,
+    /// Exports the span, ending now, with who ran the attempt and how it
+    /// ended (its parent names the attempt).
+    fn export(self, sink: &SpanSink, worker_id: &str, result: &AttemptResult) {
+        let (attributes, status) = execution_attributes(
+            worker_id,
             result.outcome,
             result.exit_code,
             Some(&result.error),

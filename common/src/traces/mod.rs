@@ -181,14 +181,40 @@ pub fn attempt_attributes<'a>(
         "attempt_id",
         *identity.attempt_id.as_uuid(),
     ));
-    if let Some(worker_id) = identity.worker_id {
+    push_outcome(&mut attributes, identity.worker_id, outcome, exit_code);
+    (attributes, status(outcome_is_failure(outcome), error))
+}
+
+/// The attributes of a worker's span of an execution: what the worker adds
+/// to its parent, the controller's span of the attempt, which names the
+/// attempt (dag, run, task, attempt and attempt ids). Repeating those on
+/// the child would add about half its bytes to every trace for no
+/// question a trace view cannot already answer.
+pub fn execution_attributes<'a>(
+    worker_id: &'a str,
+    outcome: AttemptOutcome,
+    exit_code: Option<i32>,
+    error: Option<&'a str>,
+) -> (Attributes<'a>, SpanStatus<'a>) {
+    let mut attributes = Attributes::new();
+    push_outcome(&mut attributes, Some(worker_id), outcome, exit_code);
+    (attributes, status(outcome_is_failure(outcome), error))
+}
+
+/// Who ran an attempt and how it ended.
+fn push_outcome<'a>(
+    attributes: &mut Attributes<'a>,
+    worker_id: Option<&'a str>,
+    outcome: AttemptOutcome,
+    exit_code: Option<i32>,
+) {
+    if let Some(worker_id) = worker_id {
         attributes.push(Attribute::str("worker_id", worker_id));
     }
     attributes.push(Attribute::str("outcome", outcome_name(outcome)));
     if let Some(exit_code) = exit_code {
         attributes.push(Attribute::int("exit_code", i64::from(exit_code)));
     }
-    (attributes, status(outcome_is_failure(outcome), error))
 }
 
 /// A span's status: an error with its description, or unset.
