@@ -83,6 +83,34 @@ struct ControllerLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// The final states a task's `baton_tasks_finished_total` counts, in the
+/// order of [`TaskCounters`].
+const FINAL_STATES: [TaskState; 5] = [
+    TaskState::Success,
+    TaskState::Failed,
+    TaskState::UpstreamFailed,
+    TaskState::Skipped,
+    TaskState::Cancelled,
+];
+
+/// The `baton_tasks_finished_total` counters of a plan's tasks, made on
+/// first use and held by the plan ([`DagPlan::finished_counters`]), so that
+/// every run of a DAG version shares them. A fan-out's runs end each task
+/// once: looking it up in the family instead (two label strings allocated,
+/// hashed and compared in a map with a series per task and state) was most
+/// of what the metrics cost per task. They are the family's own counters,
+/// so a scrape sees what they count. Empty while metrics are off.
+///
+/// [`DagPlan::finished_counters`]: crate::plan::DagPlan::finished_counters
+#[derive(Debug, Default)]
+pub struct PlanCounters {
+    tasks: OnceLock<Box<[TaskCounters]>>,
+}
+
+/// One task's counters, by final state ([`FINAL_STATES`]).
+#[derive(Debug, Default)]
+struct TaskCounters([OnceLock<Counter>; FINAL_STATES.len()]);
+
 fn seconds_buckets() -> Histogram {
     // 1 ms to about 9 hours.
     Histogram::new(exponential_buckets(0.001, 2.5, 18))
@@ -367,12 +395,23 @@ impl ControllerMetrics {
                                 task_id: task_id(),
                             })
                             .inc();
-                    } else if task_state_is_final(*to) {
-                        self.tasks_finished
-                            .get_or_create(&TaskStateLabels {
-                                dag_id: dag_id.to_string(),
-                                task_id: task_id(),
-                                state: task_state_name(*to),
+                    } else if let Some(state) = FINAL_STATES.iter().position(|state| state == to) {
+                        // A mapped instance counts as its task.
+                        let task = entry.plan_index(index) as usize;
+                        let tasks = entry.plan.finished_counters.tasks.get_or_init(|| {
+                            (0..entry.plan.len())
+                                .map(|_| TaskCounters::default())
+                                .collect()
+                        });
+                        tasks[task].0[state]
+                            .get_or_init(|| {
+                                self.tasks_finished
+                                    .get_or_create(&TaskStateLabels {
+                                        dag_id: dag_id.to_string(),
+                                        task_id: task_id(),
+                                        state: task_state_name(*to),
+                                    })
+                                    .clone()
                             })
                             .inc();
                     }

@@ -59,6 +59,9 @@ pub struct DagPlan {
     /// Tasks that decide when a run starts: those without upstream, and
     /// those whose trigger rule is `always`.
     pub starters: Vec<TaskIndex>,
+    /// The tasks' `baton_tasks_finished_total` counters, once metrics
+    /// counted one of them.
+    pub finished_counters: crate::metrics::PlanCounters,
     by_id: HashMap<TaskId, TaskIndex>,
 }
 
@@ -144,6 +147,7 @@ impl DagPlan {
             tasks: dag.tasks,
             upstream,
             downstream,
+            finished_counters: crate::metrics::PlanCounters::default(),
             by_id,
         }
     }

@@ -10,6 +10,8 @@
 //!   connected, no run is active, a pool has its size;
 //! - freshness: seconds since a DAG's last success grow, and fall back
 //!   when it succeeds again;
+//! - a DAG's second run adds to the same per-task series, and mapped
+//!   instances count as their task;
 //! - every metric the Grafana dashboard (`deploy/grafana/baton.json`)
 //!   queries is one `baton dev` serves, the in-process worker's included;
 //! - `baton worker --metrics-listen`: the worker's own attempts by outcome,
@@ -53,6 +55,18 @@ tasks:
   - id: only
     command: exit 0
 ";
+
+/// A mapped task: its instances count as it (`task_id="each"`).
+const MAPPED: &str = r#"
+id: mapped
+tasks:
+  - id: list
+    command: 'printf "{\"items\": [1, 2]}" > "$BATON_OUTPUT"'
+  - id: each
+    depends_on: list
+    map_over: "tasks.list.output.items"
+    command: exit 0
+"#;
 
 struct Samples {
     families: Vec<String>,
@@ -262,6 +276,39 @@ async fn metrics_count_a_known_run_and_freshness_resets_on_success() {
         ),
         2.0
     );
+    // Every run of a DAG version counts its tasks: the second run's end
+    // adds to the same series, and mapped instances count as their task.
+    assert_eq!(
+        samples.value(
+            finished,
+            &[
+                ("dag_id", "fresh"),
+                ("task_id", "only"),
+                ("state", "success")
+            ]
+        ),
+        2.0
+    );
+    api.register(MAPPED).await;
+    for _ in 0..2 {
+        let run = api.trigger("mapped").await;
+        let view = api.wait_for_run(&run.run_id, WAIT).await;
+        assert_eq!(view.state(), RunState::Success, "{}", view.describe());
+    }
+    let mapped = scrape(&python, &url).await;
+    let count = |task_id: &str| {
+        mapped.value(
+            finished,
+            &[
+                ("dag_id", "mapped"),
+                ("task_id", task_id),
+                ("state", "success"),
+            ],
+        )
+    };
+    assert_eq!(count("list"), 2.0);
+    // Per run, both instances and the mapped task itself.
+    assert_eq!(count("each"), 6.0);
     // A DAG that never succeeded has no freshness yet.
     assert!(
         !samples
