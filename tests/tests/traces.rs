@@ -228,6 +228,22 @@ async fn traced_sandbox(name: &str, batch_delay_ms: &str) -> (OtlpCollector, San
     (collector, sandbox)
 }
 
+/// The name and nice value of each thread of a process, from `/proc`.
+fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            // After the name's closing parenthesis: state is field 3, nice 19.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name.trim_end().to_string(), nice))
+        })
+        .collect()
+}
+
 /// The case that matters: controller and worker are separate processes, so
 /// the worker's spans join the run's trace only through the context its
 /// `Assign` carries.
@@ -273,6 +289,24 @@ async fn a_run_is_one_trace_across_the_controller_and_worker_processes() {
         !headers.is_empty() && headers.iter().all(|value| value == "team data"),
         "{headers:?}"
     );
+    // Each process exports from one thread of its own, at a lower priority
+    // than the threads that schedule and run tasks.
+    for process in [&controller, &worker] {
+        let threads = thread_nice_values(process.pid());
+        let exporters: Vec<i64> = threads
+            .iter()
+            .filter(|(name, _)| name == "baton-otlp")
+            .map(|(_, nice)| *nice)
+            .collect();
+        assert_eq!(exporters, [10], "{}: {threads:?}", process.name());
+        assert!(
+            threads
+                .iter()
+                .any(|(name, nice)| name != "baton-otlp" && *nice == 0),
+            "{}: {threads:?}",
+            process.name()
+        );
+    }
 
     for process in [&mut worker, &mut controller] {
         process.signal(Signal::SIGTERM);

@@ -1,7 +1,7 @@
 //! The OTLP/gRPC exporter: drains the process's [`SpanQueue`] and sends
-//! each chunk as one `TraceService/Export` request, on the async runtime,
-//! configured by the standard `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*`
-//! variables.
+//! each chunk as one `TraceService/Export` request, on a thread of its own
+//! at a lower priority than the process's other threads, configured by the
+//! standard `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables.
 //!
 //! The spans are already in the wire format, so a request is the resource
 //! and scope headers around bytes copied from the queue; nothing is decoded
@@ -33,7 +33,7 @@ use baton_common::traces::{Chunk, EncodedResource, QueueLimits, SpanQueue};
 use bytes::{Buf, BufMut};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
@@ -213,12 +213,14 @@ fn parse_headers(name: &str, list: &str, headers: &mut MetadataMap) -> anyhow::R
 #[derive(Debug)]
 pub struct Exporter {
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// Sent once the thread has sent what it could and stopped.
+    finished: oneshot::Receiver<()>,
 }
 
 impl Exporter {
-    /// Starts the exporter on the current runtime. The connection is made
-    /// when the first request goes.
+    /// Starts the exporter on a thread of its own, with its own runtime, at
+    /// a lower priority ([`EXPORT_NICE`]). The connection is made when the
+    /// first request goes.
     pub fn spawn(
         queue: Arc<SpanQueue>,
         resource: EncodedResource,
@@ -229,43 +231,88 @@ impl Exporter {
         if let Some(timeout) = config.timeout {
             endpoint = endpoint.connect_timeout(timeout).timeout(timeout);
         }
-        let channel = endpoint.connect_lazy();
-        let mut client = tonic::client::Grpc::new(channel);
-        if let Some(encoding) = config.compression {
-            client = client.send_compressed(encoding);
-        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the trace exporter's runtime")?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(
-            Export {
-                queue,
-                resource,
-                config,
-                client,
-                health: Health::default(),
-            }
-            .run(stop.clone()),
-        );
-        Ok(Self { stop, task })
+        let (done, finished) = oneshot::channel();
+        let export_stop = stop.clone();
+        std::thread::Builder::new()
+            .name(EXPORT_THREAD.to_string())
+            .spawn(move || {
+                lower_priority();
+                runtime.block_on(async move {
+                    // The connection's tasks live on this thread's runtime.
+                    let channel = endpoint.connect_lazy();
+                    let mut client = tonic::client::Grpc::new(channel);
+                    if let Some(encoding) = config.compression {
+                        client = client.send_compressed(encoding);
+                    }
+                    Export {
+                        queue,
+                        resource,
+                        config,
+                        client,
+                        health: Health::default(),
+                    }
+                    .run(export_stop)
+                    .await;
+                });
+                // Nobody waits when the process did not stop it.
+                let _ = done.send(());
+            })
+            .context("cannot start the trace exporter's thread")?;
+        Ok(Self { stop, finished })
     }
 
     /// Sends what is queued and stops, waiting at most `timeout` (the
-    /// collector may be gone).
+    /// collector may be gone; the thread is then left to the process's
+    /// exit, its requests bounded by their own timeout).
     pub async fn shutdown(self, timeout: Duration) {
         self.stop.cancel();
-        let mut task = self.task;
-        match tokio::time::timeout(timeout, &mut task).await {
+        match tokio::time::timeout(timeout, self.finished).await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "the trace exporter failed"),
-            Err(_) => {
-                task.abort();
-                tracing::warn!(
-                    timeout_s = timeout.as_secs_f64(),
-                    "the last spans were not all exported in time"
-                );
-            }
+            // Its end was never sent: the thread panicked.
+            Ok(Err(_)) => tracing::error!("the trace exporter failed"),
+            Err(_) => tracing::warn!(
+                timeout_s = timeout.as_secs_f64(),
+                "the last spans were not all exported in time"
+            ),
         }
     }
 }
+
+/// The exporter thread's name (`/proc/PID/task/*/comm`, `top -H`).
+pub const EXPORT_THREAD: &str = "baton-otlp";
+
+/// The exporter thread's nice value, above the default 0 of the threads
+/// that schedule and run tasks: on busy cores a burst's own export waits
+/// for them instead of slowing them, and sends once they idle. Not the
+/// lowest: under sustained load it still gets about a tenth of a busy
+/// core's time next to one thread at 0, several times what sending a
+/// fan-out's spans takes, so the queue does not fill and drop spans.
+pub const EXPORT_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to [`EXPORT_NICE`]. On Linux a
+/// nice value is a thread's own (`PRIO_PROCESS` with id 0 names the calling
+/// thread), so the rest of the process keeps its own.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: `setpriority` takes no pointers; it only changes the calling
+    // thread's nice value, which raising needs no privilege for.
+    #[allow(unsafe_code)]
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, EXPORT_NICE) };
+    if result != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the trace exporter's priority; it runs at the process's"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 /// Whether the collector took the last request, for logging the start and
 /// end of an outage once each.

@@ -87,8 +87,8 @@ impl Telemetry {
             .map(|export| export.sink.with_scope(scope))
     }
 
-    /// Exports the spans still queued, bounded in time. Runs on the async
-    /// runtime: the exporter's connection lives on it.
+    /// Exports the spans still queued, bounded in time (the exporter's
+    /// thread sends them; this waits for it).
     pub async fn shutdown(self) {
         if let Some(export) = self.exporter {
             // Ends the tracer; its spans are already queued.
@@ -112,8 +112,7 @@ fn otlp_endpoint_set() -> bool {
 
 /// Installs the process's subscriber. `server` is the role of a server
 /// command (client commands log warnings only and never export traces).
-/// Must run inside the async runtime's context: the exporter's channel is
-/// created on it.
+/// The exporter, when traces are exported, starts a thread of its own.
 pub fn init(format: LogFormat, server: Option<Role>) -> anyhow::Result<Telemetry> {
     let default_level = if server.is_some() { "info" } else { "warn" };
     let env_filter =
