@@ -51,14 +51,24 @@ pub fn task_state_name(state: TaskState) -> &'static str {
 }
 
 pub fn task_state_is_final(state: TaskState) -> bool {
-    matches!(
-        state,
-        TaskState::Success
-            | TaskState::Failed
-            | TaskState::UpstreamFailed
-            | TaskState::Skipped
-            | TaskState::Cancelled
-    )
+    final_task_state_index(state).is_some()
+}
+
+/// How many final task states there are ([`final_task_state_index`]).
+pub const FINAL_TASK_STATES: usize = 5;
+
+/// A final task state's place among the [`FINAL_TASK_STATES`], for what is
+/// kept per final state (a task's finished counters); `None` for the
+/// others.
+pub fn final_task_state_index(state: TaskState) -> Option<usize> {
+    match state {
+        TaskState::Success => Some(0),
+        TaskState::Failed => Some(1),
+        TaskState::UpstreamFailed => Some(2),
+        TaskState::Skipped => Some(3),
+        TaskState::Cancelled => Some(4),
+        _ => None,
+    }
 }
 
 pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {

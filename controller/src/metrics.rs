@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use baton_common::metrics_http::MetricsSection;
 use baton_common::pb::api::{AttemptOutcome, RunState, TaskState};
-use baton_common::states::{outcome_name, run_state_name, task_state_is_final, task_state_name};
+use baton_common::states::{
+    FINAL_TASK_STATES, final_task_state_index, outcome_name, run_state_name, task_state_is_final,
+    task_state_name,
+};
 use baton_common::time::{Micros, duration_from_proto, now_micros};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -83,16 +86,6 @@ struct ControllerLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// The final states a task's `baton_tasks_finished_total` counts, in the
-/// order of [`TaskCounters`].
-const FINAL_STATES: [TaskState; 5] = [
-    TaskState::Success,
-    TaskState::Failed,
-    TaskState::UpstreamFailed,
-    TaskState::Skipped,
-    TaskState::Cancelled,
-];
-
 /// The `baton_tasks_finished_total` counters of a plan's tasks, made on
 /// first use and held by the plan ([`DagPlan::finished_counters`]), so that
 /// every run of a DAG version shares them. A fan-out's runs end each task
@@ -107,9 +100,9 @@ pub struct PlanCounters {
     tasks: OnceLock<Box<[TaskCounters]>>,
 }
 
-/// One task's counters, by final state ([`FINAL_STATES`]).
+/// One task's counters, by final state ([`final_task_state_index`]).
 #[derive(Debug, Default)]
-struct TaskCounters([OnceLock<Counter>; FINAL_STATES.len()]);
+struct TaskCounters([OnceLock<Counter>; FINAL_TASK_STATES]);
 
 fn seconds_buckets() -> Histogram {
     // 1 ms to about 9 hours.
@@ -395,7 +388,7 @@ impl ControllerMetrics {
                                 task_id: task_id(),
                             })
                             .inc();
-                    } else if let Some(state) = FINAL_STATES.iter().position(|state| state == to) {
+                    } else if let Some(state) = final_task_state_index(*to) {
                         // A mapped instance counts as its task.
                         let task = entry.plan_index(index) as usize;
                         let tasks = entry.plan.finished_counters.tasks.get_or_init(|| {
