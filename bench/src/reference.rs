@@ -192,7 +192,7 @@ pub async fn cluster(etcd: &EtcdCluster, repeat: usize, report: &mut Report) -> 
         .await?
         .header()
         .map_or(0, |header| header.revision());
-    compact_history(&mut etcd.client.kv_client(), revision).await?;
+    compact_history(&mut client.kv_client(), revision).await?;
     println!(
         "  compacted etcd at revision {revision} in {} s",
         number(started.elapsed().as_secs_f64())

@@ -284,7 +284,7 @@ impl Exporter {
 }
 
 /// The exporter thread's name (`/proc/PID/task/*/comm`, `top -H`).
-pub const EXPORT_THREAD: &str = "baton-otlp";
+const EXPORT_THREAD: &str = "baton-otlp";
 
 /// The exporter thread's nice value, above the default 0 of the threads
 /// that schedule and run tasks: on busy cores a burst's own export waits
@@ -292,7 +292,7 @@ pub const EXPORT_THREAD: &str = "baton-otlp";
 /// lowest: under sustained load it still gets about a tenth of a busy
 /// core's time next to one thread at 0, several times what sending a
 /// fan-out's spans takes, so the queue does not fill and drop spans.
-pub const EXPORT_NICE: i32 = 10;
+const EXPORT_NICE: i32 = 10;
 
 /// Lowers the calling thread's priority to [`EXPORT_NICE`]. On Linux a
 /// nice value is a thread's own (`PRIO_PROCESS` with id 0 names the calling
