@@ -334,8 +334,11 @@ const BURST_PROBE: Duration = Duration::from_millis(50);
 async fn burst_over(queue: &SpanQueue, limit: Duration, stop: &CancellationToken) {
     let deadline = tokio::time::Instant::now() + limit;
     let burst = queue.limits().max_batch;
-    while queue.queued() > 0 && tokio::time::Instant::now() < deadline {
+    loop {
         let before = queue.queued();
+        if before == 0 || tokio::time::Instant::now() >= deadline {
+            return;
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = queue.filled() => return,
