@@ -14,13 +14,16 @@
 //! Each round runs the DAG once on each, in an order that rotates from
 //! round to round, so that a drift of the machine touches all alike; the
 //! other processes are idle meanwhile, and after each run the benchmark
-//! waits until the process is idle again and, with traces, until its spans
-//! stopped arriving. Tasks/s = (width + 2) / (`ended_at` − `started_at`) of
-//! the run record, as in `fanout`. The overhead is 1 − median / median off;
-//! the figure judged is `on`'s. The CPU time each process took per run
-//! (from the trigger until it is idle again and its spans are exported) is
-//! reported too, with its overhead over `off`: it varies less from run to
-//! run than throughput on a shared 2-core machine.
+//! waits until the process is idle again and until no spans arrived for
+//! [`SPANS_QUIET`] (every setup waits so, traced or not, so that each run
+//! follows as long a pause and each CPU figure spans as much idle time).
+//! Tasks/s = (width + 2) / (`ended_at` − `started_at`) of the run record,
+//! as in `fanout`. The overhead is 1 − median / median off; the figure
+//! judged is `on`'s. The CPU time each process took is reported too, with
+//! its overhead over `off`, twice: in the run (from the trigger until the
+//! benchmark saw it succeed: what competes with the run) and per run (until
+//! it is idle again and its spans are exported: the whole cost). CPU time
+//! varies less from run to run than throughput on a shared 2-core machine.
 //!
 //! The scraper and the receiver run in this process, on the same cores as
 //! the processes measured. The receiver keeps what it is sent as bytes and
@@ -35,6 +38,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use baton_common::ids::{AttemptId, RunId};
+use baton_common::pb::api::AttemptOutcome;
+use baton_common::time::now_micros;
+use baton_common::traces::{
+    AttemptIdentity, CONTROLLER_SCOPE, EncodedSpans, QueueLimits, SpanQueue, SpanRecord, SpanSink,
+    WORKER_SCOPE, execution_attributes, sampled_parent,
+};
+use baton_controller::traces::{AttemptSpanFields, attempt_span, attempt_traceparent};
+use opentelemetry::trace::SpanId;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message as _;
@@ -64,6 +76,13 @@ const SPANS_QUIET: Duration = Duration::from_millis(2500);
 const SPANS_LIMIT: Duration = Duration::from_secs(120);
 /// At most this much slower with metrics and traces on.
 pub const TARGET_OVERHEAD_PERCENT: f64 = 5.0;
+
+/// Passes over a run's tasks when timing the span work of a traced run in
+/// this process ([`span_work_per_task`]); the median is reported.
+const SPAN_WORK_PASSES: usize = 9;
+/// Attempts whose spans the controller queues at once in that timing, as
+/// it does for the attempts a batch stored.
+const SPAN_WORK_BATCH: usize = 256;
 
 /// An `ExportTraceServiceRequest` whose `resource_spans` (field 1) are
 /// kept as bytes, not decoded: the receiver shares the cores of the
@@ -184,6 +203,9 @@ struct Scrapes {
     done: AtomicU64,
     failed: AtomicU64,
     last_bytes: AtomicU64,
+    /// Seconds from each successful scrape's request to its last byte:
+    /// what Prometheus calls `scrape_duration_seconds`.
+    seconds: Mutex<Vec<f64>>,
 }
 
 /// Scrapes `url` every [`SCRAPE_EVERY`] until `stop`.
@@ -201,6 +223,7 @@ fn start_scraper(
                 () = stop.cancelled() => return,
                 _ = every.tick() => {}
             }
+            let started = Instant::now();
             let body = async {
                 client
                     .get(&url)
@@ -213,6 +236,11 @@ fn start_scraper(
             };
             match body.await {
                 Ok(bytes) => {
+                    scrapes
+                        .seconds
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(started.elapsed().as_secs_f64());
                     scrapes.done.fetch_add(1, Ordering::Relaxed);
                     scrapes
                         .last_bytes
@@ -253,14 +281,19 @@ struct Side {
     rates: Vec<f64>,
     spans: Vec<f64>,
     /// CPU time of the process per run, from the trigger until it is idle
-    /// again and (with traces) its spans are all exported.
+    /// again and no spans arrived for [`SPANS_QUIET`] (with traces: its
+    /// spans are all exported).
     cpu: Vec<f64>,
+    /// CPU time of the process from the trigger until the benchmark saw
+    /// the run succeed: what competes with the run itself.
+    run_cpu: Vec<f64>,
 }
 
 impl Side {
     /// Runs the DAG once and waits until the process is idle; returns its
-    /// tasks/s.
-    async fn run_once(&mut self, tasks: usize) -> anyhow::Result<f64> {
+    /// tasks/s and the CPU time the process took until the run succeeded.
+    async fn run_once(&mut self, tasks: usize) -> anyhow::Result<(f64, Duration)> {
+        let cpu_before = cpu_time(self.dev.pid())?;
         let run_id = trigger(&mut self.client, DAG_ID).await?;
         let finished = wait_success(
             &mut self.client,
@@ -271,8 +304,9 @@ impl Side {
             || {},
         )
         .await?;
+        let run_cpu = cpu_time(self.dev.pid())?.saturating_sub(cpu_before);
         settle(self.dev.pid()).await?;
-        Ok(tasks as f64 / run_seconds(&finished.run)?)
+        Ok((tasks as f64 / run_seconds(&finished.run)?, run_cpu))
     }
 }
 
@@ -286,8 +320,10 @@ struct Setup {
     /// but `off`) their overheads.
     rate_key: &'static str,
     cpu_key: &'static str,
+    run_cpu_key: &'static str,
     overhead_key: &'static str,
     cpu_overhead_key: &'static str,
+    run_cpu_overhead_key: &'static str,
     /// How the overhead figures name it.
     overhead_name: &'static str,
 }
@@ -313,8 +349,10 @@ const SETUPS: [Setup; 4] = [
         traces: false,
         rate_key: "off_tasks_per_s",
         cpu_key: "off_cpu_s",
+        run_cpu_key: "off_run_cpu_s",
         overhead_key: "",
         cpu_overhead_key: "",
+        run_cpu_overhead_key: "",
         overhead_name: "",
     },
     Setup {
@@ -323,8 +361,10 @@ const SETUPS: [Setup; 4] = [
         traces: false,
         rate_key: "metrics_tasks_per_s",
         cpu_key: "metrics_cpu_s",
+        run_cpu_key: "metrics_run_cpu_s",
         overhead_key: "metrics_overhead_percent",
         cpu_overhead_key: "metrics_cpu_overhead_percent",
+        run_cpu_overhead_key: "metrics_run_cpu_overhead_percent",
         overhead_name: "metrics alone",
     },
     Setup {
@@ -333,8 +373,10 @@ const SETUPS: [Setup; 4] = [
         traces: true,
         rate_key: "traces_tasks_per_s",
         cpu_key: "traces_cpu_s",
+        run_cpu_key: "traces_run_cpu_s",
         overhead_key: "traces_overhead_percent",
         cpu_overhead_key: "traces_cpu_overhead_percent",
+        run_cpu_overhead_key: "traces_run_cpu_overhead_percent",
         overhead_name: "traces alone",
     },
     Setup {
@@ -343,8 +385,10 @@ const SETUPS: [Setup; 4] = [
         traces: true,
         rate_key: "on_tasks_per_s",
         cpu_key: "on_cpu_s",
+        run_cpu_key: "on_run_cpu_s",
         overhead_key: "overhead_percent",
         cpu_overhead_key: "cpu_overhead_percent",
+        run_cpu_overhead_key: "run_cpu_overhead_percent",
         overhead_name: "both",
     },
 ];
@@ -414,6 +458,7 @@ pub async fn run(
             rates: Vec::new(),
             spans: Vec::new(),
             cpu: Vec::new(),
+            run_cpu: Vec::new(),
         });
     }
     // Spans of the start-up (registration) are not a run's.
@@ -424,17 +469,24 @@ pub async fn run(
             for offset in 0..sides.len() {
                 let side = &mut sides[(round + offset) % SETUPS.len()];
                 let cpu_before = cpu_time(side.dev.pid())?;
-                let rate = side.run_once(tasks).await?;
+                let (rate, run_cpu) = side.run_once(tasks).await?;
                 side.rates.push(rate);
+                side.run_cpu.push(run_cpu.as_secs_f64());
                 line.push_str(&format!(" {} {} tasks/s", side.setup.name, number(rate)));
+                // Every setup waits alike, so that each CPU figure spans
+                // as much idle time and each run follows as long a pause.
+                let spans = spans_settled(&counter).await?;
                 if side.setup.traces {
-                    let spans = spans_settled(&counter).await?;
                     side.spans.push(spans as f64);
                     line.push_str(&format!(" ({} spans)", number(spans as f64)));
                 }
                 let cpu = cpu_time(side.dev.pid())?.saturating_sub(cpu_before);
                 side.cpu.push(cpu.as_secs_f64());
-                line.push_str(&format!(" {} CPU-s;", number(cpu.as_secs_f64())));
+                line.push_str(&format!(
+                    " {} CPU-s, {} in the run;",
+                    number(cpu.as_secs_f64()),
+                    number(run_cpu.as_secs_f64())
+                ));
             }
             println!("{line}");
         }
@@ -458,9 +510,23 @@ pub async fn run(
     );
     anyhow::ensure!(failed == 0, "{failed} scrapes of /metrics failed");
     anyhow::ensure!(scraped > 0, "/metrics was never scraped");
+    let scrape_seconds = std::mem::take(
+        &mut *scrapes
+            .seconds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    report.figures.push(Figure::new(
+        SCENARIO,
+        "scrape_s",
+        "one scrape of /metrics, request to last byte",
+        "s",
+        scrape_seconds,
+    ));
 
     let off = stats::median(&sides[0].rates);
     let off_cpu = stats::median(&sides[0].cpu);
+    let off_run_cpu = stats::median(&sides[0].run_cpu);
     for side in &sides {
         let setup = side.setup;
         let rate = stats::median(&side.rates);
@@ -477,6 +543,13 @@ pub async fn run(
             format!("CPU of the process per run, {}", setup.name),
             "s",
             side.cpu.clone(),
+        ));
+        report.figures.push(Figure::new(
+            SCENARIO,
+            setup.run_cpu_key,
+            format!("CPU of the process in the run, {}", setup.name),
+            "s",
+            side.run_cpu.clone(),
         ));
         report.comparisons.extend(compare(
             report,
@@ -498,6 +571,17 @@ pub async fn run(
             "%",
             vec![cpu_overhead],
         ));
+        let run_cpu_overhead = (stats::median(&side.run_cpu) / off_run_cpu - 1.0) * 100.0;
+        report.figures.push(Figure::new(
+            SCENARIO,
+            setup.run_cpu_overhead_key,
+            format!(
+                "{}: CPU in the run, median / median off − 1",
+                setup.overhead_name
+            ),
+            "%",
+            vec![run_cpu_overhead],
+        ));
         let overhead = (1.0 - rate / off) * 100.0;
         let mut figure = Figure::new(
             SCENARIO,
@@ -511,6 +595,32 @@ pub async fn run(
         }
         report.figures.push(figure);
     }
+    // What the spans cost where they are made, beside what a task costs
+    // with traces off: the direct cost of traces in the run, free of the
+    // machine's drift between runs.
+    let span_work = span_work_per_task(width)?;
+    let off_ns_per_task = off_run_cpu * 1e9 / tasks as f64;
+    println!(
+        "  span work of a traced run, timed here: {} ns per task (median of {SPAN_WORK_PASSES} passes over {} tasks) = {:.1} % of off's {} ns of CPU per task in the run",
+        number(stats::median(&span_work)),
+        number(width as f64),
+        stats::median(&span_work) / off_ns_per_task * 100.0,
+        number(off_ns_per_task)
+    );
+    report.figures.push(Figure::new(
+        SCENARIO,
+        "span_work_ns_per_task",
+        "span work per task of a traced run, timed in the benchmark",
+        "ns",
+        span_work.clone(),
+    ));
+    report.figures.push(Figure::new(
+        SCENARIO,
+        "span_work_percent_of_off",
+        "span work per task / off's CPU per task in the run",
+        "%",
+        vec![stats::median(&span_work) / off_ns_per_task * 100.0],
+    ));
     let spans: Vec<f64> = sides
         .iter()
         .filter(|side| side.setup.traces)
@@ -524,4 +634,87 @@ pub async fn run(
         spans,
     ));
     Ok(())
+}
+
+/// The work a traced run adds per task where its spans are made, timed in
+/// this process on a queue like the processes' (Baton's default limits):
+/// the controller's `traceparent` for the `Assign`, the worker's reading of
+/// it and its `execute` span, and the controller's `attempt` span, each
+/// built, encoded and queued as `baton` does (the scheduler's spans wait
+/// for their batch). Sending them is left out: the exporter sends after the
+/// run. Nanoseconds per task, one sample per pass over `width` tasks.
+fn span_work_per_task(width: usize) -> anyhow::Result<Vec<f64>> {
+    let queue = SpanQueue::new(QueueLimits {
+        max_queued: 65_536,
+        max_batch: 512,
+    });
+    let controller = SpanSink::new(
+        Arc::clone(&queue),
+        Box::new(opentelemetry_sdk::trace::Sampler::AlwaysOn),
+        CONTROLLER_SCOPE,
+    );
+    let worker = controller.with_scope(WORKER_SCOPE);
+    let run_id = RunId::generate();
+    let task_ids: Vec<String> = (0..width).map(|index| format!("noop-{index}")).collect();
+    // Attempt ids are made whether traces are on or not.
+    let attempt_ids: Vec<AttemptId> = (0..width).map(|_| AttemptId::generate()).collect();
+    let mut pending = EncodedSpans::default();
+    let mut samples = Vec::with_capacity(SPAN_WORK_PASSES);
+    for _ in 0..SPAN_WORK_PASSES {
+        let started = Instant::now();
+        for (index, (task_id, attempt_id)) in task_ids.iter().zip(&attempt_ids).enumerate() {
+            let leased_at = now_micros();
+            let traceparent = attempt_traceparent(run_id, *attempt_id, true);
+            let (trace_id, parent_span_id) =
+                sampled_parent(&traceparent).context("the traceparent does not parse")?;
+            let execution_start = std::time::SystemTime::now();
+            let (attributes, status) =
+                execution_attributes("bench-worker", AttemptOutcome::Succeeded, None, Some(""));
+            worker.export(&SpanRecord {
+                trace_id,
+                span_id: SpanId::from_bytes(rand::random::<u64>().max(1).to_be_bytes()),
+                parent_span_id,
+                parent_is_remote: true,
+                name: "execute",
+                start: execution_start,
+                end: std::time::SystemTime::now(),
+                attributes,
+                status,
+            });
+            let span = attempt_span(AttemptSpanFields {
+                identity: AttemptIdentity {
+                    dag_id: DAG_ID,
+                    run_id,
+                    task_id,
+                    attempt: 1,
+                    attempt_id: *attempt_id,
+                    worker_id: Some("bench-worker"),
+                },
+                leased_at,
+                recorded_at: now_micros(),
+                outcome: AttemptOutcome::Succeeded,
+                exit_code: None,
+                error: None,
+            });
+            controller.encode(&span, &mut pending);
+            if (index + 1) % SPAN_WORK_BATCH == 0 {
+                controller.export_encoded(&mut pending);
+            }
+        }
+        controller.export_encoded(&mut pending);
+        samples.push(started.elapsed().as_nanos() as f64 / width as f64);
+        // The exporter's part, untimed: the chunks go back for reuse.
+        let mut taken = 0;
+        while let Some(chunk) = queue.take(true) {
+            taken += chunk.spans();
+            queue.recycle(chunk);
+        }
+        anyhow::ensure!(
+            taken == 2 * width && queue.dropped() == 0,
+            "{taken} spans queued of {}, {} dropped",
+            2 * width,
+            queue.dropped()
+        );
+    }
+    Ok(samples)
 }
