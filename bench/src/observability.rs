@@ -537,51 +537,52 @@ pub async fn run(
             "tasks/s",
             side.rates.clone(),
         ));
-        report.figures.push(Figure::new(
-            SCENARIO,
-            setup.cpu_key,
-            format!("CPU of the process per run, {}", setup.name),
-            "s",
-            side.cpu.clone(),
-        ));
-        report.figures.push(Figure::new(
-            SCENARIO,
-            setup.run_cpu_key,
-            format!("CPU of the process in the run, {}", setup.name),
-            "s",
-            side.run_cpu.clone(),
-        ));
         report.comparisons.extend(compare(
             report,
             &format!("observability {} {} tasks/s", setup.name, number(rate)),
             rate,
             true,
         ));
+        let cpu_figures = [
+            (
+                "per run",
+                setup.cpu_key,
+                setup.cpu_overhead_key,
+                &side.cpu,
+                off_cpu,
+            ),
+            (
+                "in the run",
+                setup.run_cpu_key,
+                setup.run_cpu_overhead_key,
+                &side.run_cpu,
+                off_run_cpu,
+            ),
+        ];
+        for (when, key, overhead_key, samples, off_median) in cpu_figures {
+            report.figures.push(Figure::new(
+                SCENARIO,
+                key,
+                format!("CPU of the process {when}, {}", setup.name),
+                "s",
+                samples.clone(),
+            ));
+            if !overhead_key.is_empty() {
+                report.figures.push(Figure::new(
+                    SCENARIO,
+                    overhead_key,
+                    format!(
+                        "{}: CPU {when}, median / median off − 1",
+                        setup.overhead_name
+                    ),
+                    "%",
+                    vec![(stats::median(samples) / off_median - 1.0) * 100.0],
+                ));
+            }
+        }
         if setup.overhead_key.is_empty() {
             continue;
         }
-        let cpu_overhead = (stats::median(&side.cpu) / off_cpu - 1.0) * 100.0;
-        report.figures.push(Figure::new(
-            SCENARIO,
-            setup.cpu_overhead_key,
-            format!(
-                "{}: CPU per run, median / median off − 1",
-                setup.overhead_name
-            ),
-            "%",
-            vec![cpu_overhead],
-        ));
-        let run_cpu_overhead = (stats::median(&side.run_cpu) / off_run_cpu - 1.0) * 100.0;
-        report.figures.push(Figure::new(
-            SCENARIO,
-            setup.run_cpu_overhead_key,
-            format!(
-                "{}: CPU in the run, median / median off − 1",
-                setup.overhead_name
-            ),
-            "%",
-            vec![run_cpu_overhead],
-        ));
         let overhead = (1.0 - rate / off) * 100.0;
         let mut figure = Figure::new(
             SCENARIO,
