@@ -46,9 +46,9 @@ use baton_common::traces::{
     WORKER_SCOPE, execution_attributes, sampled_parent,
 };
 use baton_controller::traces::{AttemptSpanFields, attempt_span, attempt_traceparent};
-use opentelemetry::trace::SpanId;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -291,9 +291,8 @@ struct Side {
 
 impl Side {
     /// Runs the DAG once and waits until the process is idle; returns its
-    /// tasks/s and the CPU time the process took until the run succeeded.
+    /// tasks/s and the process's CPU time when the run was seen to succeed.
     async fn run_once(&mut self, tasks: usize) -> anyhow::Result<(f64, Duration)> {
-        let cpu_before = cpu_time(self.dev.pid())?;
         let run_id = trigger(&mut self.client, DAG_ID).await?;
         let finished = wait_success(
             &mut self.client,
@@ -304,9 +303,9 @@ impl Side {
             || {},
         )
         .await?;
-        let run_cpu = cpu_time(self.dev.pid())?.saturating_sub(cpu_before);
+        let cpu_at_success = cpu_time(self.dev.pid())?;
         settle(self.dev.pid()).await?;
-        Ok((tasks as f64 / run_seconds(&finished.run)?, run_cpu))
+        Ok((tasks as f64 / run_seconds(&finished.run)?, cpu_at_success))
     }
 }
 
@@ -469,7 +468,8 @@ pub async fn run(
             for offset in 0..sides.len() {
                 let side = &mut sides[(round + offset) % SETUPS.len()];
                 let cpu_before = cpu_time(side.dev.pid())?;
-                let (rate, run_cpu) = side.run_once(tasks).await?;
+                let (rate, cpu_at_success) = side.run_once(tasks).await?;
+                let run_cpu = cpu_at_success.saturating_sub(cpu_before);
                 side.rates.push(rate);
                 side.run_cpu.push(run_cpu.as_secs_f64());
                 line.push_str(&format!(" {} {} tasks/s", side.setup.name, number(rate)));
@@ -600,12 +600,13 @@ pub async fn run(
     // with traces off: the direct cost of traces in the run, free of the
     // machine's drift between runs.
     let span_work = span_work_per_task(width)?;
+    let span_work_ns = stats::median(&span_work);
     let off_ns_per_task = off_run_cpu * 1e9 / tasks as f64;
+    let span_work_percent = span_work_ns / off_ns_per_task * 100.0;
     println!(
-        "  span work of a traced run, timed here: {} ns per task (median of {SPAN_WORK_PASSES} passes over {} tasks) = {:.1} % of off's {} ns of CPU per task in the run",
-        number(stats::median(&span_work)),
+        "  span work of a traced run, timed here: {} ns per task (median of {SPAN_WORK_PASSES} passes over {} tasks) = {span_work_percent:.1} % of off's {} ns of CPU per task in the run",
+        number(span_work_ns),
         number(width as f64),
-        stats::median(&span_work) / off_ns_per_task * 100.0,
         number(off_ns_per_task)
     );
     report.figures.push(Figure::new(
@@ -613,14 +614,14 @@ pub async fn run(
         "span_work_ns_per_task",
         "span work per task of a traced run, timed in the benchmark",
         "ns",
-        span_work.clone(),
+        span_work,
     ));
     report.figures.push(Figure::new(
         SCENARIO,
         "span_work_percent_of_off",
         "span work per task / off's CPU per task in the run",
         "%",
-        vec![stats::median(&span_work) / off_ns_per_task * 100.0],
+        vec![span_work_percent],
     ));
     let spans: Vec<f64> = sides
         .iter()
@@ -645,10 +646,7 @@ pub async fn run(
 /// for their batch). Sending them is left out: the exporter sends after the
 /// run. Nanoseconds per task, one sample per pass over `width` tasks.
 fn span_work_per_task(width: usize) -> anyhow::Result<Vec<f64>> {
-    let queue = SpanQueue::new(QueueLimits {
-        max_queued: 65_536,
-        max_batch: 512,
-    });
+    let queue = SpanQueue::new(QueueLimits::DEFAULT);
     let controller = SpanSink::new(
         Arc::clone(&queue),
         Box::new(opentelemetry_sdk::trace::Sampler::AlwaysOn),
@@ -673,7 +671,7 @@ fn span_work_per_task(width: usize) -> anyhow::Result<Vec<f64>> {
                 execution_attributes("bench-worker", AttemptOutcome::Succeeded, None, Some(""));
             worker.export(&SpanRecord {
                 trace_id,
-                span_id: SpanId::from_bytes(rand::random::<u64>().max(1).to_be_bytes()),
+                span_id: RandomIdGenerator::default().new_span_id(),
                 parent_span_id,
                 parent_is_remote: true,
                 name: "execute",

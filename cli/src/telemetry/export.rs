@@ -47,12 +47,6 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 /// The collector's address when no variable names one (the OTLP default).
 const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
 
-/// Spans queued at most unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise: a
-/// 10,000-task fan-out ends 20,000 in well under a second, more than the
-/// SDK's default of 2,048 holds. About 20 MiB when full, and at most as
-/// much again in emptied chunks kept for reuse.
-const DEFAULT_QUEUE_SIZE: usize = 65_536;
-
 /// What the exporter reads from the environment, validated.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
@@ -148,9 +142,13 @@ impl ExportConfig {
                 .with_context(|| format!("{name}: `{value}` is not a positive whole number")),
             None => Ok(default),
         };
-        let max_queued = count("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)?;
+        let max_queued = count("OTEL_BSP_MAX_QUEUE_SIZE", QueueLimits::DEFAULT.max_queued)?;
         // A batch larger than the queue is the queue (as the SDK does).
-        let max_batch = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.min(max_queued);
+        let max_batch = count(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            QueueLimits::DEFAULT.max_batch,
+        )?
+        .min(max_queued);
         Ok(Self {
             endpoint,
             headers,

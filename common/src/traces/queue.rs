@@ -37,6 +37,19 @@ pub struct QueueLimits {
     pub max_batch: usize,
 }
 
+impl QueueLimits {
+    /// Baton's limits unless `OTEL_BSP_MAX_QUEUE_SIZE` and
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` say otherwise. The queue holds
+    /// 65,536 spans: a 10,000-task fan-out ends 20,000 in well under a
+    /// second, more than the SDK's default of 2,048 holds. About 20 MiB when
+    /// full, and at most as much again in emptied chunks kept for reuse.
+    /// Requests carry 512, the SDK's default.
+    pub const DEFAULT: Self = Self {
+        max_queued: 65_536,
+        max_batch: 512,
+    };
+}
+
 /// Spans of one scope encoded for export, in the queue's chunk format.
 #[derive(Debug, Default)]
 pub struct EncodedSpans {
