@@ -230,13 +230,15 @@ pub fn status(failed: bool, description: Option<&str>) -> SpanStatus<'_> {
 /// and whether the trace is sampled. Written directly, once per dispatch:
 /// it is the same text the W3C propagator writes.
 pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> String {
-    let mut text = String::with_capacity(TRACEPARENT_LEN);
-    text.push_str("00-");
+    // Bytes first, then one ASCII check: pushing `char`s would encode each
+    // digit as UTF-8.
+    let mut text = Vec::with_capacity(TRACEPARENT_LEN);
+    text.extend_from_slice(b"00-");
     push_hex(&mut text, &trace_id.to_bytes());
-    text.push('-');
+    text.push(b'-');
     push_hex(&mut text, &span_id.to_bytes());
-    text.push_str(if sampled { "-01" } else { "-00" });
-    text
+    text.extend_from_slice(if sampled { b"-01" } else { b"-00" });
+    String::from_utf8(text).expect("a traceparent is ASCII")
 }
 
 /// Length of a version-00 `traceparent`.
@@ -244,28 +246,43 @@ const TRACEPARENT_LEN: usize = 55;
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-fn push_hex(text: &mut String, bytes: &[u8]) {
+fn push_hex(text: &mut Vec<u8>, bytes: &[u8]) {
     for byte in bytes {
-        text.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(HEX_DIGITS[usize::from(byte & 0xf)]));
+        text.push(HEX_DIGITS[usize::from(byte >> 4)]);
+        text.push(HEX_DIGITS[usize::from(byte & 0xf)]);
     }
 }
 
+/// Not a lowercase hex digit, in [`HEX_VALUES`].
+const NOT_HEX: u8 = 0x10;
+
+/// Each byte's value as a lowercase hex digit, or [`NOT_HEX`].
+const HEX_VALUES: [u8; 256] = {
+    let mut values = [NOT_HEX; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        values[HEX_DIGITS[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    values
+};
+
 /// Lowercase hex digits as bytes (W3C trace context allows no uppercase).
+/// Every digit is looked up and checked once at the end: a `traceparent`
+/// is parsed per execution, and is almost always valid.
 fn decode_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
-    let digit = |char: u8| match char {
-        b'0'..=b'9' => Some(char - b'0'),
-        b'a'..=b'f' => Some(char - b'a' + 10),
-        _ => None,
-    };
     if text.len() != 2 * N {
         return None;
     }
     let mut bytes = [0; N];
+    let mut invalid = 0;
     for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+        let high = HEX_VALUES[usize::from(pair[0])];
+        let low = HEX_VALUES[usize::from(pair[1])];
+        invalid |= high | low;
+        *byte = high << 4 | low;
     }
-    Some(bytes)
+    (invalid & NOT_HEX == 0).then_some(bytes)
 }
 
 /// The parent a `traceparent` names, when it is valid (version 00, ids not
@@ -394,6 +411,8 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00+4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bG-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01",
         ] {
             assert_eq!(sampled_parent(text), None, "{text:?}");
         }
