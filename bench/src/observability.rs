@@ -42,13 +42,12 @@ use baton_common::ids::{AttemptId, RunId};
 use baton_common::pb::api::AttemptOutcome;
 use baton_common::time::now_micros;
 use baton_common::traces::{
-    AttemptIdentity, CONTROLLER_SCOPE, EncodedSpans, QueueLimits, SpanQueue, SpanRecord, SpanSink,
-    WORKER_SCOPE, execution_attributes, sampled_parent,
+    AttemptIdentity, CONTROLLER_SCOPE, EncodedSpans, ExecutionSpanFields, QueueLimits, SpanQueue,
+    SpanSink, WORKER_SCOPE, execution_span, sampled_parent,
 };
 use baton_controller::traces::{AttemptSpanFields, attempt_span, attempt_traceparent};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
-use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -667,19 +666,16 @@ fn span_work_per_task(width: usize) -> anyhow::Result<Vec<f64>> {
             let (trace_id, parent_span_id) =
                 sampled_parent(&traceparent).context("the traceparent does not parse")?;
             let execution_start = std::time::SystemTime::now();
-            let (attributes, status) =
-                execution_attributes("bench-worker", AttemptOutcome::Succeeded, None, Some(""));
-            worker.export(&SpanRecord {
+            worker.export(&execution_span(ExecutionSpanFields {
                 trace_id,
-                span_id: RandomIdGenerator::default().new_span_id(),
                 parent_span_id,
-                parent_is_remote: true,
-                name: "execute",
                 start: execution_start,
                 end: std::time::SystemTime::now(),
-                attributes,
-                status,
-            });
+                worker_id: "bench-worker",
+                outcome: AttemptOutcome::Succeeded,
+                exit_code: None,
+                error: Some(""),
+            }));
             let span = attempt_span(AttemptSpanFields {
                 identity: AttemptIdentity {
                     dag_id: DAG_ID,

@@ -25,10 +25,9 @@ use std::time::Duration;
 use baton_common::ids::AttemptId;
 use baton_common::pb::api::{self, controller_message, worker_message};
 use baton_common::time;
-use baton_common::traces::{SpanRecord, SpanSink, execution_attributes, sampled_parent};
+use baton_common::traces::{ExecutionSpanFields, SpanSink, execution_span, sampled_parent};
 use futures::FutureExt;
 use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
@@ -687,23 +686,16 @@ impl ExecutionTrace {
     /// Exports the span, ending now, with who ran the attempt and how it
     /// ended (its parent names the attempt).
     fn export(self, sink: &SpanSink, worker_id: &str, result: &AttemptResult) {
-        let (attributes, status) = execution_attributes(
-            worker_id,
-            result.outcome,
-            result.exit_code,
-            Some(&result.error),
-        );
-        sink.export(&SpanRecord {
+        sink.export(&execution_span(ExecutionSpanFields {
             trace_id: self.trace_id,
-            span_id: RandomIdGenerator::default().new_span_id(),
             parent_span_id: self.parent_span_id,
-            parent_is_remote: true,
-            name: "execute",
             start: self.start,
             end: std::time::SystemTime::now(),
-            attributes,
-            status,
-        });
+            worker_id,
+            outcome: result.outcome,
+            exit_code: result.exit_code,
+            error: Some(&result.error),
+        }));
     }
 }
 

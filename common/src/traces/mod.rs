@@ -29,7 +29,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
-use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+use opentelemetry_sdk::trace::{
+    IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample,
+};
 
 pub use otlp::{Attribute, AttributeValue, EncodedResource, SpanRecord, SpanStatus};
 pub use queue::{Chunk, EncodedSpans, QueueLimits, QueueProcessor, SpanQueue};
@@ -185,20 +187,45 @@ pub fn attempt_attributes<'a>(
     (attributes, status(outcome_is_failure(outcome), error))
 }
 
-/// The attributes of a worker's span of an execution: what the worker adds
-/// to its parent, the controller's span of the attempt, which names the
-/// attempt (dag, run, task, attempt and attempt ids). Repeating those on
-/// the child would add about half its bytes to every trace for no
-/// question a trace view cannot already answer.
-pub fn execution_attributes<'a>(
-    worker_id: &'a str,
-    outcome: AttemptOutcome,
-    exit_code: Option<i32>,
-    error: Option<&'a str>,
-) -> (Attributes<'a>, SpanStatus<'a>) {
+/// What a worker's span of an execution says: its parent (the
+/// controller's span of the attempt, from the `Assign`'s `traceparent`),
+/// its times, who ran it and how it ended.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutionSpanFields<'a> {
+    pub trace_id: TraceId,
+    pub parent_span_id: SpanId,
+    pub start: std::time::SystemTime,
+    pub end: std::time::SystemTime,
+    pub worker_id: &'a str,
+    pub outcome: AttemptOutcome,
+    pub exit_code: Option<i32>,
+    pub error: Option<&'a str>,
+}
+
+/// The worker's `execute` span, a child of another process's span with an
+/// id of its own. Its attributes are what the worker adds to its parent,
+/// which names the attempt (dag, run, task, attempt and attempt ids).
+/// Repeating those on the child would add about half its bytes to every
+/// trace for no question a trace view cannot already answer.
+pub fn execution_span(fields: ExecutionSpanFields<'_>) -> SpanRecord<'_> {
     let mut attributes = Attributes::new();
-    push_outcome(&mut attributes, Some(worker_id), outcome, exit_code);
-    (attributes, status(outcome_is_failure(outcome), error))
+    push_outcome(
+        &mut attributes,
+        Some(fields.worker_id),
+        fields.outcome,
+        fields.exit_code,
+    );
+    SpanRecord {
+        trace_id: fields.trace_id,
+        span_id: RandomIdGenerator::default().new_span_id(),
+        parent_span_id: fields.parent_span_id,
+        parent_is_remote: true,
+        name: "execute",
+        start: fields.start,
+        end: fields.end,
+        attributes,
+        status: status(outcome_is_failure(fields.outcome), fields.error),
+    }
 }
 
 /// Who ran an attempt and how it ended.
