@@ -134,6 +134,11 @@ struct Args {
     /// Keep the temp directory (data dirs and process logs) for inspection.
     #[arg(long)]
     keep_temp: bool,
+    /// `observability` with every process's metrics and traces off (an A/A
+    /// test): what it reports as overheads is the spread between identical
+    /// processes, the measurement's floor.
+    #[arg(long)]
+    observability_identical: bool,
     /// Slots of each of the 4 workers of the cluster scenarios.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     worker_slots: u32,
@@ -462,6 +467,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             repeat,
             args.slots,
             args.fanout_width,
+            args.observability_identical,
             &mut report,
         );
         record(&mut failures, observability::SCENARIO, scenario).await;

@@ -1,8 +1,10 @@
 //! `observability`: what metrics and trace export cost, as fan-out
 //! throughput with both on against both off, in the same invocation.
 //!
-//! Four `baton dev --slots N` processes stay up side by side, each with
-//! the fan-out DAG (`start` → `width` noops → `end`):
+//! Four `baton dev --slots N` processes run side by side, each with the
+//! fan-out DAG (`start` → `width` noops → `end`), restarted together on
+//! fresh data directories every [`ROUNDS_PER_GENERATION`] rounds, each
+//! generation after one unmeasured run on each:
 //! - **off**: no `--metrics-listen`, no OTLP endpoint (the default);
 //! - **metrics**: `--metrics-listen`, scraped every [`SCRAPE_EVERY`] for
 //!   the whole scenario, as Prometheus would (its example configuration
@@ -22,8 +24,13 @@
 //! judged is `on`'s. The CPU time each process took is reported too, with
 //! its overhead over `off`, twice: in the run (from the trigger until the
 //! benchmark saw it succeed: what competes with the run) and per run (until
-//! it is idle again and its spans are exported: the whole cost). CPU time
+//! it is idle again and its spans are exported: the whole cost), summed
+//! over the process's threads in nanoseconds (`ThreadTimes`). CPU time
 //! varies less from run to run than throughput on a shared 2-core machine.
+//!
+//! With `identical` every process runs as `off` under its setup's name (an
+//! A/A test): its "overheads" are the spread between identical processes,
+//! the floor against which the target is judged.
 //!
 //! The scraper and the receiver run in this process, on the same cores as
 //! the processes measured. The receiver keeps what it is sent as bytes and
@@ -32,7 +39,7 @@
 //! requests) is counted against the setups that have them, so the
 //! overheads are upper bounds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -54,7 +61,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::procs::{Proc, cpu_time, free_port, settle, start_dev_with};
+use crate::procs::{Proc, ThreadTimes, free_port, settle, start_dev_with};
 use crate::reference::compare;
 use crate::report::{Figure, Goal, Report, number};
 use crate::runs::{fanout_spec, register, run_seconds, trigger, wait_success};
@@ -70,6 +77,14 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The exporter's batch delay, so the last spans of a run leave soon after
 /// it (full batches of 512 leave at once anyway).
 const BATCH_DELAY_MS: &str = "1000";
+/// Rounds between restarts of the four processes, each on a fresh data
+/// directory. A process keeps for as long as it runs whatever it started
+/// with (which threads share which of malloc's two arenas, where its
+/// memory lies, its store's layout): four identical processes side by side
+/// ran up to 5 % apart in CPU and further in tasks/s, for many rounds in a
+/// row. Restarting them resamples that, so that more rounds do average it
+/// out rather than fold one draw into every setup's median.
+const ROUNDS_PER_GENERATION: usize = 10;
 /// Spans have stopped arriving once none came for this long.
 const SPANS_QUIET: Duration = Duration::from_millis(2500);
 const SPANS_LIMIT: Duration = Duration::from_secs(120);
@@ -273,25 +288,19 @@ async fn spans_settled(counter: &SpanCounter) -> anyhow::Result<u64> {
     anyhow::bail!("spans were still arriving {SPANS_LIMIT:?} later")
 }
 
-struct Side {
-    setup: Setup,
+/// One setup's process of the current generation, with its scraper.
+struct Running {
     dev: Proc,
     client: baton_common::client::BatonClient,
-    rates: Vec<f64>,
-    spans: Vec<f64>,
-    /// CPU time of the process per run, from the trigger until it is idle
-    /// again and no spans arrived for [`SPANS_QUIET`] (with traces: its
-    /// spans are all exported).
-    cpu: Vec<f64>,
-    /// CPU time of the process from the trigger until the benchmark saw
-    /// the run succeed: what competes with the run itself.
-    run_cpu: Vec<f64>,
+    /// The process's data directory, removed once it stopped.
+    data_dir: PathBuf,
+    scraper: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
-impl Side {
+impl Running {
     /// Runs the DAG once and waits until the process is idle; returns its
     /// tasks/s and the process's CPU time when the run was seen to succeed.
-    async fn run_once(&mut self, tasks: usize) -> anyhow::Result<(f64, Duration)> {
+    async fn run_once(&mut self, tasks: usize) -> anyhow::Result<(f64, ThreadTimes)> {
         let run_id = trigger(&mut self.client, DAG_ID).await?;
         let finished = wait_success(
             &mut self.client,
@@ -302,10 +311,34 @@ impl Side {
             || {},
         )
         .await?;
-        let cpu_at_success = cpu_time(self.dev.pid())?;
+        let cpu_at_success = ThreadTimes::read(self.dev.pid())?;
         settle(self.dev.pid()).await?;
         Ok((tasks as f64 / run_seconds(&finished.run)?, cpu_at_success))
     }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some((stop, scraper)) = self.scraper.take() {
+            stop.cancel();
+            let _ = scraper.await;
+        }
+        self.dev.stop().await;
+        std::fs::remove_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot remove {}", self.data_dir.display()))
+    }
+}
+
+struct Side {
+    setup: Setup,
+    running: Option<Running>,
+    rates: Vec<f64>,
+    spans: Vec<f64>,
+    /// CPU time of the process per run, from the trigger until it is idle
+    /// again and no spans arrived for [`SPANS_QUIET`] (with traces: its
+    /// spans are all exported).
+    cpu: Vec<f64>,
+    /// CPU time of the process from the trigger until the benchmark saw
+    /// the run succeed: what competes with the run itself.
+    run_cpu: Vec<f64>,
 }
 
 /// What one of the processes has on.
@@ -391,20 +424,85 @@ const SETUPS: [Setup; 4] = [
     },
 ];
 
+/// What starting a setup's process takes, the same for each generation.
+struct Launch<'a> {
+    binary: &'a Path,
+    work: &'a Path,
+    slots: u32,
+    spec: &'a str,
+    endpoint: &'a str,
+    queue_size: Option<&'a str>,
+    http: &'a reqwest::Client,
+    scrapes: &'a Arc<Scrapes>,
+    /// Every process as `off` (see [`run`]'s `identical`).
+    identical: bool,
+}
+
+impl Launch<'_> {
+    /// Starts `setup`'s process of `generation` on a fresh data directory,
+    /// with the DAG registered and, with metrics, a scraper.
+    async fn start(&self, setup: Setup, generation: usize) -> anyhow::Result<Running> {
+        let mut args = Vec::new();
+        let mut envs = Vec::new();
+        let metrics_address = if setup.metrics && !self.identical {
+            let address = format!("127.0.0.1:{}", free_port()?);
+            args = vec!["--metrics-listen".to_string(), address.clone()];
+            Some(address)
+        } else {
+            None
+        };
+        if setup.traces && !self.identical {
+            envs = vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint),
+                ("OTEL_BSP_SCHEDULE_DELAY", BATCH_DELAY_MS),
+            ];
+            if let Some(queue_size) = self.queue_size {
+                envs.push(("OTEL_BSP_MAX_QUEUE_SIZE", queue_size));
+            }
+        }
+        let name = format!("observability-{}-{generation}", setup.name);
+        let (dev, mut client) =
+            start_dev_with(self.binary, self.work, &name, self.slots, &args, &envs).await?;
+        register(&mut client, self.spec.to_string()).await?;
+        let scraper = metrics_address.map(|address| {
+            let stop = CancellationToken::new();
+            let scraper = start_scraper(
+                self.http.clone(),
+                format!("http://{address}/metrics"),
+                Arc::clone(self.scrapes),
+                stop.clone(),
+            );
+            (stop, scraper)
+        });
+        Ok(Running {
+            dev,
+            client,
+            data_dir: self.work.join(format!("{name}-data")),
+            scraper,
+        })
+    }
+}
+
 pub async fn run(
     binary: &Path,
     work: &Path,
     repeat: usize,
     slots: u32,
     width: usize,
+    identical: bool,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let tasks = width + 2;
     println!(
-        "== observability: fanout of {} noops with metrics (scraped every {} s) and trace export, each on and off, baton dev --slots {slots}, {repeat} runs each, in rotating order ==",
+        "== observability: fanout of {} noops with metrics (scraped every {} s) and trace export, each on and off, baton dev --slots {slots}, {repeat} runs each, in rotating order, the processes restarted every {ROUNDS_PER_GENERATION} rounds ==",
         number(width as f64),
         SCRAPE_EVERY.as_secs()
     );
+    if identical {
+        println!(
+            "  identical: every process has metrics and traces off; the setups' names only tell the processes apart"
+        );
+    }
     let stop = CancellationToken::new();
     let counter = Arc::new(SpanCounter::default());
     let endpoint = start_receiver(Arc::clone(&counter), stop.clone()).await?;
@@ -417,69 +515,65 @@ pub async fn run(
     // The exporter's queue: Baton's default unless this process's
     // environment says otherwise (to see what a smaller queue drops).
     let queue_size = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").ok();
-    let mut sides = Vec::new();
-    let mut scrapers = Vec::new();
-    for setup in SETUPS {
-        let mut args = Vec::new();
-        let mut envs = Vec::new();
-        let metrics_address = if setup.metrics {
-            let address = format!("127.0.0.1:{}", free_port()?);
-            args = vec!["--metrics-listen".to_string(), address.clone()];
-            Some(address)
-        } else {
-            None
-        };
-        if setup.traces {
-            envs = vec![
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-                ("OTEL_BSP_SCHEDULE_DELAY", BATCH_DELAY_MS),
-            ];
-            if let Some(queue_size) = &queue_size {
-                envs.push(("OTEL_BSP_MAX_QUEUE_SIZE", queue_size.as_str()));
-            }
-        }
-        let name = format!("observability-{}", setup.name);
-        let (dev, mut client) = start_dev_with(binary, work, &name, slots, &args, &envs).await?;
-        register(&mut client, spec.clone()).await?;
-        if let Some(metrics_address) = metrics_address {
-            scrapers.push(start_scraper(
-                http.clone(),
-                format!("http://{metrics_address}/metrics"),
-                Arc::clone(&scrapes),
-                stop.clone(),
-            ));
-        }
-        sides.push(Side {
+    let launch = Launch {
+        binary,
+        work,
+        slots,
+        spec: &spec,
+        endpoint: &endpoint,
+        queue_size: queue_size.as_deref(),
+        http: &http,
+        scrapes: &scrapes,
+        identical,
+    };
+    let mut sides: Vec<Side> = SETUPS
+        .iter()
+        .map(|&setup| Side {
             setup,
-            dev,
-            client,
+            running: None,
             rates: Vec::new(),
             spans: Vec::new(),
             cpu: Vec::new(),
             run_cpu: Vec::new(),
-        });
-    }
-    // Spans of the start-up (registration) are not a run's.
-    spans_settled(&counter).await?;
+        })
+        .collect();
     let outcome: anyhow::Result<()> = async {
         for round in 0..repeat {
+            if round % ROUNDS_PER_GENERATION == 0 {
+                let generation = round / ROUNDS_PER_GENERATION;
+                for side in &mut sides {
+                    if let Some(running) = side.running.take() {
+                        running.stop().await?;
+                    }
+                    side.running = Some(launch.start(side.setup, generation).await?);
+                }
+                // Spans of the start-up (registration) and of the warm-up
+                // runs are not a measured run's.
+                for side in &mut sides {
+                    let running = side.running.as_mut().expect("started above");
+                    running.run_once(tasks).await?;
+                }
+                spans_settled(&counter).await?;
+            }
             let mut line = format!("  round #{}:", round + 1);
             for offset in 0..sides.len() {
                 let side = &mut sides[(round + offset) % SETUPS.len()];
-                let cpu_before = cpu_time(side.dev.pid())?;
-                let (rate, cpu_at_success) = side.run_once(tasks).await?;
-                let run_cpu = cpu_at_success.saturating_sub(cpu_before);
+                let running = side.running.as_mut().expect("each generation starts all");
+                let pid = running.dev.pid();
+                let cpu_before = ThreadTimes::read(pid)?;
+                let (rate, cpu_at_success) = running.run_once(tasks).await?;
+                let run_cpu = cpu_at_success.since(&cpu_before);
                 side.rates.push(rate);
                 side.run_cpu.push(run_cpu.as_secs_f64());
                 line.push_str(&format!(" {} {} tasks/s", side.setup.name, number(rate)));
                 // Every setup waits alike, so that each CPU figure spans
                 // as much idle time and each run follows as long a pause.
                 let spans = spans_settled(&counter).await?;
-                if side.setup.traces {
+                if side.setup.traces && !identical {
                     side.spans.push(spans as f64);
                     line.push_str(&format!(" ({} spans)", number(spans as f64)));
                 }
-                let cpu = cpu_time(side.dev.pid())?.saturating_sub(cpu_before);
+                let cpu = ThreadTimes::read(pid)?.since(&cpu_before);
                 side.cpu.push(cpu.as_secs_f64());
                 line.push_str(&format!(
                     " {} CPU-s, {} in the run;",
@@ -493,11 +587,10 @@ pub async fn run(
     }
     .await;
     stop.cancel();
-    for scraper in scrapers {
-        let _ = scraper.await;
-    }
     for side in &mut sides {
-        side.dev.stop().await;
+        if let Some(running) = side.running.take() {
+            running.stop().await?;
+        }
     }
     outcome?;
     let scraped = scrapes.done.load(Ordering::Relaxed);
@@ -508,20 +601,22 @@ pub async fn run(
         counter.requests.load(Ordering::Relaxed)
     );
     anyhow::ensure!(failed == 0, "{failed} scrapes of /metrics failed");
-    anyhow::ensure!(scraped > 0, "/metrics was never scraped");
+    anyhow::ensure!(identical || scraped > 0, "/metrics was never scraped");
     let scrape_seconds = std::mem::take(
         &mut *scrapes
             .seconds
             .lock()
             .unwrap_or_else(PoisonError::into_inner),
     );
-    report.figures.push(Figure::new(
-        SCENARIO,
-        "scrape_s",
-        "one scrape of /metrics, request to last byte",
-        "s",
-        scrape_seconds,
-    ));
+    if !scrape_seconds.is_empty() {
+        report.figures.push(Figure::new(
+            SCENARIO,
+            "scrape_s",
+            "one scrape of /metrics, request to last byte",
+            "s",
+            scrape_seconds,
+        ));
+    }
 
     let off = stats::median(&sides[0].rates);
     let off_cpu = stats::median(&sides[0].cpu);
@@ -590,7 +685,7 @@ pub async fn run(
             "%",
             vec![overhead],
         );
-        if setup.metrics && setup.traces {
+        if setup.metrics && setup.traces && !identical {
             figure = figure.goal(Goal::AtMost(TARGET_OVERHEAD_PERCENT));
         }
         report.figures.push(figure);
@@ -627,13 +722,15 @@ pub async fn run(
         .filter(|side| side.setup.traces)
         .flat_map(|side| side.spans.iter().copied())
         .collect();
-    report.figures.push(Figure::new(
-        SCENARIO,
-        "spans_per_run",
-        "spans the receiver got per run",
-        "spans",
-        spans,
-    ));
+    if !spans.is_empty() {
+        report.figures.push(Figure::new(
+            SCENARIO,
+            "spans_per_run",
+            "spans the receiver got per run",
+            "spans",
+            spans,
+        ));
+    }
     Ok(())
 }
 
