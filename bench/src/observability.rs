@@ -316,6 +316,8 @@ impl Running {
         Ok((tasks as f64 / run_seconds(&finished.run)?, cpu_at_success))
     }
 
+    /// Stops the scraper and the process, and removes its data directory
+    /// (its log stays, for `--keep-temp`).
     async fn stop(mut self) -> anyhow::Result<()> {
         if let Some((stop, scraper)) = self.scraper.take() {
             stop.cancel();
