@@ -366,6 +366,10 @@ impl Setup {
     fn describe(self) -> String {
         let scraped = format!("/metrics scraped every {} s", SCRAPE_EVERY.as_secs());
         match (self.metrics, self.traces) {
+            // Another name runs as off only in an identical invocation.
+            (false, false) if self.name != "off" => {
+                format!("metrics and traces off, as `{}`", self.name)
+            }
             (false, false) => "metrics and traces off".to_string(),
             (true, false) => scraped,
             (false, true) => "traces exported".to_string(),
@@ -436,8 +440,6 @@ struct Launch<'a> {
     queue_size: Option<&'a str>,
     http: &'a reqwest::Client,
     scrapes: &'a Arc<Scrapes>,
-    /// Every process as `off` (see [`run`]'s `identical`).
-    identical: bool,
 }
 
 impl Launch<'_> {
@@ -446,14 +448,14 @@ impl Launch<'_> {
     async fn start(&self, setup: Setup, generation: usize) -> anyhow::Result<Running> {
         let mut args = Vec::new();
         let mut envs = Vec::new();
-        let metrics_address = if setup.metrics && !self.identical {
+        let metrics_address = if setup.metrics {
             let address = format!("127.0.0.1:{}", free_port()?);
             args = vec!["--metrics-listen".to_string(), address.clone()];
             Some(address)
         } else {
             None
         };
-        if setup.traces && !self.identical {
+        if setup.traces {
             envs = vec![
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint),
                 ("OTEL_BSP_SCHEDULE_DELAY", BATCH_DELAY_MS),
@@ -526,11 +528,22 @@ pub async fn run(
         queue_size: queue_size.as_deref(),
         http: &http,
         scrapes: &scrapes,
-        identical,
     };
     let mut sides: Vec<Side> = SETUPS
         .iter()
-        .map(|&setup| Side {
+        // Identical: each keeps its name and figures' keys, and runs as off.
+        .map(|&setup| {
+            if identical {
+                Setup {
+                    metrics: false,
+                    traces: false,
+                    ..setup
+                }
+            } else {
+                setup
+            }
+        })
+        .map(|setup| Side {
             setup,
             running: None,
             rates: Vec::new(),
@@ -571,7 +584,7 @@ pub async fn run(
                 // Every setup waits alike, so that each CPU figure spans
                 // as much idle time and each run follows as long a pause.
                 let spans = spans_settled(&counter).await?;
-                if side.setup.traces && !identical {
+                if side.setup.traces {
                     side.spans.push(spans as f64);
                     line.push_str(&format!(" ({} spans)", number(spans as f64)));
                 }
@@ -603,7 +616,8 @@ pub async fn run(
         counter.requests.load(Ordering::Relaxed)
     );
     anyhow::ensure!(failed == 0, "{failed} scrapes of /metrics failed");
-    anyhow::ensure!(identical || scraped > 0, "/metrics was never scraped");
+    let metrics_on = sides.iter().any(|side| side.setup.metrics);
+    anyhow::ensure!(!metrics_on || scraped > 0, "/metrics was never scraped");
     let scrape_seconds = std::mem::take(
         &mut *scrapes
             .seconds
@@ -687,7 +701,7 @@ pub async fn run(
             "%",
             vec![overhead],
         );
-        if setup.metrics && setup.traces && !identical {
+        if setup.metrics && setup.traces {
             figure = figure.goal(Goal::AtMost(TARGET_OVERHEAD_PERCENT));
         }
         report.figures.push(figure);
