@@ -14,6 +14,12 @@
 //! ([`Outbox::ready_results`]). An attempt is forgotten once its result and
 //! all its log bytes are acknowledged, or once the controller calls it stale;
 //! the caller then removes its spool.
+//!
+//! Nothing here scans every attempt per event: each event notes the
+//! attempt it may have made readable or reportable, and
+//! [`Outbox::next_reads`] and [`Outbox::ready_results`] look at those
+//! only. A fan-out holds thousands of finished attempts awaiting their
+//! acknowledgement, and every acknowledgement pumps the outbox.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -81,6 +87,15 @@ pub(crate) struct Outbox {
     window: u64,
     /// Counts streams, so reads started for a previous one are discarded.
     stream: u64,
+    /// Attempts in [`Phase::Running`].
+    running: usize,
+    /// Attempts an event since the last [`Self::next_reads`] may have
+    /// left with log to read (duplicates are harmless: a read in flight
+    /// makes the second look skip it). Only kept while streaming: a new
+    /// stream looks at every attempt.
+    may_read: Vec<AttemptId>,
+    /// The same for results to send, drained by [`Self::ready_results`].
+    may_report: Vec<AttemptId>,
     /// A stream is open: messages sent now reach the controller (or are
     /// lost with the stream, and resent on the next).
     streaming: bool,
@@ -128,7 +143,19 @@ impl Outbox {
             attempts: BTreeMap::new(),
             window: u64::try_from(window).unwrap_or(u64::MAX).max(1),
             stream: 0,
+            running: 0,
+            may_read: Vec::new(),
+            may_report: Vec::new(),
             streaming: false,
+        }
+    }
+
+    /// Notes that an event may have given the attempt log to read or a
+    /// result to send on the current stream.
+    fn touch(&mut self, attempt_id: AttemptId) {
+        if self.streaming {
+            self.may_read.push(attempt_id);
+            self.may_report.push(attempt_id);
         }
     }
 
@@ -157,6 +184,7 @@ impl Outbox {
             phase: Phase::Running,
         };
         self.attempts.insert(attempt_id, entry);
+        self.running += 1;
         true
     }
 
@@ -188,7 +216,12 @@ impl Outbox {
                 result_sent: false,
             },
         };
-        self.attempts.insert(meta.attempt_id, entry);
+        if let Some(replaced) = self.attempts.insert(meta.attempt_id, entry)
+            && matches!(replaced.phase, Phase::Running)
+        {
+            self.running -= 1;
+        }
+        self.touch(meta.attempt_id);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -209,10 +242,7 @@ impl Outbox {
     }
 
     pub(crate) fn running_count(&self) -> usize {
-        self.attempts
-            .values()
-            .filter(|entry| matches!(entry.phase, Phase::Running))
-            .count()
+        self.running
     }
 
     /// Attempts announced in `Register`: running, or finished with a result
@@ -262,6 +292,9 @@ impl Outbox {
     pub(crate) fn stream_opened(&mut self) -> Vec<api::WorkerMessage> {
         self.stream += 1;
         self.streaming = true;
+        self.may_read.clear();
+        self.may_read.extend(self.attempts.keys().copied());
+        self.may_report.clone_from(&self.may_read);
         let mut messages = Vec::new();
         for (attempt_id, entry) in &mut self.attempts {
             entry.sent = entry.acked_log_offset;
@@ -282,6 +315,8 @@ impl Outbox {
     /// The stream is gone: nothing is sent until the next one opens.
     pub(crate) fn stream_closed(&mut self) {
         self.streaming = false;
+        self.may_read.clear();
+        self.may_report.clear();
     }
 
     /// Records the start; returns the message to send.
@@ -305,6 +340,7 @@ impl Outbox {
                 return;
             }
             entry.log_end = end;
+            self.touch(attempt_id);
         }
     }
 
@@ -318,10 +354,14 @@ impl Outbox {
             warn!(%attempt_id, reported = result.log_bytes, kept = entry.log_end, "result and log disagree on the log size");
             result.log_bytes = entry.log_end;
         }
+        if matches!(entry.phase, Phase::Running) {
+            self.running -= 1;
+        }
         entry.phase = Phase::Finished {
             result: Some(result),
             result_sent: false,
         };
+        self.touch(attempt_id);
     }
 
     /// Reads of spooled log to start now: one per attempt at a time, within
@@ -331,7 +371,11 @@ impl Outbox {
             return Vec::new();
         }
         let mut reads = Vec::new();
-        for (attempt_id, entry) in &mut self.attempts {
+        let mut candidates = std::mem::take(&mut self.may_read);
+        for attempt_id in &candidates {
+            let Some(entry) = self.attempts.get_mut(attempt_id) else {
+                continue;
+            };
             if entry.reading || entry.read_failed || entry.sent >= entry.log_end {
                 continue;
             }
@@ -370,6 +414,9 @@ impl Outbox {
                 len,
             });
         }
+        // Keeps the allocation; nothing was noted meanwhile.
+        candidates.clear();
+        self.may_read = candidates;
         reads
     }
 
@@ -389,6 +436,14 @@ impl Outbox {
             return Vec::new();
         };
         entry.reading = false;
+        // More log, or the result, may follow; a failed read waits for
+        // the next stream, which looks at every attempt.
+        if read.is_ok() {
+            self.touch(attempt_id);
+        }
+        let Some(entry) = self.attempts.get_mut(&attempt_id) else {
+            return Vec::new();
+        };
         let data = match read {
             Ok(data) => data,
             Err(error) => {
@@ -418,7 +473,11 @@ impl Outbox {
             return Vec::new();
         }
         let mut messages = Vec::new();
-        for (attempt_id, entry) in &mut self.attempts {
+        let mut candidates = std::mem::take(&mut self.may_report);
+        for attempt_id in &candidates {
+            let Some(entry) = self.attempts.get_mut(attempt_id) else {
+                continue;
+            };
             if let Phase::Finished {
                 result: Some(result),
                 result_sent,
@@ -430,6 +489,8 @@ impl Outbox {
                 messages.push(task_result_message(*attempt_id, result));
             }
         }
+        candidates.clear();
+        self.may_report = candidates;
         messages
     }
 
@@ -445,6 +506,9 @@ impl Outbox {
                 format!("the attempt is stale: {}", ack.reason)
             };
             entry.stop.stop(reason);
+            if matches!(entry.phase, Phase::Running) {
+                self.running -= 1;
+            }
             self.attempts.remove(&attempt_id);
             return AckEffect::Stale;
         }
@@ -476,6 +540,8 @@ impl Outbox {
             self.attempts.remove(&attempt_id);
             AckEffect::Forgotten
         } else {
+            // The window may have room again, or `sent` moved.
+            self.touch(attempt_id);
             AckEffect::Kept { note_acked }
         }
     }
@@ -745,5 +811,98 @@ mod tests {
         };
         assert_eq!(sent.log_bytes, 7);
         assert_eq!(sent.outcome, AttemptOutcome::Error as i32);
+    }
+
+    /// What goes out, by attempt, counted.
+    fn sent_by_attempt(messages: &[api::WorkerMessage]) -> BTreeMap<String, Vec<String>> {
+        let mut by_attempt: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for message in messages {
+            let attempt_id = match &message.message {
+                Some(Message::LogChunk(chunk)) => chunk.attempt_id.clone(),
+                Some(Message::TaskResult(result)) => result.attempt_id.clone(),
+                Some(Message::TaskStarted(started)) => started.attempt_id.clone(),
+                other => panic!("unexpected message {other:?}"),
+            };
+            by_attempt
+                .entry(attempt_id)
+                .or_default()
+                .extend(describe(std::slice::from_ref(message)));
+        }
+        by_attempt
+    }
+
+    /// Many attempts, their events interleaved as a fan-out's are: each
+    /// result goes out exactly once per stream, after all its log, and the
+    /// running count follows starts, ends and stale attempts.
+    #[test]
+    fn many_attempts_each_report_once_per_stream_whatever_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::new(8);
+        outbox.stream_opened();
+        let ids: Vec<AttemptId> = (0..40).map(|_| AttemptId::generate()).collect();
+        for (index, id) in ids.iter().enumerate() {
+            // Every third attempt has a spooled log of 12 bytes (more than
+            // the window of 8), the others none (a noop's).
+            let log = (index % 3 == 0).then(|| {
+                let path = dir.path().join(format!("log-{index}"));
+                std::fs::write(&path, [b'x'; 12]).unwrap();
+                path
+            });
+            assert!(outbox.insert(*id, StopSignal::default(), log));
+        }
+        assert_eq!(outbox.running_count(), 40);
+        let mut sent = Vec::new();
+        // Finish them in reverse order, pumping after each event.
+        for (index, id) in ids.iter().enumerate().rev() {
+            let log_bytes = if index % 3 == 0 { 12 } else { 0 };
+            if log_bytes > 0 {
+                outbox.on_log(*id, log_bytes);
+                sent.extend(pump(&mut outbox));
+            }
+            outbox.on_finished(*id, result(log_bytes));
+            sent.extend(pump(&mut outbox));
+        }
+        assert_eq!(outbox.running_count(), 0);
+        // The window holds back logged attempts' last 4 bytes and results
+        // until their first 8 are acknowledged.
+        let logged: Vec<AttemptId> = ids.iter().copied().step_by(3).collect();
+        for id in &logged {
+            assert_eq!(
+                outbox.on_ack(&ack(*id, 8, false), *id),
+                AckEffect::Kept { note_acked: None }
+            );
+            sent.extend(pump(&mut outbox));
+        }
+        let by_attempt = sent_by_attempt(&sent);
+        assert_eq!(by_attempt.len(), 40);
+        for (index, id) in ids.iter().enumerate() {
+            let expected: &[&str] = if index % 3 == 0 {
+                &["log 0+8", "log 8+4", "result 12"]
+            } else {
+                &["result 0"]
+            };
+            assert_eq!(by_attempt[&id.to_string()], expected, "attempt #{index}");
+        }
+
+        // A new stream resends every result not yet acknowledged, once.
+        for id in ids.iter().skip(1).step_by(2) {
+            outbox.on_ack(&ack(*id, 12, true), *id);
+        }
+        outbox.stream_closed();
+        outbox.stream_opened();
+        let resent = sent_by_attempt(&pump(&mut outbox));
+        assert_eq!(resent.len(), 20);
+        assert!(pump(&mut outbox).is_empty());
+
+        // Stale attempts leave the running count too.
+        let running = AttemptId::generate();
+        outbox.insert(running, StopSignal::default(), None);
+        assert_eq!(outbox.running_count(), 1);
+        let stale = api::Ack {
+            stale: true,
+            ..ack(running, 0, false)
+        };
+        assert_eq!(outbox.on_ack(&stale, running), AckEffect::Stale);
+        assert_eq!(outbox.running_count(), 0);
     }
 }
