@@ -436,14 +436,8 @@ impl Outbox {
             return Vec::new();
         };
         entry.reading = false;
-        // More log, or the result, may follow; a failed read waits for
-        // the next stream, which looks at every attempt.
-        if read.is_ok() {
-            self.touch(attempt_id);
-        }
-        let Some(entry) = self.attempts.get_mut(&attempt_id) else {
-            return Vec::new();
-        };
+        // A failed read is not noted: it waits for the next stream, which
+        // looks at every attempt.
         let data = match read {
             Ok(data) => data,
             Err(error) => {
@@ -454,9 +448,12 @@ impl Outbox {
         };
         if offset != entry.sent || !self.streaming {
             // An acknowledgement moved `sent` meanwhile; read again.
+            self.touch(attempt_id);
             return Vec::new();
         }
         entry.sent += data.len() as u64;
+        // More log, or the result, may follow.
+        self.touch(attempt_id);
         data.chunks(MAX_CHUNK_BYTES)
             .scan(offset, |next, piece| {
                 let chunk_offset = *next;
