@@ -24,6 +24,7 @@
 
 mod otlp;
 mod queue;
+mod record;
 
 use std::fmt;
 use std::sync::Arc;
@@ -95,14 +96,14 @@ impl SpanSink {
     /// Queues the span for export; never blocks (what the queue cannot hold
     /// is dropped). Callers check [`SpanSink::samples`] first.
     pub fn export(&self, span: &SpanRecord<'_>) {
-        self.queue.push(&self.scope, &span.message());
+        self.queue.push_record(&self.scope, span);
     }
 
     /// Encodes the span into `spans`, to be queued later with
     /// [`SpanSink::export_encoded`] of this sink (the controller's spans
     /// wait for the batch that stores what they describe).
     pub fn encode(&self, span: &SpanRecord<'_>, spans: &mut EncodedSpans) {
-        if !spans.push(&span.message()) {
+        if !spans.push_record(span) {
             self.queue.count_dropped(1);
         }
     }
@@ -257,15 +258,17 @@ pub fn status(failed: bool, description: Option<&str>) -> SpanStatus<'_> {
 /// and whether the trace is sampled. Written directly, once per dispatch:
 /// it is the same text the W3C propagator writes.
 pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> String {
-    // Bytes first, then one ASCII check: pushing `char`s would encode each
-    // digit as UTF-8.
-    let mut text = Vec::with_capacity(TRACEPARENT_LEN);
-    text.extend_from_slice(b"00-");
-    push_hex(&mut text, &trace_id.to_bytes());
-    text.push(b'-');
-    push_hex(&mut text, &span_id.to_bytes());
-    text.extend_from_slice(if sampled { b"-01" } else { b"-00" });
-    String::from_utf8(text).expect("a traceparent is ASCII")
+    // Into an array at fixed places, then one ASCII check: pushing onto a
+    // `Vec` or a `String` checks its capacity at every digit.
+    let mut text = [0; TRACEPARENT_LEN];
+    text[..3].copy_from_slice(b"00-");
+    write_hex(&mut text[3..35], &trace_id.to_bytes());
+    text[35] = b'-';
+    write_hex(&mut text[36..52], &span_id.to_bytes());
+    text[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+    std::str::from_utf8(&text)
+        .expect("a traceparent is ASCII")
+        .to_owned()
 }
 
 /// Length of a version-00 `traceparent`.
@@ -273,10 +276,11 @@ const TRACEPARENT_LEN: usize = 55;
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-fn push_hex(text: &mut Vec<u8>, bytes: &[u8]) {
-    for byte in bytes {
-        text.push(HEX_DIGITS[usize::from(byte >> 4)]);
-        text.push(HEX_DIGITS[usize::from(byte & 0xf)]);
+/// Writes `bytes` as lowercase hex digits into `text`, two per byte.
+fn write_hex(text: &mut [u8], bytes: &[u8]) {
+    for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(byte & 0xf)];
     }
 }
 
@@ -582,6 +586,39 @@ mod tests {
             ("baton", "1.2")
         );
         assert_eq!(scope_spans.spans, vec![Span::from(span)]);
+    }
+
+    #[test]
+    fn records_and_sdk_spans_of_one_scope_share_a_request_in_the_order_they_ended() {
+        let queue = SpanQueue::new(LIMITS);
+        let sink = SpanSink {
+            scope: queue.scope("baton", "1.2"),
+            queue: queue.clone(),
+            sampler: Arc::new(Sampler::AlwaysOn),
+        };
+        let sdk = sdk_span(0);
+        sink.export(&plain_record(1));
+        queue.processor().on_end(sdk.clone());
+        let mut encoded = EncodedSpans::default();
+        sink.encode(&plain_record(2), &mut encoded);
+        sink.encode(&plain_record(3), &mut encoded);
+        sink.export_encoded(&mut encoded);
+        assert!(encoded.is_empty());
+        let requests = requests(&queue);
+        assert_eq!(requests.len(), 1);
+        let spans: Vec<Span> = spans(&requests)
+            .into_iter()
+            .map(|(scope, span)| {
+                assert_eq!(scope, "baton");
+                span
+            })
+            .collect();
+        assert_eq!(spans.len(), 4);
+        assert_eq!(spans[1], Span::from(sdk));
+        for (span, index) in [(&spans[0], 1u64), (&spans[2], 2), (&spans[3], 3)] {
+            assert_eq!(span.span_id, index.to_be_bytes());
+            assert_eq!(span.name, "attempt");
+        }
     }
 
     /// A span with an id and nothing else.

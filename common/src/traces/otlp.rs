@@ -160,7 +160,7 @@ pub enum AttributeValue<'a> {
 /// One attribute (`KeyValue`) of a span Baton builds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Attribute<'a> {
-    pub key: &'static str,
+    pub key: &'a str,
     pub value: AttributeValue<'a>,
 }
 
@@ -482,7 +482,7 @@ impl<'a> From<SpanStatus<'a>> for StatusMessage<'a> {
 }
 
 /// Nanoseconds since the Unix epoch; 0 (left out) before it.
-fn unix_nanos(time: std::time::SystemTime) -> u64 {
+pub(crate) fn unix_nanos(time: std::time::SystemTime) -> u64 {
     time.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| {
             u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
@@ -588,7 +588,7 @@ pub struct SpanRecord<'a> {
     /// The parent was made by another process (the worker's execution
     /// span, whose parent is the controller's).
     pub parent_is_remote: bool,
-    pub name: &'static str,
+    pub name: &'a str,
     pub start: std::time::SystemTime,
     /// Clamped to `start` when before it.
     pub end: std::time::SystemTime,
@@ -685,13 +685,6 @@ pub struct EncodedResource {
 }
 
 impl EncodedResource {
-    /// Bytes a request spends on the resource, at most.
-    pub(crate) fn overhead(&self) -> usize {
-        self.resource.len() + self.schema_url.len() + 16
-    }
-}
-
-impl EncodedResource {
     pub fn new(resource: &opentelemetry_sdk::Resource) -> Self {
         let attributes: Vec<KeyValue> = resource
             .iter()
@@ -707,31 +700,40 @@ impl EncodedResource {
 }
 
 /// Writes an `ExportTraceServiceRequest` with one `ResourceSpans` holding
-/// one `ScopeSpans`, of `scope` and the spans `spans` gives (each an
-/// encoded `Span` message without tag or length), into `buf`. `spans` is
-/// called twice (lengths, then bytes) and must give the same spans each
-/// time.
-pub(crate) fn write_request<'a, I>(
+/// one `ScopeSpans`, of `scope` and the `Span` messages `spans` gives, into
+/// `buf`. `spans` is called twice (lengths, then bytes) and must give the
+/// same spans each time.
+pub(crate) fn write_request<I>(
     resource: &EncodedResource,
     scope: &ScopeMessage<'_>,
     spans: impl Fn() -> I,
     buf: &mut Vec<u8>,
 ) where
-    I: Iterator<Item = &'a [u8]>,
+    I: Iterator,
+    I::Item: Message,
 {
-    let scope_spans_len = message_len(1, scope)
-        + spans()
-            .map(|span| delimited_len(2, span.len()))
-            .sum::<usize>();
+    let scope_spans_len = message_len(1, scope) + repeated_len(2, spans());
     let resource_spans_len = delimited_len(1, resource.resource.len())
         + delimited_len(2, scope_spans_len)
         + bytes_len(3, resource.schema_url.as_bytes());
+    buf.reserve(delimited_len(1, resource_spans_len));
     put_delimited_header(1, resource_spans_len, buf);
     put_bytes(1, &resource.resource, buf);
     put_delimited_header(2, scope_spans_len, buf);
     put_message(1, scope, buf);
-    for span in spans() {
-        put_bytes(2, span, buf);
-    }
+    put_repeated(2, spans(), buf);
     put_nonempty(3, resource.schema_url.as_bytes(), buf);
+}
+
+/// A `Span` message encoded already.
+pub(crate) struct EncodedMessage<'a>(pub &'a [u8]);
+
+impl Message for EncodedMessage<'_> {
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(self.0);
+    }
 }

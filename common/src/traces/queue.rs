@@ -12,8 +12,10 @@
 //! each other. What the queue cannot hold is dropped and counted, never
 //! waited for.
 //!
-//! In a chunk, a span is its length (4 bytes, little endian) and its
-//! `Span` message.
+//! In a chunk, a span is its length (4 bytes, little endian), its form (1
+//! byte) and its bytes: a `Span` message (the SDK's spans, from the
+//! `tracing` layer), or the record of a span Baton builds itself, which the
+//! exporter writes as a `Span` when it sends the chunk (see `record`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,10 +25,19 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 use tokio::sync::Notify;
 
-use super::otlp::{EncodedResource, Message, ScopeMessage, sdk_span_message, write_request};
+use super::otlp::{
+    EncodedMessage, EncodedResource, Message, ScopeMessage, SpanRecord, sdk_span_message,
+    write_request,
+};
+use super::record::{read_record, record_len, write_record};
 
-/// Bytes before a span's message in a chunk: its length.
-const ENTRY_HEADER: usize = 4;
+/// Bytes before a span's bytes in a chunk: their length and their form.
+const ENTRY_HEADER: usize = 5;
+
+/// The form of an entry's bytes: a `Span` message.
+const FORM_MESSAGE: u8 = 0;
+/// The form of an entry's bytes: a span record.
+const FORM_RECORD: u8 = 1;
 
 /// How many spans the queue holds and sends per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,19 +77,32 @@ impl EncodedSpans {
         self.spans
     }
 
-    /// Appends a span; `false` (nothing appended) for one of 4 GiB or
-    /// more, which its length header cannot say.
+    /// Appends a span as its message; `false` (nothing appended) for one
+    /// of 4 GiB or more, which its length header cannot say.
     pub(crate) fn push(&mut self, span: &impl Message) -> bool {
-        let Ok(len) = u32::try_from(span.encoded_len()) else {
+        self.push_entry_with(FORM_MESSAGE, span.encoded_len(), |bytes| span.encode(bytes))
+    }
+
+    /// Appends a span as its record, as [`EncodedSpans::push`] does.
+    pub(crate) fn push_record(&mut self, span: &SpanRecord<'_>) -> bool {
+        self.push_entry_with(FORM_RECORD, record_len(span), |bytes| {
+            write_record(span, bytes)
+        })
+    }
+
+    /// Appends an entry of `form` whose `len` bytes `write` appends.
+    fn push_entry_with(&mut self, form: u8, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let Ok(header_len) = u32::try_from(len) else {
             return false;
         };
         // Room for the whole entry at once: its writes then never grow
         // the buffer.
-        self.bytes.reserve(ENTRY_HEADER + len as usize);
-        self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.bytes.reserve(ENTRY_HEADER + len);
+        self.bytes.extend_from_slice(&header_len.to_le_bytes());
+        self.bytes.push(form);
         let before = self.bytes.len();
-        span.encode(&mut self.bytes);
-        debug_assert_eq!(self.bytes.len() - before, len as usize, "encoded length");
+        write(&mut self.bytes);
+        debug_assert_eq!(self.bytes.len() - before, len, "entry length");
         self.spans += 1;
         true
     }
@@ -108,7 +132,7 @@ impl<'a> Iterator for Entries<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (header, _) = self.0.split_first_chunk::<ENTRY_HEADER>()?;
+        let (header, _) = self.0.split_first_chunk::<4>()?;
         let len = ENTRY_HEADER + u32::from_le_bytes(*header) as usize;
         // Every entry is written whole under the chunk's lock; a length past
         // the end would be a bug, and ends the chunk rather than the process.
@@ -119,6 +143,45 @@ impl<'a> Iterator for Entries<'a> {
         };
         self.0 = rest;
         Some(entry)
+    }
+}
+
+/// A span as a chunk holds it.
+enum QueuedSpan<'a> {
+    Message(EncodedMessage<'a>),
+    Record(SpanRecord<'a>),
+}
+
+impl<'a> QueuedSpan<'a> {
+    /// The span of a whole entry; `None` for a record that does not read
+    /// back, which would be a bug here, and is left out of the request
+    /// rather than failing the export.
+    fn of_entry(entry: &'a [u8]) -> Option<Self> {
+        let bytes = &entry[ENTRY_HEADER..];
+        match entry[ENTRY_HEADER - 1] {
+            FORM_RECORD => {
+                let record = read_record(bytes);
+                debug_assert!(record.is_some(), "a span record does not read back");
+                record.map(Self::Record)
+            }
+            _ => Some(Self::Message(EncodedMessage(bytes))),
+        }
+    }
+}
+
+impl Message for QueuedSpan<'_> {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Self::Message(message) => message.encoded_len(),
+            Self::Record(record) => record.message().encoded_len(),
+        }
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            Self::Message(message) => message.encode(buf),
+            Self::Record(record) => record.message().encode(buf),
+        }
     }
 }
 
@@ -295,11 +358,21 @@ impl SpanQueue {
             .expect("a chunk was pushed if there was none")
     }
 
-    /// Queues one span of `scope`.
+    /// Queues one span of `scope` as its message.
     pub(crate) fn push(&self, scope: &ScopeQueue, span: &impl Message) {
+        self.push_with(scope, |spans| spans.push(span));
+    }
+
+    /// Queues one span of `scope` as its record.
+    pub(crate) fn push_record(&self, scope: &ScopeQueue, span: &SpanRecord<'_>) {
+        self.push_with(scope, |spans| spans.push_record(span));
+    }
+
+    /// Queues the one span `push` appends to a chunk of `scope`.
+    fn push_with(&self, scope: &ScopeQueue, push: impl FnOnce(&mut EncodedSpans) -> bool) {
         let (admitted, crossed) = self.admit(1);
         if admitted == 1 {
-            let pushed = self.writable(&mut scope.lock()).push(span);
+            let pushed = push(self.writable(&mut scope.lock()));
             if !pushed {
                 self.unadmit(1);
             }
@@ -376,23 +449,11 @@ impl SpanQueue {
     /// (cleared first): one resource, one scope.
     pub fn request(&self, chunk: &Chunk, resource: &EncodedResource, buf: &mut Vec<u8>) {
         buf.clear();
-        let scope = &chunk.scope;
-        // A span's tag and length take at most one byte more than its
-        // entry header (spans are below 4 GiB), so this is enough: no
-        // reallocation.
-        buf.reserve(
-            chunk.spans.bytes.len()
-                + chunk.spans.spans
-                + resource.overhead()
-                + scope.name.len()
-                + scope.version.len()
-                + 32,
-        );
         let scope = ScopeMessage {
-            name: &scope.name,
-            version: &scope.version,
+            name: &chunk.scope.name,
+            version: &chunk.scope.version,
         };
-        let spans = || chunk.spans.entries().map(|entry| &entry[ENTRY_HEADER..]);
+        let spans = || chunk.spans.entries().filter_map(QueuedSpan::of_entry);
         write_request(resource, &scope, spans, buf);
     }
 
