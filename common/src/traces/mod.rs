@@ -621,6 +621,40 @@ mod tests {
         }
     }
 
+    #[test]
+    fn spans_queued_together_fill_the_last_chunk_then_new_ones_in_order() {
+        let queue = SpanQueue::new(QueueLimits {
+            max_queued: 100,
+            max_batch: 4,
+        });
+        let sink = SpanSink::new(queue.clone(), Box::new(Sampler::AlwaysOn), "baton-test");
+        for index in 1..=3 {
+            sink.export(&plain_record(index));
+        }
+        let mut later = EncodedSpans::default();
+        for index in 4..=10 {
+            sink.encode(&plain_record(index), &mut later);
+        }
+        sink.export_encoded(&mut later);
+        assert_eq!(queue.queued(), 10);
+        let mut sizes = Vec::new();
+        let mut ids = Vec::new();
+        while let Some(chunk) = queue.take(true) {
+            sizes.push(chunk.spans());
+            let mut buf = Vec::new();
+            queue.request(&chunk, &resource(), &mut buf);
+            let request = ExportTraceServiceRequest::decode(buf.as_slice()).unwrap();
+            ids.extend(
+                spans(&[request])
+                    .into_iter()
+                    .map(|(_, span)| u64::from_be_bytes(span.span_id.try_into().unwrap())),
+            );
+            queue.recycle(chunk);
+        }
+        assert_eq!(sizes, [4, 4, 2]);
+        assert_eq!(ids, (1..=10).collect::<Vec<u64>>());
+    }
+
     /// A span with an id and nothing else.
     fn plain_record(index: u64) -> SpanRecord<'static> {
         SpanRecord {

@@ -107,10 +107,10 @@ impl EncodedSpans {
         true
     }
 
-    /// Appends a span encoded elsewhere (its entry, header included).
-    fn push_entry(&mut self, entry: &[u8]) {
-        self.bytes.extend_from_slice(entry);
-        self.spans += 1;
+    /// Appends `count` whole entries written elsewhere (headers included).
+    fn push_entries(&mut self, entries: &[u8], count: usize) {
+        self.bytes.extend_from_slice(entries);
+        self.spans += count;
     }
 
     /// The entries, each with its header.
@@ -386,9 +386,21 @@ impl SpanQueue {
         let (admitted, crossed) = self.admit(spans.spans);
         let mut chunks = scope.lock();
         let mut moved = 0;
-        for entry in spans.entries().take(admitted) {
-            self.writable(&mut chunks).push_entry(entry);
-            moved += 1;
+        let mut rest = spans.bytes.as_slice();
+        // As many whole entries as the chunk has room for, in one copy.
+        while moved < admitted {
+            let chunk = self.writable(&mut chunks);
+            let room = (self.limits.max_batch - chunk.spans).min(admitted - moved);
+            let (count, len) = Entries(rest)
+                .take(room)
+                .fold((0, 0), |(count, len), entry| (count + 1, len + entry.len()));
+            if count == 0 {
+                break;
+            }
+            let (entries, after) = rest.split_at(len);
+            chunk.push_entries(entries, count);
+            rest = after;
+            moved += count;
         }
         drop(chunks);
         self.unadmit(admitted - moved);
