@@ -254,7 +254,7 @@ impl Scheduler {
             2 | 3 => format!("tasks failed: {}", failed.join(", ")),
             _ => format!("tasks failed, among them {}", failed[..3].join(", ")),
         };
-        info!(%run_id, failed_leaves = failed_leaves.len(), "run failed: a leaf task did not succeed");
+        info!(dag_id = %entry.dag_id, %run_id, failed_leaves = failed_leaves.len(), "run failed: a leaf task did not succeed");
         self.finish_run(run_id, RunState::Failed, Some(reason));
     }
 }
