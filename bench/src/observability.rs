@@ -50,9 +50,9 @@ use baton_common::pb::api::AttemptOutcome;
 use baton_common::time::now_micros;
 use baton_common::traces::{
     AttemptIdentity, CONTROLLER_SCOPE, EncodedSpans, ExecutionSpanFields, QueueLimits, SpanQueue,
-    SpanSink, WORKER_SCOPE, execution_span, sampled_parent,
+    SpanSink, WORKER_SCOPE, sampled_parent,
 };
-use baton_controller::traces::{AttemptSpanFields, attempt_span, attempt_traceparent};
+use baton_controller::traces::{AttemptSpanFields, attempt_traceparent};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message as _;
@@ -779,7 +779,7 @@ fn span_work_per_task(width: usize) -> anyhow::Result<Vec<f64>> {
             let (trace_id, parent_span_id) =
                 sampled_parent(&traceparent).context("the traceparent does not parse")?;
             let execution_start = std::time::SystemTime::now();
-            worker.export(&execution_span(ExecutionSpanFields {
+            worker.export_execution(&ExecutionSpanFields {
                 trace_id,
                 parent_span_id,
                 start: execution_start,
@@ -788,8 +788,8 @@ fn span_work_per_task(width: usize) -> anyhow::Result<Vec<f64>> {
                 outcome: AttemptOutcome::Succeeded,
                 exit_code: None,
                 error: Some(""),
-            }));
-            let span = attempt_span(AttemptSpanFields {
+            });
+            let fields = AttemptSpanFields {
                 identity: AttemptIdentity {
                     dag_id: DAG_ID,
                     run_id,
@@ -803,8 +803,8 @@ fn span_work_per_task(width: usize) -> anyhow::Result<Vec<f64>> {
                 outcome: AttemptOutcome::Succeeded,
                 exit_code: None,
                 error: None,
-            });
-            controller.encode(&span, &mut pending);
+            };
+            controller.encode_attempt(&fields, &mut pending);
             if (index + 1) % SPAN_WORK_BATCH == 0 {
                 controller.export_encoded(&mut pending);
             }

@@ -1,13 +1,17 @@
 //! Run traces: the OpenTelemetry spans of runs and attempts, built from
-//! their records and encoded for the process's [`SpanSink`] when the process
+//! their records and queued on the process's [`SpanSink`] when the process
 //! exports traces ([`ControllerConfig::traces`](crate::config::ControllerConfig)).
 //! With it off, nothing here runs: no id is derived, no `traceparent` is
-//! sent to workers.
+//! sent to workers. An attempt's span and the derived ids are
+//! `baton_common::traces`' (re-exported here): the exporter builds an
+//! attempt's span from the record the scheduler queues
+//! ([`SpanSink::encode_attempt`]).
 //!
 //! # Ids without state
 //! A run is one trace whose id *is* the run id (a UUID is 128 bits, as a
 //! trace id is). Span ids are derived too: the run span's from the run id,
-//! an attempt span's from the attempt id (see [`derived_span_id`]). So every
+//! an attempt span's from the attempt id ([`run_span_id`],
+//! [`attempt_span_id`]: SplitMix64's finalizer over the UUID and a tag). So every
 //! controller (a new leader after a failover included) and every worker
 //! agrees on the ids without storing anything,
 //! and an attempt's `traceparent` can be sent with its `Assign` before its
@@ -32,21 +36,16 @@
 //! ```
 
 use baton_common::ids::{AttemptId, RunId};
-use baton_common::pb::api::AttemptOutcome;
 use baton_common::time::{Micros, micros_to_system_time};
-use baton_common::traces::{
-    AttemptIdentity, Attribute, Attributes, SpanRecord, attempt_attributes, status, traceparent,
+pub use baton_common::traces::{
+    AttemptSpanFields, attempt_span, attempt_span_id, run_span_id, run_trace_id,
 };
+use baton_common::traces::{Attribute, Attributes, SpanRecord, status, traceparent};
 use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest, Sha256};
 
 #[cfg(doc)]
 use baton_common::traces::SpanSink;
-
-/// The trace of a run: its id is the run id.
-pub fn run_trace_id(run_id: RunId) -> TraceId {
-    TraceId::from_bytes(*run_id.as_uuid().as_bytes())
-}
 
 /// The trace id the sampler decides a run on: 16 bytes of a SHA-256 of the
 /// run id. The SDK's ratio sampler reads a trace id's low 8 bytes as a
@@ -61,21 +60,6 @@ pub fn run_sampling_id(run_id: RunId) -> TraceId {
     TraceId::from_bytes(bytes)
 }
 
-/// The span id of a run's own span (the root of its trace).
-pub fn run_span_id(run_id: RunId) -> SpanId {
-    derived_span_id(RUN_SPAN_TAG, run_id.as_uuid())
-}
-
-/// The span id of the controller's span of an attempt.
-pub fn attempt_span_id(attempt_id: AttemptId) -> SpanId {
-    derived_span_id(ATTEMPT_SPAN_TAG, attempt_id.as_uuid())
-}
-
-/// Tags that keep a run's and an attempt's span ids apart ("baton-ru",
-/// "baton-at").
-const RUN_SPAN_TAG: u64 = 0x6261_746f_6e2d_7275;
-const ATTEMPT_SPAN_TAG: u64 = 0x6261_746f_6e2d_6174;
-
 /// SHA-256 of a tag and an id: ids derived from one id for different
 /// uses differ.
 fn tagged_digest(tag: &[u8], id: &[u8]) -> [u8; 32] {
@@ -87,43 +71,11 @@ fn tagged_digest(tag: &[u8], id: &[u8]) -> [u8; 32] {
         .into()
 }
 
-/// A span id from a tag and a UUID: both halves of the UUID mixed with
-/// SplitMix64's finalizer, a bijection, so two ids that share a half never
-/// collide and others collide with a chance of 2⁻⁶⁴. It is computed twice
-/// per attempt (its `traceparent`, its span), so it is a few
-/// multiplications rather than a SHA-256; span ids need to be unique in
-/// their trace, not unpredictable.
-fn derived_span_id(tag: u64, id: &uuid::Uuid) -> SpanId {
-    let (high, low) = id.as_u64_pair();
-    let mixed = splitmix64(splitmix64(high ^ tag) ^ low);
-    // All zeros is the invalid span id.
-    SpanId::from_bytes(mixed.max(1).to_be_bytes())
-}
-
-fn splitmix64(mut value: u64) -> u64 {
-    value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    value ^ (value >> 31)
-}
-
 /// The W3C `traceparent` of an attempt's span, which its `Assign` carries
 /// so that the worker's span of the execution is its child, sampled or not
 /// as the run is.
 pub fn attempt_traceparent(run_id: RunId, attempt_id: AttemptId, sampled: bool) -> String {
     traceparent(run_trace_id(run_id), attempt_span_id(attempt_id), sampled)
-}
-
-/// What an attempt's span says about it.
-#[derive(Debug)]
-pub struct AttemptSpanFields<'a> {
-    pub identity: AttemptIdentity<'a>,
-    pub leased_at: Micros,
-    /// When the controller recorded the end: at or after the end the worker
-    /// reported, so the span encloses the worker's.
-    pub recorded_at: Micros,
-    pub outcome: AttemptOutcome,
-    pub exit_code: Option<i32>,
-    pub error: Option<&'a str>,
 }
 
 /// What a run's span says about it.
@@ -136,30 +88,6 @@ pub struct RunSpanFields<'a> {
     pub state: &'static str,
     pub failed: bool,
     pub reason: Option<&'a str>,
-}
-
-/// The controller's span of an attempt that ended, a child of its run's
-/// span.
-pub fn attempt_span(fields: AttemptSpanFields<'_>) -> SpanRecord<'_> {
-    let identity = fields.identity;
-    let (attributes, status) =
-        attempt_attributes(&identity, fields.outcome, fields.exit_code, fields.error);
-    let start = if fields.leased_at > 0 {
-        fields.leased_at
-    } else {
-        fields.recorded_at
-    };
-    SpanRecord {
-        trace_id: run_trace_id(identity.run_id),
-        span_id: attempt_span_id(identity.attempt_id),
-        parent_span_id: run_span_id(identity.run_id),
-        parent_is_remote: false,
-        name: "attempt",
-        start: micros_to_system_time(start),
-        end: micros_to_system_time(fields.recorded_at.max(start)),
-        attributes,
-        status,
-    }
 }
 
 /// A run's span, the root of its trace.
@@ -183,7 +111,8 @@ pub fn run_span(fields: RunSpanFields<'_>) -> SpanRecord<'_> {
 
 #[cfg(test)]
 mod tests {
-    use baton_common::traces::{AttributeValue, SpanStatus, sampled_parent};
+    use baton_common::pb::api::AttemptOutcome;
+    use baton_common::traces::{AttemptIdentity, AttributeValue, SpanStatus, sampled_parent};
 
     use super::*;
 

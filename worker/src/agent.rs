@@ -25,7 +25,7 @@ use std::time::Duration;
 use baton_common::ids::AttemptId;
 use baton_common::pb::api::{self, controller_message, worker_message};
 use baton_common::time;
-use baton_common::traces::{ExecutionSpanFields, SpanSink, execution_span, sampled_parent};
+use baton_common::traces::{ExecutionSpanFields, SpanSink, sampled_parent};
 use futures::FutureExt;
 use opentelemetry::trace::{SpanId, TraceId};
 use tokio::sync::mpsc;
@@ -686,7 +686,7 @@ impl ExecutionTrace {
     /// Exports the span, ending now, with who ran the attempt and how it
     /// ended (its parent names the attempt).
     fn export(self, sink: &SpanSink, worker_id: &str, result: &AttemptResult) {
-        sink.export(&execution_span(ExecutionSpanFields {
+        sink.export_execution(&ExecutionSpanFields {
             trace_id: self.trace_id,
             parent_span_id: self.parent_span_id,
             start: self.start,
@@ -695,7 +695,7 @@ impl ExecutionTrace {
             outcome: result.outcome,
             exit_code: result.exit_code,
             error: Some(&result.error),
-        }));
+        });
     }
 }
 

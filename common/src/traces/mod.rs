@@ -22,6 +22,7 @@
 //! - `otlp`: the wire format of spans, scopes, resources and requests.
 //! - `queue`: the bounded queue of encoded spans the exporter drains.
 
+mod attempt;
 mod otlp;
 mod queue;
 mod record;
@@ -34,6 +35,7 @@ use opentelemetry_sdk::trace::{
     IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample,
 };
 
+pub use attempt::{AttemptSpanFields, attempt_span, attempt_span_id, run_span_id, run_trace_id};
 pub use otlp::{Attribute, AttributeValue, EncodedResource, SpanRecord, SpanStatus};
 pub use queue::{Chunk, EncodedSpans, QueueLimits, QueueProcessor, SpanQueue};
 
@@ -108,8 +110,24 @@ impl SpanSink {
         }
     }
 
-    /// Queues spans encoded by [`SpanSink::encode`]; `spans` is left empty,
-    /// with its capacity.
+    /// Queues the worker's span of an execution ([`execution_span`]), as
+    /// [`SpanSink::export`] does.
+    pub fn export_execution(&self, fields: &ExecutionSpanFields<'_>) {
+        let span_id = RandomIdGenerator::default().new_span_id();
+        self.queue.push_execution(&self.scope, fields, span_id);
+    }
+
+    /// Encodes the controller's span of an attempt into `spans`, as
+    /// [`SpanSink::encode`] does.
+    pub fn encode_attempt(&self, fields: &AttemptSpanFields<'_>, spans: &mut EncodedSpans) {
+        if !spans.push_attempt(fields) {
+            self.queue.count_dropped(1);
+        }
+    }
+
+    /// Queues spans encoded by [`SpanSink::encode`] and
+    /// [`SpanSink::encode_attempt`]; `spans` is left empty, with its
+    /// capacity.
     pub fn export_encoded(&self, spans: &mut EncodedSpans) {
         self.queue.push_encoded(&self.scope, spans);
     }
@@ -209,6 +227,11 @@ pub struct ExecutionSpanFields<'a> {
 /// Repeating those on the child would add about half its bytes to every
 /// trace for no question a trace view cannot already answer.
 pub fn execution_span(fields: ExecutionSpanFields<'_>) -> SpanRecord<'_> {
+    execution_span_with_id(fields, RandomIdGenerator::default().new_span_id())
+}
+
+/// [`execution_span`] with the span id drawn already.
+fn execution_span_with_id(fields: ExecutionSpanFields<'_>, span_id: SpanId) -> SpanRecord<'_> {
     let mut attributes = Attributes::new();
     push_outcome(
         &mut attributes,
@@ -218,7 +241,7 @@ pub fn execution_span(fields: ExecutionSpanFields<'_>) -> SpanRecord<'_> {
     );
     SpanRecord {
         trace_id: fields.trace_id,
-        span_id: RandomIdGenerator::default().new_span_id(),
+        span_id,
         parent_span_id: fields.parent_span_id,
         parent_is_remote: true,
         name: "execute",
@@ -619,6 +642,61 @@ mod tests {
             assert_eq!(span.span_id, index.to_be_bytes());
             assert_eq!(span.name, "attempt");
         }
+    }
+
+    #[test]
+    fn attempt_and_execution_records_reach_the_request_as_the_spans_of_their_fields() {
+        let identity = AttemptIdentity {
+            dag_id: "etl",
+            run_id: RunId::generate(),
+            task_id: "load",
+            attempt: 2,
+            attempt_id: AttemptId::generate(),
+            worker_id: Some("w1"),
+        };
+        let attempt = AttemptSpanFields {
+            identity,
+            leased_at: 1_700_000_000_000_000,
+            recorded_at: 1_700_000_000_250_000,
+            outcome: AttemptOutcome::Failed,
+            exit_code: Some(3),
+            error: Some("exit code 3"),
+        };
+        let execution = ExecutionSpanFields {
+            trace_id: run_trace_id(identity.run_id),
+            parent_span_id: attempt_span_id(identity.attempt_id),
+            start: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_010_000),
+            end: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_200_000),
+            worker_id: "w1",
+            outcome: AttemptOutcome::Failed,
+            exit_code: Some(3),
+            error: Some("exit code 3"),
+        };
+        // As records, the way the scheduler and the worker queue them.
+        let queue = SpanQueue::new(LIMITS);
+        let sink = SpanSink::new(queue.clone(), Box::new(Sampler::AlwaysOn), "baton-test");
+        let mut pending = EncodedSpans::default();
+        sink.encode_attempt(&attempt, &mut pending);
+        sink.export_encoded(&mut pending);
+        sink.export_execution(&execution);
+        let recorded = spans(&requests(&queue));
+        // As the spans built from the same fields, queued whole.
+        let built_queue = SpanQueue::new(LIMITS);
+        let built_sink = SpanSink::new(
+            built_queue.clone(),
+            Box::new(Sampler::AlwaysOn),
+            "baton-test",
+        );
+        built_sink.export(&attempt_span(attempt));
+        built_sink.export(&execution_span(execution));
+        let mut built = spans(&requests(&built_queue));
+        assert_eq!(recorded.len(), 2);
+        assert_eq!(recorded[0], built[0]);
+        // The execution's span id is drawn: all else is the same.
+        assert_ne!(recorded[1].1.span_id, [0; 8]);
+        built[1].1.span_id.clone_from(&recorded[1].1.span_id);
+        assert_eq!(recorded[1], built[1]);
+        assert_eq!(recorded[1].1.parent_span_id, recorded[0].1.span_id);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use opentelemetry::trace::SpanId;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 use tokio::sync::Notify;
@@ -29,7 +30,11 @@ use super::otlp::{
     EncodedMessage, EncodedResource, Message, ScopeMessage, SpanRecord, sdk_span_message,
     write_request,
 };
-use super::record::{read_record, record_len, write_record};
+use super::record::{
+    attempt_record_len, execution_record_len, read_attempt_record, read_execution_record,
+    read_record, record_len, write_attempt_record, write_execution_record, write_record,
+};
+use super::{AttemptSpanFields, ExecutionSpanFields, attempt_span, execution_span_with_id};
 
 /// Bytes before a span's bytes in a chunk: their length and their form.
 const ENTRY_HEADER: usize = 5;
@@ -38,6 +43,10 @@ const ENTRY_HEADER: usize = 5;
 const FORM_MESSAGE: u8 = 0;
 /// The form of an entry's bytes: a span record.
 const FORM_RECORD: u8 = 1;
+/// The form of an entry's bytes: the record of an attempt's span.
+const FORM_ATTEMPT: u8 = 2;
+/// The form of an entry's bytes: the record of an execution's span.
+const FORM_EXECUTION: u8 = 3;
 
 /// How many spans the queue holds and sends per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +96,25 @@ impl EncodedSpans {
     pub(crate) fn push_record(&mut self, span: &SpanRecord<'_>) -> bool {
         self.push_entry_with(FORM_RECORD, record_len(span), |bytes| {
             write_record(span, bytes)
+        })
+    }
+
+    /// Appends the controller's span of an attempt as its record.
+    pub(crate) fn push_attempt(&mut self, fields: &AttemptSpanFields<'_>) -> bool {
+        self.push_entry_with(FORM_ATTEMPT, attempt_record_len(fields), |bytes| {
+            write_attempt_record(fields, bytes)
+        })
+    }
+
+    /// Appends the worker's span of an execution, with its span id, as its
+    /// record.
+    pub(crate) fn push_execution(
+        &mut self,
+        fields: &ExecutionSpanFields<'_>,
+        span_id: SpanId,
+    ) -> bool {
+        self.push_entry_with(FORM_EXECUTION, execution_record_len(fields), |bytes| {
+            write_execution_record(fields, span_id, bytes)
         })
     }
 
@@ -158,14 +186,16 @@ impl<'a> QueuedSpan<'a> {
     /// rather than failing the export.
     fn of_entry(entry: &'a [u8]) -> Option<Self> {
         let bytes = &entry[ENTRY_HEADER..];
-        match entry[ENTRY_HEADER - 1] {
-            FORM_RECORD => {
-                let record = read_record(bytes);
-                debug_assert!(record.is_some(), "a span record does not read back");
-                record.map(Self::Record)
-            }
-            _ => Some(Self::Message(EncodedMessage(bytes))),
-        }
+        let record = match entry[ENTRY_HEADER - 1] {
+            FORM_MESSAGE => return Some(Self::Message(EncodedMessage(bytes))),
+            FORM_RECORD => read_record(bytes),
+            FORM_ATTEMPT => read_attempt_record(bytes).map(attempt_span),
+            FORM_EXECUTION => read_execution_record(bytes)
+                .map(|(fields, span_id)| execution_span_with_id(fields, span_id)),
+            _ => None,
+        };
+        debug_assert!(record.is_some(), "a span record does not read back");
+        record.map(Self::Record)
     }
 }
 
@@ -366,6 +396,16 @@ impl SpanQueue {
     /// Queues one span of `scope` as its record.
     pub(crate) fn push_record(&self, scope: &ScopeQueue, span: &SpanRecord<'_>) {
         self.push_with(scope, |spans| spans.push_record(span));
+    }
+
+    /// Queues the worker's span of an execution, as its record.
+    pub(crate) fn push_execution(
+        &self,
+        scope: &ScopeQueue,
+        fields: &ExecutionSpanFields<'_>,
+        span_id: SpanId,
+    ) {
+        self.push_with(scope, |spans| spans.push_execution(fields, span_id));
     }
 
     /// Queues the one span `push` appends to a chunk of `scope`.

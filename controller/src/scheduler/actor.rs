@@ -85,7 +85,7 @@ use crate::plan::{PlanRef, TaskIndex};
 use crate::store::{
     BatchOutcome, Conditional, Op, Precondition, StoreError, StoreResult, get_record, keys,
 };
-use crate::traces::{AttemptSpanFields, RunSpanFields, attempt_span, run_sampling_id, run_span};
+use crate::traces::{AttemptSpanFields, RunSpanFields, run_sampling_id, run_span};
 use baton_common::traces::{AttemptIdentity, EncodedSpans};
 
 /// Commands taken from the queue per loop turn before flushing, so that a
@@ -2023,7 +2023,7 @@ impl Scheduler {
         {
             let slot = entry.slot(index);
             if let Some(attempt_id) = slot.attempt_id {
-                let span = attempt_span(AttemptSpanFields {
+                let fields = AttemptSpanFields {
                     identity: AttemptIdentity {
                         dag_id: entry.dag_id.as_str(),
                         run_id,
@@ -2037,8 +2037,8 @@ impl Scheduler {
                     outcome: slot.outcome,
                     exit_code: slot.exit_code,
                     error: slot.error.as_deref(),
-                });
-                traces.encode(&span, &mut self.pending.spans);
+                };
+                traces.encode_attempt(&fields, &mut self.pending.spans);
             }
         }
         self.pending.ops.push(Op::put(
