@@ -194,6 +194,15 @@ impl<'a> Reader<'a> {
         Some(*taken)
     }
 
+    /// An attempt's outcome, exit code (0 when it has none) and the flags
+    /// after them.
+    fn outcome(&mut self) -> Option<(AttemptOutcome, i32, u8)> {
+        let outcome = AttemptOutcome::try_from(i32::from_le_bytes(self.take()?)).ok()?;
+        let exit_code = i32::from_le_bytes(self.take()?);
+        let [flags] = self.take()?;
+        Some((outcome, exit_code, flags))
+    }
+
     /// A string: its length, then its bytes.
     fn str(&mut self) -> Option<&'a str> {
         let len = u32::from_le_bytes(self.take()?) as usize;
@@ -261,9 +270,7 @@ pub(crate) fn read_attempt_record(bytes: &[u8]) -> Option<AttemptSpanFields<'_>>
     let attempt = u32::from_le_bytes(fields.take()?);
     let leased_at = i64::from_le_bytes(fields.take()?);
     let recorded_at = i64::from_le_bytes(fields.take()?);
-    let outcome = AttemptOutcome::try_from(i32::from_le_bytes(fields.take()?)).ok()?;
-    let exit_code = i32::from_le_bytes(fields.take()?);
-    let [flags] = fields.take()?;
+    let (outcome, exit_code, flags) = fields.outcome()?;
     let [dag_id, task_id, worker_id, error] = read_strings(&mut fields, rest)?;
     Some(AttemptSpanFields {
         identity: AttemptIdentity {
@@ -326,9 +333,7 @@ pub(crate) fn read_execution_record(bytes: &[u8]) -> Option<(ExecutionSpanFields
     let parent_span_id = SpanId::from_bytes(fields.take()?);
     let start = u64::from_le_bytes(fields.take()?);
     let end = u64::from_le_bytes(fields.take()?);
-    let outcome = AttemptOutcome::try_from(i32::from_le_bytes(fields.take()?)).ok()?;
-    let exit_code = i32::from_le_bytes(fields.take()?);
-    let [flags] = fields.take()?;
+    let (outcome, exit_code, flags) = fields.outcome()?;
     let [worker_id, error] = read_strings(&mut fields, rest)?;
     let time = |nanos| SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos);
     let fields = ExecutionSpanFields {
