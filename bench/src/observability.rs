@@ -753,10 +753,11 @@ pub async fn run(
 /// The work a traced run adds per task where its spans are made, timed in
 /// this process on a queue like the processes' (Baton's default limits):
 /// the controller's `traceparent` for the `Assign`, the worker's reading of
-/// it and its `execute` span, and the controller's `attempt` span, each
-/// built, encoded and queued as `baton` does (the scheduler's spans wait
-/// for their batch). Sending them is left out: the exporter sends after the
-/// run. Nanoseconds per task, one sample per pass over `width` tasks.
+/// it and the record of its `execute` span, and the record of the
+/// controller's `attempt` span, each queued as `baton` does (the
+/// scheduler's records wait for their batch). Building, writing and
+/// sending the spans are left out: the exporter does that after the run.
+/// Nanoseconds per task, one sample per pass over `width` tasks.
 fn span_work_per_task(width: usize) -> anyhow::Result<Vec<f64>> {
     let queue = SpanQueue::new(QueueLimits::DEFAULT);
     let controller = SpanSink::new(
