@@ -49,10 +49,10 @@ use baton_common::ids::{AttemptId, RunId};
 use baton_common::pb::api::AttemptOutcome;
 use baton_common::time::now_micros;
 use baton_common::traces::{
-    AttemptIdentity, CONTROLLER_SCOPE, EncodedSpans, ExecutionSpanFields, QueueLimits, SpanQueue,
-    SpanSink, WORKER_SCOPE, sampled_parent,
+    AttemptIdentity, AttemptSpanFields, CONTROLLER_SCOPE, EncodedSpans, ExecutionSpanFields,
+    QueueLimits, SpanQueue, SpanSink, WORKER_SCOPE, sampled_parent,
 };
-use baton_controller::traces::{AttemptSpanFields, attempt_traceparent};
+use baton_controller::traces::attempt_traceparent;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message as _;

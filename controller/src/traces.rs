@@ -3,9 +3,8 @@
 //! exports traces ([`ControllerConfig::traces`](crate::config::ControllerConfig)).
 //! With it off, nothing here runs: no id is derived, no `traceparent` is
 //! sent to workers. An attempt's span and the derived ids are
-//! `baton_common::traces`' (re-exported here): the exporter builds an
-//! attempt's span from the record the scheduler queues
-//! ([`SpanSink::encode_attempt`]).
+//! `baton_common::traces`': the exporter builds an attempt's span from the
+//! record the scheduler queues ([`SpanSink::encode_attempt`]).
 //!
 //! # Ids without state
 //! A run is one trace whose id *is* the run id (a UUID is 128 bits, as a
@@ -37,10 +36,10 @@
 
 use baton_common::ids::{AttemptId, RunId};
 use baton_common::time::{Micros, micros_to_system_time};
-pub use baton_common::traces::{
-    AttemptSpanFields, attempt_span, attempt_span_id, run_span_id, run_trace_id,
+use baton_common::traces::{
+    Attribute, Attributes, SpanRecord, attempt_span_id, run_span_id, run_trace_id, status,
+    traceparent,
 };
-use baton_common::traces::{Attribute, Attributes, SpanRecord, status, traceparent};
 use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest, Sha256};
 
@@ -112,7 +111,10 @@ pub fn run_span(fields: RunSpanFields<'_>) -> SpanRecord<'_> {
 #[cfg(test)]
 mod tests {
     use baton_common::pb::api::AttemptOutcome;
-    use baton_common::traces::{AttemptIdentity, AttributeValue, SpanStatus, sampled_parent};
+    use baton_common::traces::{
+        AttemptIdentity, AttemptSpanFields, AttributeValue, SpanStatus, attempt_span,
+        sampled_parent,
+    };
 
     use super::*;
 

@@ -98,20 +98,20 @@ impl SpanSink {
     /// Queues the span for export; never blocks (what the queue cannot hold
     /// is dropped). Callers check [`SpanSink::samples`] first.
     pub fn export(&self, span: &SpanRecord<'_>) {
-        self.queue.push_record(&self.scope, span);
+        self.queue.push(&self.scope, &span.message());
     }
 
     /// Encodes the span into `spans`, to be queued later with
     /// [`SpanSink::export_encoded`] of this sink (the controller's spans
     /// wait for the batch that stores what they describe).
     pub fn encode(&self, span: &SpanRecord<'_>, spans: &mut EncodedSpans) {
-        if !spans.push_record(span) {
+        if !spans.push(&span.message()) {
             self.queue.count_dropped(1);
         }
     }
 
-    /// Queues the worker's span of an execution ([`execution_span`]), as
-    /// [`SpanSink::export`] does.
+    /// Queues the worker's span of an execution ([`execution_span`], with a
+    /// span id drawn now), as [`SpanSink::export`] does.
     pub fn export_execution(&self, fields: &ExecutionSpanFields<'_>) {
         let span_id = RandomIdGenerator::default().new_span_id();
         self.queue.push_execution(&self.scope, fields, span_id);
@@ -221,17 +221,12 @@ pub struct ExecutionSpanFields<'a> {
     pub error: Option<&'a str>,
 }
 
-/// The worker's `execute` span, a child of another process's span with an
-/// id of its own. Its attributes are what the worker adds to its parent,
+/// The worker's `execute` span, a child of another process's span, with
+/// `span_id` (random, drawn by [`SpanSink::export_execution`]). Its attributes are what the worker adds to its parent,
 /// which names the attempt (dag, run, task, attempt and attempt ids).
 /// Repeating those on the child would add about half its bytes to every
 /// trace for no question a trace view cannot already answer.
-pub fn execution_span(fields: ExecutionSpanFields<'_>) -> SpanRecord<'_> {
-    execution_span_with_id(fields, RandomIdGenerator::default().new_span_id())
-}
-
-/// [`execution_span`] with the span id drawn already.
-fn execution_span_with_id(fields: ExecutionSpanFields<'_>, span_id: SpanId) -> SpanRecord<'_> {
+pub fn execution_span(fields: ExecutionSpanFields<'_>, span_id: SpanId) -> SpanRecord<'_> {
     let mut attributes = Attributes::new();
     push_outcome(
         &mut attributes,
@@ -612,7 +607,7 @@ mod tests {
     }
 
     #[test]
-    fn records_and_sdk_spans_of_one_scope_share_a_request_in_the_order_they_ended() {
+    fn batons_and_the_sdks_spans_of_one_scope_share_a_request_in_the_order_they_ended() {
         let queue = SpanQueue::new(LIMITS);
         let sink = SpanSink {
             scope: queue.scope("baton", "1.2"),
@@ -688,7 +683,7 @@ mod tests {
             "baton-test",
         );
         built_sink.export(&attempt_span(attempt));
-        built_sink.export(&execution_span(execution));
+        built_sink.export(&execution_span(execution, SpanId::from_bytes([9; 8])));
         let mut built = spans(&requests(&built_queue));
         assert_eq!(recorded.len(), 2);
         assert_eq!(recorded[0], built[0]);

@@ -160,7 +160,7 @@ pub enum AttributeValue<'a> {
 /// One attribute (`KeyValue`) of a span Baton builds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Attribute<'a> {
-    pub key: &'a str,
+    pub key: &'static str,
     pub value: AttributeValue<'a>,
 }
 
@@ -588,7 +588,7 @@ pub struct SpanRecord<'a> {
     /// The parent was made by another process (the worker's execution
     /// span, whose parent is the controller's).
     pub parent_is_remote: bool,
-    pub name: &'a str,
+    pub name: &'static str,
     pub start: std::time::SystemTime,
     /// Clamped to `start` when before it.
     pub end: std::time::SystemTime,

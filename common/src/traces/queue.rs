@@ -14,8 +14,9 @@
 //!
 //! In a chunk, a span is its length (4 bytes, little endian), its form (1
 //! byte) and its bytes: a `Span` message (the SDK's spans, from the
-//! `tracing` layer), or the record of a span Baton builds itself, which the
-//! exporter writes as a `Span` when it sends the chunk (see `record`).
+//! `tracing` layer, and the runs'), or the record of an attempt's or an
+//! execution's span, which the exporter builds and writes as a `Span` when
+//! it sends the chunk (see `record`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,21 +33,19 @@ use super::otlp::{
 };
 use super::record::{
     attempt_record_len, execution_record_len, read_attempt_record, read_execution_record,
-    read_record, record_len, write_attempt_record, write_execution_record, write_record,
+    write_attempt_record, write_execution_record,
 };
-use super::{AttemptSpanFields, ExecutionSpanFields, attempt_span, execution_span_with_id};
+use super::{AttemptSpanFields, ExecutionSpanFields, attempt_span, execution_span};
 
 /// Bytes before a span's bytes in a chunk: their length and their form.
 const ENTRY_HEADER: usize = 5;
 
 /// The form of an entry's bytes: a `Span` message.
 const FORM_MESSAGE: u8 = 0;
-/// The form of an entry's bytes: a span record.
-const FORM_RECORD: u8 = 1;
 /// The form of an entry's bytes: the record of an attempt's span.
-const FORM_ATTEMPT: u8 = 2;
+const FORM_ATTEMPT: u8 = 1;
 /// The form of an entry's bytes: the record of an execution's span.
-const FORM_EXECUTION: u8 = 3;
+const FORM_EXECUTION: u8 = 2;
 
 /// How many spans the queue holds and sends per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,13 +89,6 @@ impl EncodedSpans {
     /// of 4 GiB or more, which its length header cannot say.
     pub(crate) fn push(&mut self, span: &impl Message) -> bool {
         self.push_entry_with(FORM_MESSAGE, span.encoded_len(), |bytes| span.encode(bytes))
-    }
-
-    /// Appends a span as its record, as [`EncodedSpans::push`] does.
-    pub(crate) fn push_record(&mut self, span: &SpanRecord<'_>) -> bool {
-        self.push_entry_with(FORM_RECORD, record_len(span), |bytes| {
-            write_record(span, bytes)
-        })
     }
 
     /// Appends the controller's span of an attempt as its record.
@@ -188,10 +180,9 @@ impl<'a> QueuedSpan<'a> {
         let bytes = &entry[ENTRY_HEADER..];
         let record = match entry[ENTRY_HEADER - 1] {
             FORM_MESSAGE => return Some(Self::Message(EncodedMessage(bytes))),
-            FORM_RECORD => read_record(bytes),
             FORM_ATTEMPT => read_attempt_record(bytes).map(attempt_span),
             FORM_EXECUTION => read_execution_record(bytes)
-                .map(|(fields, span_id)| execution_span_with_id(fields, span_id)),
+                .map(|(fields, span_id)| execution_span(fields, span_id)),
             _ => None,
         };
         debug_assert!(record.is_some(), "a span record does not read back");
@@ -199,18 +190,18 @@ impl<'a> QueuedSpan<'a> {
     }
 }
 
-impl Message for QueuedSpan<'_> {
+impl Message for &QueuedSpan<'_> {
     fn encoded_len(&self) -> usize {
         match self {
-            Self::Message(message) => message.encoded_len(),
-            Self::Record(record) => record.message().encoded_len(),
+            QueuedSpan::Message(message) => message.encoded_len(),
+            QueuedSpan::Record(record) => record.message().encoded_len(),
         }
     }
 
     fn encode(&self, buf: &mut Vec<u8>) {
         match self {
-            Self::Message(message) => message.encode(buf),
-            Self::Record(record) => record.message().encode(buf),
+            QueuedSpan::Message(message) => message.encode(buf),
+            QueuedSpan::Record(record) => record.message().encode(buf),
         }
     }
 }
@@ -393,11 +384,6 @@ impl SpanQueue {
         self.push_with(scope, |spans| spans.push(span));
     }
 
-    /// Queues one span of `scope` as its record.
-    pub(crate) fn push_record(&self, scope: &ScopeQueue, span: &SpanRecord<'_>) {
-        self.push_with(scope, |spans| spans.push_record(span));
-    }
-
     /// Queues the worker's span of an execution, as its record.
     pub(crate) fn push_execution(
         &self,
@@ -505,8 +491,14 @@ impl SpanQueue {
             name: &chunk.scope.name,
             version: &chunk.scope.version,
         };
-        let spans = || chunk.spans.entries().filter_map(QueuedSpan::of_entry);
-        write_request(resource, &scope, spans, buf);
+        // Read and built once: the request is written in two passes
+        // (lengths, then bytes).
+        let spans: Vec<QueuedSpan<'_>> = chunk
+            .spans
+            .entries()
+            .filter_map(QueuedSpan::of_entry)
+            .collect();
+        write_request(resource, &scope, || spans.iter(), buf);
     }
 
     /// The SDK span processor that queues the spans of the process's

@@ -85,8 +85,8 @@ use crate::plan::{PlanRef, TaskIndex};
 use crate::store::{
     BatchOutcome, Conditional, Op, Precondition, StoreError, StoreResult, get_record, keys,
 };
-use crate::traces::{AttemptSpanFields, RunSpanFields, run_sampling_id, run_span};
-use baton_common::traces::{AttemptIdentity, EncodedSpans};
+use crate::traces::{RunSpanFields, run_sampling_id, run_span};
+use baton_common::traces::{AttemptIdentity, AttemptSpanFields, EncodedSpans};
 
 /// Commands taken from the queue per loop turn before flushing, so that a
 /// burst shares one batch without delaying the batch indefinitely.
