@@ -52,7 +52,7 @@ use baton_common::traces::{
     AttemptIdentity, AttemptSpanFields, CONTROLLER_SCOPE, EncodedSpans, ExecutionSpanFields,
     QueueLimits, SpanQueue, SpanSink, WORKER_SCOPE, sampled_parent,
 };
-use baton_controller::traces::attempt_traceparent;
+use baton_controller::traces::attempt_trace_context;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message as _;
@@ -752,7 +752,7 @@ pub async fn run(
 
 /// The work a traced run adds per task where its spans are made, timed in
 /// this process on a queue like the processes' (Baton's default limits):
-/// the controller's `traceparent` for the `Assign`, the worker's reading of
+/// the controller's trace context for the `Assign`, the worker's reading of
 /// it and the record of its `execute` span, and the record of the
 /// controller's `attempt` span, each queued as `baton` does (the
 /// scheduler's records wait for their batch). Building, writing and
@@ -776,9 +776,9 @@ fn span_work_per_task(width: usize) -> anyhow::Result<Vec<f64>> {
         let started = Instant::now();
         for (index, (task_id, attempt_id)) in task_ids.iter().zip(&attempt_ids).enumerate() {
             let leased_at = now_micros();
-            let traceparent = attempt_traceparent(run_id, *attempt_id, true);
+            let trace_context = attempt_trace_context(run_id, *attempt_id, true);
             let (trace_id, parent_span_id) =
-                sampled_parent(&traceparent).context("the traceparent does not parse")?;
+                sampled_parent(&trace_context).context("the trace context names no parent")?;
             let execution_start = std::time::SystemTime::now();
             worker.export_execution(&ExecutionSpanFields {
                 trace_id,

@@ -1,7 +1,7 @@
 //! Run traces: the OpenTelemetry spans of runs and attempts, built from
 //! their records and queued on the process's [`SpanSink`] when the process
 //! exports traces ([`ControllerConfig::traces`](crate::config::ControllerConfig)).
-//! With it off, nothing here runs: no id is derived, no `traceparent` is
+//! With it off, nothing here runs: no id is derived, no trace context is
 //! sent to workers. An attempt's span and the derived ids are
 //! `baton_common::traces`': the exporter builds an attempt's span from the
 //! record the scheduler queues ([`SpanSink::encode_attempt`]).
@@ -13,7 +13,7 @@
 //! [`attempt_span_id`]: SplitMix64's finalizer over the UUID and a tag). So every
 //! controller (a new leader after a failover included) and every worker
 //! agrees on the ids without storing anything,
-//! and an attempt's `traceparent` can be sent with its `Assign` before its
+//! and an attempt's trace context can be sent with its `Assign` before its
 //! span exists. Whether a run is sampled depends on its id alone
 //! ([`run_sampling_id`], [`SpanSink::samples`]), so every leader agrees on
 //! that too.
@@ -31,14 +31,15 @@
 //! ```text
 //! run                      root; trace id = run id; dag_id, run_id, state
 //! └── attempt              controller; dag_id, run_id, task_id, attempt, attempt_id, worker_id, outcome
-//!     └── execute          worker: the execution, a child through Assign.traceparent; worker_id, outcome
+//!     └── execute          worker: the execution, a child through Assign.trace_context; worker_id, outcome
 //! ```
 
 use baton_common::ids::{AttemptId, RunId};
+use baton_common::pb::api::TraceContext;
 use baton_common::time::{Micros, micros_to_system_time};
 use baton_common::traces::{
     Attribute, Attributes, SpanRecord, attempt_span_id, run_span_id, run_trace_id, status,
-    traceparent,
+    trace_context,
 };
 use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest, Sha256};
@@ -70,11 +71,11 @@ fn tagged_digest(tag: &[u8], id: &[u8]) -> [u8; 32] {
         .into()
 }
 
-/// The W3C `traceparent` of an attempt's span, which its `Assign` carries
+/// The W3C trace context of an attempt's span, which its `Assign` carries
 /// so that the worker's span of the execution is its child, sampled or not
 /// as the run is.
-pub fn attempt_traceparent(run_id: RunId, attempt_id: AttemptId, sampled: bool) -> String {
-    traceparent(run_trace_id(run_id), attempt_span_id(attempt_id), sampled)
+pub fn attempt_trace_context(run_id: RunId, attempt_id: AttemptId, sampled: bool) -> TraceContext {
+    trace_context(run_trace_id(run_id), attempt_span_id(attempt_id), sampled)
 }
 
 /// What a run's span says about it.
@@ -129,21 +130,21 @@ mod tests {
         assert_eq!(run_span_id(run_id), run_span_id(run_id));
         assert_ne!(run_span_id(run_id), attempt_span_id(attempt_id));
         assert_ne!(run_span_id(run_id), SpanId::INVALID);
-        let traceparent = attempt_traceparent(run_id, attempt_id, true);
+        let context = attempt_trace_context(run_id, attempt_id, true);
+        let run_uuid = run_id.as_uuid().as_u128();
+        assert_eq!(context.trace_id_high, (run_uuid >> 64) as u64);
+        assert_eq!(context.trace_id_low, run_uuid as u64);
         assert_eq!(
-            traceparent,
-            format!(
-                "00-{}-{}-01",
-                run_id.as_uuid().simple(),
-                attempt_span_id(attempt_id)
-            )
+            format!("{:016x}", context.parent_id),
+            attempt_span_id(attempt_id).to_string()
         );
+        assert_eq!(context.trace_flags, 1);
         assert_eq!(
-            sampled_parent(&traceparent),
+            sampled_parent(&context),
             Some((run_trace_id(run_id), attempt_span_id(attempt_id)))
         );
         assert_eq!(
-            sampled_parent(&attempt_traceparent(run_id, attempt_id, false)),
+            sampled_parent(&attempt_trace_context(run_id, attempt_id, false)),
             None
         );
     }

@@ -414,7 +414,7 @@ impl Agent {
     }
 
     fn on_assign(&mut self, mut assign: api::Assign) {
-        let traceparent = std::mem::take(&mut assign.traceparent);
+        let trace_context = assign.trace_context.take();
         let spec = match AttemptSpec::from_assign(assign) {
             Ok(spec) => spec,
             Err(invalid) => {
@@ -438,7 +438,7 @@ impl Agent {
         let attempt_id = spec.attempt_id;
         let stop = StopSignal::default();
         if matches!(spec.kind, TaskKind::Noop) {
-            self.run_noop(&spec, &traceparent, stop);
+            self.run_noop(&spec, trace_context.as_ref(), stop);
             return;
         }
         let slot = self.spool.take();
@@ -450,7 +450,7 @@ impl Agent {
             return;
         }
         self.spooled.insert(attempt_id, Arc::clone(&slot));
-        let trace = self.execution_trace(&traceparent, &spec);
+        let trace = self.execution_trace(trace_context.as_ref(), &spec);
         if let Some(metrics) = &self.metrics {
             metrics.attempt_started();
         }
@@ -573,13 +573,18 @@ impl Agent {
     /// the worker die before the controller acknowledges the result, the
     /// controller never saw the attempt start, so it gives the task back
     /// without using a retry; a noop is cheap to run again.
-    fn run_noop(&mut self, spec: &AttemptSpec, traceparent: &str, stop: StopSignal) {
+    fn run_noop(
+        &mut self,
+        spec: &AttemptSpec,
+        trace_context: Option<&api::TraceContext>,
+        stop: StopSignal,
+    ) {
         let attempt_id = spec.attempt_id;
         if !self.outbox.insert(attempt_id, stop, None) {
             debug!(%attempt_id, "duplicate assignment ignored");
             return;
         }
-        let trace = self.execution_trace(traceparent, spec);
+        let trace = self.execution_trace(trace_context, spec);
         // No `execute` span: a noop logs one debug line, and a span's
         // fields would be formatted for the log even with no line written.
         debug!(dag_id = %spec.dag_id, run_id = %spec.run_id, task_id = %spec.task_id, attempt = spec.attempt, %attempt_id, "noop attempt succeeded");
@@ -628,15 +633,18 @@ impl Agent {
     }
 
     /// The trace span of the execution about to start, when traces are on
-    /// and the controller sampled the run (a valid, sampled `traceparent`).
+    /// and the controller sampled the run (a valid, sampled trace context).
     /// Made only for an attempt that runs here, not for a duplicate
     /// assignment or an invalid one.
-    fn execution_trace(&self, traceparent: &str, spec: &AttemptSpec) -> Option<ExecutionTrace> {
+    fn execution_trace(
+        &self,
+        trace_context: Option<&api::TraceContext>,
+        spec: &AttemptSpec,
+    ) -> Option<ExecutionTrace> {
         self.config.traces.as_ref()?;
-        let Some((trace_id, parent_span_id)) = sampled_parent(traceparent) else {
-            if !traceparent.is_empty() {
-                debug!(attempt_id = %spec.attempt_id, traceparent, "no sampled trace context; the execution is not traced");
-            }
+        let trace_context = trace_context?;
+        let Some((trace_id, parent_span_id)) = sampled_parent(trace_context) else {
+            debug!(attempt_id = %spec.attempt_id, ?trace_context, "no valid, sampled trace context; the execution is not traced");
             return None;
         };
         Some(ExecutionTrace {
@@ -683,14 +691,15 @@ struct ExecutionTrace {
 }
 
 impl ExecutionTrace {
-    /// Exports the span, ending now, with who ran the attempt and how it
-    /// ended (its parent names the attempt).
+    /// Exports the span, ending when the result did, with who ran the
+    /// attempt and how it ended (its parent names the attempt).
     fn export(self, sink: &SpanSink, worker_id: &str, result: &AttemptResult) {
         sink.export_execution(&ExecutionSpanFields {
             trace_id: self.trace_id,
             parent_span_id: self.parent_span_id,
             start: self.start,
-            end: std::time::SystemTime::now(),
+            // The clock may step back between the two readings.
+            end: result.ended_at.max(self.start),
             worker_id,
             outcome: result.outcome,
             exit_code: result.exit_code,

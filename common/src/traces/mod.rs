@@ -40,7 +40,7 @@ pub use otlp::{Attribute, AttributeValue, EncodedResource, SpanRecord, SpanStatu
 pub use queue::{Chunk, EncodedSpans, QueueLimits, QueueProcessor, SpanQueue};
 
 use crate::ids::{AttemptId, RunId};
-use crate::pb::api::AttemptOutcome;
+use crate::pb::api::{self, AttemptOutcome};
 use crate::states::{outcome_is_failure, outcome_name};
 
 /// The instrumentation scope of the controller's spans.
@@ -272,84 +272,38 @@ pub fn status(failed: bool, description: Option<&str>) -> SpanStatus<'_> {
     }
 }
 
-/// The W3C `traceparent` of a span: version 00, its trace and span ids,
-/// and whether the trace is sampled. Written directly, once per dispatch:
-/// it is the same text the W3C propagator writes.
-pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> String {
-    // Into an array at fixed places, then one ASCII check: pushing onto a
-    // `Vec` or a `String` checks its capacity at every digit.
-    let mut text = [0; TRACEPARENT_LEN];
-    text[..3].copy_from_slice(b"00-");
-    write_hex(&mut text[3..35], &trace_id.to_bytes());
-    text[35] = b'-';
-    write_hex(&mut text[36..52], &span_id.to_bytes());
-    text[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
-    std::str::from_utf8(&text)
-        .expect("a traceparent is ASCII")
-        .to_owned()
-}
-
-/// Length of a version-00 `traceparent`.
-const TRACEPARENT_LEN: usize = 55;
-
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-
-/// Writes `bytes` as lowercase hex digits into `text`, two per byte.
-fn write_hex(text: &mut [u8], bytes: &[u8]) {
-    for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
-        pair[1] = HEX_DIGITS[usize::from(byte & 0xf)];
+/// The W3C trace context of a span, for an `Assign`: its trace and span
+/// ids, and whether the trace is sampled, as the numbers a version-00
+/// `traceparent` spells in hex (tested against the SDK's propagator).
+/// Numbers, not the header's text: the controller writes one per dispatch
+/// and the worker reads one per assignment, and hex text cost them more
+/// than the execution's span (formatted, allocated, sent, decoded as UTF-8
+/// and parsed).
+pub fn trace_context(trace_id: TraceId, span_id: SpanId, sampled: bool) -> api::TraceContext {
+    let trace_id = u128::from_be_bytes(trace_id.to_bytes());
+    api::TraceContext {
+        trace_id_high: (trace_id >> 64) as u64,
+        trace_id_low: trace_id as u64,
+        parent_id: u64::from_be_bytes(span_id.to_bytes()),
+        trace_flags: if sampled { SAMPLED_FLAG } else { 0 },
+        trace_state: String::new(),
     }
 }
 
-/// Not a lowercase hex digit, in [`HEX_VALUES`].
-const NOT_HEX: u8 = 0x10;
+/// W3C `trace-flags`' `sampled` bit.
+const SAMPLED_FLAG: u32 = 1;
 
-/// Each byte's value as a lowercase hex digit, or [`NOT_HEX`].
-const HEX_VALUES: [u8; 256] = {
-    let mut values = [NOT_HEX; 256];
-    let mut digit = 0;
-    while digit < 16 {
-        values[HEX_DIGITS[digit] as usize] = digit as u8;
-        digit += 1;
-    }
-    values
-};
-
-/// Lowercase hex digits as bytes (W3C trace context allows no uppercase).
-/// Every digit is looked up and checked once at the end: a `traceparent`
-/// is parsed per execution, and is almost always valid.
-fn decode_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
-    if text.len() != 2 * N {
-        return None;
-    }
-    let mut bytes = [0; N];
-    let mut invalid = 0;
-    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
-        let high = HEX_VALUES[usize::from(pair[0])];
-        let low = HEX_VALUES[usize::from(pair[1])];
-        invalid |= high | low;
-        *byte = high << 4 | low;
-    }
-    (invalid & NOT_HEX == 0).then_some(bytes)
-}
-
-/// The parent a `traceparent` names, when it is valid (version 00, ids not
-/// all zeros) and sampled; `None` otherwise.
-pub fn sampled_parent(traceparent: &str) -> Option<(TraceId, SpanId)> {
-    let text = traceparent.as_bytes();
-    if text.len() != TRACEPARENT_LEN
-        || !text.starts_with(b"00-")
-        || text[35] != b'-'
-        || text[52] != b'-'
-    {
-        return None;
-    }
-    let trace_id = TraceId::from_bytes(decode_hex::<16>(&text[3..35])?);
-    let span_id = SpanId::from_bytes(decode_hex::<8>(&text[36..52])?);
-    let [flags] = decode_hex::<1>(&text[53..55])?;
-    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID && flags & 1 == 1)
-        .then_some((trace_id, span_id))
+/// The parent span a trace context names, when it is valid (ids not all
+/// zeros, flags one byte) and sampled; `None` otherwise.
+pub fn sampled_parent(context: &api::TraceContext) -> Option<(TraceId, SpanId)> {
+    let trace_id = u128::from(context.trace_id_high) << 64 | u128::from(context.trace_id_low);
+    let valid = trace_id != 0 && context.parent_id != 0 && context.trace_flags <= 0xff;
+    (valid && context.trace_flags & SAMPLED_FLAG != 0).then(|| {
+        (
+            TraceId::from_bytes(trace_id.to_be_bytes()),
+            SpanId::from_bytes(context.parent_id.to_be_bytes()),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -420,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn traceparent_is_what_the_w3c_propagator_writes_and_reads_back() {
+    fn trace_context_spells_what_the_w3c_propagator_writes_and_reads_back() {
         let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
         let span_id = SpanId::from_hex("00f067aa0ba902b7").unwrap();
         for sampled in [true, false] {
@@ -438,32 +392,59 @@ mod tests {
             ));
             let mut headers = std::collections::HashMap::new();
             TraceContextPropagator::new().inject_context(&context, &mut headers);
-            let written = traceparent(trace_id, span_id, sampled);
-            assert_eq!(headers.get("traceparent"), Some(&written));
+            let written = trace_context(trace_id, span_id, sampled);
+            // The header the proto's comment spells from the numbers.
+            let spelled = format!(
+                "00-{:016x}{:016x}-{:016x}-{:02x}",
+                written.trace_id_high, written.trace_id_low, written.parent_id, written.trace_flags
+            );
+            assert_eq!(headers.get("traceparent"), Some(&spelled));
+            assert_eq!(written.trace_state, "");
             let parent = sampled_parent(&written);
             assert_eq!(parent, sampled.then_some((trace_id, span_id)));
         }
     }
 
     #[test]
-    fn a_malformed_or_unsampled_traceparent_names_no_parent() {
-        for text in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00+4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bG-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01",
-        ] {
-            assert_eq!(sampled_parent(text), None, "{text:?}");
+    fn an_invalid_or_unsampled_trace_context_names_no_parent() {
+        let valid = trace_context(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            true,
+        );
+        assert!(sampled_parent(&valid).is_some());
+        type Change = fn(&mut api::TraceContext);
+        let cases: [(&str, Change); 6] = [
+            ("unset", |context| *context = api::TraceContext::default()),
+            ("trace id all zeros", |context| {
+                context.trace_id_high = 0;
+                context.trace_id_low = 0;
+            }),
+            ("parent id all zeros", |context| context.parent_id = 0),
+            ("not sampled", |context| context.trace_flags = 0),
+            ("flags wider than a byte", |context| {
+                context.trace_flags = 0x101
+            }),
+            ("unknown flags without sampled", |context| {
+                context.trace_flags = 0x02
+            }),
+        ];
+        for (case, change) in cases {
+            let mut context = valid.clone();
+            change(&mut context);
+            assert_eq!(sampled_parent(&context), None, "{case}");
+        }
+        // Only one half of the trace id zero is still a valid id, and
+        // flags W3C has not defined yet are ignored.
+        let still_valid: [Change; 3] = [
+            |context| context.trace_id_high = 0,
+            |context| context.trace_id_low = 0,
+            |context| context.trace_flags = 0xff,
+        ];
+        for change in still_valid {
+            let mut context = valid.clone();
+            change(&mut context);
+            assert!(sampled_parent(&context).is_some(), "{context:?}");
         }
     }
 

@@ -1878,11 +1878,10 @@ impl Scheduler {
             return;
         };
         let attempt_id = AttemptId::generate();
-        let traceparent = if self.traces.is_some() {
-            crate::traces::attempt_traceparent(run_id, attempt_id, entry.traced)
-        } else {
-            String::new()
-        };
+        let trace_context = self
+            .traces
+            .is_some()
+            .then(|| crate::traces::attempt_trace_context(run_id, attempt_id, entry.traced));
         let now = now_micros();
         entry.set_state(index, TaskState::Leased);
         entry
@@ -1908,8 +1907,7 @@ impl Scheduler {
             data_interval_start: micros_to_timestamp_opt(entry.origin.data_interval_start),
             data_interval_end: micros_to_timestamp_opt(entry.origin.data_interval_end),
             map_index: entry.instance(index).map(|instance| instance.map_index),
-            traceparent,
-            tracestate: String::new(),
+            trace_context,
         };
         let log_key = LogKey {
             run_id,
