@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The worker's RPC is named `Connect`, which would clash with the
         // generated `connect` constructor; clients are built from a channel.
         .build_transport(false)
+        // prost's messages, each decoded from one slice (`pb::codec`).
+        .codec_path("crate::pb::codec::ContiguousCodec")
         .file_descriptor_set_path(out_dir.join("baton_descriptor.bin"))
         .compile_protos(PROTOS, &["../proto"])?;
     Ok(())
