@@ -37,7 +37,7 @@ const ATTEMPT_SPAN_TAG: u64 = 0x6261_746f_6e2d_6174;
 /// A span id from a tag and a UUID: both halves of the UUID mixed with
 /// SplitMix64's finalizer, a bijection, so two ids that share a half never
 /// collide and others collide with a chance of 2⁻⁶⁴. It is computed twice
-/// per attempt (its `traceparent`, its span), so it is a few
+/// per attempt (its `Assign`'s trace context, its span), so it is a few
 /// multiplications rather than a SHA-256; span ids need to be unique in
 /// their trace, not unpredictable.
 fn derived_span_id(tag: u64, id: &uuid::Uuid) -> SpanId {

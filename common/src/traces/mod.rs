@@ -207,7 +207,7 @@ pub fn attempt_attributes<'a>(
 }
 
 /// What a worker's span of an execution says: its parent (the
-/// controller's span of the attempt, from the `Assign`'s `traceparent`),
+/// controller's span of the attempt, from the `Assign`'s trace context),
 /// its times, who ran it and how it ended.
 #[derive(Debug, Clone, Copy)]
 pub struct ExecutionSpanFields<'a> {
@@ -222,8 +222,9 @@ pub struct ExecutionSpanFields<'a> {
 }
 
 /// The worker's `execute` span, a child of another process's span, with
-/// `span_id` (random, drawn by [`SpanSink::export_execution`]). Its attributes are what the worker adds to its parent,
-/// which names the attempt (dag, run, task, attempt and attempt ids).
+/// `span_id` (random, drawn by [`SpanSink::export_execution`]). Its
+/// attributes are what the worker adds to its parent, which names the
+/// attempt (dag, run, task, attempt and attempt ids).
 /// Repeating those on the child would add about half its bytes to every
 /// trace for no question a trace view cannot already answer.
 pub fn execution_span(fields: ExecutionSpanFields<'_>, span_id: SpanId) -> SpanRecord<'_> {
